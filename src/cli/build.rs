@@ -1,0 +1,148 @@
+//! `dsmake build` and `dsmake plan`.
+
+use super::workspace::Workspace;
+use super::{EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGETS_FAILED, Format, Output, PipelineArgs};
+use crate::exec::{self, BuildOptions, Summary};
+use crate::plan::render;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// CPU-bound targets at once (default: the number of cores).
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Network-bound targets at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    net_jobs: usize,
+    /// Keep building what does not depend on a failed target.
+    #[arg(short, long)]
+    keep_going: bool,
+    /// Extra attempts for a target that fails with a transient error (network, store).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    retries: u32,
+    /// Print the plan and build nothing (same as `dsmake plan`).
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Summary format (`json` prints the plan as JSON with --dry-run).
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Exit 1 when any target would be built (for scripts and CI).
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<i32> {
+    let workspace = Workspace::open(&args.pipeline)?;
+    let plan = workspace.plan()?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&render::json(&plan))?),
+        Format::Human => print!("{}", render::table(&plan, out.verbose)),
+    }
+    let pending = plan.to_run().next().is_some() || plan.has_unknown();
+    Ok(if args.check && pending {
+        EXIT_TARGETS_FAILED
+    } else {
+        EXIT_OK
+    })
+}
+
+pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<i32> {
+    if args.dry_run {
+        return plan(
+            PlanArgs {
+                pipeline: args.pipeline,
+                format: args.format,
+                check: false,
+            },
+            out,
+        );
+    }
+    let workspace = Workspace::open(&args.pipeline)?;
+    let options = BuildOptions {
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        net_jobs: args.net_jobs,
+        keep_going: args.keep_going,
+        retries: args.retries,
+        progress: out.terminal && !out.quiet && args.format == Format::Human,
+        verbose: out.verbose,
+    };
+    let summary = exec::build(
+        &workspace.pipeline,
+        workspace.store.clone(),
+        &workspace.stat_cache,
+        &workspace.plan_options,
+        &options,
+    )?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Format::Human if !out.quiet || !summary.failed.is_empty() => {
+            eprintln!("{}", describe(&summary))
+        }
+        Format::Human => {}
+    }
+    Ok(if summary.interrupted {
+        EXIT_INTERRUPTED
+    } else if summary.failed.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_TARGETS_FAILED
+    })
+}
+
+fn describe(s: &Summary) -> String {
+    let mut text = format!(
+        "{} {} targets, {} fresh, {} failed",
+        if s.interrupted {
+            "Interrupted after building"
+        } else {
+            "Built"
+        },
+        s.built,
+        s.fresh,
+        s.failed.len()
+    );
+    if s.not_run > 0 {
+        text.push_str(&format!(", {} not run", s.not_run));
+    }
+    text.push_str(&format!(
+        " in {:.2}s ({} written",
+        s.seconds,
+        human_bytes(s.bytes_written)
+    ));
+    text.push_str(&format!(", {} source files hashed)", s.sources_hashed));
+    if !s.failed.is_empty() {
+        text.push_str("\nFailed:");
+        for f in &s.failed {
+            text.push_str(&format!("\n  {}", f.target));
+        }
+        text.push_str("\nFixed the cause? Run the same command again: finished targets are kept.");
+    }
+    text
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,25 @@
+//! `dsmake kinds`: what each step kind does and the settings it takes.
+
+use super::EXIT_OK;
+use crate::pipeline::settings::Fallback;
+
+pub fn kinds() -> anyhow::Result<i32> {
+    for kind in crate::kinds::ALL {
+        println!("{} (v{}): {}", kind.name(), kind.version(), kind.about());
+        for setting in kind.settings() {
+            let default = match setting.fallback {
+                Fallback::Required => "required".to_string(),
+                Fallback::Absent => "optional".to_string(),
+                Fallback::Value(v) => format!("default {v}"),
+            };
+            println!(
+                "  {:<12} {} ({default}): {}",
+                setting.name,
+                setting.ty.describe(),
+                setting.help
+            );
+        }
+        println!();
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,164 @@
+//! The command line: `dsmake build|plan|status|graph|gc|worker|kinds|completions`.
+
+mod build;
+mod gc;
+mod graph;
+mod kinds;
+mod status;
+mod worker;
+mod workspace;
+
+use crate::pipeline::Diagnostic;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_TARGETS_FAILED: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_ENVIRONMENT: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (for `plan --check`: nothing to build)
+  1    one or more targets failed (for `plan --check`: targets would be built)
+  2    bad command line or pipeline file
+  3    store, file system or other environment error
+  130  interrupted (Ctrl-C or SIGTERM); finished targets are kept";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dsmake",
+    version,
+    about = "A declarative build system for datasets: content-hashed shard targets, built only when missing or stale",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More detail: every target in plans, every built target in builds.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build every target that is missing or stale.
+    #[command(after_help = EXIT_CODES)]
+    Build(build::BuildArgs),
+    /// Show what a build would do, and why (same as `build --dry-run`).
+    #[command(after_help = EXIT_CODES)]
+    Plan(build::PlanArgs),
+    /// What the store holds for each step: fresh, stale, missing, sizes, rows and failures.
+    #[command(after_help = EXIT_CODES)]
+    Status(status::StatusArgs),
+    /// The pipeline as a Graphviz DOT graph (steps, or targets with --shards).
+    #[command(after_help = EXIT_CODES)]
+    Graph(graph::GraphArgs),
+    /// List store files that no target of the current plan owns; delete them with --yes.
+    #[command(after_help = EXIT_CODES)]
+    Gc(gc::GcArgs),
+    /// Build one target from its serialised job (what local and remote executors run).
+    #[command(after_help = EXIT_CODES)]
+    Worker(worker::WorkerArgs),
+    /// The step kinds this dsmake knows, with their settings.
+    Kinds,
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// What selects and configures a pipeline, shared by the commands that plan.
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// A pipeline name under pipelines/ (looked up from here upwards) or a path to a .toml file.
+    pub pipeline: String,
+    /// Override a param: --set key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set)]
+    pub set: Vec<(String, String)>,
+    /// Only this step, or one target (STEP/SHARD), and what it needs (repeatable).
+    #[arg(long, value_name = "STEP[/SHARD]")]
+    pub target: Vec<String>,
+    /// Rebuild this step's targets even when fresh (repeatable).
+    #[arg(long, value_name = "STEP")]
+    pub force: Vec<String>,
+    /// Where outputs live: a folder (default ./dsmake-store) or file:///path.
+    #[arg(long, env = "DSMAKE_STORE", default_value = "dsmake-store")]
+    pub store: String,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Human,
+    Json,
+}
+
+fn parse_set(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, found `{raw}`"))
+}
+
+/// Output settings every command shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub verbose: bool,
+    pub quiet: bool,
+    pub terminal: bool,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let out = Output {
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+        terminal: std::io::stderr().is_terminal(),
+    };
+    let result = match cli.command {
+        Command::Build(args) => build::build(args, out),
+        Command::Plan(args) => build::plan(args, out),
+        Command::Status(args) => status::status(args, out),
+        Command::Graph(args) => graph::graph(args),
+        Command::Gc(args) => gc::gc(args, out),
+        Command::Worker(args) => worker::worker(args),
+        Command::Kinds => kinds::kinds(),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "dsmake", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(diagnostic) = e.downcast_ref::<Diagnostic>() {
+                eprintln!("error: {diagnostic}");
+                EXIT_BAD_INPUT
+            } else if let Some(usage) = e.downcast_ref::<UsageError>() {
+                eprintln!("error: {}", usage.0);
+                EXIT_BAD_INPUT
+            } else {
+                eprintln!("error: {e:#}");
+                EXIT_ENVIRONMENT
+            }
+        }
+    }
+}
+
+/// A mistake on the command line found after parsing (a --target naming no step, say).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}

@@ -1,0 +1,121 @@
+//! `dsmake status`: per step, what the store holds — fresh, stale, missing, sizes, rows and failures.
+
+use super::build::human_bytes;
+use super::workspace::Workspace;
+use super::{EXIT_OK, Format, Output, PipelineArgs};
+use crate::plan::render::step_counts;
+use crate::plan::{Action, Plan};
+use clap::Args;
+use serde::Serialize;
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+#[derive(Serialize)]
+struct StepStatus {
+    step: String,
+    kind: &'static str,
+    dir: String,
+    targets: Option<usize>,
+    unknown: Option<String>,
+    fresh: usize,
+    stale: usize,
+    missing: usize,
+    bytes: u64,
+    rows: u64,
+    failures: u64,
+    /// failures ÷ rows over fresh targets that count rows.
+    failure_rate: Option<f64>,
+    last_built: Option<String>,
+}
+
+fn summarize(plan: &Plan) -> Vec<StepStatus> {
+    plan.steps
+        .iter()
+        .enumerate()
+        .map(|(s, step)| {
+            let counts = step_counts(plan, s);
+            let fresh: Vec<_> = plan.targets[step.targets.clone()]
+                .iter()
+                .filter(|t| t.selected && t.action == Action::Fresh)
+                .filter_map(|t| t.record.as_ref())
+                .collect();
+            let rows: u64 = fresh.iter().filter_map(|r| r.rows).sum();
+            let failures: u64 = fresh.iter().filter_map(|r| r.failures).sum();
+            let source_bytes: u64 = plan.targets[step.targets.clone()]
+                .iter()
+                .filter_map(|t| t.source.as_ref().map(|f| f.size))
+                .sum();
+            StepStatus {
+                step: step.name.clone(),
+                kind: step.kind,
+                dir: step.dir.clone(),
+                targets: step
+                    .unknown
+                    .is_none()
+                    .then(|| counts.source + counts.fresh + counts.run()),
+                unknown: step.unknown.clone(),
+                fresh: counts.fresh + counts.source,
+                stale: counts.stale
+                    + plan.targets[step.targets.clone()]
+                        .iter()
+                        .filter(|t| t.selected && t.action == Action::Blocked && t.record.is_some())
+                        .count(),
+                missing: counts.missing
+                    + plan.targets[step.targets.clone()]
+                        .iter()
+                        .filter(|t| t.selected && t.action == Action::Blocked && t.record.is_none())
+                        .count(),
+                bytes: fresh.iter().map(|r| r.bytes()).sum::<u64>() + source_bytes,
+                rows,
+                failures,
+                failure_rate: (rows > 0).then(|| failures as f64 / rows as f64),
+                last_built: fresh.iter().map(|r| r.started_at.clone()).max(),
+            }
+        })
+        .collect()
+}
+
+pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<i32> {
+    let workspace = Workspace::open(&args.pipeline)?;
+    let plan = workspace.plan()?;
+    let steps = summarize(&plan);
+    if args.format == Format::Json {
+        let value =
+            serde_json::json!({ "pipeline": plan.pipeline, "store": plan.store, "steps": steps });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(EXIT_OK);
+    }
+    println!("Status of {} (store: {})", plan.pipeline, plan.store);
+    let width = steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
+    println!(
+        "  {:<width$}  {:>7}  {:>7}  {:>7}  {:>7}  {:>10}  {:>9}  {:>8}  last built",
+        "step", "targets", "fresh", "stale", "missing", "size", "rows", "failed"
+    );
+    for s in &steps {
+        let targets = s.targets.map_or("?".to_string(), |n| n.to_string());
+        let failed = s
+            .failure_rate
+            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        let rows = if s.rows > 0 {
+            s.rows.to_string()
+        } else {
+            "-".to_string()
+        };
+        println!(
+            "  {:<width$}  {targets:>7}  {:>7}  {:>7}  {:>7}  {:>10}  {rows:>9}  {failed:>8}  {}",
+            s.step,
+            s.fresh,
+            s.stale,
+            s.missing,
+            human_bytes(s.bytes),
+            s.last_built.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,103 @@
+//! Finding the pipeline file, and opening what a command needs: the parsed pipeline, the store, the stat cache.
+
+use super::{PipelineArgs, UsageError};
+use crate::pipeline::{self, Pipeline};
+use crate::plan::{PlanOptions, stat_cache::StatCache};
+use crate::store::{self, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct Workspace {
+    pub pipeline: Pipeline,
+    pub store: Arc<dyn Store>,
+    pub stat_cache: StatCache,
+    pub plan_options: PlanOptions,
+}
+
+impl Workspace {
+    pub fn open(args: &PipelineArgs) -> anyhow::Result<Workspace> {
+        let file = find_pipeline(&args.pipeline)?;
+        let pipeline = pipeline::load(&file, &args.set)?;
+        let store = store::open(&args.store)?;
+        let stat_cache = StatCache::open(cache_dir().join("stat-cache.json"));
+        let plan_options = PlanOptions {
+            targets: args.target.clone(),
+            force: args.force.clone(),
+        };
+        Ok(Workspace {
+            pipeline,
+            store,
+            stat_cache,
+            plan_options,
+        })
+    }
+
+    pub fn plan(&self) -> anyhow::Result<crate::plan::Plan> {
+        let plan = crate::plan::make(
+            &self.pipeline,
+            &*self.store,
+            &self.stat_cache,
+            &self.plan_options,
+        )
+        .map_err(|e| match e.to_string() {
+            m if m.starts_with("--target") || m.starts_with("--force") => UsageError(m).into(),
+            _ => e,
+        })?;
+        if let Err(e) = self.stat_cache.save() {
+            eprintln!("warning: {e:#}");
+        }
+        Ok(plan)
+    }
+}
+
+/// `$DSMAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/dsmake`, else `~/.cache/dsmake`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DSMAKE_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("dsmake")
+}
+
+/// A path to a file, or a name looked up as `pipelines/NAME.toml` here and in each parent folder.
+fn find_pipeline(arg: &str) -> anyhow::Result<PathBuf> {
+    let as_path = Path::new(arg);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    if arg.contains('/') || arg.ends_with(".toml") {
+        return Err(UsageError(format!("pipeline file `{arg}` does not exist")).into());
+    }
+    let cwd = std::env::current_dir()?;
+    let mut searched = Vec::new();
+    for dir in cwd.ancestors() {
+        let folder = dir.join("pipelines");
+        let candidate = folder.join(format!("{arg}.toml"));
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        if folder.is_dir() {
+            searched.push(folder);
+        }
+    }
+    let known: Vec<String> = searched
+        .iter()
+        .flat_map(|f| std::fs::read_dir(f).into_iter().flatten().flatten())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".toml")
+                .map(str::to_string)
+        })
+        .collect();
+    let known_refs: Vec<&str> = known.iter().map(String::as_str).collect();
+    let hint = if known.is_empty() {
+        "no pipelines/ folder here or above; pass a path to a .toml file".to_string()
+    } else {
+        crate::pipeline::suggest::help_for(arg, "pipeline", &known_refs)
+    };
+    Err(UsageError(format!("no pipeline `{arg}` ({hint})")).into())
+}

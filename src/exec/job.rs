@@ -1,0 +1,105 @@
+//! A job: everything a worker needs to build one target, serialisable so that any machine can run it.
+
+use crate::pipeline::Pipeline;
+use crate::plan::Plan;
+use crate::plan::key::KeyParts;
+use crate::store::step_state::Record;
+use crate::store::{Store, join};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub job_format: u32,
+    pub pipeline: String,
+    pub target: String,
+    pub step: String,
+    pub shard: String,
+    /// The step's folder in the store.
+    pub dir: String,
+    pub key: String,
+    pub key_parts: KeyParts,
+    pub inputs: Vec<JobInput>,
+    /// `--store` as given; the worker opens it itself.
+    pub store: String,
+    /// The pipeline file's folder, for settings that name local paths.
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobInput {
+    pub target: String,
+    pub shard: String,
+    pub files: Vec<JobFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobFile {
+    /// A source file, read where it is.
+    Local(PathBuf),
+    /// An object in the store (store-relative path).
+    Store(String),
+}
+
+impl Job {
+    /// The job for target `t`. Inputs built earlier in this run are found in `built`.
+    pub fn for_target(
+        pipeline: &Pipeline,
+        plan: &Plan,
+        store: &dyn Store,
+        t: usize,
+        built: &HashMap<usize, Record>,
+    ) -> Job {
+        let target = &plan.targets[t];
+        let step = &pipeline.steps[target.step];
+        let inputs = target
+            .inputs
+            .iter()
+            .map(|&i| {
+                let input = &plan.targets[i];
+                let record = built.get(&i).or(input.record.as_ref());
+                let files = match (&input.source, record) {
+                    (Some(source), _) => vec![JobFile::Local(source.path.clone())],
+                    (None, Some(record)) => {
+                        let dir = &pipeline.steps[input.step].dir;
+                        record
+                            .outputs
+                            .iter()
+                            .map(|o| JobFile::Store(join(dir, &o.name)))
+                            .collect()
+                    }
+                    (None, None) => Vec::new(),
+                };
+                JobInput {
+                    target: input.name.clone(),
+                    shard: input.shard.clone(),
+                    files,
+                    rows: record.and_then(|r| r.rows),
+                }
+            })
+            .collect();
+        Job {
+            job_format: FORMAT,
+            pipeline: pipeline.name.clone(),
+            target: target.name.clone(),
+            step: step.name.clone(),
+            shard: target.shard.clone(),
+            dir: step.dir.clone(),
+            key: target.key.clone(),
+            key_parts: target.parts.clone(),
+            inputs,
+            store: store.url(),
+            base_dir: pipeline.base_dir.clone(),
+        }
+    }
+
+    pub fn settings(&self) -> &serde_json::Value {
+        &self.key_parts.settings
+    }
+}

@@ -1,0 +1,189 @@
+//! `dsmake worker`: builds one target from its job, in a scratch folder, then publishes the outputs and,
+//! last, the manifest. Local and remote builds both come through here.
+
+use super::failure::Cancelled;
+use super::job::{FORMAT, Job, JobFile};
+use crate::kinds::{self, BuildCx, Cancel, LocalInput};
+use crate::plan::stat_cache::hash_file;
+use crate::store::manifest::{self, Manifest, OutputFile};
+use crate::store::{ObjectMeta, Store, join, manifest_path};
+use anyhow::{Context, anyhow, bail};
+use rayon::prelude::*;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+pub struct Outcome {
+    pub manifest: Manifest,
+    pub manifest_meta: ObjectMeta,
+}
+
+/// Parses a serialised job and builds it.
+pub fn run_json(job: &str, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outcome> {
+    let job: Job = serde_json::from_str(job).context("invalid job description")?;
+    if job.job_format != FORMAT {
+        bail!(
+            "job format {} is not {FORMAT}: the worker and the planner are different dsmake versions",
+            job.job_format
+        );
+    }
+    run(&job, store, cancel)
+}
+
+pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outcome> {
+    let kind = kinds::lookup(&job.key_parts.kind).ok_or_else(|| {
+        anyhow!(
+            "unknown step kind `{}` in job for {}",
+            job.key_parts.kind,
+            job.target
+        )
+    })?;
+    if kind.version() != job.key_parts.kind_version {
+        bail!(
+            "kind `{}` is version {} here but the job wants {}: use the same dsmake for planning and work",
+            kind.name(),
+            kind.version(),
+            job.key_parts.kind_version
+        );
+    }
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    let scratch_root = store.scratch_root();
+    std::fs::create_dir_all(&scratch_root)
+        .with_context(|| format!("cannot create {}", scratch_root.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("{}-", std::process::id()))
+        .tempdir_in(&scratch_root)
+        .with_context(|| {
+            format!(
+                "cannot create a scratch folder in {}",
+                scratch_root.display()
+            )
+        })?;
+    let (out_dir, work_dir, in_dir) = (
+        scratch.path().join("out"),
+        scratch.path().join("work"),
+        scratch.path().join("in"),
+    );
+    for dir in [&out_dir, &work_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+
+    let inputs = job
+        .inputs
+        .iter()
+        .map(|input| {
+            let files = input
+                .files
+                .iter()
+                .enumerate()
+                .map(|(n, file)| local_file(store, file, &in_dir, n))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("input {}", input.target))?;
+            Ok(LocalInput {
+                target: input.target.clone(),
+                shard: input.shard.clone(),
+                files,
+                rows: input.rows,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // An old manifest would vouch for outputs while they are being replaced: remove it first.
+    let manifest_at = manifest_path(&job.dir, &job.shard);
+    store.delete(&manifest_at)?;
+
+    let cx = BuildCx {
+        job,
+        inputs,
+        out_dir: &out_dir,
+        work_dir: &work_dir,
+        cancel,
+    };
+    let built = kind.build(&cx)?;
+    if cancel.is_cancelled() {
+        return Err(Cancelled.into());
+    }
+
+    let outputs: Vec<OutputFile> = built
+        .outputs
+        .par_iter()
+        .map(|name| {
+            let path = out_dir.join(name);
+            let size = std::fs::metadata(&path)
+                .with_context(|| format!("declared output `{name}` was not written"))?
+                .len();
+            Ok(OutputFile {
+                name: name.clone(),
+                size,
+                blake3: hash_file(&path)?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for output in &outputs {
+        if cancel.is_cancelled() {
+            return Err(Cancelled.into());
+        }
+        store.publish(&out_dir.join(&output.name), &join(&job.dir, &output.name))?;
+    }
+
+    let manifest = Manifest {
+        manifest_format: manifest::FORMAT,
+        target: job.target.clone(),
+        key: job.key.clone(),
+        key_parts: job.key_parts.clone(),
+        outputs,
+        rows: built.rows,
+        failures: built.failures,
+        stats: built.stats,
+        started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+        duration_s: clock.elapsed().as_secs_f64(),
+        dsmake_version: env!("CARGO_PKG_VERSION").to_string(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest)?;
+    let manifest_meta = store.write(&manifest_at, &bytes)?;
+    Ok(Outcome {
+        manifest,
+        manifest_meta,
+    })
+}
+
+fn local_file(
+    store: &dyn Store,
+    file: &JobFile,
+    in_dir: &Path,
+    n: usize,
+) -> anyhow::Result<std::path::PathBuf> {
+    match file {
+        JobFile::Local(path) => Ok(path.clone()),
+        JobFile::Store(path) => match store.local_path(path) {
+            Some(local) => Ok(local),
+            None => {
+                std::fs::create_dir_all(in_dir)?;
+                let name = path.rsplit('/').next().unwrap_or("input");
+                let dest = in_dir.join(format!("{n}-{name}"));
+                store.fetch(path, &dest)?;
+                Ok(dest)
+            }
+        },
+    }
+}
+
+/// Removes scratch folders left by processes that no longer run (a build killed with -9).
+pub fn clean_abandoned_scratch(store: &dyn Store) {
+    let Ok(entries) = std::fs::read_dir(store.scratch_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        // kill(pid, 0) fails with ESRCH when no such process exists.
+        let gone = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH));
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! `command`: a shell command per input shard, per group of shards, over all of them, or once. It runs in a
+//! scratch folder; its declared outputs are published to the store only if it exits 0 and wrote them all.
+
+mod template;
+
+use super::{BuildCx, Built, Cancel, Inputs, Kind, ShardCx};
+use crate::exec::failure::Cancelled;
+use crate::pipeline::settings::{Setting, SettingError, SettingType};
+use crate::plan::shard::{Mapping, Shards};
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use template::{expand, shell_quote};
+
+pub struct Command;
+
+const SETTINGS: &[Setting] = &[
+    Setting::required(
+        "run",
+        SettingType::String,
+        "the shell command; {input}, {output}, {outputs}, {out_dir}, {shard}, {stem}, {step} and {pipeline} are filled in",
+    ),
+    Setting::default(
+        "outputs",
+        SettingType::StringList,
+        r#"["{shard}"]"#,
+        "the files the command writes, relative to the step's folder; may use {shard}, {stem}, {step}",
+    ),
+    Setting::optional(
+        "per",
+        SettingType::String,
+        "\"shard\" (one target per input shard), \"group\" (per `group_size` shards), \"all\" or \"once\"; \
+         default: \"shard\" with `from`, \"once\" without",
+    ),
+    Setting::optional(
+        "group_size",
+        SettingType::Integer,
+        "input shards per target when per = \"group\"",
+    ),
+    Setting::optional(
+        "env",
+        SettingType::StringTable,
+        "environment variables for the command",
+    ),
+    Setting::default(
+        "shell",
+        SettingType::String,
+        r#""bash""#,
+        "the shell that runs `run` with -c; bash runs with -e -o pipefail, so a failing stage fails the target",
+    ),
+    Setting::optional(
+        "timeout",
+        SettingType::Float,
+        "seconds before the command is killed and the target fails",
+    ),
+];
+
+const RUN_VARS: &[&str] = &[
+    "input", "inputs", "output", "outputs", "out_dir", "shard", "stem", "step", "pipeline",
+];
+const OUTPUT_VARS: &[&str] = &["shard", "stem", "step", "pipeline"];
+/// Lines of stderr shown when a command fails.
+const STDERR_TAIL_LINES: usize = 20;
+
+#[derive(Debug, Deserialize)]
+struct Settings {
+    run: String,
+    outputs: Vec<String>,
+    per: Option<String>,
+    group_size: Option<u64>,
+    env: Option<BTreeMap<String, String>>,
+    shell: String,
+    timeout: Option<f64>,
+}
+
+fn settings(value: &Value) -> anyhow::Result<Settings> {
+    serde_json::from_value(value.clone()).context("command settings")
+}
+
+fn mapping(s: &Settings, has_inputs: bool) -> Result<Mapping, SettingError> {
+    let per = s
+        .per
+        .as_deref()
+        .unwrap_or(if has_inputs { "shard" } else { "once" });
+    let needs_inputs = |m| {
+        if has_inputs {
+            Ok(m)
+        } else {
+            Err(
+                SettingError::new("per", format!("per = \"{per}\" needs `from`"))
+                    .help("or set per = \"once\""),
+            )
+        }
+    };
+    match per {
+        "shard" => needs_inputs(Mapping::OneToOne),
+        "all" => needs_inputs(Mapping::All),
+        "group" => match s.group_size {
+            Some(k) if k > 0 => needs_inputs(Mapping::Group(k as usize)),
+            _ => Err(SettingError::new(
+                "per",
+                "per = \"group\" needs `group_size` (a positive integer)",
+            )),
+        },
+        "once" if has_inputs => Err(SettingError::new(
+            "per",
+            "per = \"once\" reads no input, but the step has `from`",
+        )
+        .help("use per = \"all\" for one target over every input shard")),
+        "once" => Ok(Mapping::Once),
+        other => Err(
+            SettingError::new("per", format!("unknown per = \"{other}\""))
+                .help("expected \"shard\", \"group\", \"all\" or \"once\""),
+        ),
+    }
+}
+
+fn stem(shard: &str) -> &str {
+    let name = shard.rsplit('/').next().unwrap_or(shard);
+    name.split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(name)
+}
+
+fn output_names(
+    s: &Settings,
+    shard: &str,
+    step: &str,
+    pipeline: &str,
+) -> Result<Vec<String>, String> {
+    let vars = |name: &str| match name {
+        "shard" => Some(shard.to_string()),
+        "stem" => Some(stem(shard).to_string()),
+        "step" => Some(step.to_string()),
+        "pipeline" => Some(pipeline.to_string()),
+        _ => None,
+    };
+    let mut names = Vec::with_capacity(s.outputs.len());
+    for template in &s.outputs {
+        let name = expand(template, &vars)?;
+        let bad = name.is_empty()
+            || name.starts_with('/')
+            || name.starts_with(crate::store::META_DIR)
+            || name
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(".dsmake-tmp-"));
+        if bad {
+            return Err(format!(
+                "output `{name}` must be a plain relative path in the step's folder"
+            ));
+        }
+        if names.contains(&name) {
+            return Err(format!("output `{name}` is declared twice"));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+impl Kind for Command {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "a shell command per input shard, per group of shards, over all of them, or once"
+    }
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::Optional
+    }
+
+    fn check(&self, value: &Value, has_inputs: bool) -> Result<(), SettingError> {
+        let s = settings(value).map_err(|e| SettingError::new("run", format!("{e:#}")))?;
+        mapping(&s, has_inputs)?;
+        let run_vars = |name: &str| {
+            let input = matches!(name, "input" | "inputs");
+            (RUN_VARS.contains(&name) && (has_inputs || !input)).then(String::new)
+        };
+        expand(&s.run, &run_vars).map_err(|e| {
+            let e = SettingError::new("run", e);
+            if has_inputs {
+                e
+            } else {
+                e.help("a step without `from` has no {input}")
+            }
+        })?;
+        if s.outputs.is_empty() {
+            return Err(SettingError::new("outputs", "`outputs` is empty")
+                .help("declare the files the command writes"));
+        }
+        let probe = |name: &str| OUTPUT_VARS.contains(&name).then(|| "x".to_string());
+        for template in &s.outputs {
+            expand(template, &probe).map_err(|e| SettingError::new("outputs", e))?;
+        }
+        output_names(&s, "x", "x", "x").map_err(|e| SettingError::new("outputs", e))?;
+        if s.timeout.is_some_and(|t| t <= 0.0) {
+            return Err(SettingError::new(
+                "timeout",
+                "`timeout` must be positive (seconds)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let s = settings(&cx.step.settings)?;
+        let mapping = mapping(&s, !cx.inputs.is_empty()).map_err(|e| anyhow!(e.message))?;
+        mapping.shards(&cx.inputs).map_err(|e| anyhow!(e))
+    }
+
+    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
+        let s = settings(cx.job.settings())?;
+        let job = cx.job;
+        let outputs =
+            output_names(&s, &job.shard, &job.step, &job.pipeline).map_err(|e| anyhow!(e))?;
+        for name in &outputs {
+            if let Some(parent) = cx.out_dir.join(name).parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let quoted = |paths: &mut dyn Iterator<Item = &Path>| {
+            paths
+                .map(|p| shell_quote(&p.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let inputs = quoted(
+            &mut cx
+                .inputs
+                .iter()
+                .flat_map(|i| i.files.iter().map(|p| p.as_path())),
+        );
+        let output_paths: Vec<_> = outputs.iter().map(|o| cx.out_dir.join(o)).collect();
+        let vars = |name: &str| {
+            Some(match name {
+                "input" | "inputs" => inputs.clone(),
+                "output" => quoted(&mut output_paths.iter().take(1).map(|p| p.as_path())),
+                "outputs" => quoted(&mut output_paths.iter().map(|p| p.as_path())),
+                "out_dir" => shell_quote(&cx.out_dir.to_string_lossy()),
+                "shard" => shell_quote(&job.shard),
+                "stem" => shell_quote(stem(&job.shard)),
+                "step" => job.step.clone(),
+                "pipeline" => job.pipeline.clone(),
+                _ => return None,
+            })
+        };
+        let script = expand(&s.run, &vars).map_err(|e| anyhow!(e))?;
+
+        let stdout_log = cx.work_dir.join(".dsmake-stdout.log");
+        let stderr_log = cx.work_dir.join(".dsmake-stderr.log");
+        let mut command = std::process::Command::new(&s.shell);
+        if Path::new(&s.shell).file_name().is_some_and(|n| n == "bash") {
+            command.args(["-e", "-o", "pipefail"]);
+        }
+        command
+            .arg("-c")
+            .arg(&script)
+            .current_dir(cx.work_dir)
+            .envs(s.env.iter().flatten())
+            .env("DSMAKE_TARGET", &job.target)
+            .env("DSMAKE_SHARD", &job.shard)
+            .env("DSMAKE_OUT_DIR", cx.out_dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_log)?)
+            .stderr(File::create(&stderr_log)?)
+            // Its own process group, so that an interrupted build can stop it and everything it started.
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", s.shell))?;
+        let timeout = s.timeout.map(Duration::from_secs_f64);
+        let status = wait(&mut child, cx.cancel, timeout)?;
+        let tail = || stderr_tail(&stderr_log);
+        match status {
+            Waited::Cancelled => return Err(Cancelled.into()),
+            Waited::TimedOut(after) => bail!(
+                "command timed out after {:.1}s{}",
+                after.as_secs_f64(),
+                tail()
+            ),
+            Waited::Exited(status) if !status.success() => {
+                bail!("command {}{}", describe(status), tail())
+            }
+            Waited::Exited(_) => {}
+        }
+        for (name, path) in outputs.iter().zip(&output_paths) {
+            if !path.is_file() {
+                bail!(
+                    "the command exited 0 but did not write its declared output `{name}`{}",
+                    tail()
+                );
+            }
+        }
+        Ok(Built {
+            outputs,
+            ..Default::default()
+        })
+    }
+}
+
+enum Waited {
+    Exited(ExitStatus),
+    Cancelled,
+    TimedOut(Duration),
+}
+
+fn wait(
+    child: &mut std::process::Child,
+    cancel: &Cancel,
+    timeout: Option<Duration>,
+) -> anyhow::Result<Waited> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Waited::Exited(status));
+        }
+        let timed_out = timeout.is_some_and(|t| started.elapsed() >= t);
+        if cancel.is_cancelled() || timed_out {
+            // SAFETY: kill(2) on the child's own process group; no memory is touched.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            return Ok(if timed_out {
+                Waited::TimedOut(started.elapsed())
+            } else {
+                Waited::Cancelled
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "failed".to_string(),
+    }
+}
+
+fn stderr_tail(path: &Path) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return " (no stderr)".to_string();
+    }
+    let from = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    let skipped = if from > 0 {
+        format!("  … {from} earlier lines\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "\nstderr:\n{skipped}{}",
+        lines[from..]
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn with(extra: Value) -> Value {
+        let mut base = json!({"run": "cat {input} > {output}", "outputs": ["{shard}"], "per": null,
+            "group_size": null, "env": null, "shell": "bash", "timeout": null});
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        base
+    }
+
+    #[test]
+    fn per_defaults_follow_inputs() {
+        let s = settings(&with(json!({}))).unwrap();
+        assert_eq!(mapping(&s, true).unwrap(), Mapping::OneToOne);
+        assert_eq!(mapping(&s, false).unwrap(), Mapping::Once);
+    }
+
+    #[test]
+    fn checks_templates_and_combinations() {
+        let cmd = Command;
+        assert_eq!(cmd.check(&with(json!({})), false).unwrap_err().key, "run");
+        let e = cmd.check(&with(json!({"per": "group"})), true).unwrap_err();
+        assert_eq!(
+            e.message,
+            "per = \"group\" needs `group_size` (a positive integer)"
+        );
+        let e = cmd
+            .check(&with(json!({"outputs": ["{shrd}.txt"]})), true)
+            .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("outputs", "unknown placeholder `{shrd}`")
+        );
+        let e = cmd
+            .check(&with(json!({"outputs": ["../x"]})), true)
+            .unwrap_err();
+        assert_eq!(e.key, "outputs");
+        assert!(
+            cmd.check(&with(json!({"per": "group", "group_size": 2})), true)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn stems_drop_folders_and_extensions() {
+        assert_eq!(stem("sub/a.tar.gz"), "a");
+        assert_eq!(stem("00003"), "00003");
+    }
+}

@@ -1,0 +1,179 @@
+//! `files`: local files matched by paths or globs, one shard per file, identified by the blake3 of their
+//! content. A source: nothing is built, downstream steps read the files where they are.
+
+use super::{BuildCx, Built, Inputs, ShardCx};
+use crate::pipeline::settings::{Setting, SettingError, SettingType};
+use crate::plan::shard::{ShardSpec, Shards, SourceFile};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub struct Files;
+
+const SETTINGS: &[Setting] = &[Setting::required(
+    "paths",
+    SettingType::StringList,
+    "files or globs relative to the pipeline file's folder, e.g. \"data/*.csv\" or [\"a.txt\", \"raw/**/*.json\"]",
+)];
+
+fn patterns(settings: &Value) -> Vec<&str> {
+    settings["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// The folder a pattern's matches are named relative to: its components before the first wildcard.
+fn literal_base(pattern: &Path) -> PathBuf {
+    let mut base = PathBuf::new();
+    for component in pattern.components() {
+        let text = component.as_os_str().to_string_lossy();
+        if text.contains(['*', '?', '[']) {
+            return base;
+        }
+        base.push(component);
+    }
+    // No wildcard: a plain file path, named by its file name.
+    pattern.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+impl super::Kind for Files {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "local files matched by paths or globs, one shard per file"
+    }
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::None
+    }
+    fn is_source(&self) -> bool {
+        true
+    }
+
+    fn check(&self, settings: &Value, _has_inputs: bool) -> Result<(), SettingError> {
+        let list = patterns(settings);
+        if list.is_empty() {
+            return Err(SettingError::new("paths", "`paths` is empty")
+                .help("name at least one file or glob"));
+        }
+        for pattern in list {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                return Err(SettingError::new(
+                    "paths",
+                    format!("invalid glob `{pattern}`: {}", e.msg),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let base_dir = &cx.pipeline.base_dir;
+        let mut found: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+        for pattern in patterns(&cx.step.settings) {
+            let full = base_dir.join(pattern);
+            let base = literal_base(&full);
+            let mut matched = 0;
+            let walk = glob::glob(&full.to_string_lossy())
+                .with_context(|| format!("invalid glob `{pattern}`"))?;
+            for entry in walk {
+                let path = entry.with_context(|| format!("cannot read a match of `{pattern}`"))?;
+                if !path.is_file() {
+                    continue;
+                }
+                matched += 1;
+                let id = path
+                    .strip_prefix(&base)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                let display = path
+                    .strip_prefix(base_dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                match found.get(&id) {
+                    Some((other, _)) if *other != path => bail!(
+                        "`{}` and `{}` would both be shard `{id}`: use globs whose matches have distinct names",
+                        other.display(),
+                        path.display()
+                    ),
+                    _ => {
+                        found.insert(id, (path, display));
+                    }
+                }
+            }
+            if matched == 0 {
+                bail!(
+                    "`{pattern}` matches no file (relative to {})",
+                    shown_dir(base_dir)
+                );
+            }
+        }
+        let paths: Vec<PathBuf> = found.values().map(|(p, _)| p.clone()).collect();
+        let identities = cx.stat_cache.identities(&paths)?;
+        Ok(Shards::Known(
+            found
+                .into_iter()
+                .zip(identities)
+                .map(|((id, (path, display)), identity)| ShardSpec {
+                    id,
+                    coords: json!({}),
+                    inputs: Vec::new(),
+                    source: Some(SourceFile {
+                        path,
+                        display,
+                        size: identity.size,
+                        blake3: identity.blake3,
+                    }),
+                })
+                .collect(),
+        ))
+    }
+
+    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
+        bail!(
+            "{} is a source file: `files` targets are never built",
+            cx.job.target
+        )
+    }
+}
+
+fn shown_dir(dir: &Path) -> String {
+    if dir.as_os_str().is_empty() {
+        ".".to_string()
+    } else {
+        dir.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_is_the_part_before_the_first_wildcard() {
+        assert_eq!(
+            literal_base(Path::new("/p/data/*.csv")),
+            PathBuf::from("/p/data")
+        );
+        assert_eq!(
+            literal_base(Path::new("/p/raw/**/x?.json")),
+            PathBuf::from("/p/raw")
+        );
+        assert_eq!(
+            literal_base(Path::new("/p/one/file.txt")),
+            PathBuf::from("/p/one")
+        );
+    }
+}

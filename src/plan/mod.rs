@@ -1,0 +1,464 @@
+//! The plan: every target of the pipeline, its key, and what a build would do with it and why.
+
+pub mod key;
+pub mod reason;
+pub mod render;
+pub mod shard;
+pub mod stat_cache;
+
+use crate::kinds::ShardCx;
+use crate::pipeline::Pipeline;
+use crate::pipeline::suggest::help_for;
+use crate::store::step_state::{Record, StepState};
+use crate::store::{Store, manifest::Manifest, manifest_path};
+use anyhow::{Context, bail};
+use key::{InputKey, KeyParts};
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+use shard::{InputShard, InputShards, Shards, SourceFile};
+use stat_cache::StatCache;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+#[derive(Debug, Default, Clone)]
+pub struct PlanOptions {
+    /// `--target STEP` or `STEP/SHARD`: plan only these and what they need.
+    pub targets: Vec<String>,
+    /// `--force STEP`: rebuild the step's targets even when fresh.
+    pub force: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A file outside the store, identified by content; nothing to build.
+    Source,
+    Fresh,
+    Missing,
+    Stale,
+    /// Not fresh, and waits on inputs that this build makes first.
+    Blocked,
+}
+
+impl Action {
+    pub fn runs(self) -> bool {
+        matches!(self, Action::Missing | Action::Stale | Action::Blocked)
+    }
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub step: usize,
+    pub shard: String,
+    /// `step/shard`
+    pub name: String,
+    pub key: String,
+    pub parts: KeyParts,
+    pub inputs: Vec<usize>,
+    pub source: Option<SourceFile>,
+    pub action: Action,
+    pub reason: Option<String>,
+    /// What the store holds for this target (its current manifest, fresh or not).
+    pub record: Option<Record>,
+    /// False when `--target` left it out.
+    pub selected: bool,
+}
+
+#[derive(Debug)]
+pub struct StepPlan {
+    pub name: String,
+    pub kind: &'static str,
+    pub dir: String,
+    pub source: bool,
+    pub targets: Range<usize>,
+    /// Why the shard count is not known yet.
+    pub unknown: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PlanStats {
+    pub sources_checked: usize,
+    pub sources_hashed: u64,
+    pub bytes_hashed: u64,
+    pub objects_listed: usize,
+    pub manifests_read: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub pipeline: String,
+    pub store: String,
+    pub steps: Vec<StepPlan>,
+    pub targets: Vec<Target>,
+    /// Per step (None for sources): what the store holds; the executor records new builds here.
+    pub states: Vec<Option<StepState>>,
+    pub stats: PlanStats,
+}
+
+impl Plan {
+    pub fn to_run(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.targets.len())
+            .filter(|&i| self.targets[i].selected && self.targets[i].action.runs())
+    }
+
+    pub fn has_unknown(&self) -> bool {
+        self.steps.iter().any(|s| s.unknown.is_some())
+    }
+}
+
+pub fn make(
+    pipeline: &Pipeline,
+    store: &dyn Store,
+    stat_cache: &StatCache,
+    options: &PlanOptions,
+) -> anyhow::Result<Plan> {
+    let started = Instant::now();
+    check_step_names(pipeline, options)?;
+    let hashed_before = stat_cache.hashed_files.load(Ordering::Relaxed);
+    let bytes_before = stat_cache.hashed_bytes.load(Ordering::Relaxed);
+
+    // One listing per built step, all steps at once.
+    let states: Vec<Option<StepState>> = pipeline
+        .steps
+        .par_iter()
+        .map(|step| {
+            (!step.kind.is_source())
+                .then(|| StepState::load(store, &step.dir))
+                .transpose()
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut plan = Plan {
+        pipeline: pipeline.name.clone(),
+        store: store.url(),
+        steps: Vec::with_capacity(pipeline.steps.len()),
+        targets: Vec::new(),
+        states,
+        stats: PlanStats::default(),
+    };
+    let mut views: Vec<Vec<InputShard>> = Vec::with_capacity(pipeline.steps.len());
+    let mut stale_to_explain = Vec::new();
+
+    for (s, step) in pipeline.steps.iter().enumerate() {
+        let inputs = pipeline.inputs_of(s);
+        let first = plan.targets.len();
+        let waiting = inputs.iter().find(|&&i| plan.steps[i].unknown.is_some());
+        let shards = match waiting {
+            Some(&i) => Shards::Unknown(format!(
+                "waits for the shards of {}",
+                pipeline.steps[i].name
+            )),
+            None => {
+                let cx = ShardCx {
+                    pipeline,
+                    step,
+                    inputs: inputs
+                        .iter()
+                        .map(|&i| InputShards {
+                            step: &pipeline.steps[i].name,
+                            shards: &views[i],
+                        })
+                        .collect(),
+                    stat_cache,
+                };
+                step.kind
+                    .shards(&cx)
+                    .with_context(|| format!("step `{}`", step.name))?
+            }
+        };
+        let specs = match shards {
+            Shards::Known(specs) => specs,
+            Shards::Unknown(why) => {
+                plan.steps.push(step_plan(step, first..first, Some(why)));
+                views.push(Vec::new());
+                continue;
+            }
+        };
+        let state = plan.states[s].as_ref();
+        let forced = options.force.iter().any(|f| *f == step.name);
+        for spec in specs {
+            if !is_valid_shard_id(&spec.id) {
+                bail!(
+                    "step `{}` made an invalid shard id `{}`",
+                    step.name,
+                    spec.id
+                );
+            }
+            let input_targets: Vec<usize> = spec
+                .inputs
+                .iter()
+                .map(|&(from, shard)| plan.steps[inputs[from]].targets.start + shard)
+                .collect();
+            let parts = KeyParts {
+                kind: step.kind.name().to_string(),
+                kind_version: step.kind.version(),
+                settings: step.settings.clone(),
+                shard: spec.id.clone(),
+                coords: spec.coords,
+                inputs: input_targets
+                    .iter()
+                    .map(|&t| InputKey {
+                        target: plan.targets[t].name.clone(),
+                        key: plan.targets[t].key.clone(),
+                    })
+                    .collect(),
+                source: spec
+                    .source
+                    .as_ref()
+                    .map(|f| json!({ "path": f.display, "blake3": f.blake3 })),
+            };
+            let key = parts.key();
+            let name = format!("{}/{}", step.name, spec.id);
+            let record = state.and_then(|st| st.records.get(&spec.id).cloned());
+            let (action, reason) = match state {
+                None => (Action::Source, None),
+                Some(st) => freshness(st, &spec.id, &key, record.as_ref()),
+            };
+            let (action, reason) = match action {
+                Action::Fresh if forced => (
+                    Action::Stale,
+                    Some(format!("forced with --force {}", step.name)),
+                ),
+                Action::Stale if reason.is_none() => {
+                    stale_to_explain.push(plan.targets.len());
+                    (action, reason)
+                }
+                _ => (action, reason),
+            };
+            plan.targets.push(Target {
+                step: s,
+                shard: spec.id,
+                name,
+                key,
+                parts,
+                inputs: input_targets,
+                source: spec.source,
+                action,
+                reason,
+                record,
+                selected: true,
+            });
+        }
+        let range = first..plan.targets.len();
+        views.push(
+            plan.targets[range.clone()]
+                .iter()
+                .map(|t| InputShard {
+                    id: t.shard.clone(),
+                    rows: if t.action == Action::Fresh {
+                        t.record.as_ref().and_then(|r| r.rows)
+                    } else {
+                        None
+                    },
+                })
+                .collect(),
+        );
+        plan.steps.push(step_plan(step, range, None));
+    }
+
+    explain_stale(&mut plan, pipeline, store, &stale_to_explain);
+    mark_blocked(&mut plan);
+    select(&mut plan, options)?;
+
+    plan.stats = PlanStats {
+        sources_checked: plan
+            .targets
+            .iter()
+            .filter(|t| t.action == Action::Source)
+            .count(),
+        sources_hashed: stat_cache.hashed_files.load(Ordering::Relaxed) - hashed_before,
+        bytes_hashed: stat_cache.hashed_bytes.load(Ordering::Relaxed) - bytes_before,
+        objects_listed: plan.states.iter().flatten().map(|s| s.files.len()).sum(),
+        manifests_read: plan
+            .states
+            .iter()
+            .flatten()
+            .map(|s| s.manifests_read)
+            .sum::<usize>()
+            + stale_to_explain.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok(plan)
+}
+
+fn step_plan(
+    step: &crate::pipeline::Step,
+    targets: Range<usize>,
+    unknown: Option<String>,
+) -> StepPlan {
+    StepPlan {
+        name: step.name.clone(),
+        kind: step.kind.name(),
+        dir: step.dir.clone(),
+        source: step.kind.is_source(),
+        targets,
+        unknown,
+    }
+}
+
+/// Shard ids become paths in the store: no empty, hidden or parent components.
+fn is_valid_shard_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(".dsmake-tmp-"))
+        && !id.starts_with(crate::store::META_DIR)
+}
+
+/// Fresh when the store's manifest has the wanted key and every output it lists is there with its size.
+/// A key mismatch is marked stale with no reason yet: explaining it takes a manifest read, done in bulk.
+fn freshness(
+    state: &StepState,
+    shard: &str,
+    key: &str,
+    record: Option<&Record>,
+) -> (Action, Option<String>) {
+    let Some(record) = record else {
+        let reason = match state.unreadable.get(shard) {
+            Some(why) => format!("manifest unreadable ({why})"),
+            None => "never built".to_string(),
+        };
+        return (Action::Missing, Some(reason));
+    };
+    if record.key != key {
+        return (Action::Stale, None);
+    }
+    for output in &record.outputs {
+        match state.has(&output.name, output.size) {
+            None => {
+                return (
+                    Action::Stale,
+                    Some(format!("output {} is missing", output.name)),
+                );
+            }
+            Some(false) => {
+                let now = state.files.get(&output.name).map_or(0, |m| m.size);
+                let reason = format!(
+                    "output {} changed size ({} → {now} bytes)",
+                    output.name, output.size
+                );
+                return (Action::Stale, Some(reason));
+            }
+            Some(true) => {}
+        }
+    }
+    (Action::Fresh, None)
+}
+
+fn explain_stale(plan: &mut Plan, pipeline: &Pipeline, store: &dyn Store, stale: &[usize]) {
+    if stale.is_empty() {
+        return;
+    }
+    let sources: std::collections::HashMap<&str, &str> = plan
+        .targets
+        .iter()
+        .filter_map(|t| Some((t.name.as_str(), t.source.as_ref()?.display.as_str())))
+        .collect();
+    let describe_input = |name: &str| match sources.get(name) {
+        Some(path) => format!("source {path}"),
+        None => format!("input {name}"),
+    };
+    let reasons: Vec<String> = stale
+        .par_iter()
+        .map(|&t| {
+            let target = &plan.targets[t];
+            let path = manifest_path(&pipeline.steps[target.step].dir, &target.shard);
+            let old = store
+                .read(&path)
+                .ok()
+                .flatten()
+                .and_then(|bytes| Manifest::parse(&bytes, &path).ok());
+            match old {
+                Some(old) => reason::explain(&old.key_parts, &target.parts, &describe_input),
+                None => "manifest changed while planning".to_string(),
+            }
+        })
+        .collect();
+    for (&t, reason) in stale.iter().zip(reasons) {
+        plan.targets[t].reason = Some(reason);
+    }
+}
+
+fn mark_blocked(plan: &mut Plan) {
+    for t in 0..plan.targets.len() {
+        if plan.targets[t].action.runs()
+            && plan.targets[t]
+                .inputs
+                .iter()
+                .any(|&i| plan.targets[i].action.runs())
+        {
+            plan.targets[t].action = Action::Blocked;
+        }
+    }
+}
+
+fn check_step_names(pipeline: &Pipeline, options: &PlanOptions) -> anyhow::Result<()> {
+    let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
+    for (flag, value) in
+        options
+            .force
+            .iter()
+            .map(|f| ("--force", f.as_str()))
+            .chain(options.targets.iter().map(|t| {
+                (
+                    "--target",
+                    t.split_once('/').map_or(t.as_str(), |(step, _)| step),
+                )
+            }))
+    {
+        if !names.contains(&value) {
+            bail!(
+                "{flag} {value}: there is no step `{value}` ({})",
+                help_for(value, "step", &names)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--target`: keep the named targets and, transitively, what they read.
+fn select(plan: &mut Plan, options: &PlanOptions) -> anyhow::Result<()> {
+    if options.targets.is_empty() {
+        return Ok(());
+    }
+    let mut wanted = vec![false; plan.targets.len()];
+    let mut stack = Vec::new();
+    for spec in &options.targets {
+        let (step, shard) = spec
+            .split_once('/')
+            .map_or((spec.as_str(), None), |(s, t)| (s, Some(t)));
+        let Some(step_plan) = plan.steps.iter().find(|s| s.name == step) else {
+            continue;
+        };
+        if let Some(why) = &step_plan.unknown {
+            bail!(
+                "--target {spec}: the shards of `{step}` are not known yet ({why}); build its inputs first"
+            );
+        }
+        let before = stack.len();
+        stack.extend(
+            step_plan
+                .targets
+                .clone()
+                .filter(|&t| shard.is_none_or(|id| plan.targets[t].shard == id)),
+        );
+        if stack.len() == before {
+            bail!(
+                "--target {spec}: step `{step}` has no shard `{}`",
+                shard.unwrap_or_default()
+            );
+        }
+    }
+    while let Some(t) = stack.pop() {
+        if !std::mem::replace(&mut wanted[t], true) {
+            stack.extend(plan.targets[t].inputs.iter().copied());
+        }
+    }
+    for (target, keep) in plan.targets.iter_mut().zip(wanted) {
+        target.selected = keep;
+    }
+    Ok(())
+}

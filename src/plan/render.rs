@@ -1,0 +1,205 @@
+//! The plan for people (a table, then the reasons) and for programs (`--format json`).
+
+use super::{Action, Plan};
+use serde_json::{Value, json};
+use std::fmt::Write;
+
+/// How many stale targets the table lists before `-v` is needed for the rest.
+const LISTED_REASONS: usize = 20;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub source: usize,
+    pub fresh: usize,
+    pub missing: usize,
+    pub stale: usize,
+    pub blocked: usize,
+}
+
+impl Counts {
+    pub fn run(&self) -> usize {
+        self.missing + self.stale + self.blocked
+    }
+    fn add(&mut self, action: Action) {
+        match action {
+            Action::Source => self.source += 1,
+            Action::Fresh => self.fresh += 1,
+            Action::Missing => self.missing += 1,
+            Action::Stale => self.stale += 1,
+            Action::Blocked => self.blocked += 1,
+        }
+    }
+}
+
+pub fn step_counts(plan: &Plan, step: usize) -> Counts {
+    let mut counts = Counts::default();
+    for t in plan.steps[step].targets.clone() {
+        if plan.targets[t].selected {
+            counts.add(plan.targets[t].action);
+        }
+    }
+    counts
+}
+
+fn cell(n: usize) -> String {
+    if n == 0 {
+        "-".to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+pub fn table(plan: &Plan, verbose: bool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Plan for {} (store: {})", plan.pipeline, plan.store);
+    let width = plan
+        .steps
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let kind_width = plan
+        .steps
+        .iter()
+        .map(|s| s.kind.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "  {:<width$}  {:<kind_width$}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}",
+        "step", "kind", "targets", "fresh", "missing", "stale", "blocked", "run"
+    );
+    let mut total = Counts::default();
+    for (s, step) in plan.steps.iter().enumerate() {
+        let c = step_counts(plan, s);
+        if let Some(why) = &step.unknown {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:<kind_width$}  {:>7}  {why}",
+                step.name, step.kind, "?"
+            );
+            continue;
+        }
+        let shards = c.source + c.fresh + c.run();
+        if step.source {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:<kind_width$}  {:>7}  (source files)",
+                step.name, step.kind, shards
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  {:<width$}  {:<kind_width$}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}",
+                step.name,
+                step.kind,
+                shards,
+                cell(c.fresh),
+                cell(c.missing),
+                cell(c.stale),
+                cell(c.blocked),
+                cell(c.run())
+            );
+        }
+        total.fresh += c.fresh;
+        total.missing += c.missing;
+        total.stale += c.stale;
+        total.blocked += c.blocked;
+    }
+
+    let listed: Vec<_> = plan
+        .targets
+        .iter()
+        .filter(|t| t.selected && (verbose || matches!(t.action, Action::Stale | Action::Blocked)))
+        .filter(|t| verbose || t.reason.as_deref().is_some_and(|r| r != "never built"))
+        .collect();
+    if !listed.is_empty() {
+        let _ = writeln!(out, "\n{}", if verbose { "Targets:" } else { "Stale:" });
+        let name_width = listed.iter().map(|t| t.name.len()).max().unwrap_or(0);
+        let shown = if verbose {
+            listed.len()
+        } else {
+            LISTED_REASONS
+        };
+        for t in listed.iter().take(shown) {
+            let action = format!("{:?}", t.action).to_lowercase();
+            let reason = t.reason.as_deref().unwrap_or("");
+            let _ = writeln!(out, "  {:<name_width$}  {action:<7}  {reason}", t.name);
+        }
+        if listed.len() > shown {
+            let _ = writeln!(out, "  … and {} more (all with -v)", listed.len() - shown);
+        }
+    }
+    let unknown = plan.steps.iter().filter(|s| s.unknown.is_some()).count();
+    let _ = write!(out, "\n");
+    match total.run() {
+        0 if unknown == 0 => {
+            let _ = writeln!(out, "Nothing to do: {} targets are fresh.", total.fresh);
+        }
+        n => {
+            let _ = write!(
+                out,
+                "{n} targets to build ({} missing, {} stale, {} waiting on inputs)",
+                total.missing, total.stale, total.blocked
+            );
+            if unknown > 0 {
+                let _ = write!(
+                    out,
+                    ", and {unknown} steps whose targets are known once their inputs are built"
+                );
+            }
+            let _ = writeln!(out, "; {} fresh.", total.fresh);
+        }
+    }
+    out
+}
+
+pub fn json(plan: &Plan) -> Value {
+    let steps: Vec<Value> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(s, step)| {
+            let c = step_counts(plan, s);
+            json!({
+                "step": step.name,
+                "kind": step.kind,
+                "dir": step.dir,
+                "targets": step.unknown.is_none().then(|| c.source + c.fresh + c.run()),
+                "unknown": step.unknown,
+                "source": c.source,
+                "fresh": c.fresh,
+                "missing": c.missing,
+                "stale": c.stale,
+                "blocked": c.blocked,
+                "run": c.run(),
+            })
+        })
+        .collect();
+    let targets: Vec<Value> = plan
+        .targets
+        .iter()
+        .filter(|t| t.selected)
+        .map(|t| {
+            json!({
+                "target": t.name,
+                "step": plan.steps[t.step].name,
+                "shard": t.shard,
+                "key": t.key,
+                "action": t.action,
+                "reason": t.reason,
+                "inputs": t.inputs.iter().map(|&i| &plan.targets[i].name).collect::<Vec<_>>(),
+                "source": t.source.as_ref().map(|f| json!({"path": f.display, "size": f.size, "blake3": f.blake3})),
+            })
+        })
+        .collect();
+    json!({
+        "pipeline": plan.pipeline,
+        "store": plan.store,
+        "steps": steps,
+        "targets": targets,
+        "stats": plan.stats,
+    })
+}

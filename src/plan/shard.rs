@@ -1,0 +1,268 @@
+//! Shards: how a step's targets are derived from its inputs' targets.
+
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// One shard of a step, before keys are computed.
+#[derive(Debug, Clone)]
+pub struct ShardSpec {
+    pub id: String,
+    /// What identifies this shard's slice of the inputs (a group index, a row range); part of the key.
+    pub coords: Value,
+    /// The input targets this shard reads: (position in `from`, shard index in that step).
+    pub inputs: Vec<(usize, usize)>,
+    /// For sources: the file this shard is.
+    pub source: Option<SourceFile>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    /// The path as the user wrote it, relative to the pipeline file; shown in plans.
+    pub display: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+#[derive(Debug)]
+pub enum Shards {
+    Known(Vec<ShardSpec>),
+    /// Not knowable until something is built; the text says what.
+    Unknown(String),
+}
+
+/// What a step sees of one input step while planning.
+#[derive(Debug, Clone, Copy)]
+pub struct InputShards<'a> {
+    pub step: &'a str,
+    pub shards: &'a [InputShard],
+}
+
+#[derive(Debug, Clone)]
+pub struct InputShard {
+    pub id: String,
+    /// Row count when the input target is built and recorded one.
+    pub rows: Option<u64>,
+}
+
+/// The ways a kind's shards can map to its inputs' shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// One shard per input shard, same id. Several inputs are joined on the shard id.
+    OneToOne,
+    /// Consecutive groups of `k` input shards, in input order: `00000`, `00001`, …
+    Group(usize),
+    /// A single shard reading every input shard.
+    All,
+    /// A single shard reading nothing.
+    Once,
+    /// Each input shard's rows split into fixed-size shards: `<input>_00000`, … Shard i of an input always
+    /// covers rows [i·n, (i+1)·n), so a new input adds shards and never moves existing ones.
+    Rows(u64),
+}
+
+pub const SINGLE_SHARD: &str = "all";
+
+impl Mapping {
+    pub fn shards(self, inputs: &[InputShards]) -> Result<Shards, String> {
+        let flat = || {
+            inputs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, input)| (0..input.shards.len()).map(move |s| (i, s)))
+                .collect::<Vec<_>>()
+        };
+        let out = match self {
+            Mapping::Once => vec![ShardSpec {
+                id: SINGLE_SHARD.into(),
+                coords: json!({}),
+                inputs: vec![],
+                source: None,
+            }],
+            Mapping::All => {
+                vec![ShardSpec {
+                    id: SINGLE_SHARD.into(),
+                    coords: json!({}),
+                    inputs: flat(),
+                    source: None,
+                }]
+            }
+            Mapping::Group(k) => flat()
+                .chunks(k.max(1))
+                .enumerate()
+                .map(|(g, members)| ShardSpec {
+                    id: format!("{g:05}"),
+                    coords: json!({ "group": g, "group_size": k }),
+                    inputs: members.to_vec(),
+                    source: None,
+                })
+                .collect(),
+            Mapping::OneToOne => one_to_one(inputs)?,
+            Mapping::Rows(n) => return Ok(rows(inputs, n.max(1))),
+        };
+        Ok(Shards::Known(out))
+    }
+}
+
+fn one_to_one(inputs: &[InputShards]) -> Result<Vec<ShardSpec>, String> {
+    let Some(first) = inputs.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(first.shards.len());
+    for (s, shard) in first.shards.iter().enumerate() {
+        let mut reads = vec![(0, s)];
+        for (i, other) in inputs.iter().enumerate().skip(1) {
+            let at = other
+                .shards
+                .iter()
+                .position(|o| o.id == shard.id)
+                .ok_or_else(|| {
+                    format!(
+                        "shard `{}` of `{}` has no partner in `{}`",
+                        shard.id, first.step, other.step
+                    )
+                })?;
+            reads.push((i, at));
+        }
+        out.push(ShardSpec {
+            id: shard.id.clone(),
+            coords: json!({}),
+            inputs: reads,
+            source: None,
+        });
+    }
+    for other in inputs.iter().skip(1) {
+        if other.shards.len() != first.shards.len() {
+            return Err(format!(
+                "`{}` has {} shards and `{}` has {}: one-to-one inputs must have the same shards",
+                first.step,
+                first.shards.len(),
+                other.step,
+                other.shards.len()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn rows(inputs: &[InputShards], per_shard: u64) -> Shards {
+    let mut out = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        for (s, shard) in input.shards.iter().enumerate() {
+            let Some(rows) = shard.rows else {
+                return Shards::Unknown(format!(
+                    "row counts are known once {}/{} is built",
+                    input.step, shard.id
+                ));
+            };
+            let stem = shard
+                .id
+                .split('.')
+                .next()
+                .unwrap_or(&shard.id)
+                .replace('/', "_");
+            for part in 0..rows.div_ceil(per_shard) {
+                let start = part * per_shard;
+                out.push(ShardSpec {
+                    id: format!("{stem}_{part:05}"),
+                    coords: json!({ "rows": [start, (start + per_shard).min(rows)] }),
+                    inputs: vec![(i, s)],
+                    source: None,
+                });
+            }
+        }
+    }
+    Shards::Known(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shards(ids: &[(&str, Option<u64>)]) -> Vec<InputShard> {
+        ids.iter()
+            .map(|(id, rows)| InputShard {
+                id: id.to_string(),
+                rows: *rows,
+            })
+            .collect()
+    }
+
+    fn ids(s: Shards) -> Vec<String> {
+        match s {
+            Shards::Known(v) => v.into_iter().map(|s| s.id).collect(),
+            Shards::Unknown(why) => vec![why],
+        }
+    }
+
+    #[test]
+    fn groups_are_consecutive() {
+        let a = shards(&[("a", None), ("b", None), ("c", None)]);
+        let input = [InputShards {
+            step: "raw",
+            shards: &a,
+        }];
+        let Shards::Known(groups) = Mapping::Group(2).shards(&input).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            groups.iter().map(|g| g.inputs.clone()).collect::<Vec<_>>(),
+            vec![vec![(0, 0), (0, 1)], vec![(0, 2)]]
+        );
+        assert_eq!(groups[1].id, "00001");
+    }
+
+    #[test]
+    fn rows_split_per_input_and_wait_for_counts() {
+        let a = shards(&[("a.parquet", Some(25)), ("b.parquet", Some(10))]);
+        let input = [InputShards {
+            step: "meta",
+            shards: &a,
+        }];
+        assert_eq!(
+            ids(Mapping::Rows(10).shards(&input).unwrap()),
+            vec!["a_00000", "a_00001", "a_00002", "b_00000"]
+        );
+        let b = shards(&[("a.parquet", None)]);
+        let input = [InputShards {
+            step: "meta",
+            shards: &b,
+        }];
+        assert_eq!(
+            ids(Mapping::Rows(10).shards(&input).unwrap()),
+            vec!["row counts are known once meta/a.parquet is built"]
+        );
+    }
+
+    #[test]
+    fn one_to_one_joins_on_ids() {
+        let a = shards(&[("x", None), ("y", None)]);
+        let b = shards(&[("y", None), ("x", None)]);
+        let inputs = [
+            InputShards {
+                step: "a",
+                shards: &a,
+            },
+            InputShards {
+                step: "b",
+                shards: &b,
+            },
+        ];
+        let Shards::Known(out) = Mapping::OneToOne.shards(&inputs).unwrap() else {
+            panic!()
+        };
+        assert_eq!(out[0].inputs, vec![(0, 0), (1, 1)]);
+        let c = shards(&[("z", None)]);
+        let inputs = [
+            InputShards {
+                step: "a",
+                shards: &a,
+            },
+            InputShards {
+                step: "c",
+                shards: &c,
+            },
+        ];
+        assert!(Mapping::OneToOne.shards(&inputs).is_err());
+    }
+}

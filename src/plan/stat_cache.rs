@@ -1,0 +1,166 @@
+//! Content identity (blake3) of local files, with a stat cache so that an unchanged file is not read again.
+//! A file counts as unchanged when its size, mtime, ctime and inode all match the cache. As in git's index,
+//! a file modified within the last moment before it was hashed is not cached: a second write in the same
+//! timestamp tick would go unseen.
+
+use anyhow::Context;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// A file whose mtime is this close to the moment it was hashed is hashed again next time.
+const RACY_WINDOW: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Entry {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    blake3: String,
+}
+
+#[derive(Debug, Default)]
+pub struct StatCache {
+    file: Option<PathBuf>,
+    entries: Mutex<HashMap<PathBuf, Entry>>,
+    dirty: AtomicBool,
+    pub hashed_files: AtomicU64,
+    pub hashed_bytes: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub size: u64,
+    pub blake3: String,
+}
+
+impl StatCache {
+    /// Opens the cache kept in `file`; a missing or unreadable cache starts empty.
+    pub fn open(file: PathBuf) -> Self {
+        let entries = std::fs::read(&file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        StatCache {
+            file: Some(file),
+            entries: Mutex::new(entries),
+            ..Default::default()
+        }
+    }
+
+    /// Identities of many files, hashed in parallel where the cache cannot vouch for them.
+    pub fn identities(&self, paths: &[PathBuf]) -> anyhow::Result<Vec<Identity>> {
+        paths.par_iter().map(|p| self.identity(p)).collect()
+    }
+
+    pub fn identity(&self, path: &Path) -> anyhow::Result<Identity> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+        let ctime_ns = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
+        let (size, ino) = (meta.size(), meta.ino());
+        if let Some(hit) = self.lock().get(path) {
+            if hit.size == size
+                && hit.mtime_ns == mtime_ns
+                && hit.ctime_ns == ctime_ns
+                && hit.ino == ino
+            {
+                return Ok(Identity {
+                    size,
+                    blake3: hit.blake3.clone(),
+                });
+            }
+        }
+        let started = SystemTime::now();
+        let blake3 = hash_file(path)?;
+        self.hashed_files.fetch_add(1, Ordering::Relaxed);
+        self.hashed_bytes.fetch_add(size, Ordering::Relaxed);
+        let modified = meta.modified().unwrap_or(started);
+        let settled = started
+            .duration_since(modified)
+            .is_ok_and(|age| age > RACY_WINDOW);
+        if settled {
+            let entry = Entry {
+                size,
+                mtime_ns,
+                ctime_ns,
+                ino,
+                blake3: blake3.clone(),
+            };
+            self.lock().insert(path.to_path_buf(), entry);
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        Ok(Identity { size, blake3 })
+    }
+
+    /// Writes the cache back if anything was added (atomically: a crash leaves the old cache).
+    pub fn save(&self) -> anyhow::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        if !self.dirty.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&*self.lock())?;
+        crate::store::local::write_atomically(file, &bytes)
+            .with_context(|| format!("cannot write the stat cache {}", file.display()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub fn hash_file(path: &Path) -> anyhow::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    hasher
+        .update_reader(file)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_files_are_not_read_again_and_changes_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.txt");
+        std::fs::write(&file, "one").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+
+        let cache_file = dir.path().join("cache.json");
+        let cache = StatCache::open(cache_file.clone());
+        let first = cache.identity(&file).unwrap();
+        cache.save().unwrap();
+        assert_eq!(first.blake3, blake3::hash(b"one").to_hex().to_string());
+
+        let cache = StatCache::open(cache_file);
+        cache.identity(&file).unwrap();
+        assert_eq!(cache.hashed_files.load(Ordering::Relaxed), 0);
+
+        std::fs::write(&file, "two!").unwrap();
+        assert_eq!(
+            cache.identity(&file).unwrap().blake3,
+            blake3::hash(b"two!").to_hex().to_string()
+        );
+        assert_eq!(cache.hashed_files.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,206 @@
+//! The local-folder store: temp file, fsync, rename — a reader never sees half an object.
+
+use super::{ObjectMeta, Store};
+use anyhow::{Context, bail};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Files being written start with this; listings of outputs skip them and `gc` removes them.
+pub const TEMP_PREFIX: &str = ".dsmake-tmp-";
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// The root is made absolute: workers run commands in scratch folders, where a relative path means nothing.
+    pub fn new(root: PathBuf) -> Self {
+        LocalStore {
+            root: std::path::absolute(&root).unwrap_or(root),
+        }
+    }
+
+    fn path(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+fn meta_of(path: String, meta: &fs::Metadata) -> ObjectMeta {
+    let version = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
+    ObjectMeta {
+        path,
+        size: meta.size(),
+        version,
+    }
+}
+
+fn temp_beside(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("object");
+    dest.with_file_name(format!("{TEMP_PREFIX}{}-{name}", fastrand::u64(..)))
+}
+
+fn sync_dir(dir: &Path) {
+    // Makes the rename durable. Some file systems refuse fsync on a directory: that loses nothing here.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `bytes` to `dest` so that a crash leaves the old file or the new one, never a mix.
+pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let temp = temp_beside(dest);
+    let result = (|| {
+        let mut file = File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result?;
+    sync_dir(dir);
+    Ok(())
+}
+
+impl Store for LocalStore {
+    fn url(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(self.path(prefix), prefix.trim_end_matches('/').to_string())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+            };
+            for entry in entries {
+                let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let child = super::join(&rel, &name);
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Removed between the listing and the stat: it is not there.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot stat {}", entry.path().display()));
+                    }
+                };
+                if meta.is_dir() {
+                    stack.push((entry.path(), child));
+                } else {
+                    out.push(meta_of(child, &meta));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(path)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path(path).display())),
+        }
+    }
+
+    fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
+        let dest = self.path(path);
+        write_atomically(&dest, bytes)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        let meta =
+            fs::metadata(&dest).with_context(|| format!("cannot stat {}", dest.display()))?;
+        Ok(meta_of(path.to_string(), &meta))
+    }
+
+    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
+        let dest = self.path(path);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        File::open(local)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot flush {}", local.display()))?;
+        if fs::rename(local, &dest).is_err() {
+            // Another file system: copy beside the destination, then rename.
+            let temp = temp_beside(&dest);
+            let copied = fs::copy(local, &temp).and_then(|_| File::open(&temp)?.sync_all());
+            if let Err(e) = copied.and_then(|_| fs::rename(&temp, &dest)) {
+                let _ = fs::remove_file(&temp);
+                return Err(e).with_context(|| format!("cannot publish {}", dest.display()));
+            }
+        }
+        sync_dir(&dir);
+        Ok(())
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<()> {
+        match fs::remove_file(self.path(path)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot delete {}", self.path(path).display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn local_path(&self, path: &str) -> Option<PathBuf> {
+        Some(self.path(path))
+    }
+
+    fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
+        fs::copy(self.path(path), dest)
+            .with_context(|| format!("cannot copy {path} from the store"))?;
+        Ok(())
+    }
+
+    fn scratch_root(&self) -> PathBuf {
+        self.root.join(".dsmake").join("scratch")
+    }
+
+    fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
+        let dir = self.root.join(".dsmake").join("locks");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{pipeline}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Box::new(file)),
+                Err(fs::TryLockError::WouldBlock) => {
+                    if !told {
+                        eprintln!(
+                            "Waiting for another build of `{pipeline}` on this store to finish…"
+                        );
+                        told = true;
+                    }
+                    if started.elapsed() > Duration::from_secs(24 * 3600) {
+                        bail!("gave up waiting for the lock {}", path.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                }
+            }
+        }
+    }
+}

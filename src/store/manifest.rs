@@ -1,0 +1,41 @@
+//! A target's manifest: the commit marker, written after every output is in place.
+
+use crate::plan::key::KeyParts;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub manifest_format: u32,
+    pub target: String,
+    pub key: String,
+    /// What went into the key, so that a later plan can say what changed.
+    pub key_parts: KeyParts,
+    pub outputs: Vec<OutputFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u64>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub stats: Value,
+    pub started_at: String,
+    pub duration_s: f64,
+    pub dsmake_version: String,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFile {
+    /// Relative to the step's folder.
+    pub name: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8], path: &str) -> anyhow::Result<Manifest> {
+        serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("corrupt manifest {path}: {e}"))
+    }
+}

@@ -1,0 +1,81 @@
+//! Where outputs live. One trait; a local folder today, S3 behind the same trait.
+
+pub mod local;
+pub mod manifest;
+pub mod step_state;
+
+use anyhow::bail;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One object in a listing. `version` changes whenever the object is rewritten (local: mtime in
+/// nanoseconds; S3: the ETag), so a cached reading of it can be trusted while it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Store-relative, `/`-separated.
+    pub path: String,
+    pub size: u64,
+    pub version: String,
+}
+
+pub trait Store: Send + Sync {
+    /// The store as the user would write it in `--store`.
+    fn url(&self) -> String;
+    /// Every object under `prefix` (a folder), recursively.
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>>;
+    /// An object's bytes, or `None` when there is no such object.
+    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Writes an object atomically: readers see the old object or the whole new one.
+    fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta>;
+    /// Moves or copies a finished local file into the store, atomically. `local` may be consumed.
+    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()>;
+    fn delete(&self, path: &str) -> anyhow::Result<()>;
+    /// A path a reader can open directly, where the store is a local folder.
+    fn local_path(&self, path: &str) -> Option<PathBuf>;
+    /// Copies an object to a local file (for stores without `local_path`).
+    fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()>;
+    /// A local folder for workers' scratch space (on the same file system as the store, where it is local,
+    /// so that publishing is a rename).
+    fn scratch_root(&self) -> PathBuf;
+    /// Holds off a second build of the same pipeline on the same store until this one ends.
+    fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>>;
+}
+
+/// Opens `--store`: a folder path (or `file://` URL). `s3://` is recognised but comes with the S3 store.
+pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        bail!(
+            "the S3 store (s3://{rest}) is not built into this dsmake yet; use a local folder for --store"
+        );
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        if scheme != "file" {
+            bail!("unsupported store `{url}`: use a local folder path or file:///path");
+        }
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    Ok(Arc::new(local::LocalStore::new(PathBuf::from(path))))
+}
+
+/// Joins store-relative path segments with `/`.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Folder (inside a step's folder) that holds manifests and the step index.
+pub const META_DIR: &str = "_dsmake";
+
+pub fn manifest_path(step_dir: &str, shard: &str) -> String {
+    format!("{step_dir}/{META_DIR}/{shard}.json")
+}
+
+/// Names that dsmake uses for files being written; never a published output.
+pub fn is_temporary(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with(local::TEMP_PREFIX))
+}
