@@ -49,29 +49,16 @@ pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<i32> {
         Format::Human => print!("{}", render::table(&plan, out.verbose)),
     }
     let pending = plan.to_run().next().is_some() || plan.has_unknown();
-    Ok(if args.check && pending {
-        EXIT_TARGETS_FAILED
-    } else {
-        EXIT_OK
-    })
+    Ok(if args.check && pending { EXIT_TARGETS_FAILED } else { EXIT_OK })
 }
 
 pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<i32> {
     if args.dry_run {
-        return plan(
-            PlanArgs {
-                pipeline: args.pipeline,
-                format: args.format,
-                check: false,
-            },
-            out,
-        );
+        return plan(PlanArgs { pipeline: args.pipeline, format: args.format, check: false }, out);
     }
     let workspace = Workspace::open(&args.pipeline)?;
     let options = BuildOptions {
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         net_jobs: args.net_jobs,
         keep_going: args.keep_going,
         retries: args.retries,
@@ -104,11 +91,7 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<i32> {
 fn describe(s: &Summary) -> String {
     let mut text = format!(
         "{} {} targets, {} fresh, {} failed",
-        if s.interrupted {
-            "Interrupted after building"
-        } else {
-            "Built"
-        },
+        if s.interrupted { "Interrupted after building" } else { "Built" },
         s.built,
         s.fresh,
         s.failed.len()
@@ -116,11 +99,7 @@ fn describe(s: &Summary) -> String {
     if s.not_run > 0 {
         text.push_str(&format!(", {} not run", s.not_run));
     }
-    text.push_str(&format!(
-        " in {:.2}s ({} written",
-        s.seconds,
-        human_bytes(s.bytes_written)
-    ));
+    text.push_str(&format!(" in {:.2}s ({} written", s.seconds, human_bytes(s.bytes_written)));
     text.push_str(&format!(", {} source files hashed)", s.sources_hashed));
     if !s.failed.is_empty() {
         text.push_str("\nFailed:");
@@ -140,9 +119,5 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

@@ -32,11 +32,7 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
             unknown_dirs.push(format!("{}/", step.dir));
             continue;
         }
-        owned.insert(format!(
-            "{}/{META_DIR}/{}",
-            step.dir,
-            StepState::index_name()
-        ));
+        owned.insert(format!("{}/{META_DIR}/{}", step.dir, StepState::index_name()));
         for target in &plan.targets[step.targets.clone()] {
             owned.insert(manifest_path(&step.dir, &target.shard));
             for output in target.record.iter().flat_map(|r| &r.outputs) {
@@ -51,8 +47,7 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
     let mut seen = HashSet::new();
     for folder in &folders {
         for object in store.list(folder)? {
-            let kept = owned.contains(&object.path)
-                || unknown_dirs.iter().any(|d| object.path.starts_with(d));
+            let kept = owned.contains(&object.path) || unknown_dirs.iter().any(|d| object.path.starts_with(d));
             if !kept && seen.insert(object.path.clone()) {
                 orphans.push(object);
             }
@@ -69,17 +64,14 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
         }
     }
     for dir in &unknown_dirs {
-        eprintln!(
-            "note: kept everything under {dir}: its targets are not known until its inputs are built"
-        );
+        eprintln!("note: kept everything under {dir}: its targets are not known until its inputs are built");
     }
     match (orphans.len(), args.yes) {
         (0, _) => eprintln!("Nothing to collect: every file belongs to a target of the plan."),
         (n, true) => eprintln!("Deleted {n} files ({}).", human_bytes(bytes)),
-        (n, false) => eprintln!(
-            "{n} files ({}) belong to no target; run again with --yes to delete them.",
-            human_bytes(bytes)
-        ),
+        (n, false) => {
+            eprintln!("{n} files ({}) belong to no target; run again with --yes to delete them.", human_bytes(bytes))
+        }
     }
     Ok(EXIT_OK)
 }

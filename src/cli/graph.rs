@@ -41,12 +41,7 @@ pub fn graph(args: GraphArgs) -> anyhow::Result<i32> {
     } else {
         let plan = workspace.plan()?;
         for (s, step) in plan.steps.iter().enumerate() {
-            let _ = writeln!(
-                dot,
-                "  subgraph {} {{\n    label={};",
-                quote(&format!("cluster_{s}")),
-                quote(&step.name)
-            );
+            let _ = writeln!(dot, "  subgraph {} {{\n    label={};", quote(&format!("cluster_{s}")), quote(&step.name));
             if let Some(why) = &step.unknown {
                 let _ = writeln!(
                     dot,
@@ -63,22 +58,13 @@ pub fn graph(args: GraphArgs) -> anyhow::Result<i32> {
                     Action::Stale => "orange",
                     Action::Blocked => "lightgrey",
                 };
-                let _ = writeln!(
-                    dot,
-                    "    {} [style=filled, fillcolor={color}];",
-                    quote(&target.name)
-                );
+                let _ = writeln!(dot, "    {} [style=filled, fillcolor={color}];", quote(&target.name));
             }
             let _ = writeln!(dot, "  }}");
         }
         for target in plan.targets.iter().filter(|t| t.selected) {
             for &input in &target.inputs {
-                let _ = writeln!(
-                    dot,
-                    "  {} -> {};",
-                    quote(&plan.targets[input].name),
-                    quote(&target.name)
-                );
+                let _ = writeln!(dot, "  {} -> {};", quote(&plan.targets[input].name), quote(&target.name));
             }
         }
     }

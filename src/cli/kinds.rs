@@ -12,12 +12,7 @@ pub fn kinds() -> anyhow::Result<i32> {
                 Fallback::Absent => "optional".to_string(),
                 Fallback::Value(v) => format!("default {v}"),
             };
-            println!(
-                "  {:<12} {} ({default}): {}",
-                setting.name,
-                setting.ty.describe(),
-                setting.help
-            );
+            println!("  {:<12} {} ({default}): {}", setting.name, setting.ty.describe(), setting.help);
         }
         println!();
     }

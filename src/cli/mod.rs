@@ -117,11 +117,7 @@ pub struct Output {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let out = Output {
-        verbose: cli.verbose,
-        quiet: cli.quiet,
-        terminal: std::io::stderr().is_terminal(),
-    };
+    let out = Output { verbose: cli.verbose, quiet: cli.quiet, terminal: std::io::stderr().is_terminal() };
     let result = match cli.command {
         Command::Build(args) => build::build(args, out),
         Command::Plan(args) => build::plan(args, out),
@@ -143,6 +139,9 @@ pub fn main() -> i32 {
                 EXIT_BAD_INPUT
             } else if let Some(usage) = e.downcast_ref::<UsageError>() {
                 eprintln!("error: {}", usage.0);
+                EXIT_BAD_INPUT
+            } else if let Some(selection) = e.downcast_ref::<crate::plan::SelectionError>() {
+                eprintln!("error: {}", selection.0);
                 EXIT_BAD_INPUT
             } else {
                 eprintln!("error: {e:#}");

@@ -47,18 +47,13 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
                 .collect();
             let rows: u64 = fresh.iter().filter_map(|r| r.rows).sum();
             let failures: u64 = fresh.iter().filter_map(|r| r.failures).sum();
-            let source_bytes: u64 = plan.targets[step.targets.clone()]
-                .iter()
-                .filter_map(|t| t.source.as_ref().map(|f| f.size))
-                .sum();
+            let source_bytes: u64 =
+                plan.targets[step.targets.clone()].iter().filter_map(|t| t.source.as_ref().map(|f| f.size)).sum();
             StepStatus {
                 step: step.name.clone(),
                 kind: step.kind,
                 dir: step.dir.clone(),
-                targets: step
-                    .unknown
-                    .is_none()
-                    .then(|| counts.source + counts.fresh + counts.run()),
+                targets: step.unknown.is_none().then(|| counts.source + counts.fresh + counts.run()),
                 unknown: step.unknown.clone(),
                 fresh: counts.fresh + counts.source,
                 stale: counts.stale
@@ -86,8 +81,7 @@ pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<i32> {
     let plan = workspace.plan()?;
     let steps = summarize(&plan);
     if args.format == Format::Json {
-        let value =
-            serde_json::json!({ "pipeline": plan.pipeline, "store": plan.store, "steps": steps });
+        let value = serde_json::json!({ "pipeline": plan.pipeline, "store": plan.store, "steps": steps });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(EXIT_OK);
     }
@@ -99,14 +93,8 @@ pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<i32> {
     );
     for s in &steps {
         let targets = s.targets.map_or("?".to_string(), |n| n.to_string());
-        let failed = s
-            .failure_rate
-            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
-        let rows = if s.rows > 0 {
-            s.rows.to_string()
-        } else {
-            "-".to_string()
-        };
+        let failed = s.failure_rate.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        let rows = if s.rows > 0 { s.rows.to_string() } else { "-".to_string() };
         println!(
             "  {:<width$}  {targets:>7}  {:>7}  {:>7}  {:>7}  {:>10}  {rows:>9}  {failed:>8}  {}",
             s.step,

@@ -19,16 +19,12 @@ pub struct WorkerArgs {
 pub fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
     let text = if args.job == "-" {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the job from standard input")?;
+        std::io::stdin().read_to_string(&mut text).context("cannot read the job from standard input")?;
         text
     } else {
-        std::fs::read_to_string(&args.job)
-            .with_context(|| format!("cannot read job file {}", args.job))?
+        std::fs::read_to_string(&args.job).with_context(|| format!("cannot read job file {}", args.job))?
     };
-    let job: crate::exec::job::Job =
-        serde_json::from_str(&text).context("invalid job description")?;
+    let job: crate::exec::job::Job = serde_json::from_str(&text).context("invalid job description")?;
     let store = crate::store::open(args.store.as_deref().unwrap_or(&job.store))?;
     let outcome = worker::run_json(&text, &*store, &Cancel::default())
         .with_context(|| format!("target {} failed", job.target))?;

@@ -20,29 +20,17 @@ impl Workspace {
         let pipeline = pipeline::load(&file, &args.set)?;
         let store = store::open(&args.store)?;
         let stat_cache = StatCache::open(cache_dir().join("stat-cache.json"));
-        let plan_options = PlanOptions {
-            targets: args.target.clone(),
-            force: args.force.clone(),
-        };
-        Ok(Workspace {
-            pipeline,
-            store,
-            stat_cache,
-            plan_options,
-        })
+        let plan_options = PlanOptions { targets: args.target.clone(), force: args.force.clone() };
+        Ok(Workspace { pipeline, store, stat_cache, plan_options })
     }
 
     pub fn plan(&self) -> anyhow::Result<crate::plan::Plan> {
-        let plan = crate::plan::make(
-            &self.pipeline,
-            &*self.store,
-            &self.stat_cache,
-            &self.plan_options,
-        )
-        .map_err(|e| match e.to_string() {
-            m if m.starts_with("--target") || m.starts_with("--force") => UsageError(m).into(),
-            _ => e,
-        })?;
+        let plan = crate::plan::make(&self.pipeline, &*self.store, &self.stat_cache, &self.plan_options).map_err(
+            |e| match e.to_string() {
+                m if m.starts_with("--target") || m.starts_with("--force") => UsageError(m).into(),
+                _ => e,
+            },
+        )?;
         if let Err(e) = self.stat_cache.save() {
             eprintln!("warning: {e:#}");
         }
@@ -86,12 +74,7 @@ fn find_pipeline(arg: &str) -> anyhow::Result<PathBuf> {
     let known: Vec<String> = searched
         .iter()
         .flat_map(|f| std::fs::read_dir(f).into_iter().flatten().flatten())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".toml")
-                .map(str::to_string)
-        })
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
         .collect();
     let known_refs: Vec<&str> = known.iter().map(String::as_str).collect();
     let hint = if known.is_empty() {

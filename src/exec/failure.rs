@@ -49,9 +49,7 @@ pub fn is_cancelled(err: &anyhow::Error) -> bool {
 
 /// Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s, … capped at 30 s.
 pub fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(250)
-        .saturating_mul(1 << attempt.min(7))
-        .min(Duration::from_secs(30));
+    let cap = Duration::from_millis(250).saturating_mul(1 << attempt.min(7)).min(Duration::from_secs(30));
     cap.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 

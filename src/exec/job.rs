@@ -68,11 +68,7 @@ impl Job {
                     (Some(source), _) => vec![JobFile::Local(source.path.clone())],
                     (None, Some(record)) => {
                         let dir = &pipeline.steps[input.step].dir;
-                        record
-                            .outputs
-                            .iter()
-                            .map(|o| JobFile::Store(join(dir, &o.name)))
-                            .collect()
+                        record.outputs.iter().map(|o| JobFile::Store(join(dir, &o.name))).collect()
                     }
                     (None, None) => Vec::new(),
                 };

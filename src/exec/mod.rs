@@ -37,6 +37,8 @@ pub struct BuildOptions {
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub built: usize,
+    /// The targets built, in the order they finished.
+    pub built_targets: Vec<String>,
     pub fresh: usize,
     pub failed: Vec<FailedTarget>,
     /// Targets that did not run because an input failed or the build stopped.
@@ -62,33 +64,26 @@ pub fn build(
     plan_options: &PlanOptions,
     options: &BuildOptions,
 ) -> anyhow::Result<Summary> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let _lock = store.lock(&pipeline.name)?;
     worker::clean_abandoned_scratch(&*store);
     let started = Instant::now();
     let mut summary = Summary::default();
     let mut fresh: HashSet<String> = HashSet::new();
     let cancel = Cancel::default();
-    let _signals = runtime.block_on(async { watch_signals(cancel.clone()) });
+    let _signals = watch_signals(&runtime, cancel.clone());
 
     loop {
         let mut plan = plan::make(pipeline, &*store, stat_cache, plan_options)?;
         summary.sources_hashed += plan.stats.sources_hashed;
         fresh.extend(
-            plan.targets
-                .iter()
-                .filter(|t| t.selected && t.action == plan::Action::Fresh)
-                .map(|t| t.name.clone()),
+            plan.targets.iter().filter(|t| t.selected && t.action == plan::Action::Fresh).map(|t| t.name.clone()),
         );
         let to_run: Vec<usize> = plan.to_run().collect();
         if to_run.is_empty() {
             break;
         }
-        let round = runtime.block_on(run_round(
-            pipeline, &mut plan, &store, &to_run, options, &cancel,
-        ));
+        let round = runtime.block_on(run_round(pipeline, &mut plan, &store, &to_run, options, &cancel));
         for state in plan.states.iter_mut().flatten() {
             if let Err(e) = state.save_index(&*store) {
                 eprintln!("warning: {e:#} (the next plan reads manifests instead)");
@@ -97,16 +92,13 @@ pub fn build(
         for name in &round.built_names {
             fresh.remove(name);
         }
+        summary.built_targets.extend(round.built_names);
         summary.built += round.built;
         summary.bytes_written += round.bytes;
         summary.not_run += round.not_run;
         summary.failed.extend(round.failed);
         summary.interrupted |= round.interrupted;
-        if !summary.failed.is_empty()
-            || summary.interrupted
-            || !plan.has_unknown()
-            || round.built == 0
-        {
+        if !summary.failed.is_empty() || summary.interrupted || !plan.has_unknown() || round.built == 0 {
             break;
         }
     }
@@ -120,13 +112,10 @@ pub fn build(
 
 /// Ctrl-C and SIGTERM stop the build: running work is cancelled and publishes nothing. A second Ctrl-C
 /// exits at once.
-fn watch_signals(cancel: Cancel) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+fn watch_signals(runtime: &tokio::runtime::Runtime, cancel: Cancel) -> tokio::task::JoinHandle<()> {
+    runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
             return;
         };
         tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
@@ -159,31 +148,18 @@ async fn run_round(
     let mut waiting_on: HashMap<usize, usize> = HashMap::new();
     let mut dependents: HashMap<usize, Vec<usize>> = HashMap::new();
     for &t in to_run {
-        let deps: Vec<usize> = plan.targets[t]
-            .inputs
-            .iter()
-            .copied()
-            .filter(|i| running.contains(i))
-            .collect();
+        let deps: Vec<usize> = plan.targets[t].inputs.iter().copied().filter(|i| running.contains(i)).collect();
         waiting_on.insert(t, deps.len());
         for d in deps {
             dependents.entry(d).or_default().push(t);
         }
     }
-    let mut ready: Vec<usize> = to_run
-        .iter()
-        .rev()
-        .copied()
-        .filter(|t| waiting_on[t] == 0)
-        .collect();
-    let limits: HashMap<Resource, Arc<Semaphore>> = [
-        (Resource::Cpu, options.jobs),
-        (Resource::Net, options.net_jobs),
-        (Resource::Gpu, 1),
-    ]
-    .into_iter()
-    .map(|(r, n)| (r, Arc::new(Semaphore::new(n.max(1)))))
-    .collect();
+    let mut ready: Vec<usize> = to_run.iter().rev().copied().filter(|t| waiting_on[t] == 0).collect();
+    let limits: HashMap<Resource, Arc<Semaphore>> =
+        [(Resource::Cpu, options.jobs), (Resource::Net, options.net_jobs), (Resource::Gpu, 1)]
+            .into_iter()
+            .map(|(r, n)| (r, Arc::new(Semaphore::new(n.max(1)))))
+            .collect();
 
     let progress = Progress::new(to_run.len() as u64, options.progress, options.verbose);
     let mut built: HashMap<usize, Record> = HashMap::new();
@@ -198,15 +174,7 @@ async fn run_round(
             let job = Job::for_target(pipeline, plan, &**store, t, &built);
             let step = &pipeline.steps[plan.targets[t].step];
             let limit = limits[&step.kind.resource(&step.settings)].clone();
-            tasks.spawn(run_target(
-                t,
-                job,
-                store.clone(),
-                limit,
-                cancel.clone(),
-                options.retries,
-                progress.clone(),
-            ));
+            tasks.spawn(run_target(t, job, store.clone(), limit, cancel.clone(), options.retries, progress.clone()));
         }
         let Some(joined) = tasks.join_next().await else {
             break;
@@ -216,10 +184,7 @@ async fn run_round(
             Ok(pair) => pair,
             Err(e) => {
                 // A panic in a kind: report it as that target's failure, whichever it was.
-                let failed = FailedTarget {
-                    target: "(unknown target)".into(),
-                    error: format!("worker panicked: {e}"),
-                };
+                let failed = FailedTarget { target: "(unknown target)".into(), error: format!("worker panicked: {e}") };
                 progress.fail(&failed.target, &failed.error);
                 round.failed.push(failed);
                 stopping |= !options.keep_going;
@@ -253,10 +218,7 @@ async fn run_round(
             Err(e) => {
                 let error = format!("{e:#}");
                 progress.fail(&name, &error);
-                round.failed.push(FailedTarget {
-                    target: name,
-                    error,
-                });
+                round.failed.push(FailedTarget { target: name, error });
                 stopping |= !options.keep_going;
             }
         }
@@ -288,14 +250,10 @@ async fn run_target(
     };
     let mut attempt = 0;
     loop {
-        let (serialized, store, cancel_for_worker) =
-            (serialized.clone(), store.clone(), cancel.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            worker::run_json(&serialized, &*store, &cancel_for_worker)
-        })
-        .await;
+        let (serialized, store, cancel_for_worker) = (serialized.clone(), store.clone(), cancel.clone());
         let result =
-            result.unwrap_or_else(|panic| Err(anyhow::anyhow!("worker panicked: {panic}")));
+            tokio::task::spawn_blocking(move || worker::run_json(&serialized, &*store, &cancel_for_worker)).await;
+        let result = result.unwrap_or_else(|panic| Err(anyhow::anyhow!("worker panicked: {panic}")));
         match result {
             Err(e) if is_transient(&e) && attempt < retries && !cancel.is_cancelled() => {
                 progress.retry(&job.target, attempt + 1, &format!("{e:#}"));

@@ -13,10 +13,8 @@ impl Progress {
     pub fn new(total: u64, show: bool, verbose: bool) -> Self {
         let bar = if show {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
@@ -38,10 +36,7 @@ impl Progress {
     }
 
     pub fn retry(&self, target: &str, attempt: u32, error: &str) {
-        self.line(&format!(
-            "retrying {target} (attempt {}) after: {error}",
-            attempt + 1
-        ));
+        self.line(&format!("retrying {target} (attempt {}) after: {error}", attempt + 1));
     }
 
     pub fn fail(&self, target: &str, error: &str) {

@@ -30,13 +30,8 @@ pub fn run_json(job: &str, store: &dyn Store, cancel: &Cancel) -> anyhow::Result
 }
 
 pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outcome> {
-    let kind = kinds::lookup(&job.key_parts.kind).ok_or_else(|| {
-        anyhow!(
-            "unknown step kind `{}` in job for {}",
-            job.key_parts.kind,
-            job.target
-        )
-    })?;
+    let kind = kinds::lookup(&job.key_parts.kind)
+        .ok_or_else(|| anyhow!("unknown step kind `{}` in job for {}", job.key_parts.kind, job.target))?;
     if kind.version() != job.key_parts.kind_version {
         bail!(
             "kind `{}` is version {} here but the job wants {}: use the same dsmake for planning and work",
@@ -48,22 +43,13 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
     let started_at = SystemTime::now();
     let clock = Instant::now();
     let scratch_root = store.scratch_root();
-    std::fs::create_dir_all(&scratch_root)
-        .with_context(|| format!("cannot create {}", scratch_root.display()))?;
+    std::fs::create_dir_all(&scratch_root).with_context(|| format!("cannot create {}", scratch_root.display()))?;
     let scratch = tempfile::Builder::new()
         .prefix(&format!("{}-", std::process::id()))
         .tempdir_in(&scratch_root)
-        .with_context(|| {
-            format!(
-                "cannot create a scratch folder in {}",
-                scratch_root.display()
-            )
-        })?;
-    let (out_dir, work_dir, in_dir) = (
-        scratch.path().join("out"),
-        scratch.path().join("work"),
-        scratch.path().join("in"),
-    );
+        .with_context(|| format!("cannot create a scratch folder in {}", scratch_root.display()))?;
+    let (out_dir, work_dir, in_dir) =
+        (scratch.path().join("out"), scratch.path().join("work"), scratch.path().join("in"));
     for dir in [&out_dir, &work_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -79,12 +65,7 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
                 .map(|(n, file)| local_file(store, file, &in_dir, n))
                 .collect::<anyhow::Result<Vec<_>>>()
                 .with_context(|| format!("input {}", input.target))?;
-            Ok(LocalInput {
-                target: input.target.clone(),
-                shard: input.shard.clone(),
-                files,
-                rows: input.rows,
-            })
+            Ok(LocalInput { target: input.target.clone(), shard: input.shard.clone(), files, rows: input.rows })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
@@ -92,13 +73,7 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
     let manifest_at = manifest_path(&job.dir, &job.shard);
     store.delete(&manifest_at)?;
 
-    let cx = BuildCx {
-        job,
-        inputs,
-        out_dir: &out_dir,
-        work_dir: &work_dir,
-        cancel,
-    };
+    let cx = BuildCx { job, inputs, out_dir: &out_dir, work_dir: &work_dir, cancel };
     let built = kind.build(&cx)?;
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
@@ -109,14 +84,9 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
         .par_iter()
         .map(|name| {
             let path = out_dir.join(name);
-            let size = std::fs::metadata(&path)
-                .with_context(|| format!("declared output `{name}` was not written"))?
-                .len();
-            Ok(OutputFile {
-                name: name.clone(),
-                size,
-                blake3: hash_file(&path)?,
-            })
+            let size =
+                std::fs::metadata(&path).with_context(|| format!("declared output `{name}` was not written"))?.len();
+            Ok(OutputFile { name: name.clone(), size, blake3: hash_file(&path)? })
         })
         .collect::<anyhow::Result<_>>()?;
     for output in &outputs {
@@ -142,18 +112,10 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
     };
     let bytes = serde_json::to_vec_pretty(&manifest)?;
     let manifest_meta = store.write(&manifest_at, &bytes)?;
-    Ok(Outcome {
-        manifest,
-        manifest_meta,
-    })
+    Ok(Outcome { manifest, manifest_meta })
 }
 
-fn local_file(
-    store: &dyn Store,
-    file: &JobFile,
-    in_dir: &Path,
-    n: usize,
-) -> anyhow::Result<std::path::PathBuf> {
+fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {
     match file {
         JobFile::Local(path) => Ok(path.clone()),
         JobFile::Store(path) => match store.local_path(path) {
@@ -176,10 +138,7 @@ pub fn clean_abandoned_scratch(store: &dyn Store) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok());
+        let pid = name.to_str().and_then(|n| n.split('-').next()).and_then(|p| p.parse::<i32>().ok());
         // kill(pid, 0) fails with ESRCH when no such process exists.
         let gone = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH));
         if gone {

@@ -38,32 +38,18 @@ const SETTINGS: &[Setting] = &[
         "\"shard\" (one target per input shard), \"group\" (per `group_size` shards), \"all\" or \"once\"; \
          default: \"shard\" with `from`, \"once\" without",
     ),
-    Setting::optional(
-        "group_size",
-        SettingType::Integer,
-        "input shards per target when per = \"group\"",
-    ),
-    Setting::optional(
-        "env",
-        SettingType::StringTable,
-        "environment variables for the command",
-    ),
+    Setting::optional("group_size", SettingType::Integer, "input shards per target when per = \"group\""),
+    Setting::optional("env", SettingType::StringTable, "environment variables for the command"),
     Setting::default(
         "shell",
         SettingType::String,
         r#""bash""#,
         "the shell that runs `run` with -c; bash runs with -e -o pipefail, so a failing stage fails the target",
     ),
-    Setting::optional(
-        "timeout",
-        SettingType::Float,
-        "seconds before the command is killed and the target fails",
-    ),
+    Setting::optional("timeout", SettingType::Float, "seconds before the command is killed and the target fails"),
 ];
 
-const RUN_VARS: &[&str] = &[
-    "input", "inputs", "output", "outputs", "out_dir", "shard", "stem", "step", "pipeline",
-];
+const RUN_VARS: &[&str] = &["input", "inputs", "output", "outputs", "out_dir", "shard", "stem", "step", "pipeline"];
 const OUTPUT_VARS: &[&str] = &["shard", "stem", "step", "pipeline"];
 /// Lines of stderr shown when a command fails.
 const STDERR_TAIL_LINES: usize = 20;
@@ -73,7 +59,8 @@ struct Settings {
     run: String,
     outputs: Vec<String>,
     per: Option<String>,
-    group_size: Option<u64>,
+    /// Signed, so that a negative value is reported at `group_size` rather than failing deserialisation.
+    group_size: Option<i64>,
     env: Option<BTreeMap<String, String>>,
     shell: String,
     timeout: Option<f64>,
@@ -84,18 +71,12 @@ fn settings(value: &Value) -> anyhow::Result<Settings> {
 }
 
 fn mapping(s: &Settings, has_inputs: bool) -> Result<Mapping, SettingError> {
-    let per = s
-        .per
-        .as_deref()
-        .unwrap_or(if has_inputs { "shard" } else { "once" });
+    let per = s.per.as_deref().unwrap_or(if has_inputs { "shard" } else { "once" });
     let needs_inputs = |m| {
         if has_inputs {
             Ok(m)
         } else {
-            Err(
-                SettingError::new("per", format!("per = \"{per}\" needs `from`"))
-                    .help("or set per = \"once\""),
-            )
+            Err(SettingError::new("per", format!("per = \"{per}\" needs `from`")).help("or set per = \"once\""))
         }
     };
     match per {
@@ -103,38 +84,54 @@ fn mapping(s: &Settings, has_inputs: bool) -> Result<Mapping, SettingError> {
         "all" => needs_inputs(Mapping::All),
         "group" => match s.group_size {
             Some(k) if k > 0 => needs_inputs(Mapping::Group(k as usize)),
-            _ => Err(SettingError::new(
-                "per",
-                "per = \"group\" needs `group_size` (a positive integer)",
-            )),
+            Some(k) => {
+                Err(SettingError::new("group_size", format!("`group_size` must be a positive integer, found {k}")))
+            }
+            None => Err(SettingError::new("per", "per = \"group\" needs `group_size` (a positive integer)")
+                .help("add e.g. `group_size = 2`: the number of input shards per target")),
         },
-        "once" if has_inputs => Err(SettingError::new(
-            "per",
-            "per = \"once\" reads no input, but the step has `from`",
-        )
-        .help("use per = \"all\" for one target over every input shard")),
+        "once" if has_inputs => Err(SettingError::new("per", "per = \"once\" reads no input, but the step has `from`")
+            .help("use per = \"all\" for one target over every input shard")),
         "once" => Ok(Mapping::Once),
-        other => Err(
-            SettingError::new("per", format!("unknown per = \"{other}\""))
-                .help("expected \"shard\", \"group\", \"all\" or \"once\""),
-        ),
+        other => Err(SettingError::new("per", format!("unknown per = \"{other}\""))
+            .help("expected \"shard\", \"group\", \"all\" or \"once\"")),
     }
+}
+
+/// Expands `template` with placeholders `known` only; an unknown one is reported with a hint: why it is not
+/// available here, or the known placeholder it is a typo of.
+fn check_placeholders(key: &str, template: &str, known: &[&str]) -> Result<(), SettingError> {
+    let unknown = std::cell::RefCell::new(String::new());
+    let lookup = |name: &str| {
+        if known.contains(&name) {
+            Some("x".to_string())
+        } else {
+            *unknown.borrow_mut() = name.to_string();
+            None
+        }
+    };
+    expand(template, &lookup).map(drop).map_err(|message| {
+        let name = unknown.borrow();
+        let listed = || known.iter().map(|v| format!("{{{v}}}")).collect::<Vec<_>>().join(", ");
+        let help = if RUN_VARS.contains(&name.as_str()) && key == "run" {
+            format!("a step without `from` has no {{{name}}}")
+        } else if RUN_VARS.contains(&name.as_str()) {
+            format!("`{key}` may use only {}", listed())
+        } else if let Some(best) = crate::pipeline::suggest::closest(&name, known.iter().copied()) {
+            format!("did you mean `{{{best}}}`?")
+        } else {
+            format!("expected one of {}; write {{{{{name}}}}} for a literal {{{name}}}", listed())
+        };
+        SettingError::new(key, message).help(help)
+    })
 }
 
 fn stem(shard: &str) -> &str {
     let name = shard.rsplit('/').next().unwrap_or(shard);
-    name.split('.')
-        .next()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(name)
+    name.split('.').next().filter(|s| !s.is_empty()).unwrap_or(name)
 }
 
-fn output_names(
-    s: &Settings,
-    shard: &str,
-    step: &str,
-    pipeline: &str,
-) -> Result<Vec<String>, String> {
+fn output_names(s: &Settings, shard: &str, step: &str, pipeline: &str) -> Result<Vec<String>, String> {
     let vars = |name: &str| match name {
         "shard" => Some(shard.to_string()),
         "stem" => Some(stem(shard).to_string()),
@@ -148,13 +145,9 @@ fn output_names(
         let bad = name.is_empty()
             || name.starts_with('/')
             || name.starts_with(crate::store::META_DIR)
-            || name
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(".dsmake-tmp-"));
+            || name.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(".dsmake-tmp-"));
         if bad {
-            return Err(format!(
-                "output `{name}` must be a plain relative path in the step's folder"
-            ));
+            return Err(format!("output `{name}` must be a plain relative path in the step's folder"));
         }
         if names.contains(&name) {
             return Err(format!("output `{name}` is declared twice"));
@@ -184,32 +177,18 @@ impl Kind for Command {
     fn check(&self, value: &Value, has_inputs: bool) -> Result<(), SettingError> {
         let s = settings(value).map_err(|e| SettingError::new("run", format!("{e:#}")))?;
         mapping(&s, has_inputs)?;
-        let run_vars = |name: &str| {
-            let input = matches!(name, "input" | "inputs");
-            (RUN_VARS.contains(&name) && (has_inputs || !input)).then(String::new)
-        };
-        expand(&s.run, &run_vars).map_err(|e| {
-            let e = SettingError::new("run", e);
-            if has_inputs {
-                e
-            } else {
-                e.help("a step without `from` has no {input}")
-            }
-        })?;
+        let run_vars: Vec<&str> =
+            RUN_VARS.iter().copied().filter(|v| has_inputs || !matches!(*v, "input" | "inputs")).collect();
+        check_placeholders("run", &s.run, &run_vars)?;
         if s.outputs.is_empty() {
-            return Err(SettingError::new("outputs", "`outputs` is empty")
-                .help("declare the files the command writes"));
+            return Err(SettingError::new("outputs", "`outputs` is empty").help("declare the files the command writes"));
         }
-        let probe = |name: &str| OUTPUT_VARS.contains(&name).then(|| "x".to_string());
         for template in &s.outputs {
-            expand(template, &probe).map_err(|e| SettingError::new("outputs", e))?;
+            check_placeholders("outputs", template, OUTPUT_VARS)?;
         }
         output_names(&s, "x", "x", "x").map_err(|e| SettingError::new("outputs", e))?;
         if s.timeout.is_some_and(|t| t <= 0.0) {
-            return Err(SettingError::new(
-                "timeout",
-                "`timeout` must be positive (seconds)",
-            ));
+            return Err(SettingError::new("timeout", "`timeout` must be positive (seconds)"));
         }
         Ok(())
     }
@@ -223,25 +202,16 @@ impl Kind for Command {
     fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
         let s = settings(cx.job.settings())?;
         let job = cx.job;
-        let outputs =
-            output_names(&s, &job.shard, &job.step, &job.pipeline).map_err(|e| anyhow!(e))?;
+        let outputs = output_names(&s, &job.shard, &job.step, &job.pipeline).map_err(|e| anyhow!(e))?;
         for name in &outputs {
             if let Some(parent) = cx.out_dir.join(name).parent() {
                 std::fs::create_dir_all(parent)?;
             }
         }
         let quoted = |paths: &mut dyn Iterator<Item = &Path>| {
-            paths
-                .map(|p| shell_quote(&p.to_string_lossy()))
-                .collect::<Vec<_>>()
-                .join(" ")
+            paths.map(|p| shell_quote(&p.to_string_lossy())).collect::<Vec<_>>().join(" ")
         };
-        let inputs = quoted(
-            &mut cx
-                .inputs
-                .iter()
-                .flat_map(|i| i.files.iter().map(|p| p.as_path())),
-        );
+        let inputs = quoted(&mut cx.inputs.iter().flat_map(|i| i.files.iter().map(|p| p.as_path())));
         let output_paths: Vec<_> = outputs.iter().map(|o| cx.out_dir.join(o)).collect();
         let vars = |name: &str| {
             Some(match name {
@@ -277,19 +247,13 @@ impl Kind for Command {
             .stderr(File::create(&stderr_log)?)
             // Its own process group, so that an interrupted build can stop it and everything it started.
             .process_group(0);
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", s.shell))?;
+        let mut child = command.spawn().with_context(|| format!("cannot start `{}`", s.shell))?;
         let timeout = s.timeout.map(Duration::from_secs_f64);
         let status = wait(&mut child, cx.cancel, timeout)?;
         let tail = || stderr_tail(&stderr_log);
         match status {
             Waited::Cancelled => return Err(Cancelled.into()),
-            Waited::TimedOut(after) => bail!(
-                "command timed out after {:.1}s{}",
-                after.as_secs_f64(),
-                tail()
-            ),
+            Waited::TimedOut(after) => bail!("command timed out after {:.1}s{}", after.as_secs_f64(), tail()),
             Waited::Exited(status) if !status.success() => {
                 bail!("command {}{}", describe(status), tail())
             }
@@ -297,16 +261,10 @@ impl Kind for Command {
         }
         for (name, path) in outputs.iter().zip(&output_paths) {
             if !path.is_file() {
-                bail!(
-                    "the command exited 0 but did not write its declared output `{name}`{}",
-                    tail()
-                );
+                bail!("the command exited 0 but did not write its declared output `{name}`{}", tail());
             }
         }
-        Ok(Built {
-            outputs,
-            ..Default::default()
-        })
+        Ok(Built { outputs, ..Default::default() })
     }
 }
 
@@ -316,11 +274,7 @@ enum Waited {
     TimedOut(Duration),
 }
 
-fn wait(
-    child: &mut std::process::Child,
-    cancel: &Cancel,
-    timeout: Option<Duration>,
-) -> anyhow::Result<Waited> {
+fn wait(child: &mut std::process::Child, cancel: &Cancel, timeout: Option<Duration>) -> anyhow::Result<Waited> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
@@ -332,11 +286,7 @@ fn wait(
             // SAFETY: kill(2) on the child's own process group; no memory is touched.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
-            return Ok(if timed_out {
-                Waited::TimedOut(started.elapsed())
-            } else {
-                Waited::Cancelled
-            });
+            return Ok(if timed_out { Waited::TimedOut(started.elapsed()) } else { Waited::Cancelled });
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
@@ -353,27 +303,14 @@ fn describe(status: ExitStatus) -> String {
 }
 
 fn stderr_tail(path: &Path) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     if lines.is_empty() {
         return " (no stderr)".to_string();
     }
     let from = lines.len().saturating_sub(STDERR_TAIL_LINES);
-    let skipped = if from > 0 {
-        format!("  … {from} earlier lines\n")
-    } else {
-        String::new()
-    };
-    format!(
-        "\nstderr:\n{skipped}{}",
-        lines[from..]
-            .iter()
-            .map(|l| format!("  {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )
+    let skipped = if from > 0 { format!("  … {from} earlier lines\n") } else { String::new() };
+    format!("\nstderr:\n{skipped}{}", lines[from..].iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"))
 }
 
 #[cfg(test)]
@@ -402,25 +339,16 @@ mod tests {
         let cmd = Command;
         assert_eq!(cmd.check(&with(json!({})), false).unwrap_err().key, "run");
         let e = cmd.check(&with(json!({"per": "group"})), true).unwrap_err();
-        assert_eq!(
-            e.message,
-            "per = \"group\" needs `group_size` (a positive integer)"
-        );
-        let e = cmd
-            .check(&with(json!({"outputs": ["{shrd}.txt"]})), true)
-            .unwrap_err();
-        assert_eq!(
-            (e.key.as_str(), e.message.as_str()),
-            ("outputs", "unknown placeholder `{shrd}`")
-        );
-        let e = cmd
-            .check(&with(json!({"outputs": ["../x"]})), true)
-            .unwrap_err();
+        assert_eq!(e.message, "per = \"group\" needs `group_size` (a positive integer)");
+        let e = cmd.check(&with(json!({"outputs": ["{shrd}.txt"]})), true).unwrap_err();
+        assert_eq!((e.key.as_str(), e.message.as_str()), ("outputs", "unknown placeholder `{shrd}`"));
+        let e = cmd.check(&with(json!({"outputs": ["../x"]})), true).unwrap_err();
         assert_eq!(e.key, "outputs");
-        assert!(
-            cmd.check(&with(json!({"per": "group", "group_size": 2})), true)
-                .is_ok()
-        );
+        let e = cmd.check(&with(json!({"run": "echo > {ouput}"})), false).unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("did you mean `{output}`?"));
+        let e = cmd.check(&with(json!({"per": "group", "group_size": -1})), true).unwrap_err();
+        assert_eq!(e.key, "group_size");
+        assert!(cmd.check(&with(json!({"per": "group", "group_size": 2})), true).is_ok());
     }
 
     #[test]

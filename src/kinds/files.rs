@@ -18,12 +18,7 @@ const SETTINGS: &[Setting] = &[Setting::required(
 )];
 
 fn patterns(settings: &Value) -> Vec<&str> {
-    settings["paths"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect()
+    settings["paths"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
 }
 
 /// The folder a pattern's matches are named relative to: its components before the first wildcard.
@@ -63,15 +58,11 @@ impl super::Kind for Files {
     fn check(&self, settings: &Value, _has_inputs: bool) -> Result<(), SettingError> {
         let list = patterns(settings);
         if list.is_empty() {
-            return Err(SettingError::new("paths", "`paths` is empty")
-                .help("name at least one file or glob"));
+            return Err(SettingError::new("paths", "`paths` is empty").help("name at least one file or glob"));
         }
         for pattern in list {
             if let Err(e) = glob::Pattern::new(pattern) {
-                return Err(SettingError::new(
-                    "paths",
-                    format!("invalid glob `{pattern}`: {}", e.msg),
-                ));
+                return Err(SettingError::new("paths", format!("invalid glob `{pattern}`: {}", e.msg)));
             }
         }
         Ok(())
@@ -84,24 +75,15 @@ impl super::Kind for Files {
             let full = base_dir.join(pattern);
             let base = literal_base(&full);
             let mut matched = 0;
-            let walk = glob::glob(&full.to_string_lossy())
-                .with_context(|| format!("invalid glob `{pattern}`"))?;
+            let walk = glob::glob(&full.to_string_lossy()).with_context(|| format!("invalid glob `{pattern}`"))?;
             for entry in walk {
                 let path = entry.with_context(|| format!("cannot read a match of `{pattern}`"))?;
                 if !path.is_file() {
                     continue;
                 }
                 matched += 1;
-                let id = path
-                    .strip_prefix(&base)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
-                let display = path
-                    .strip_prefix(base_dir)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .into_owned();
+                let id = path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned();
+                let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
                 match found.get(&id) {
                     Some((other, _)) if *other != path => bail!(
                         "`{}` and `{}` would both be shard `{id}`: use globs whose matches have distinct names",
@@ -114,10 +96,7 @@ impl super::Kind for Files {
                 }
             }
             if matched == 0 {
-                bail!(
-                    "`{pattern}` matches no file (relative to {})",
-                    shown_dir(base_dir)
-                );
+                bail!("`{pattern}` matches no file (relative to {})", shown_dir(base_dir));
             }
         }
         let paths: Vec<PathBuf> = found.values().map(|(p, _)| p.clone()).collect();
@@ -130,31 +109,19 @@ impl super::Kind for Files {
                     id,
                     coords: json!({}),
                     inputs: Vec::new(),
-                    source: Some(SourceFile {
-                        path,
-                        display,
-                        size: identity.size,
-                        blake3: identity.blake3,
-                    }),
+                    source: Some(SourceFile { path, display, size: identity.size, blake3: identity.blake3 }),
                 })
                 .collect(),
         ))
     }
 
     fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
-        bail!(
-            "{} is a source file: `files` targets are never built",
-            cx.job.target
-        )
+        bail!("{} is a source file: `files` targets are never built", cx.job.target)
     }
 }
 
 fn shown_dir(dir: &Path) -> String {
-    if dir.as_os_str().is_empty() {
-        ".".to_string()
-    } else {
-        dir.display().to_string()
-    }
+    if dir.as_os_str().is_empty() { ".".to_string() } else { dir.display().to_string() }
 }
 
 #[cfg(test)]
@@ -163,17 +130,8 @@ mod tests {
 
     #[test]
     fn base_is_the_part_before_the_first_wildcard() {
-        assert_eq!(
-            literal_base(Path::new("/p/data/*.csv")),
-            PathBuf::from("/p/data")
-        );
-        assert_eq!(
-            literal_base(Path::new("/p/raw/**/x?.json")),
-            PathBuf::from("/p/raw")
-        );
-        assert_eq!(
-            literal_base(Path::new("/p/one/file.txt")),
-            PathBuf::from("/p/one")
-        );
+        assert_eq!(literal_base(Path::new("/p/data/*.csv")), PathBuf::from("/p/data"));
+        assert_eq!(literal_base(Path::new("/p/raw/**/x?.json")), PathBuf::from("/p/raw"));
+        assert_eq!(literal_base(Path::new("/p/one/file.txt")), PathBuf::from("/p/one"));
     }
 }

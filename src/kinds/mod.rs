@@ -26,11 +26,7 @@ pub fn names() -> Vec<&'static str> {
 }
 
 pub fn names_for_help() -> String {
-    names()
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    names().iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// Whether a kind reads other steps.

@@ -5,8 +5,12 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// Boxed: a pipeline error travels up through every parsing function, and should cost a pointer.
 #[derive(Debug, Clone)]
-pub struct Diagnostic {
+pub struct Diagnostic(Box<Details>);
+
+#[derive(Debug, Clone)]
+pub struct Details {
     pub file: PathBuf,
     pub message: String,
     /// 1-based line and column of the start of the span; `None` when the problem has no place in the file
@@ -24,13 +28,8 @@ pub struct Position {
 }
 
 impl Diagnostic {
-    pub fn at(
-        file: &Path,
-        text: &str,
-        span: Option<Range<usize>>,
-        message: impl Into<String>,
-    ) -> Self {
-        let mut diagnostic = Diagnostic {
+    pub fn at(file: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+        let mut diagnostic = Details {
             file: file.to_path_buf(),
             message: message.into(),
             position: None,
@@ -50,7 +49,7 @@ impl Diagnostic {
             diagnostic.source_line = Some(line_text.to_string());
             diagnostic.span_len = text[start..span_end].chars().count().max(1);
         }
-        diagnostic
+        Diagnostic(Box::new(diagnostic))
     }
 
     /// A problem that belongs to the file as a whole, or to the command line.
@@ -59,8 +58,15 @@ impl Diagnostic {
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
+        self.0.help = Some(help.into());
         self
+    }
+}
+
+impl std::ops::Deref for Diagnostic {
+    type Target = Details;
+    fn deref(&self) -> &Details {
+        &self.0
     }
 }
 
@@ -71,20 +77,11 @@ impl fmt::Display for Diagnostic {
             (Some(pos), Some(line_text)) => {
                 let gutter = pos.line.to_string().len();
                 let pad = " ".repeat(gutter);
-                writeln!(
-                    f,
-                    "{pad}--> {}:{}:{}",
-                    self.file.display(),
-                    pos.line,
-                    pos.column
-                )?;
+                writeln!(f, "{pad}--> {}:{}:{}", self.file.display(), pos.line, pos.column)?;
                 writeln!(f, "{pad} |")?;
                 writeln!(f, "{} | {line_text}", pos.line)?;
-                let lead: String = line_text
-                    .chars()
-                    .take(pos.column - 1)
-                    .map(|c| if c == '\t' { '\t' } else { ' ' })
-                    .collect();
+                let lead: String =
+                    line_text.chars().take(pos.column - 1).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
                 write!(f, "{pad} | {lead}{}", "^".repeat(self.span_len))?;
             }
             _ => write!(f, " --> {}", self.file.display())?,

@@ -18,9 +18,7 @@ use std::path::PathBuf;
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(['.', '_'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[derive(Debug)]
@@ -65,10 +63,6 @@ impl Pipeline {
 
     /// Indices of the steps that `step` reads, in `from` order.
     pub fn inputs_of(&self, step: usize) -> Vec<usize> {
-        self.steps[step]
-            .from
-            .iter()
-            .filter_map(|name| self.step_index(name))
-            .collect()
+        self.steps[step].from.iter().filter_map(|name| self.step_index(name)).collect()
     }
 }

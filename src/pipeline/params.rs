@@ -15,12 +15,11 @@ pub enum ParamError {
 
 /// Expands `${…}` references in `text`.
 pub fn interpolate(text: &str, params: &Params) -> Result<Value, ParamError> {
-    if let Some(name) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}')) {
-        if !name.contains(['$', '{', '}']) {
-            return params
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ParamError::Undefined(name.to_string()));
+    if let Some(name) = text.strip_prefix("${").and_then(|t| t.strip_suffix('}'))
+        && !name.contains(['$', '{', '}'])
+    {
+        {
+            return params.get(name).cloned().ok_or_else(|| ParamError::Undefined(name.to_string()));
         }
     }
     let mut out = String::with_capacity(text.len());
@@ -34,9 +33,7 @@ pub fn interpolate(text: &str, params: &Params) -> Result<Value, ParamError> {
         } else if let Some(after) = tail.strip_prefix("${") {
             let end = after.find('}').ok_or(ParamError::Unterminated)?;
             let name = &after[..end];
-            let value = params
-                .get(name)
-                .ok_or_else(|| ParamError::Undefined(name.to_string()))?;
+            let value = params.get(name).ok_or_else(|| ParamError::Undefined(name.to_string()))?;
             match value {
                 Value::String(s) => out.push_str(s),
                 other => out.push_str(&other.to_string()),
@@ -60,12 +57,7 @@ pub fn parse_override(raw: &str, like: &Value) -> Result<Value, String> {
         Value::Number(_) => raw.parse::<i64>().ok().map(Value::from),
         _ => serde_json::from_str(raw).ok(),
     };
-    parsed.ok_or_else(|| {
-        format!(
-            "expected {}, found `{raw}`",
-            super::settings::describe_value(like)
-        )
-    })
+    parsed.ok_or_else(|| format!("expected {}, found `{raw}`", super::settings::describe_value(like)))
 }
 
 #[cfg(test)]
@@ -74,11 +66,7 @@ mod tests {
     use serde_json::json;
 
     fn params() -> Params {
-        [
-            ("n".to_string(), json!(4)),
-            ("col".to_string(), json!("caption")),
-        ]
-        .into()
+        [("n".to_string(), json!(4)), ("col".to_string(), json!("caption"))].into()
     }
 
     #[test]
@@ -88,26 +76,14 @@ mod tests {
 
     #[test]
     fn splices_and_escapes() {
-        assert_eq!(
-            interpolate("a-${col}-${n}", &params()),
-            Ok(json!("a-caption-4"))
-        );
-        assert_eq!(
-            interpolate("$${col} costs $5", &params()),
-            Ok(json!("${col} costs $5"))
-        );
+        assert_eq!(interpolate("a-${col}-${n}", &params()), Ok(json!("a-caption-4")));
+        assert_eq!(interpolate("$${col} costs $5", &params()), Ok(json!("${col} costs $5")));
     }
 
     #[test]
     fn undefined_and_unterminated() {
-        assert_eq!(
-            interpolate("x${nope}", &params()),
-            Err(ParamError::Undefined("nope".into()))
-        );
-        assert_eq!(
-            interpolate("x${col", &params()),
-            Err(ParamError::Unterminated)
-        );
+        assert_eq!(interpolate("x${nope}", &params()), Err(ParamError::Undefined("nope".into())));
+        assert_eq!(interpolate("x${col", &params()), Err(ParamError::Unterminated));
     }
 
     #[test]

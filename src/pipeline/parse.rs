@@ -23,11 +23,7 @@ pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Pipeline, Dia
     parse(path, &text, overrides)
 }
 
-pub fn parse(
-    path: &Path,
-    text: &str,
-    overrides: &[(String, String)],
-) -> Result<Pipeline, Diagnostic> {
+pub fn parse(path: &Path, text: &str, overrides: &[(String, String)]) -> Result<Pipeline, Diagnostic> {
     Parser { file: path, text }.pipeline(overrides)
 }
 
@@ -52,42 +48,25 @@ impl<'a> Parser<'a> {
     }
 
     fn item_span(table: &dyn TableLike, key: &str) -> Option<Range<usize>> {
-        table
-            .get_key_value(key)
-            .and_then(|(k, item)| item.span().or_else(|| k.span()))
+        table.get_key_value(key).and_then(|(k, item)| item.span().or_else(|| k.span()))
     }
 
-    fn check_keys(
-        &self,
-        table: &dyn TableLike,
-        allowed: &[&str],
-        what: &str,
-    ) -> Result<(), Diagnostic> {
+    fn check_keys(&self, table: &dyn TableLike, allowed: &[&str], what: &str) -> Result<(), Diagnostic> {
         for (key, _) in table.iter() {
             if !allowed.contains(&key) {
                 return Err(self
-                    .error(
-                        Self::key_span(table, key),
-                        format!("unknown key `{key}` in {what}"),
-                    )
+                    .error(Self::key_span(table, key), format!("unknown key `{key}` in {what}"))
                     .with_help(help_for(key, what, allowed)));
             }
         }
         Ok(())
     }
 
-    fn table<'t>(
-        &self,
-        parent: &'t dyn TableLike,
-        key: &str,
-    ) -> Result<Option<&'t dyn TableLike>, Diagnostic> {
+    fn table<'t>(&self, parent: &'t dyn TableLike, key: &str) -> Result<Option<&'t dyn TableLike>, Diagnostic> {
         match parent.get(key) {
             None => Ok(None),
             Some(item) => item.as_table_like().map(Some).ok_or_else(|| {
-                self.error(
-                    Self::item_span(parent, key),
-                    format!("`{key}` must be a table, like `[{key}]`"),
-                )
+                self.error(Self::item_span(parent, key), format!("`{key}` must be a table, like `[{key}]`"))
             }),
         }
     }
@@ -121,28 +100,17 @@ impl<'a> Parser<'a> {
         let mut slots: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
         let steps = order.into_iter().filter_map(|i| slots[i].take()).collect();
 
-        let base_dir = self
-            .file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        Ok(Pipeline {
-            name,
-            description,
-            file: self.file.to_path_buf(),
-            base_dir,
-            params,
-            steps,
-        })
+        // Absolute, because commands run in scratch folders where a relative path means nothing.
+        let parent = match self.file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => ".".into(),
+        };
+        let base_dir = std::path::absolute(&parent).unwrap_or(parent);
+        Ok(Pipeline { name, description, file: self.file.to_path_buf(), base_dir, params, steps })
     }
 
     fn header(&self, root: &dyn TableLike) -> Result<(String, String), Diagnostic> {
-        let stem = self
-            .file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("pipeline")
-            .to_string();
+        let stem = self.file.file_stem().and_then(|s| s.to_str()).unwrap_or("pipeline").to_string();
         let Some(table) = self.table(root, "pipeline")? else {
             return Ok((stem, String::new()));
         };
@@ -150,21 +118,13 @@ impl<'a> Parser<'a> {
         let name = match self.plain_string(table, "name")? {
             Some(name) if !is_valid_name(&name) => {
                 return Err(self
-                    .error(
-                        Self::item_span(table, "name"),
-                        format!("invalid pipeline name `{name}`"),
-                    )
-                    .with_help(
-                        "use letters, digits, `-`, `_` and `.`; it becomes a folder in the store",
-                    ));
+                    .error(Self::item_span(table, "name"), format!("invalid pipeline name `{name}`"))
+                    .with_help("use letters, digits, `-`, `_` and `.`; it becomes a folder in the store"));
             }
             Some(name) => name,
             None => stem,
         };
-        Ok((
-            name,
-            self.plain_string(table, "description")?.unwrap_or_default(),
-        ))
+        Ok((name, self.plain_string(table, "description")?.unwrap_or_default()))
     }
 
     fn plain_string(&self, table: &dyn TableLike, key: &str) -> Result<Option<String>, Diagnostic> {
@@ -172,19 +132,12 @@ impl<'a> Parser<'a> {
             None => Ok(None),
             Some(item) => match item.as_str() {
                 Some(s) => Ok(Some(s.to_string())),
-                None => Err(self.error(
-                    Self::item_span(table, key),
-                    format!("`{key}` must be a string"),
-                )),
+                None => Err(self.error(Self::item_span(table, key), format!("`{key}` must be a string"))),
             },
         }
     }
 
-    fn params(
-        &self,
-        root: &dyn TableLike,
-        overrides: &[(String, String)],
-    ) -> Result<Params, Diagnostic> {
+    fn params(&self, root: &dyn TableLike, overrides: &[(String, String)]) -> Result<Params, Diagnostic> {
         let mut params = Params::new();
         if let Some(table) = self.table(root, "params")? {
             for (key, item) in table.iter() {
@@ -195,19 +148,16 @@ impl<'a> Parser<'a> {
         for (key, raw) in overrides {
             let Some(current) = params.get(key) else {
                 let known: Vec<&str> = params.keys().map(String::as_str).collect();
-                return Err(Diagnostic::whole_file(
-                    self.file,
-                    format!("--set {key}={raw}: unknown param `{key}`"),
-                )
-                .with_help(help_for(key, "[params]", &known)));
+                return Err(Diagnostic::whole_file(self.file, format!("--set {key}={raw}: unknown param `{key}`"))
+                    .with_help(if known.is_empty() {
+                        "the pipeline file has no [params]: only params declared there can be set".to_string()
+                    } else {
+                        help_for(key, "[params]", &known)
+                    }));
             };
             let value = params::parse_override(raw, current).map_err(|why| {
-                Diagnostic::whole_file(self.file, format!("--set {key}={raw}: {why}")).with_help(
-                    format!(
-                        "`{key}` is {} in [params]",
-                        super::settings::describe_value(current)
-                    ),
-                )
+                Diagnostic::whole_file(self.file, format!("--set {key}={raw}: {why}"))
+                    .with_help(format!("`{key}` is {} in [params]", super::settings::describe_value(current)))
             })?;
             params.insert(key.clone(), value);
         }
@@ -216,35 +166,26 @@ impl<'a> Parser<'a> {
 
     fn raw_steps<'t>(&self, root: &'t dyn TableLike) -> Result<Vec<RawStep<'t>>, Diagnostic> {
         let Some(steps) = self.table(root, "steps")? else {
-            return Err(self.error(None, "the pipeline has no steps").with_help(
-                "add a step, e.g. `[steps.raw]` with `kind = \"files\"` and `paths = \"data/*\"`",
-            ));
+            return Err(self
+                .error(None, "the pipeline has no steps")
+                .with_help("add a step, e.g. `[steps.raw]` with `kind = \"files\"` and `paths = \"data/*\"`"));
         };
         let mut out = Vec::new();
         for (name, item) in steps.iter() {
             let span = Self::key_span(steps, name);
             let Some(table) = item.as_table_like() else {
-                return Err(self.error(
-                    span,
-                    format!("step `{name}` must be a table, like `[steps.{name}]`"),
-                ));
+                return Err(self.error(span, format!("step `{name}` must be a table, like `[steps.{name}]`")));
             };
             if !is_valid_name(name) {
                 return Err(self
                     .error(span, format!("invalid step name `{name}`"))
-                    .with_help(
-                        "use letters, digits, `-`, `_` and `.`; it becomes a folder in the store",
-                    ));
+                    .with_help("use letters, digits, `-`, `_` and `.`; it becomes a folder in the store"));
             }
             let header = match item {
                 Item::Table(t) => t.span().or(span),
                 _ => span,
             };
-            out.push(RawStep {
-                name: name.to_string(),
-                table,
-                header,
-            });
+            out.push(RawStep { name: name.to_string(), table, header });
         }
         if out.is_empty() {
             return Err(self.error(Self::key_span(root, "steps"), "the pipeline has no steps"));
@@ -252,13 +193,7 @@ impl<'a> Parser<'a> {
         Ok(out)
     }
 
-    fn step(
-        &self,
-        raw: &RawStep,
-        params: &Params,
-        names: &[String],
-        pipeline: &str,
-    ) -> Result<Step, Diagnostic> {
+    fn step(&self, raw: &RawStep, params: &Params, names: &[String], pipeline: &str) -> Result<Step, Diagnostic> {
         let table = raw.table;
         let name = &raw.name;
         let kind_name = match table.get("kind").map(|i| (i, i.as_str())) {
@@ -275,38 +210,25 @@ impl<'a> Parser<'a> {
         let Some(kind) = kinds::lookup(kind_name) else {
             let all = kinds::names();
             return Err(self
-                .error(
-                    Self::item_span(table, "kind"),
-                    format!("unknown step kind `{kind_name}`"),
-                )
+                .error(Self::item_span(table, "kind"), format!("unknown step kind `{kind_name}`"))
                 .with_help(help_for(kind_name, "kind", &all)));
         };
 
         let schema = kind.settings();
         let mut allowed: Vec<&str> = STEP_KEYS.to_vec();
         allowed.extend(schema.iter().map(|s| s.name));
-        self.check_keys(
-            table,
-            &allowed,
-            &format!("step `{name}` (kind `{kind_name}`)"),
-        )?;
+        self.check_keys(table, &allowed, &format!("step `{name}` (kind `{kind_name}`)"))?;
 
         let from = self.from(table, name, names)?;
         match kind.inputs() {
             Inputs::None if !from.is_empty() => {
                 return Err(self
-                    .error(
-                        Self::item_span(table, "from"),
-                        format!("a `{kind_name}` step reads no other step"),
-                    )
+                    .error(Self::item_span(table, "from"), format!("a `{kind_name}` step reads no other step"))
                     .with_help("remove `from`: this kind is a source"));
             }
             Inputs::Required if from.is_empty() => {
                 return Err(self
-                    .error(
-                        raw.header.clone(),
-                        format!("step `{name}` (kind `{kind_name}`) needs `from`"),
-                    )
+                    .error(raw.header.clone(), format!("step `{name}` (kind `{kind_name}`) needs `from`"))
                     .with_help("name the step it reads, e.g. `from = \"raw\"`"));
             }
             _ => {}
@@ -337,54 +259,32 @@ impl<'a> Parser<'a> {
                     _ => {
                         return Err(self
                             .error(span, "`dir` must be a relative folder in the store")
-                            .with_help(
-                                "e.g. `dir = \"relaion-pop/images\"`; no `..`, no leading `/`",
-                            ));
+                            .with_help("e.g. `dir = \"relaion-pop/images\"`; no `..`, no leading `/`"));
                     }
                 }
             }
         };
         let description = self.plain_string(table, "description")?;
-        Ok(Step {
-            name: name.clone(),
-            kind,
-            from,
-            settings,
-            dir,
-            description,
-        })
+        Ok(Step { name: name.clone(), kind, from, settings, dir, description })
     }
 
-    fn from(
-        &self,
-        table: &dyn TableLike,
-        name: &str,
-        names: &[String],
-    ) -> Result<Vec<String>, Diagnostic> {
+    fn from(&self, table: &dyn TableLike, name: &str, names: &[String]) -> Result<Vec<String>, Diagnostic> {
         let Some(item) = table.get("from") else {
             return Ok(Vec::new());
         };
         let span = Self::item_span(table, "from");
         let list: Vec<String> = match item.as_value() {
             Some(toml_edit::Value::String(s)) => vec![s.value().clone()],
-            Some(toml_edit::Value::Array(a)) if a.iter().all(|v| v.is_str()) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
+            Some(toml_edit::Value::Array(a)) if a.iter().all(|v| v.is_str()) => {
+                a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+            }
             _ => return Err(self.error(span, "`from` must be a step name or a list of step names")),
         };
         for input in &list {
             if !names.contains(input) {
-                let others: Vec<&str> = names
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|n| *n != name)
-                    .collect();
+                let others: Vec<&str> = names.iter().map(String::as_str).filter(|n| *n != name).collect();
                 return Err(self
-                    .error(
-                        span,
-                        format!("step `{name}` reads `{input}`, but there is no step `{input}`"),
-                    )
+                    .error(span, format!("step `{name}` reads `{input}`, but there is no step `{input}`"))
                     .with_help(help_for(input, "step", &others)));
             }
         }
@@ -401,75 +301,45 @@ impl<'a> Parser<'a> {
     ) -> Result<Value, Diagnostic> {
         let Some(item) = table.get(setting.name) else {
             return setting.default_value().ok_or_else(|| {
-                self.error(
-                    raw.header.clone(),
-                    format!(
-                        "step `{}` (kind `{kind}`) needs `{}`",
-                        raw.name, setting.name
-                    ),
-                )
-                .with_help(format!("`{}`: {}", setting.name, setting.help))
+                self.error(raw.header.clone(), format!("step `{}` (kind `{kind}`) needs `{}`", raw.name, setting.name))
+                    .with_help(format!("`{}`: {}", setting.name, setting.help))
             });
         };
         let span = Self::item_span(table, setting.name);
         let value = self.value(item, span.clone(), Some(params))?;
         setting.ty.coerce(value).map_err(|why| {
-            self.error(
-                span,
-                format!(
-                    "wrong type for `{}` in step `{}`: {why}",
-                    setting.name, raw.name
-                ),
-            )
-            .with_help(format!("`{}`: {}", setting.name, setting.help))
+            self.error(span, format!("wrong type for `{}` in step `{}`: {why}", setting.name, raw.name))
+                .with_help(format!("`{}`: {}", setting.name, setting.help))
         })
     }
 
     /// Converts a TOML item to JSON, expanding `${param}` references when `params` is given.
-    fn value(
-        &self,
-        item: &Item,
-        span: Option<Range<usize>>,
-        params: Option<&Params>,
-    ) -> Result<Value, Diagnostic> {
+    fn value(&self, item: &Item, span: Option<Range<usize>>, params: Option<&Params>) -> Result<Value, Diagnostic> {
         match item {
             Item::None => Ok(Value::Null),
             Item::Value(v) => self.toml_value(v, params),
             Item::Table(t) => self.toml_table(t, params),
-            Item::ArrayOfTables(a) => a
-                .iter()
-                .map(|t| self.toml_table(t, params))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Value::Array),
+            Item::ArrayOfTables(a) => {
+                a.iter().map(|t| self.toml_table(t, params)).collect::<Result<Vec<_>, _>>().map(Value::Array)
+            }
         }
         .map_err(|mut d| {
             if d.position.is_none() {
-                d = self.error(span, d.message);
+                d = self.error(span, d.message.clone());
             }
             d
         })
     }
 
-    fn toml_table(
-        &self,
-        table: &dyn TableLike,
-        params: Option<&Params>,
-    ) -> Result<Value, Diagnostic> {
+    fn toml_table(&self, table: &dyn TableLike, params: Option<&Params>) -> Result<Value, Diagnostic> {
         let mut map = Map::new();
         for (key, item) in table.iter() {
-            map.insert(
-                key.to_string(),
-                self.value(item, Self::item_span(table, key), params)?,
-            );
+            map.insert(key.to_string(), self.value(item, Self::item_span(table, key), params)?);
         }
         Ok(Value::Object(map))
     }
 
-    fn toml_value(
-        &self,
-        value: &toml_edit::Value,
-        params: Option<&Params>,
-    ) -> Result<Value, Diagnostic> {
+    fn toml_value(&self, value: &toml_edit::Value, params: Option<&Params>) -> Result<Value, Diagnostic> {
         use toml_edit::Value as T;
         Ok(match value {
             T::String(s) => match params {
@@ -477,16 +347,11 @@ impl<'a> Parser<'a> {
                 Some(params) => params::interpolate(s.value(), params).map_err(|e| match e {
                     ParamError::Undefined(name) => {
                         let known: Vec<&str> = params.keys().map(String::as_str).collect();
-                        self.error(
-                            value.span(),
-                            format!("param `{name}` is used but not defined in [params]"),
-                        )
-                        .with_help(
-                            match super::suggest::closest(&name, known.iter().copied()) {
+                        self.error(value.span(), format!("param `{name}` is used but not defined in [params]"))
+                            .with_help(match super::suggest::closest(&name, known.iter().copied()) {
                                 Some(best) => format!("did you mean `{best}`?"),
                                 None => format!("add `{name} = …` under [params]"),
-                            },
-                        )
+                            })
                     }
                     ParamError::Unterminated => self
                         .error(value.span(), "unterminated `${` in string")
@@ -499,21 +364,13 @@ impl<'a> Parser<'a> {
                 .ok_or_else(|| self.error(value.span(), "nan and inf are not allowed here"))?,
             T::Boolean(b) => Value::Bool(*b.value()),
             T::Datetime(d) => Value::String(d.value().to_string()),
-            T::Array(a) => Value::Array(
-                a.iter()
-                    .map(|v| self.toml_value(v, params))
-                    .collect::<Result<_, _>>()?,
-            ),
+            T::Array(a) => Value::Array(a.iter().map(|v| self.toml_value(v, params)).collect::<Result<_, _>>()?),
             T::InlineTable(t) => self.toml_table(t, params)?,
         })
     }
 }
 
 fn is_store_relative(dir: &str) -> bool {
-    !dir.is_empty()
-        && !dir.starts_with('/')
-        && dir
-            .split('/')
-            .all(|c| !c.is_empty() && c != ".." && c != ".")
+    !dir.is_empty() && !dir.starts_with('/') && dir.split('/').all(|c| !c.is_empty() && c != ".." && c != ".")
         || dir.ends_with('/') && is_store_relative(dir.trim_end_matches('/'))
 }

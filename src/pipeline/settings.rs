@@ -36,16 +36,8 @@ impl SettingType {
             (SettingType::Float, Value::Number(n)) => Value::from(n.as_f64().unwrap_or_default()),
             (SettingType::Bool, v @ Value::Bool(_)) => v,
             (SettingType::StringList, v @ Value::String(_)) => Value::Array(vec![v]),
-            (SettingType::StringList, Value::Array(items))
-                if items.iter().all(Value::is_string) =>
-            {
-                Value::Array(items)
-            }
-            (SettingType::StringTable, Value::Object(map))
-                if map.values().all(Value::is_string) =>
-            {
-                Value::Object(map)
-            }
+            (SettingType::StringList, Value::Array(items)) if items.iter().all(Value::is_string) => Value::Array(items),
+            (SettingType::StringTable, Value::Object(map)) if map.values().all(Value::is_string) => Value::Object(map),
             _ => return Err(format!("expected {}, found {found}", self.describe())),
         };
         Ok(ok)
@@ -84,33 +76,13 @@ pub struct Setting {
 
 impl Setting {
     pub const fn required(name: &'static str, ty: SettingType, help: &'static str) -> Self {
-        Setting {
-            name,
-            ty,
-            fallback: Fallback::Required,
-            help,
-        }
+        Setting { name, ty, fallback: Fallback::Required, help }
     }
     pub const fn optional(name: &'static str, ty: SettingType, help: &'static str) -> Self {
-        Setting {
-            name,
-            ty,
-            fallback: Fallback::Absent,
-            help,
-        }
+        Setting { name, ty, fallback: Fallback::Absent, help }
     }
-    pub const fn default(
-        name: &'static str,
-        ty: SettingType,
-        json: &'static str,
-        help: &'static str,
-    ) -> Self {
-        Setting {
-            name,
-            ty,
-            fallback: Fallback::Value(json),
-            help,
-        }
+    pub const fn default(name: &'static str, ty: SettingType, json: &'static str, help: &'static str) -> Self {
+        Setting { name, ty, fallback: Fallback::Value(json), help }
     }
 
     pub fn default_value(&self) -> Option<Value> {
@@ -132,11 +104,7 @@ pub struct SettingError {
 
 impl SettingError {
     pub fn new(key: &str, message: impl Into<String>) -> Self {
-        SettingError {
-            key: key.to_string(),
-            message: message.into(),
-            help: None,
-        }
+        SettingError { key: key.to_string(), message: message.into(), help: None }
     }
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
@@ -151,15 +119,9 @@ mod tests {
 
     #[test]
     fn coerces_shorthands_and_rejects_wrong_types() {
-        assert_eq!(
-            SettingType::StringList.coerce(json!("a")).unwrap(),
-            json!(["a"])
-        );
+        assert_eq!(SettingType::StringList.coerce(json!("a")).unwrap(), json!(["a"]));
         assert_eq!(SettingType::Float.coerce(json!(2)).unwrap(), json!(2.0));
-        assert_eq!(
-            SettingType::Integer.coerce(json!("4")).unwrap_err(),
-            "expected an integer, found a string"
-        );
+        assert_eq!(SettingType::Integer.coerce(json!("4")).unwrap_err(), "expected an integer, found a string");
         assert!(SettingType::StringList.coerce(json!(["a", 1])).is_err());
     }
 }

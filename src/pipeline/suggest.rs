@@ -11,18 +11,13 @@ pub fn closest<'a>(wrong: &str, candidates: impl IntoIterator<Item = &'a str>) -
 }
 
 /// A help line: "did you mean `x`?" when one is close, else the list of what is allowed.
-pub fn help_for<'a>(wrong: &str, what: &str, candidates: &[&'a str]) -> String {
+pub fn help_for(wrong: &str, what: &str, candidates: &[&str]) -> String {
     match closest(wrong, candidates.iter().copied()) {
         Some(best) => format!("did you mean `{best}`?"),
         None if candidates.is_empty() => format!("this {what} takes no keys"),
-        None => format!(
-            "expected one of {}",
-            candidates
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        None => {
+            format!("expected one of {}", candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "))
+        }
     }
 }
 
@@ -32,10 +27,7 @@ mod tests {
 
     #[test]
     fn suggests_near_names_only() {
-        assert_eq!(
-            closest("grop_size", ["group_size", "run"]),
-            Some("group_size")
-        );
+        assert_eq!(closest("grop_size", ["group_size", "run"]), Some("group_size"));
         assert_eq!(closest("outptus", ["outputs", "run"]), Some("outputs"));
         assert_eq!(closest("zzz", ["outputs", "run"]), None);
     }

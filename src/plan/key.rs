@@ -50,10 +50,7 @@ mod tests {
             settings: json!({"run": "cat {input}", "outputs": ["{shard}"]}),
             shard: "a".into(),
             coords: json!({}),
-            inputs: vec![InputKey {
-                target: "raw/a".into(),
-                key: "k1".into(),
-            }],
+            inputs: vec![InputKey { target: "raw/a".into(), key: "k1".into() }],
             source: None,
         }
     }
@@ -62,8 +59,7 @@ mod tests {
     fn key_is_stable_and_independent_of_setting_order() {
         let a = parts();
         let mut b = parts();
-        b.settings =
-            serde_json::from_str(r#"{"outputs": ["{shard}"], "run": "cat {input}"}"#).unwrap();
+        b.settings = serde_json::from_str(r#"{"outputs": ["{shard}"], "run": "cat {input}"}"#).unwrap();
         assert_eq!(a.key(), b.key());
         assert_eq!(a.key().len(), 64);
     }

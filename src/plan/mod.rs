@@ -22,6 +22,21 @@ use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// A `--target` or `--force` that names nothing in the pipeline: a usage error, not a build failure.
+#[derive(Debug)]
+pub struct SelectionError(pub String);
+
+impl std::fmt::Display for SelectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for SelectionError {}
+
+macro_rules! selection_error {
+    ($($arg:tt)*) => { return Err(SelectionError(format!($($arg)*)).into()) };
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct PlanOptions {
     /// `--target STEP` or `STEP/SHARD`: plan only these and what they need.
@@ -100,8 +115,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn to_run(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.targets.len())
-            .filter(|&i| self.targets[i].selected && self.targets[i].action.runs())
+        (0..self.targets.len()).filter(|&i| self.targets[i].selected && self.targets[i].action.runs())
     }
 
     pub fn has_unknown(&self) -> bool {
@@ -124,11 +138,7 @@ pub fn make(
     let states: Vec<Option<StepState>> = pipeline
         .steps
         .par_iter()
-        .map(|step| {
-            (!step.kind.is_source())
-                .then(|| StepState::load(store, &step.dir))
-                .transpose()
-        })
+        .map(|step| (!step.kind.is_source()).then(|| StepState::load(store, &step.dir)).transpose())
         .collect::<anyhow::Result<_>>()?;
 
     let mut plan = Plan {
@@ -147,26 +157,18 @@ pub fn make(
         let first = plan.targets.len();
         let waiting = inputs.iter().find(|&&i| plan.steps[i].unknown.is_some());
         let shards = match waiting {
-            Some(&i) => Shards::Unknown(format!(
-                "waits for the shards of {}",
-                pipeline.steps[i].name
-            )),
+            Some(&i) => Shards::Unknown(format!("waits for the shards of {}", pipeline.steps[i].name)),
             None => {
                 let cx = ShardCx {
                     pipeline,
                     step,
                     inputs: inputs
                         .iter()
-                        .map(|&i| InputShards {
-                            step: &pipeline.steps[i].name,
-                            shards: &views[i],
-                        })
+                        .map(|&i| InputShards { step: &pipeline.steps[i].name, shards: &views[i] })
                         .collect(),
                     stat_cache,
                 };
-                step.kind
-                    .shards(&cx)
-                    .with_context(|| format!("step `{}`", step.name))?
+                step.kind.shards(&cx).with_context(|| format!("step `{}`", step.name))?
             }
         };
         let specs = match shards {
@@ -178,20 +180,13 @@ pub fn make(
             }
         };
         let state = plan.states[s].as_ref();
-        let forced = options.force.iter().any(|f| *f == step.name);
+        let forced = options.force.contains(&step.name);
         for spec in specs {
             if !is_valid_shard_id(&spec.id) {
-                bail!(
-                    "step `{}` made an invalid shard id `{}`",
-                    step.name,
-                    spec.id
-                );
+                bail!("step `{}` made an invalid shard id `{}`", step.name, spec.id);
             }
-            let input_targets: Vec<usize> = spec
-                .inputs
-                .iter()
-                .map(|&(from, shard)| plan.steps[inputs[from]].targets.start + shard)
-                .collect();
+            let input_targets: Vec<usize> =
+                spec.inputs.iter().map(|&(from, shard)| plan.steps[inputs[from]].targets.start + shard).collect();
             let parts = KeyParts {
                 kind: step.kind.name().to_string(),
                 kind_version: step.kind.version(),
@@ -200,15 +195,9 @@ pub fn make(
                 coords: spec.coords,
                 inputs: input_targets
                     .iter()
-                    .map(|&t| InputKey {
-                        target: plan.targets[t].name.clone(),
-                        key: plan.targets[t].key.clone(),
-                    })
+                    .map(|&t| InputKey { target: plan.targets[t].name.clone(), key: plan.targets[t].key.clone() })
                     .collect(),
-                source: spec
-                    .source
-                    .as_ref()
-                    .map(|f| json!({ "path": f.display, "blake3": f.blake3 })),
+                source: spec.source.as_ref().map(|f| json!({ "path": f.display, "blake3": f.blake3 })),
             };
             let key = parts.key();
             let name = format!("{}/{}", step.name, spec.id);
@@ -218,10 +207,7 @@ pub fn make(
                 Some(st) => freshness(st, &spec.id, &key, record.as_ref()),
             };
             let (action, reason) = match action {
-                Action::Fresh if forced => (
-                    Action::Stale,
-                    Some(format!("forced with --force {}", step.name)),
-                ),
+                Action::Fresh if forced => (Action::Stale, Some(format!("forced with --force {}", step.name))),
                 Action::Stale if reason.is_none() => {
                     stale_to_explain.push(plan.targets.len());
                     (action, reason)
@@ -248,11 +234,7 @@ pub fn make(
                 .iter()
                 .map(|t| InputShard {
                     id: t.shard.clone(),
-                    rows: if t.action == Action::Fresh {
-                        t.record.as_ref().and_then(|r| r.rows)
-                    } else {
-                        None
-                    },
+                    rows: if t.action == Action::Fresh { t.record.as_ref().and_then(|r| r.rows) } else { None },
                 })
                 .collect(),
         );
@@ -264,31 +246,17 @@ pub fn make(
     select(&mut plan, options)?;
 
     plan.stats = PlanStats {
-        sources_checked: plan
-            .targets
-            .iter()
-            .filter(|t| t.action == Action::Source)
-            .count(),
+        sources_checked: plan.targets.iter().filter(|t| t.action == Action::Source).count(),
         sources_hashed: stat_cache.hashed_files.load(Ordering::Relaxed) - hashed_before,
         bytes_hashed: stat_cache.hashed_bytes.load(Ordering::Relaxed) - bytes_before,
         objects_listed: plan.states.iter().flatten().map(|s| s.files.len()).sum(),
-        manifests_read: plan
-            .states
-            .iter()
-            .flatten()
-            .map(|s| s.manifests_read)
-            .sum::<usize>()
-            + stale_to_explain.len(),
+        manifests_read: plan.states.iter().flatten().map(|s| s.manifests_read).sum::<usize>() + stale_to_explain.len(),
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok(plan)
 }
 
-fn step_plan(
-    step: &crate::pipeline::Step,
-    targets: Range<usize>,
-    unknown: Option<String>,
-) -> StepPlan {
+fn step_plan(step: &crate::pipeline::Step, targets: Range<usize>, unknown: Option<String>) -> StepPlan {
     StepPlan {
         name: step.name.clone(),
         kind: step.kind.name(),
@@ -302,20 +270,13 @@ fn step_plan(
 /// Shard ids become paths in the store: no empty, hidden or parent components.
 fn is_valid_shard_id(id: &str) -> bool {
     !id.is_empty()
-        && id
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(".dsmake-tmp-"))
+        && id.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(".dsmake-tmp-"))
         && !id.starts_with(crate::store::META_DIR)
 }
 
 /// Fresh when the store's manifest has the wanted key and every output it lists is there with its size.
 /// A key mismatch is marked stale with no reason yet: explaining it takes a manifest read, done in bulk.
-fn freshness(
-    state: &StepState,
-    shard: &str,
-    key: &str,
-    record: Option<&Record>,
-) -> (Action, Option<String>) {
+fn freshness(state: &StepState, shard: &str, key: &str, record: Option<&Record>) -> (Action, Option<String>) {
     let Some(record) = record else {
         let reason = match state.unreadable.get(shard) {
             Some(why) => format!("manifest unreadable ({why})"),
@@ -329,17 +290,11 @@ fn freshness(
     for output in &record.outputs {
         match state.has(&output.name, output.size) {
             None => {
-                return (
-                    Action::Stale,
-                    Some(format!("output {} is missing", output.name)),
-                );
+                return (Action::Stale, Some(format!("output {} is missing", output.name)));
             }
             Some(false) => {
                 let now = state.files.get(&output.name).map_or(0, |m| m.size);
-                let reason = format!(
-                    "output {} changed size ({} → {now} bytes)",
-                    output.name, output.size
-                );
+                let reason = format!("output {} changed size ({} → {now} bytes)", output.name, output.size);
                 return (Action::Stale, Some(reason));
             }
             Some(true) => {}
@@ -352,11 +307,8 @@ fn explain_stale(plan: &mut Plan, pipeline: &Pipeline, store: &dyn Store, stale:
     if stale.is_empty() {
         return;
     }
-    let sources: std::collections::HashMap<&str, &str> = plan
-        .targets
-        .iter()
-        .filter_map(|t| Some((t.name.as_str(), t.source.as_ref()?.display.as_str())))
-        .collect();
+    let sources: std::collections::HashMap<&str, &str> =
+        plan.targets.iter().filter_map(|t| Some((t.name.as_str(), t.source.as_ref()?.display.as_str()))).collect();
     let describe_input = |name: &str| match sources.get(name) {
         Some(path) => format!("source {path}"),
         None => format!("input {name}"),
@@ -366,11 +318,7 @@ fn explain_stale(plan: &mut Plan, pipeline: &Pipeline, store: &dyn Store, stale:
         .map(|&t| {
             let target = &plan.targets[t];
             let path = manifest_path(&pipeline.steps[target.step].dir, &target.shard);
-            let old = store
-                .read(&path)
-                .ok()
-                .flatten()
-                .and_then(|bytes| Manifest::parse(&bytes, &path).ok());
+            let old = store.read(&path).ok().flatten().and_then(|bytes| Manifest::parse(&bytes, &path).ok());
             match old {
                 Some(old) => reason::explain(&old.key_parts, &target.parts, &describe_input),
                 None => "manifest changed while planning".to_string(),
@@ -384,12 +332,7 @@ fn explain_stale(plan: &mut Plan, pipeline: &Pipeline, store: &dyn Store, stale:
 
 fn mark_blocked(plan: &mut Plan) {
     for t in 0..plan.targets.len() {
-        if plan.targets[t].action.runs()
-            && plan.targets[t]
-                .inputs
-                .iter()
-                .any(|&i| plan.targets[i].action.runs())
-        {
+        if plan.targets[t].action.runs() && plan.targets[t].inputs.iter().any(|&i| plan.targets[i].action.runs()) {
             plan.targets[t].action = Action::Blocked;
         }
     }
@@ -397,23 +340,14 @@ fn mark_blocked(plan: &mut Plan) {
 
 fn check_step_names(pipeline: &Pipeline, options: &PlanOptions) -> anyhow::Result<()> {
     let names: Vec<&str> = pipeline.steps.iter().map(|s| s.name.as_str()).collect();
-    for (flag, value) in
-        options
-            .force
-            .iter()
-            .map(|f| ("--force", f.as_str()))
-            .chain(options.targets.iter().map(|t| {
-                (
-                    "--target",
-                    t.split_once('/').map_or(t.as_str(), |(step, _)| step),
-                )
-            }))
+    for (flag, value) in options
+        .force
+        .iter()
+        .map(|f| ("--force", f.as_str()))
+        .chain(options.targets.iter().map(|t| ("--target", t.split_once('/').map_or(t.as_str(), |(step, _)| step))))
     {
         if !names.contains(&value) {
-            bail!(
-                "{flag} {value}: there is no step `{value}` ({})",
-                help_for(value, "step", &names)
-            );
+            selection_error!("{flag} {value}: there is no step `{value}` ({})", help_for(value, "step", &names));
         }
     }
     Ok(())
@@ -427,29 +361,19 @@ fn select(plan: &mut Plan, options: &PlanOptions) -> anyhow::Result<()> {
     let mut wanted = vec![false; plan.targets.len()];
     let mut stack = Vec::new();
     for spec in &options.targets {
-        let (step, shard) = spec
-            .split_once('/')
-            .map_or((spec.as_str(), None), |(s, t)| (s, Some(t)));
+        let (step, shard) = spec.split_once('/').map_or((spec.as_str(), None), |(s, t)| (s, Some(t)));
         let Some(step_plan) = plan.steps.iter().find(|s| s.name == step) else {
             continue;
         };
         if let Some(why) = &step_plan.unknown {
-            bail!(
+            selection_error!(
                 "--target {spec}: the shards of `{step}` are not known yet ({why}); build its inputs first"
             );
         }
         let before = stack.len();
-        stack.extend(
-            step_plan
-                .targets
-                .clone()
-                .filter(|&t| shard.is_none_or(|id| plan.targets[t].shard == id)),
-        );
+        stack.extend(step_plan.targets.clone().filter(|&t| shard.is_none_or(|id| plan.targets[t].shard == id)));
         if stack.len() == before {
-            bail!(
-                "--target {spec}: step `{step}` has no shard `{}`",
-                shard.unwrap_or_default()
-            );
+            selection_error!("--target {spec}: step `{step}` has no shard `{}`", shard.unwrap_or_default());
         }
     }
     while let Some(t) = stack.pop() {

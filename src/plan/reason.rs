@@ -14,10 +14,7 @@ pub fn explain(old: &KeyParts, new: &KeyParts, describe_input: &dyn Fn(&str) -> 
     if old.kind != new.kind {
         reasons.push(format!("kind: {} → {}", old.kind, new.kind));
     } else if old.kind_version != new.kind_version {
-        reasons.push(format!(
-            "{} kind version: {} → {}",
-            new.kind, old.kind_version, new.kind_version
-        ));
+        reasons.push(format!("{} kind version: {} → {}", new.kind, old.kind_version, new.kind_version));
     }
     diff_values("settings", &old.settings, &new.settings, &mut reasons);
     if old.coords != new.coords {
@@ -26,23 +23,13 @@ pub fn explain(old: &KeyParts, new: &KeyParts, describe_input: &dyn Fn(&str) -> 
     if old.source != new.source {
         reasons.push("content changed".to_string());
     }
-    let before: BTreeMap<&str, &str> = old
-        .inputs
-        .iter()
-        .map(|i| (i.target.as_str(), i.key.as_str()))
-        .collect();
-    let after: BTreeMap<&str, &str> = new
-        .inputs
-        .iter()
-        .map(|i| (i.target.as_str(), i.key.as_str()))
-        .collect();
+    let before: BTreeMap<&str, &str> = old.inputs.iter().map(|i| (i.target.as_str(), i.key.as_str())).collect();
+    let after: BTreeMap<&str, &str> = new.inputs.iter().map(|i| (i.target.as_str(), i.key.as_str())).collect();
     let mut changes = Vec::new();
     for (target, key) in &after {
         match before.get(target) {
             None => changes.push(format!("input {target} added")),
-            Some(old_key) if old_key != key => {
-                changes.push(format!("{} changed", describe_input(target)))
-            }
+            Some(old_key) if old_key != key => changes.push(format!("{} changed", describe_input(target))),
             _ => {}
         }
     }
@@ -71,9 +58,7 @@ fn diff_values(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
                 diff_values(&format!("{path}.{key}"), x, y, out);
             }
         }
-        (Value::String(a), Value::String(b))
-            if a != b && a.chars().count().max(b.chars().count()) > LONG =>
-        {
+        (Value::String(a), Value::String(b)) if a != b && a.chars().count().max(b.chars().count()) > LONG => {
             let (a, b) = changed_window(a, b);
             out.push(format!("{path}: {a} → {b}"));
         }
@@ -91,24 +76,14 @@ fn changed_window(a: &str, b: &str) -> (String, String) {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let max_suffix = a.len().min(b.len()) - prefix;
-    let suffix = a
-        .iter()
-        .rev()
-        .zip(b.iter().rev())
-        .take(max_suffix)
-        .take_while(|(x, y)| x == y)
-        .count();
+    let suffix = a.iter().rev().zip(b.iter().rev()).take(max_suffix).take_while(|(x, y)| x == y).count();
     let cut = |s: &[char]| {
         let start = prefix.saturating_sub(CONTEXT);
         let end = (s.len() - suffix + CONTEXT).min(s.len());
         let body: String = s[start..end].iter().collect();
         let body = serde_json::to_string(&body).unwrap_or_default();
         let body = &body[1..body.len() - 1];
-        format!(
-            "\"{}{body}{}\"",
-            if start > 0 { "…" } else { "" },
-            if end < s.len() { "…" } else { "" }
-        )
+        format!("\"{}{body}{}\"", if start > 0 { "…" } else { "" }, if end < s.len() { "…" } else { "" })
     };
     (cut(&a), cut(&b))
 }
@@ -133,13 +108,7 @@ mod tests {
             settings,
             shard: "a".into(),
             coords: json!({}),
-            inputs: inputs
-                .iter()
-                .map(|(t, k)| InputKey {
-                    target: t.to_string(),
-                    key: k.to_string(),
-                })
-                .collect(),
+            inputs: inputs.iter().map(|(t, k)| InputKey { target: t.to_string(), key: k.to_string() }).collect(),
             source: None,
         }
     }
@@ -152,18 +121,13 @@ mod tests {
     fn names_the_changed_setting() {
         let old = parts(json!({"caption_col": "caption", "n": 1}), &[]);
         let new = parts(json!({"caption_col": "cogvlm_caption", "n": 1}), &[]);
-        assert_eq!(
-            explain(&old, &new, &plain),
-            r#"settings.caption_col: "caption" → "cogvlm_caption""#
-        );
+        assert_eq!(explain(&old, &new, &plain), r#"settings.caption_col: "caption" → "cogvlm_caption""#);
     }
 
     #[test]
     fn shows_long_strings_around_the_change() {
         let long = |word: &str| {
-            format!(
-                "if [ \"{word}\" = upper ]; then tr '[:lower:]' '[:upper:]'; else tr '[:upper:]' '[:lower:]'; fi"
-            )
+            format!("if [ \"{word}\" = upper ]; then tr '[:lower:]' '[:upper:]'; else tr '[:upper:]' '[:lower:]'; fi")
         };
         let old = parts(json!({"run": long("upper")}), &[]);
         let new = parts(json!({"run": long("lower")}), &[]);
@@ -178,34 +142,13 @@ mod tests {
         let old = parts(json!({}), &[("raw/a", "1"), ("raw/b", "2")]);
         let new = parts(json!({}), &[("raw/a", "9"), ("raw/c", "3")]);
         let source = |t: &str| format!("source data/{}.csv", &t[4..]);
-        assert_eq!(
-            explain(&old, &new, &source),
-            "source data/a.csv changed; input raw/c added; input raw/b removed"
-        );
+        assert_eq!(explain(&old, &new, &source), "source data/a.csv changed; input raw/c added; input raw/b removed");
     }
 
     #[test]
     fn counts_many_changed_inputs() {
-        let old = parts(
-            json!({}),
-            &[
-                ("s/1", "a"),
-                ("s/2", "a"),
-                ("s/3", "a"),
-                ("s/4", "a"),
-                ("s/5", "a"),
-            ],
-        );
-        let new = parts(
-            json!({}),
-            &[
-                ("s/1", "b"),
-                ("s/2", "b"),
-                ("s/3", "b"),
-                ("s/4", "b"),
-                ("s/5", "b"),
-            ],
-        );
+        let old = parts(json!({}), &[("s/1", "a"), ("s/2", "a"), ("s/3", "a"), ("s/4", "a"), ("s/5", "a")]);
+        let new = parts(json!({}), &[("s/1", "b"), ("s/2", "b"), ("s/3", "b"), ("s/4", "b"), ("s/5", "b")]);
         assert_eq!(
             explain(&old, &new, &plain),
             "input s/1 changed; input s/2 changed; input s/3 changed; and 2 more inputs"

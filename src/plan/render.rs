@@ -42,30 +42,14 @@ pub fn step_counts(plan: &Plan, step: usize) -> Counts {
 }
 
 fn cell(n: usize) -> String {
-    if n == 0 {
-        "-".to_string()
-    } else {
-        n.to_string()
-    }
+    if n == 0 { "-".to_string() } else { n.to_string() }
 }
 
 pub fn table(plan: &Plan, verbose: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Plan for {} (store: {})", plan.pipeline, plan.store);
-    let width = plan
-        .steps
-        .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let kind_width = plan
-        .steps
-        .iter()
-        .map(|s| s.kind.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let width = plan.steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
+    let kind_width = plan.steps.iter().map(|s| s.kind.len()).max().unwrap_or(4).max(4);
     let _ = writeln!(
         out,
         "  {:<width$}  {:<kind_width$}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}",
@@ -75,20 +59,12 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
     for (s, step) in plan.steps.iter().enumerate() {
         let c = step_counts(plan, s);
         if let Some(why) = &step.unknown {
-            let _ = writeln!(
-                out,
-                "  {:<width$}  {:<kind_width$}  {:>7}  {why}",
-                step.name, step.kind, "?"
-            );
+            let _ = writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  {why}", step.name, step.kind, "?");
             continue;
         }
         let shards = c.source + c.fresh + c.run();
         if step.source {
-            let _ = writeln!(
-                out,
-                "  {:<width$}  {:<kind_width$}  {:>7}  (source files)",
-                step.name, step.kind, shards
-            );
+            let _ = writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  (source files)", step.name, step.kind, shards);
         } else {
             let _ = writeln!(
                 out,
@@ -118,11 +94,7 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
     if !listed.is_empty() {
         let _ = writeln!(out, "\n{}", if verbose { "Targets:" } else { "Stale:" });
         let name_width = listed.iter().map(|t| t.name.len()).max().unwrap_or(0);
-        let shown = if verbose {
-            listed.len()
-        } else {
-            LISTED_REASONS
-        };
+        let shown = if verbose { listed.len() } else { LISTED_REASONS };
         for t in listed.iter().take(shown) {
             let action = format!("{:?}", t.action).to_lowercase();
             let reason = t.reason.as_deref().unwrap_or("");
@@ -133,7 +105,7 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
         }
     }
     let unknown = plan.steps.iter().filter(|s| s.unknown.is_some()).count();
-    let _ = write!(out, "\n");
+    out.push('\n');
     match total.run() {
         0 if unknown == 0 => {
             let _ = writeln!(out, "Nothing to do: {} targets are fresh.", total.fresh);
@@ -145,10 +117,7 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
                 total.missing, total.stale, total.blocked
             );
             if unknown > 0 {
-                let _ = write!(
-                    out,
-                    ", and {unknown} steps whose targets are known once their inputs are built"
-                );
+                let _ = write!(out, ", and {unknown} steps whose targets are known once their inputs are built");
             }
             let _ = writeln!(out, "; {} fresh.", total.fresh);
         }

@@ -73,19 +73,11 @@ impl Mapping {
                 .collect::<Vec<_>>()
         };
         let out = match self {
-            Mapping::Once => vec![ShardSpec {
-                id: SINGLE_SHARD.into(),
-                coords: json!({}),
-                inputs: vec![],
-                source: None,
-            }],
+            Mapping::Once => {
+                vec![ShardSpec { id: SINGLE_SHARD.into(), coords: json!({}), inputs: vec![], source: None }]
+            }
             Mapping::All => {
-                vec![ShardSpec {
-                    id: SINGLE_SHARD.into(),
-                    coords: json!({}),
-                    inputs: flat(),
-                    source: None,
-                }]
+                vec![ShardSpec { id: SINGLE_SHARD.into(), coords: json!({}), inputs: flat(), source: None }]
             }
             Mapping::Group(k) => flat()
                 .chunks(k.max(1))
@@ -112,24 +104,12 @@ fn one_to_one(inputs: &[InputShards]) -> Result<Vec<ShardSpec>, String> {
     for (s, shard) in first.shards.iter().enumerate() {
         let mut reads = vec![(0, s)];
         for (i, other) in inputs.iter().enumerate().skip(1) {
-            let at = other
-                .shards
-                .iter()
-                .position(|o| o.id == shard.id)
-                .ok_or_else(|| {
-                    format!(
-                        "shard `{}` of `{}` has no partner in `{}`",
-                        shard.id, first.step, other.step
-                    )
-                })?;
+            let at = other.shards.iter().position(|o| o.id == shard.id).ok_or_else(|| {
+                format!("shard `{}` of `{}` has no partner in `{}`", shard.id, first.step, other.step)
+            })?;
             reads.push((i, at));
         }
-        out.push(ShardSpec {
-            id: shard.id.clone(),
-            coords: json!({}),
-            inputs: reads,
-            source: None,
-        });
+        out.push(ShardSpec { id: shard.id.clone(), coords: json!({}), inputs: reads, source: None });
     }
     for other in inputs.iter().skip(1) {
         if other.shards.len() != first.shards.len() {
@@ -150,17 +130,9 @@ fn rows(inputs: &[InputShards], per_shard: u64) -> Shards {
     for (i, input) in inputs.iter().enumerate() {
         for (s, shard) in input.shards.iter().enumerate() {
             let Some(rows) = shard.rows else {
-                return Shards::Unknown(format!(
-                    "row counts are known once {}/{} is built",
-                    input.step, shard.id
-                ));
+                return Shards::Unknown(format!("row counts are known once {}/{} is built", input.step, shard.id));
             };
-            let stem = shard
-                .id
-                .split('.')
-                .next()
-                .unwrap_or(&shard.id)
-                .replace('/', "_");
+            let stem = shard.id.split('.').next().unwrap_or(&shard.id).replace('/', "_");
             for part in 0..rows.div_ceil(per_shard) {
                 let start = part * per_shard;
                 out.push(ShardSpec {
@@ -180,12 +152,7 @@ mod tests {
     use super::*;
 
     fn shards(ids: &[(&str, Option<u64>)]) -> Vec<InputShard> {
-        ids.iter()
-            .map(|(id, rows)| InputShard {
-                id: id.to_string(),
-                rows: *rows,
-            })
-            .collect()
+        ids.iter().map(|(id, rows)| InputShard { id: id.to_string(), rows: *rows }).collect()
     }
 
     fn ids(s: Shards) -> Vec<String> {
@@ -198,13 +165,8 @@ mod tests {
     #[test]
     fn groups_are_consecutive() {
         let a = shards(&[("a", None), ("b", None), ("c", None)]);
-        let input = [InputShards {
-            step: "raw",
-            shards: &a,
-        }];
-        let Shards::Known(groups) = Mapping::Group(2).shards(&input).unwrap() else {
-            panic!()
-        };
+        let input = [InputShards { step: "raw", shards: &a }];
+        let Shards::Known(groups) = Mapping::Group(2).shards(&input).unwrap() else { panic!() };
         assert_eq!(
             groups.iter().map(|g| g.inputs.clone()).collect::<Vec<_>>(),
             vec![vec![(0, 0), (0, 1)], vec![(0, 2)]]
@@ -215,19 +177,10 @@ mod tests {
     #[test]
     fn rows_split_per_input_and_wait_for_counts() {
         let a = shards(&[("a.parquet", Some(25)), ("b.parquet", Some(10))]);
-        let input = [InputShards {
-            step: "meta",
-            shards: &a,
-        }];
-        assert_eq!(
-            ids(Mapping::Rows(10).shards(&input).unwrap()),
-            vec!["a_00000", "a_00001", "a_00002", "b_00000"]
-        );
+        let input = [InputShards { step: "meta", shards: &a }];
+        assert_eq!(ids(Mapping::Rows(10).shards(&input).unwrap()), vec!["a_00000", "a_00001", "a_00002", "b_00000"]);
         let b = shards(&[("a.parquet", None)]);
-        let input = [InputShards {
-            step: "meta",
-            shards: &b,
-        }];
+        let input = [InputShards { step: "meta", shards: &b }];
         assert_eq!(
             ids(Mapping::Rows(10).shards(&input).unwrap()),
             vec!["row counts are known once meta/a.parquet is built"]
@@ -238,31 +191,11 @@ mod tests {
     fn one_to_one_joins_on_ids() {
         let a = shards(&[("x", None), ("y", None)]);
         let b = shards(&[("y", None), ("x", None)]);
-        let inputs = [
-            InputShards {
-                step: "a",
-                shards: &a,
-            },
-            InputShards {
-                step: "b",
-                shards: &b,
-            },
-        ];
-        let Shards::Known(out) = Mapping::OneToOne.shards(&inputs).unwrap() else {
-            panic!()
-        };
+        let inputs = [InputShards { step: "a", shards: &a }, InputShards { step: "b", shards: &b }];
+        let Shards::Known(out) = Mapping::OneToOne.shards(&inputs).unwrap() else { panic!() };
         assert_eq!(out[0].inputs, vec![(0, 0), (1, 1)]);
         let c = shards(&[("z", None)]);
-        let inputs = [
-            InputShards {
-                step: "a",
-                shards: &a,
-            },
-            InputShards {
-                step: "c",
-                shards: &c,
-            },
-        ];
+        let inputs = [InputShards { step: "a", shards: &a }, InputShards { step: "c", shards: &c }];
         assert!(Mapping::OneToOne.shards(&inputs).is_err());
     }
 }

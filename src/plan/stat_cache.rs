@@ -43,15 +43,9 @@ pub struct Identity {
 impl StatCache {
     /// Opens the cache kept in `file`; a missing or unreadable cache starts empty.
     pub fn open(file: PathBuf) -> Self {
-        let entries = std::fs::read(&file)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        StatCache {
-            file: Some(file),
-            entries: Mutex::new(entries),
-            ..Default::default()
-        }
+        let entries =
+            std::fs::read(&file).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        StatCache { file: Some(file), entries: Mutex::new(entries), ..Default::default() }
     }
 
     /// Identities of many files, hashed in parallel where the cache cannot vouch for them.
@@ -60,39 +54,26 @@ impl StatCache {
     }
 
     pub fn identity(&self, path: &Path) -> anyhow::Result<Identity> {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
         let ctime_ns = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
         let (size, ino) = (meta.size(), meta.ino());
-        if let Some(hit) = self.lock().get(path) {
-            if hit.size == size
-                && hit.mtime_ns == mtime_ns
-                && hit.ctime_ns == ctime_ns
-                && hit.ino == ino
-            {
-                return Ok(Identity {
-                    size,
-                    blake3: hit.blake3.clone(),
-                });
-            }
+        if let Some(hit) = self.lock().get(path)
+            && hit.size == size
+            && hit.mtime_ns == mtime_ns
+            && hit.ctime_ns == ctime_ns
+            && hit.ino == ino
+        {
+            return Ok(Identity { size, blake3: hit.blake3.clone() });
         }
         let started = SystemTime::now();
         let blake3 = hash_file(path)?;
         self.hashed_files.fetch_add(1, Ordering::Relaxed);
         self.hashed_bytes.fetch_add(size, Ordering::Relaxed);
         let modified = meta.modified().unwrap_or(started);
-        let settled = started
-            .duration_since(modified)
-            .is_ok_and(|age| age > RACY_WINDOW);
+        let settled = started.duration_since(modified).is_ok_and(|age| age > RACY_WINDOW);
         if settled {
-            let entry = Entry {
-                size,
-                mtime_ns,
-                ctime_ns,
-                ino,
-                blake3: blake3.clone(),
-            };
+            let entry = Entry { size, mtime_ns, ctime_ns, ino, blake3: blake3.clone() };
             self.lock().insert(path.to_path_buf(), entry);
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -113,19 +94,14 @@ impl StatCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 pub fn hash_file(path: &Path) -> anyhow::Result<String> {
     let mut hasher = blake3::Hasher::new();
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    hasher
-        .update_reader(file)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    hasher.update_reader(file).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
@@ -139,12 +115,7 @@ mod tests {
         let file = dir.path().join("a.txt");
         std::fs::write(&file, "one").unwrap();
         let old = SystemTime::now() - Duration::from_secs(10);
-        std::fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
 
         let cache_file = dir.path().join("cache.json");
         let cache = StatCache::open(cache_file.clone());
@@ -157,10 +128,7 @@ mod tests {
         assert_eq!(cache.hashed_files.load(Ordering::Relaxed), 0);
 
         std::fs::write(&file, "two!").unwrap();
-        assert_eq!(
-            cache.identity(&file).unwrap().blake3,
-            blake3::hash(b"two!").to_hex().to_string()
-        );
+        assert_eq!(cache.identity(&file).unwrap().blake3, blake3::hash(b"two!").to_hex().to_string());
         assert_eq!(cache.hashed_files.load(Ordering::Relaxed), 1);
     }
 }

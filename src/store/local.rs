@@ -18,9 +18,7 @@ pub struct LocalStore {
 impl LocalStore {
     /// The root is made absolute: workers run commands in scratch folders, where a relative path means nothing.
     pub fn new(root: PathBuf) -> Self {
-        LocalStore {
-            root: std::path::absolute(&root).unwrap_or(root),
-        }
+        LocalStore { root: std::path::absolute(&root).unwrap_or(root) }
     }
 
     fn path(&self, path: &str) -> PathBuf {
@@ -30,18 +28,11 @@ impl LocalStore {
 
 fn meta_of(path: String, meta: &fs::Metadata) -> ObjectMeta {
     let version = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
-    ObjectMeta {
-        path,
-        size: meta.size(),
-        version,
-    }
+    ObjectMeta { path, size: meta.size(), version }
 }
 
 fn temp_beside(dest: &Path) -> PathBuf {
-    let name = dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("object");
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
     dest.with_file_name(format!("{TEMP_PREFIX}{}-{name}", fastrand::u64(..)))
 }
 
@@ -96,8 +87,7 @@ impl Store for LocalStore {
                     // Removed between the listing and the stat: it is not there.
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
                     Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("cannot stat {}", entry.path().display()));
+                        return Err(e).with_context(|| format!("cannot stat {}", entry.path().display()));
                     }
                 };
                 if meta.is_dir() {
@@ -120,10 +110,8 @@ impl Store for LocalStore {
 
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
         let dest = self.path(path);
-        write_atomically(&dest, bytes)
-            .with_context(|| format!("cannot write {}", dest.display()))?;
-        let meta =
-            fs::metadata(&dest).with_context(|| format!("cannot stat {}", dest.display()))?;
+        write_atomically(&dest, bytes).with_context(|| format!("cannot write {}", dest.display()))?;
+        let meta = fs::metadata(&dest).with_context(|| format!("cannot stat {}", dest.display()))?;
         Ok(meta_of(path.to_string(), &meta))
     }
 
@@ -131,9 +119,7 @@ impl Store for LocalStore {
         let dest = self.path(path);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        File::open(local)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("cannot flush {}", local.display()))?;
+        File::open(local).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {}", local.display()))?;
         if fs::rename(local, &dest).is_err() {
             // Another file system: copy beside the destination, then rename.
             let temp = temp_beside(&dest);
@@ -161,8 +147,7 @@ impl Store for LocalStore {
     }
 
     fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
-        fs::copy(self.path(path), dest)
-            .with_context(|| format!("cannot copy {path} from the store"))?;
+        fs::copy(self.path(path), dest).with_context(|| format!("cannot copy {path} from the store"))?;
         Ok(())
     }
 
@@ -187,9 +172,7 @@ impl Store for LocalStore {
                 Ok(()) => return Ok(Box::new(file)),
                 Err(fs::TryLockError::WouldBlock) => {
                     if !told {
-                        eprintln!(
-                            "Waiting for another build of `{pipeline}` on this store to finish…"
-                        );
+                        eprintln!("Waiting for another build of `{pipeline}` on this store to finish…");
                         told = true;
                     }
                     if started.elapsed() > Duration::from_secs(24 * 3600) {

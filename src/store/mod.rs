@@ -44,14 +44,12 @@ pub trait Store: Send + Sync {
 /// Opens `--store`: a folder path (or `file://` URL). `s3://` is recognised but comes with the S3 store.
 pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(rest) = url.strip_prefix("s3://") {
-        bail!(
-            "the S3 store (s3://{rest}) is not built into this dsmake yet; use a local folder for --store"
-        );
+        bail!("the S3 store (s3://{rest}) is not built into this dsmake yet; use a local folder for --store");
     }
-    if let Some((scheme, _)) = url.split_once("://") {
-        if scheme != "file" {
-            bail!("unsupported store `{url}`: use a local folder path or file:///path");
-        }
+    if let Some((scheme, _)) = url.split_once("://")
+        && scheme != "file"
+    {
+        bail!("unsupported store `{url}`: use a local folder path or file:///path");
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     Ok(Arc::new(local::LocalStore::new(PathBuf::from(path))))
@@ -59,11 +57,7 @@ pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Joins store-relative path segments with `/`.
 pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
+    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
 }
 
 /// Folder (inside a step's folder) that holds manifests and the step index.
@@ -75,7 +69,5 @@ pub fn manifest_path(step_dir: &str, shard: &str) -> String {
 
 /// Names that dsmake uses for files being written; never a published output.
 pub fn is_temporary(path: &str) -> bool {
-    path.rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with(local::TEMP_PREFIX))
+    path.rsplit('/').next().is_some_and(|name| name.starts_with(local::TEMP_PREFIX))
 }

@@ -68,14 +68,10 @@ pub struct StepState {
 
 impl StepState {
     pub fn load(store: &dyn Store, dir: &str) -> anyhow::Result<StepState> {
-        let listing = store
-            .list(dir)
-            .with_context(|| format!("cannot list {dir} in the store"))?;
+        let listing = store.list(dir).with_context(|| format!("cannot list {dir} in the store"))?;
         let prefix = format!("{dir}/");
-        let files: HashMap<String, ObjectMeta> = listing
-            .into_iter()
-            .filter_map(|m| Some((m.path.strip_prefix(&prefix)?.to_string(), m)))
-            .collect();
+        let files: HashMap<String, ObjectMeta> =
+            listing.into_iter().filter_map(|m| Some((m.path.strip_prefix(&prefix)?.to_string(), m))).collect();
         let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
         let mut cached: BTreeMap<String, Record> = match store.read(&index_path) {
             Ok(Some(bytes)) => serde_json::from_slice::<Index>(&bytes)
@@ -90,10 +86,7 @@ impl StepState {
         let mut to_read = Vec::new();
         let manifest_prefix = format!("{META_DIR}/");
         for (rel, meta) in &files {
-            let Some(shard) = rel
-                .strip_prefix(&manifest_prefix)
-                .and_then(|r| r.strip_suffix(".json"))
-            else {
+            let Some(shard) = rel.strip_prefix(&manifest_prefix).and_then(|r| r.strip_suffix(".json")) else {
                 continue;
             };
             if is_temporary(rel) {
@@ -128,14 +121,7 @@ impl StepState {
                 }
             }
         }
-        Ok(StepState {
-            dir: dir.to_string(),
-            files,
-            records,
-            unreadable,
-            manifests_read: to_read.len(),
-            index_stale,
-        })
+        Ok(StepState { dir: dir.to_string(), files, records, unreadable, manifests_read: to_read.len(), index_stale })
     }
 
     /// Records a target built by this run.
@@ -149,14 +135,8 @@ impl StepState {
         if !self.index_stale {
             return Ok(());
         }
-        let index = Index {
-            format: INDEX_FORMAT,
-            records: self
-                .records
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
+        let index =
+            Index { format: INDEX_FORMAT, records: self.records.iter().map(|(k, v)| (k.clone(), v.clone())).collect() };
         let bytes = serde_json::to_vec(&index)?;
         store.write(&format!("{}/{META_DIR}/{INDEX_NAME}", self.dir), &bytes)?;
         self.index_stale = false;

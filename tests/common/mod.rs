@@ -1,0 +1,134 @@
+//! A sandbox for running the real `dsmake` binary: a folder with a pipeline, its data, a store and a cache.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Sandbox {
+    pub fn new(pipeline: &str) -> Sandbox {
+        let sandbox = Sandbox { dir: tempfile::tempdir().expect("tempdir") };
+        sandbox.write("pipeline.toml", pipeline);
+        sandbox
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("store")
+    }
+
+    /// Writes a file with an mtime in the past, as a file that was not just edited would have (files
+    /// modified within the stat cache's racy window are hashed again on purpose).
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let past = SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(past).unwrap();
+    }
+
+    pub fn read_store(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.store().join(rel)).unwrap_or_else(|e| panic!("store/{rel}: {e}"))
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsmake"));
+        cmd.current_dir(self.dir.path())
+            .env("DSMAKE_CACHE_DIR", self.path("cache"))
+            .env("DSMAKE_STORE", self.store())
+            .env_remove("XDG_CACHE_HOME")
+            .args(args);
+        cmd
+    }
+
+    /// Runs `dsmake ARGS` with the pipeline file appended after the subcommand.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut full = vec![args[0], "pipeline.toml"];
+        full.extend(&args[1..]);
+        self.command(&full).output().expect("run dsmake").into()
+    }
+
+    /// `dsmake build --format json`, which must succeed.
+    pub fn build(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["build", "--format", "json"];
+        args.extend(extra);
+        let run = self.run(&args);
+        assert_eq!(run.code, 0, "build failed:\n{}\n{}", run.stdout, run.stderr);
+        run.json()
+    }
+
+    pub fn plan(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["plan", "--format", "json"];
+        args.extend(extra);
+        let run = self.run(&args);
+        assert_eq!(run.code, 0, "plan failed:\n{}", run.stderr);
+        run.json()
+    }
+}
+
+/// `target → (action, reason)` for every target of a JSON plan.
+pub fn actions(plan: &Value) -> Vec<(String, String, String)> {
+    plan["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["target"].as_str().unwrap().to_string(),
+                t["action"].as_str().unwrap().to_string(),
+                t["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The targets of a plan whose action is not `fresh` or `source`, with action and reason.
+pub fn work(plan: &Value) -> Vec<(String, String, String)> {
+    actions(plan).into_iter().filter(|(_, a, _)| a != "fresh" && a != "source").collect()
+}
+
+pub fn built(summary: &Value) -> Vec<String> {
+    let mut names: Vec<String> =
+        summary["built_targets"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+pub fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

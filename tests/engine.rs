@@ -1,0 +1,335 @@
+//! The engine against the real binary on the local store: incremental builds, reasons, failures, gc, kills.
+
+mod common;
+
+use common::{Sandbox, built, strings, work};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const PIPELINE: &str = r#"
+[params]
+mode = "upper"
+
+[steps.raw]
+kind = "files"
+paths = "data/*.txt"
+
+[steps.shout]
+kind = "command"
+from = "raw"
+run = "tr '[:lower:]' '[:${mode}:]' < {input} > {output}"
+outputs = "{stem}.txt"
+
+[steps.lengths]
+kind = "command"
+from = "raw"
+run = "wc -c < {input} | tr -d ' ' > {output}"
+outputs = "{stem}.len"
+
+[steps.joined]
+kind = "command"
+from = "shout"
+per = "all"
+run = "cat {input} > {output}"
+outputs = "joined.txt"
+"#;
+
+fn sandbox() -> Sandbox {
+    let s = Sandbox::new(PIPELINE);
+    s.write("data/a.txt", "alpha\n");
+    s.write("data/b.txt", "bravo\n");
+    s.write("data/c.txt", "charlie\n");
+    s
+}
+
+fn triple(target: &str, action: &str, reason: &str) -> (String, String, String) {
+    (target.to_string(), action.to_string(), reason.to_string())
+}
+
+#[test]
+fn first_build_builds_everything_and_the_second_is_a_noop_that_reads_no_source() {
+    let s = sandbox();
+    let first = s.build(&[]);
+    assert_eq!(
+        built(&first),
+        strings(&[
+            "joined/all",
+            "lengths/a.txt",
+            "lengths/b.txt",
+            "lengths/c.txt",
+            "shout/a.txt",
+            "shout/b.txt",
+            "shout/c.txt"
+        ])
+    );
+    assert_eq!(first["sources_hashed"], 3);
+    assert_eq!(s.read_store("pipeline/joined/joined.txt"), "ALPHA\nBRAVO\nCHARLIE\n");
+    assert_eq!(s.read_store("pipeline/lengths/c.len"), "8\n");
+
+    let second = s.build(&[]);
+    assert_eq!(second["built"], 0);
+    assert_eq!(second["fresh"], 7);
+    assert_eq!(second["sources_hashed"], 0, "a no-op build must not read source files again");
+    let plan = s.plan(&[]);
+    assert!(work(&plan).is_empty());
+    assert_eq!(plan["stats"]["sources_hashed"], 0);
+    assert_eq!(plan["stats"]["manifests_read"], 0, "freshness comes from listings and the index");
+}
+
+#[test]
+fn changing_one_setting_rebuilds_exactly_what_is_downstream_and_the_plan_says_why() {
+    let s = sandbox();
+    s.build(&[]);
+    let plan = s.plan(&["--set", "mode=lower"]);
+    let setting = r#"settings.run: "tr '[:lower:]' '[:upper:]' < {input} > {output}" → "tr '[:lower:]' '[:lower:]' < {input} > {output}""#;
+    assert_eq!(
+        work(&plan),
+        vec![
+            triple("shout/a.txt", "stale", setting),
+            triple("shout/b.txt", "stale", setting),
+            triple("shout/c.txt", "stale", setting),
+            triple(
+                "joined/all",
+                "blocked",
+                "input shout/a.txt changed; input shout/b.txt changed; input shout/c.txt changed"
+            ),
+        ]
+    );
+    let text = s.run(&["plan", "--set", "mode=lower"]);
+    assert!(
+        text.stdout.contains("4 targets to build (0 missing, 3 stale, 1 waiting on inputs); 3 fresh."),
+        "{}",
+        text.stdout
+    );
+
+    let summary = s.build(&["--set", "mode=lower"]);
+    assert_eq!(built(&summary), strings(&["joined/all", "shout/a.txt", "shout/b.txt", "shout/c.txt"]));
+    assert_eq!(s.read_store("pipeline/joined/joined.txt"), "alpha\nbravo\ncharlie\n");
+    assert!(work(&s.plan(&["--set", "mode=lower"])).is_empty());
+}
+
+#[test]
+fn adding_a_source_file_adds_exactly_its_targets() {
+    let s = sandbox();
+    s.build(&[]);
+    s.write("data/d.txt", "delta\n");
+    let plan = s.plan(&[]);
+    assert_eq!(plan["stats"]["sources_hashed"], 1, "only the new file is read");
+    assert_eq!(
+        work(&plan),
+        vec![
+            triple("shout/d.txt", "missing", "never built"),
+            triple("lengths/d.txt", "missing", "never built"),
+            triple("joined/all", "blocked", "input shout/d.txt added"),
+        ]
+    );
+    let summary = s.build(&[]);
+    assert_eq!(built(&summary), strings(&["joined/all", "lengths/d.txt", "shout/d.txt"]));
+}
+
+#[test]
+fn deleting_one_output_makes_exactly_its_target_stale() {
+    let s = sandbox();
+    s.build(&[]);
+    std::fs::remove_file(s.store().join("pipeline/shout/b.txt")).unwrap();
+    assert_eq!(work(&s.plan(&[])), vec![triple("shout/b.txt", "stale", "output b.txt is missing")]);
+    assert_eq!(built(&s.build(&[])), strings(&["shout/b.txt"]));
+    assert_eq!(s.read_store("pipeline/shout/b.txt"), "BRAVO\n");
+}
+
+#[test]
+fn a_truncated_output_is_stale_with_its_sizes() {
+    let s = sandbox();
+    s.build(&[]);
+    std::fs::write(s.store().join("pipeline/lengths/a.len"), "").unwrap();
+    assert_eq!(
+        work(&s.plan(&[])),
+        vec![triple("lengths/a.len", "stale", "output a.len changed size (2 → 0 bytes)")]
+            .into_iter()
+            .map(|(_, a, r)| ("lengths/a.txt".to_string(), a, r))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn an_edited_source_is_named_in_the_reasons() {
+    let s = sandbox();
+    s.build(&[]);
+    s.write("data/b.txt", "bravo bravo\n");
+    assert_eq!(
+        work(&s.plan(&[])),
+        vec![
+            triple("shout/b.txt", "stale", "source data/b.txt changed"),
+            triple("lengths/b.txt", "stale", "source data/b.txt changed"),
+            triple("joined/all", "blocked", "input shout/b.txt changed"),
+        ]
+    );
+    let summary = s.build(&[]);
+    assert_eq!(built(&summary), strings(&["joined/all", "lengths/b.txt", "shout/b.txt"]));
+    assert_eq!(s.read_store("pipeline/lengths/b.len"), "12\n");
+}
+
+#[test]
+fn target_and_force_select_part_of_the_dag() {
+    let s = sandbox();
+    let summary = s.build(&["--target", "shout/a.txt"]);
+    assert_eq!(built(&summary), strings(&["shout/a.txt"]));
+    let summary = s.build(&["--target", "joined"]);
+    assert_eq!(built(&summary), strings(&["joined/all", "shout/b.txt", "shout/c.txt"]));
+    let summary = s.build(&[]);
+    assert_eq!(built(&summary), strings(&["lengths/a.txt", "lengths/b.txt", "lengths/c.txt"]));
+    let summary = s.build(&["--force", "lengths"]);
+    assert_eq!(built(&summary), strings(&["lengths/a.txt", "lengths/b.txt", "lengths/c.txt"]));
+
+    let run = s.run(&["build", "--target", "shuot"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--target shuot: there is no step `shuot` (did you mean `shout`?)"), "{}", run.stderr);
+    let run = s.run(&["build", "--target", "shout/zz.txt"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("step `shout` has no shard `zz.txt`"), "{}", run.stderr);
+}
+
+const FAILING: &str = r#"
+[steps.raw]
+kind = "files"
+paths = "data/*.txt"
+
+[steps.first]
+kind = "command"
+from = "raw"
+run = "if [ {stem} = b ]; then echo 'boom: cannot parse b' >&2; exit 3; fi; cp {input} {output}"
+
+[steps.second]
+kind = "command"
+from = "first"
+run = "cp {input} {output}"
+"#;
+
+#[test]
+fn a_failed_command_publishes_nothing_and_names_its_stderr() {
+    let s = Sandbox::new(FAILING);
+    for name in ["a", "b", "c"] {
+        s.write(&format!("data/{name}.txt"), name);
+    }
+    let run = s.run(&["build", "-j", "1", "--format", "json"]);
+    assert_eq!(run.code, 1);
+    let summary = run.json();
+    assert_eq!(summary["failed"][0]["target"], "first/b.txt");
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.starts_with("command exited with status 3\nstderr:\n  boom: cannot parse b"), "{error}");
+    assert!(!s.store().join("pipeline/first/b.txt").exists());
+    assert!(!s.store().join("pipeline/first/_dsmake/b.txt.json").exists());
+
+    let run = s.run(&["build", "--keep-going", "--format", "json"]);
+    assert_eq!(run.code, 1);
+    let summary = run.json();
+    assert_eq!(s.read_store("pipeline/second/a.txt"), "a");
+    assert_eq!(s.read_store("pipeline/second/c.txt"), "c", "--keep-going builds what does not need b");
+    assert_eq!(summary["not_run"], 1, "second/b.txt waits on the failed target");
+    assert!(!s.store().join("pipeline/second/b.txt").exists());
+
+    let human = s.run(&["build"]);
+    assert_eq!(human.code, 1);
+    assert!(human.stderr.contains("error: first/b.txt failed: command exited with status 3"), "{}", human.stderr);
+    assert!(human.stderr.contains("Failed:\n  first/b.txt"), "{}", human.stderr);
+}
+
+#[test]
+fn a_missing_declared_output_fails_the_target() {
+    let s = Sandbox::new(
+        "[steps.raw]\nkind = \"files\"\npaths = \"x.txt\"\n\n[steps.lazy]\nkind = \"command\"\nfrom = \"raw\"\nrun = \"echo forgot >&2\"\noutputs = [\"{stem}.out\"]\n",
+    );
+    s.write("x.txt", "x");
+    let run = s.run(&["build", "--format", "json"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        run.json()["failed"][0]["error"],
+        "the command exited 0 but did not write its declared output `x.out`\nstderr:\n  forgot"
+    );
+    assert!(!s.store().join("pipeline/lazy/_dsmake").join("x.txt.json").exists());
+}
+
+#[test]
+fn a_command_past_its_timeout_is_killed() {
+    let s = Sandbox::new(
+        "[steps.slow]\nkind = \"command\"\nrun = \"sleep 30; echo > {output}\"\noutputs = \"never\"\ntimeout = 0.3\n",
+    );
+    let started = Instant::now();
+    let run = s.run(&["build", "--format", "json"]);
+    assert_eq!(run.code, 1);
+    let error = run.json()["failed"][0]["error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("command timed out after 0."), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn gc_lists_files_no_target_owns_and_deletes_only_with_yes() {
+    let s = sandbox();
+    s.build(&[]);
+    std::fs::remove_file(s.path("data/c.txt")).unwrap();
+    std::fs::write(s.store().join("pipeline/shout/.dsmake-tmp-123-x.txt"), "half").unwrap();
+    let run = s.run(&["gc"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let listed: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        listed,
+        vec![
+            "pipeline/lengths/_dsmake/c.txt.json",
+            "pipeline/lengths/c.len",
+            "pipeline/shout/.dsmake-tmp-123-x.txt",
+            "pipeline/shout/_dsmake/c.txt.json",
+            "pipeline/shout/c.txt",
+        ]
+    );
+    assert!(
+        run.stderr.contains("5 files (") && run.stderr.contains(") belong to no target; run again with --yes"),
+        "{}",
+        run.stderr
+    );
+    assert!(s.store().join("pipeline/shout/c.txt").exists());
+
+    let run = s.run(&["gc", "--yes"]);
+    assert_eq!(run.code, 0);
+    assert!(!s.store().join("pipeline/shout/c.txt").exists());
+    assert!(s.store().join("pipeline/shout/a.txt").exists());
+    assert_eq!(s.run(&["gc"]).stdout, "");
+}
+
+#[test]
+fn graph_prints_steps_and_targets_as_dot() {
+    let s = sandbox();
+    let steps = s.run(&["graph"]);
+    assert!(steps.stdout.starts_with("digraph \"pipeline\" {"), "{}", steps.stdout);
+    assert!(steps.stdout.contains("  \"raw\" -> \"shout\";\n  \"raw\" -> \"lengths\";\n  \"shout\" -> \"joined\";"));
+    let shards = s.run(&["graph", "--shards"]);
+    assert!(shards.stdout.contains("  \"shout/b.txt\" -> \"joined/all\";"), "{}", shards.stdout);
+    assert!(shards.stdout.contains("\"shout/a.txt\" [style=filled, fillcolor=lightskyblue];"));
+}
+
+#[test]
+fn status_reports_counts_and_sizes_from_the_store() {
+    let s = sandbox();
+    s.build(&[]);
+    std::fs::remove_file(s.store().join("pipeline/shout/b.txt")).unwrap();
+    let run = s.run(&["status", "--format", "json"]);
+    assert_eq!(run.code, 0);
+    let status: Value = run.json();
+    let shout = &status["steps"][1];
+    assert_eq!(
+        (shout["step"].as_str(), shout["fresh"].as_u64(), shout["stale"].as_u64()),
+        (Some("shout"), Some(2), Some(1))
+    );
+    assert_eq!(shout["bytes"], 14, "ALPHA\\n + CHARLIE\\n");
+    assert_eq!(status["steps"][0]["bytes"], 20, "source bytes");
+}
+
+#[test]
+fn the_sample_pipeline_builds_offline() {
+    let s = Sandbox::new("");
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/sample.toml");
+    let run: common::Run = s.command(&["build", file, "--format", "json"]).output().unwrap().into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["built"], 9);
+    let top = s.read_store("sample/report/top-words.txt");
+    assert_eq!(top.lines().next(), Some("10 A"));
+}
