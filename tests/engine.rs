@@ -2,7 +2,32 @@
 
 mod common;
 
-use common::{Sandbox, built, strings, work};
+/// The incremental behaviour must not depend on the store: each of these runs on a local folder and on S3.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
+        }
+        mod s3 {
+            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
+        }
+    };
+}
+
+on_every_store!(
+    first_build_builds_everything_and_the_second_is_a_noop_that_reads_no_source,
+    changing_one_setting_rebuilds_exactly_what_is_downstream_and_the_plan_says_why,
+    adding_a_source_file_adds_exactly_its_targets,
+    deleting_one_output_makes_exactly_its_target_stale,
+    a_truncated_output_is_stale_with_its_sizes,
+    an_edited_source_is_named_in_the_reasons,
+    target_and_force_select_part_of_the_dag,
+    a_failed_command_publishes_nothing_and_names_its_stderr,
+    gc_lists_files_no_target_owns_and_deletes_only_with_yes,
+    status_reports_counts_and_sizes_from_the_store
+);
+
+use common::{Backend, Sandbox, built, strings, work};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -34,8 +59,8 @@ run = "cat {input} > {output}"
 outputs = "joined.txt"
 "#;
 
-fn sandbox() -> Sandbox {
-    let s = Sandbox::new(PIPELINE);
+fn sandbox(backend: Backend) -> Sandbox {
+    let s = Sandbox::on(backend, PIPELINE);
     s.write("data/a.txt", "alpha\n");
     s.write("data/b.txt", "bravo\n");
     s.write("data/c.txt", "charlie\n");
@@ -46,9 +71,8 @@ fn triple(target: &str, action: &str, reason: &str) -> (String, String, String) 
     (target.to_string(), action.to_string(), reason.to_string())
 }
 
-#[test]
-fn first_build_builds_everything_and_the_second_is_a_noop_that_reads_no_source() {
-    let s = sandbox();
+fn first_build_builds_everything_and_the_second_is_a_noop_that_reads_no_source(backend: Backend) {
+    let s = sandbox(backend);
     let first = s.build(&[]);
     assert_eq!(
         built(&first),
@@ -76,9 +100,8 @@ fn first_build_builds_everything_and_the_second_is_a_noop_that_reads_no_source()
     assert_eq!(plan["stats"]["manifests_read"], 0, "freshness comes from listings and the index");
 }
 
-#[test]
-fn changing_one_setting_rebuilds_exactly_what_is_downstream_and_the_plan_says_why() {
-    let s = sandbox();
+fn changing_one_setting_rebuilds_exactly_what_is_downstream_and_the_plan_says_why(backend: Backend) {
+    let s = sandbox(backend);
     s.build(&[]);
     let plan = s.plan(&["--set", "mode=lower"]);
     let setting = r#"settings.run: "tr '[:lower:]' '[:upper:]' < {input} > {output}" → "tr '[:lower:]' '[:lower:]' < {input} > {output}""#;
@@ -108,9 +131,8 @@ fn changing_one_setting_rebuilds_exactly_what_is_downstream_and_the_plan_says_wh
     assert!(work(&s.plan(&["--set", "mode=lower"])).is_empty());
 }
 
-#[test]
-fn adding_a_source_file_adds_exactly_its_targets() {
-    let s = sandbox();
+fn adding_a_source_file_adds_exactly_its_targets(backend: Backend) {
+    let s = sandbox(backend);
     s.build(&[]);
     s.write("data/d.txt", "delta\n");
     let plan = s.plan(&[]);
@@ -127,9 +149,8 @@ fn adding_a_source_file_adds_exactly_its_targets() {
     assert_eq!(built(&summary), strings(&["joined/all", "lengths/d.txt", "shout/d.txt"]));
 }
 
-#[test]
-fn deleting_one_output_makes_exactly_its_target_stale() {
-    let s = sandbox();
+fn deleting_one_output_makes_exactly_its_target_stale(backend: Backend) {
+    let s = sandbox(backend);
     s.build(&[]);
     std::fs::remove_file(s.store().join("pipeline/shout/b.txt")).unwrap();
     assert_eq!(work(&s.plan(&[])), vec![triple("shout/b.txt", "stale", "output b.txt is missing")]);
@@ -137,9 +158,8 @@ fn deleting_one_output_makes_exactly_its_target_stale() {
     assert_eq!(s.read_store("pipeline/shout/b.txt"), "BRAVO\n");
 }
 
-#[test]
-fn a_truncated_output_is_stale_with_its_sizes() {
-    let s = sandbox();
+fn a_truncated_output_is_stale_with_its_sizes(backend: Backend) {
+    let s = sandbox(backend);
     s.build(&[]);
     std::fs::write(s.store().join("pipeline/lengths/a.len"), "").unwrap();
     assert_eq!(
@@ -151,9 +171,8 @@ fn a_truncated_output_is_stale_with_its_sizes() {
     );
 }
 
-#[test]
-fn an_edited_source_is_named_in_the_reasons() {
-    let s = sandbox();
+fn an_edited_source_is_named_in_the_reasons(backend: Backend) {
+    let s = sandbox(backend);
     s.build(&[]);
     s.write("data/b.txt", "bravo bravo\n");
     assert_eq!(
@@ -169,9 +188,8 @@ fn an_edited_source_is_named_in_the_reasons() {
     assert_eq!(s.read_store("pipeline/lengths/b.len"), "12\n");
 }
 
-#[test]
-fn target_and_force_select_part_of_the_dag() {
-    let s = sandbox();
+fn target_and_force_select_part_of_the_dag(backend: Backend) {
+    let s = sandbox(backend);
     let summary = s.build(&["--target", "shout/a.txt"]);
     assert_eq!(built(&summary), strings(&["shout/a.txt"]));
     let summary = s.build(&["--target", "joined"]);
@@ -205,9 +223,8 @@ from = "first"
 run = "cp {input} {output}"
 "#;
 
-#[test]
-fn a_failed_command_publishes_nothing_and_names_its_stderr() {
-    let s = Sandbox::new(FAILING);
+fn a_failed_command_publishes_nothing_and_names_its_stderr(backend: Backend) {
+    let s = Sandbox::on(backend, FAILING);
     for name in ["a", "b", "c"] {
         s.write(&format!("data/{name}.txt"), name);
     }
@@ -262,9 +279,8 @@ fn a_command_past_its_timeout_is_killed() {
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
-#[test]
-fn gc_lists_files_no_target_owns_and_deletes_only_with_yes() {
-    let s = sandbox();
+fn gc_lists_files_no_target_owns_and_deletes_only_with_yes(backend: Backend) {
+    let s = sandbox(backend);
     s.build(&[]);
     std::fs::remove_file(s.path("data/c.txt")).unwrap();
     std::fs::write(s.store().join("pipeline/shout/.dsmake-tmp-123-x.txt"), "half").unwrap();
@@ -297,7 +313,7 @@ fn gc_lists_files_no_target_owns_and_deletes_only_with_yes() {
 
 #[test]
 fn graph_prints_steps_and_targets_as_dot() {
-    let s = sandbox();
+    let s = sandbox(Backend::Local);
     let steps = s.run(&["graph"]);
     assert!(steps.stdout.starts_with("digraph \"pipeline\" {"), "{}", steps.stdout);
     assert!(steps.stdout.contains("  \"raw\" -> \"shout\";\n  \"raw\" -> \"lengths\";\n  \"shout\" -> \"joined\";"));
@@ -306,9 +322,8 @@ fn graph_prints_steps_and_targets_as_dot() {
     assert!(shards.stdout.contains("\"shout/a.txt\" [style=filled, fillcolor=lightskyblue];"));
 }
 
-#[test]
-fn status_reports_counts_and_sizes_from_the_store() {
-    let s = sandbox();
+fn status_reports_counts_and_sizes_from_the_store(backend: Backend) {
+    let s = sandbox(backend);
     s.build(&[]);
     std::fs::remove_file(s.store().join("pipeline/shout/b.txt")).unwrap();
     let run = s.run(&["status", "--format", "json"]);

@@ -25,7 +25,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
         std::fs::read_to_string(&args.job).with_context(|| format!("cannot read job file {}", args.job))?
     };
     let job: crate::exec::job::Job = serde_json::from_str(&text).context("invalid job description")?;
-    let store = crate::store::open(args.store.as_deref().unwrap_or(&job.store))?;
+    let store = crate::store::open(args.store.as_deref().unwrap_or(&job.store), &Default::default())?;
     let outcome = worker::run_json(&text, &*store, &Cancel::default())
         .with_context(|| format!("target {} failed", job.target))?;
     println!("{}", serde_json::to_string_pretty(&outcome.manifest)?);

@@ -18,7 +18,7 @@ impl Workspace {
     pub fn open(args: &PipelineArgs) -> anyhow::Result<Workspace> {
         let file = find_pipeline(&args.pipeline)?;
         let pipeline = pipeline::load(&file, &args.set)?;
-        let store = store::open(&args.store)?;
+        let store = store::open(&args.store, &store::s3::S3Options::default())?;
         let stat_cache = StatCache::open(cache_dir().join("stat-cache.json"));
         let plan_options = PlanOptions { targets: args.target.clone(), force: args.force.clone() };
         Ok(Workspace { pipeline, store, stat_cache, plan_options })

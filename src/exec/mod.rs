@@ -81,14 +81,13 @@ pub fn build(
         );
         let to_run: Vec<usize> = plan.to_run().collect();
         if to_run.is_empty() {
+            // Even with nothing to build, manifests this plan had to read go into the index for next time.
+            save_indexes(&mut plan, &*store);
             break;
         }
         let round = runtime.block_on(run_round(pipeline, &mut plan, &store, &to_run, options, &cancel));
-        for state in plan.states.iter_mut().flatten() {
-            if let Err(e) = state.save_index(&*store) {
-                eprintln!("warning: {e:#} (the next plan reads manifests instead)");
-            }
-        }
+        save_indexes(&mut plan, &*store);
+
         for name in &round.built_names {
             fresh.remove(name);
         }
@@ -261,6 +260,14 @@ async fn run_target(
                 attempt += 1;
             }
             other => return (index, other),
+        }
+    }
+}
+
+fn save_indexes(plan: &mut Plan, store: &dyn Store) {
+    for state in plan.states.iter_mut().flatten() {
+        if let Err(e) = state.save_index(store) {
+            eprintln!("warning: {e:#} (the next plan reads manifests instead)");
         }
     }
 }

@@ -111,8 +111,32 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
         host: gethostname::gethostname().to_string_lossy().into_owned(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest)?;
-    let manifest_meta = store.write(&manifest_at, &bytes)?;
-    Ok(Outcome { manifest, manifest_meta })
+    match store.write_if_absent(&manifest_at, &bytes)? {
+        Some(manifest_meta) => Ok(Outcome { manifest, manifest_meta }),
+        None => adopt_concurrent(store, job, &manifest_at),
+    }
+}
+
+/// Another build published this target while this one ran. With the same key its outputs are the ones this
+/// build would make, so its manifest stands; with another key, two different pipelines share a folder.
+fn adopt_concurrent(store: &dyn Store, job: &Job, manifest_at: &str) -> anyhow::Result<Outcome> {
+    let listed = store.list(&format!("{}/{}", job.dir, crate::store::META_DIR))?;
+    let meta = listed.into_iter().find(|m| m.path == manifest_at);
+    let bytes = store.read(manifest_at)?;
+    match (meta, bytes) {
+        (Some(manifest_meta), Some(bytes)) => {
+            let manifest = Manifest::parse(&bytes, manifest_at)?;
+            if manifest.key != job.key {
+                bail!(
+                    "{} was published by another build with a different key: two pipelines write to {}",
+                    job.target,
+                    job.dir
+                );
+            }
+            Ok(Outcome { manifest, manifest_meta })
+        }
+        _ => bail!("{} was published and removed by another build while this one ran", job.target),
+    }
 }
 
 fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {

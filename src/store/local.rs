@@ -115,6 +115,29 @@ impl Store for LocalStore {
         Ok(meta_of(path.to_string(), &meta))
     }
 
+    fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
+        let dest = self.path(path);
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let temp = temp_beside(&dest);
+        let written = File::create(&temp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        // link(2) fails when the destination exists: an atomic create-if-absent with the whole content.
+        let linked = written.and_then(|_| fs::hard_link(&temp, &dest));
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => {
+                sync_dir(&dir);
+                let meta = fs::metadata(&dest).with_context(|| format!("cannot stat {}", dest.display()))?;
+                Ok(Some(meta_of(path.to_string(), &meta)))
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot write {}", dest.display())),
+        }
+    }
+
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
         let dest = self.path(path);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();

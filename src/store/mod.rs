@@ -2,6 +2,7 @@
 
 pub mod local;
 pub mod manifest;
+pub mod s3;
 pub mod step_state;
 
 use anyhow::bail;
@@ -27,6 +28,9 @@ pub trait Store: Send + Sync {
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// Writes an object atomically: readers see the old object or the whole new one.
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta>;
+    /// Writes an object only if there is none at `path` (local: a hard link; S3: `If-None-Match: *`).
+    /// `None` when one exists: another writer was first.
+    fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>>;
     /// Moves or copies a finished local file into the store, atomically. `local` may be consumed.
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()>;
     fn delete(&self, path: &str) -> anyhow::Result<()>;
@@ -39,13 +43,18 @@ pub trait Store: Send + Sync {
     fn scratch_root(&self) -> PathBuf;
     /// Holds off a second build of the same pipeline on the same store until this one ends.
     fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>>;
+    /// Aborts unfinished multipart uploads under `prefix` started more than `older_than` ago; returns their paths.
+    fn abort_stale_uploads(&self, _prefix: &str, _older_than: std::time::Duration) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
-/// Opens `--store`: a folder path (or `file://` URL). `s3://` is recognised but comes with the S3 store.
-pub fn open(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(rest) = url.strip_prefix("s3://") {
-        bail!("the S3 store (s3://{rest}) is not built into this dsmake yet; use a local folder for --store");
+/// Opens `--store`: a folder path, `file:///path`, or `s3://bucket/prefix` (reached with `s3` options).
+pub fn open(url: &str, s3: &s3::S3Options) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(s3::S3Store::open(url, s3)?));
     }
+
     if let Some((scheme, _)) = url.split_once("://")
         && scheme != "file"
     {

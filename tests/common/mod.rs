@@ -1,13 +1,27 @@
-//! A sandbox for running the real `dsmake` binary: a folder with a pipeline, its data, a store and a cache.
+//! A sandbox for running the real `dsmake` binary: a folder with a pipeline, its data, a store (a local
+//! folder, or a bucket in a real S3-compatible server) and a cache.
 #![allow(dead_code)]
+
+pub mod s3;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+/// Where a sandbox keeps its store: the same tests run on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    pub backend: Backend,
+    bucket: Option<String>,
+    /// The S3 endpoint dsmake talks to: the server, or a fault-injecting proxy in front of it.
+    pub endpoint: Option<String>,
 }
 
 pub struct Run {
@@ -35,17 +49,38 @@ impl From<Output> for Run {
 
 impl Sandbox {
     pub fn new(pipeline: &str) -> Sandbox {
-        let sandbox = Sandbox { dir: tempfile::tempdir().expect("tempdir") };
+        Sandbox::on(Backend::Local, pipeline)
+    }
+
+    pub fn on(backend: Backend, pipeline: &str) -> Sandbox {
+        let (bucket, endpoint) = match backend {
+            Backend::Local => (None, None),
+            Backend::S3 => (Some(s3::bucket()), Some(s3::server().endpoint.clone())),
+        };
+        let sandbox = Sandbox { dir: tempfile::tempdir().expect("tempdir"), backend, bucket, endpoint };
         sandbox.write("pipeline.toml", pipeline);
         sandbox
+    }
+
+    /// What `--store` says.
+    pub fn store_url(&self) -> String {
+        match &self.bucket {
+            None => self.path("store").display().to_string(),
+            Some(bucket) => format!("s3://{bucket}/store"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
+    /// The store's objects on disk: the local store's folder, or the folder where s3s-fs keeps the bucket's
+    /// objects (one file per object), so tests can damage a store the way a user or a crash would.
     pub fn store(&self) -> PathBuf {
-        self.path("store")
+        match &self.bucket {
+            None => self.path("store"),
+            Some(bucket) => s3::server().root.join(bucket).join("store"),
+        }
     }
 
     /// Writes a file with an mtime in the past, as a file that was not just edited would have (files
@@ -66,9 +101,13 @@ impl Sandbox {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsmake"));
         cmd.current_dir(self.dir.path())
             .env("DSMAKE_CACHE_DIR", self.path("cache"))
-            .env("DSMAKE_STORE", self.store())
+            .env("DSMAKE_STORE", self.store_url())
             .env_remove("XDG_CACHE_HOME")
+            .env_remove("AWS_PROFILE")
             .args(args);
+        if let Some(endpoint) = &self.endpoint {
+            cmd.envs(s3::env(endpoint));
+        }
         cmd
     }
 

@@ -1,0 +1,64 @@
+//! Building the S3 client the AWS way: the standard credential chain (environment, profiles with SSO, web
+//! identity, instance profiles), `AWS_ENDPOINT_URL` or an explicit endpoint for S3-compatible servers (with
+//! path-style addressing, which most of them need), and the bucket's region when none is configured.
+
+use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_sdk_s3::Client;
+use std::time::Duration;
+
+/// What a remote file or the environment may say about reaching the bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Options {
+    /// An AWS profile from ~/.aws/config (SSO profiles included).
+    pub profile: Option<String>,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); `AWS_ENDPOINT_URL` works too.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+/// Attempts per request inside the SDK (jittered exponential backoff on throttling, 5xx and resets).
+const ATTEMPTS: u32 = 6;
+
+pub async fn client(bucket: &str, options: &S3Options) -> anyhow::Result<Client> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(profile) = &options.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &options.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &options.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let shared = loader.load().await;
+    let custom_endpoint = shared.endpoint_url().is_some();
+    let configured_region = shared.region().is_some();
+    let build = |region: Option<Region>| {
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(custom_endpoint)
+            .retry_config(
+                RetryConfig::standard().with_max_attempts(ATTEMPTS).with_initial_backoff(Duration::from_millis(200)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(region) = region {
+            builder = builder.region(region);
+        }
+        Client::from_conf(builder.build())
+    };
+    if configured_region {
+        return Ok(build(None));
+    }
+    // No region anywhere: ask the bucket (S3 answers HeadBucket with x-amz-bucket-region, even on a 301).
+    let probe = build(Some(Region::new("us-east-1")));
+    let region = match probe.head_bucket().bucket(bucket).send().await {
+        Ok(out) => out.bucket_region().map(str::to_string),
+        Err(err) => err.raw_response().and_then(|r| r.headers().get("x-amz-bucket-region")).map(str::to_string),
+    };
+    Ok(build(Some(Region::new(region.unwrap_or_else(|| "us-east-1".to_string())))))
+}

@@ -1,0 +1,272 @@
+//! The S3 store: the same contract as the local folder. Objects appear whole (single PUT or a completed
+//! multipart upload); manifests are put last and conditionally; freshness comes from paginated listings.
+
+mod config;
+mod errors;
+mod lease;
+mod multipart;
+
+use super::{ObjectMeta, Store};
+use anyhow::{Context, bail};
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+pub use config::S3Options;
+use errors::{describe, is_not_found, is_precondition_failed};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use std::time::{Duration, SystemTime};
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    /// Key prefix of the store inside the bucket, without a trailing `/` ("" for the bucket's root).
+    prefix: String,
+    runtime: Arc<tokio::runtime::Runtime>,
+    /// Set when a listing came back without ETags (some S3-compatible servers): object versions are then
+    /// their LastModified times, and a write asks for it with a HEAD so that the index can match listings.
+    etagless: Arc<AtomicBool>,
+}
+
+/// An object's version as a listing shows it: the ETag, or the LastModified time where there is no ETag.
+fn version(etag: Option<&str>, modified: Option<&aws_sdk_s3::primitives::DateTime>) -> String {
+    match (etag, modified) {
+        (Some(etag), _) if !etag.is_empty() => etag.to_string(),
+        (_, Some(t)) => format!("modified:{}", t.to_millis().unwrap_or_default()),
+        _ => String::new(),
+    }
+}
+
+/// Splits `s3://bucket/prefix`.
+pub fn parse_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url.strip_prefix("s3://").context("an S3 store URL starts with s3://")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !valid {
+        bail!("`{bucket}` in `{url}` is not a valid S3 bucket name (3–63 lowercase letters, digits, `-`, `.`)");
+    }
+    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+impl S3Store {
+    pub fn open(url: &str, options: &S3Options) -> anyhow::Result<S3Store> {
+        let (bucket, prefix) = parse_url(url)?;
+        // Its own runtime: the Store trait is synchronous (called from planning threads and blocking workers).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dsmake-s3")
+            .enable_all()
+            .build()?;
+        let client = runtime.block_on(config::client(&bucket, options))?;
+        Ok(S3Store { client, bucket, prefix, runtime: Arc::new(runtime), etagless: Arc::default() })
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    fn key(&self, path: &str) -> String {
+        if self.prefix.is_empty() { path.to_string() } else { format!("{}/{path}", self.prefix) }
+    }
+
+    fn unkey(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            key.strip_prefix(&format!("{}/", self.prefix)).unwrap_or(key).to_string()
+        }
+    }
+
+    fn where_(&self, path: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.key(path))
+    }
+
+    async fn put(&self, path: &str, bytes: Vec<u8>, if_absent: bool) -> anyhow::Result<Option<ObjectMeta>> {
+        let size = bytes.len() as u64;
+        let mut put = self.client.put_object().bucket(&self.bucket).key(self.key(path)).body(ByteStream::from(bytes));
+        if if_absent {
+            put = put.if_none_match("*");
+        }
+        match put.send().await {
+            Ok(out) if self.etagless.load(Ordering::Relaxed) => {
+                let head = self.client.head_object().bucket(&self.bucket).key(self.key(path)).send().await;
+                let head = head.map_err(|e| describe(e, &format!("checking {}", self.where_(path))))?;
+                let _ = out;
+                Ok(Some(ObjectMeta { path: path.to_string(), size, version: version(None, head.last_modified()) }))
+            }
+            Ok(out) => Ok(Some(ObjectMeta { path: path.to_string(), size, version: version(out.e_tag(), None) })),
+            Err(e) if if_absent && is_precondition_failed(&e) => Ok(None),
+            Err(e) => Err(describe(e, &format!("writing {}", self.where_(path)))),
+        }
+    }
+}
+
+impl Store for S3Store {
+    fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+        let key_prefix = format!("{}/", self.key(prefix.trim_end_matches('/')));
+        self.block_on(async {
+            let mut out = Vec::new();
+            let mut pages =
+                self.client.list_objects_v2().bucket(&self.bucket).prefix(&key_prefix).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| describe(e, &format!("listing s3://{}/{key_prefix}", self.bucket)))?;
+                for object in page.contents() {
+                    let Some(key) = object.key() else { continue };
+                    if object.e_tag().is_none_or(str::is_empty) {
+                        self.etagless.store(true, Ordering::Relaxed);
+                    }
+                    out.push(ObjectMeta {
+                        path: self.unkey(key),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        version: version(object.e_tag(), object.last_modified()),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.block_on(async {
+            match self.client.get_object().bucket(&self.bucket).key(self.key(path)).send().await {
+                Ok(out) => {
+                    let bytes = out.body.collect().await.with_context(|| format!("reading {}", self.where_(path)))?;
+                    Ok(Some(bytes.into_bytes().to_vec()))
+                }
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(describe(e, &format!("reading {}", self.where_(path)))),
+            }
+        })
+    }
+
+    fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
+        let meta = self.block_on(self.put(path, bytes.to_vec(), false))?;
+        meta.with_context(|| format!("writing {}", self.where_(path)))
+    }
+
+    fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
+        self.block_on(self.put(path, bytes.to_vec(), true))
+    }
+
+    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
+        let size = std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?.len();
+        let key = self.key(path);
+        self.block_on(async {
+            if size > multipart::THRESHOLD {
+                return multipart::upload(&self.client, &self.bucket, &key, local, size).await;
+            }
+            let body =
+                ByteStream::from_path(local).await.with_context(|| format!("cannot read {}", local.display()))?;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_length(size as i64)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| describe(e, &format!("uploading {}", self.where_(path))))?;
+            Ok(())
+        })
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.block_on(async {
+            match self.client.delete_object().bucket(&self.bucket).key(self.key(path)).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(describe(e, &format!("deleting {}", self.where_(path)))),
+            }
+        })
+    }
+
+    fn local_path(&self, _path: &str) -> Option<PathBuf> {
+        None
+    }
+
+    fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
+        let partial = dest.with_extension("partial");
+        self.block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.key(path))
+                .send()
+                .await
+                .map_err(|e| describe(e, &format!("downloading {}", self.where_(path))))?;
+            let mut reader = out.body.into_async_read();
+            let mut file = tokio::fs::File::create(&partial).await?;
+            tokio::io::copy(&mut reader, &mut file)
+                .await
+                .with_context(|| format!("downloading {}", self.where_(path)))?;
+            anyhow::Ok(())
+        })?;
+        std::fs::rename(&partial, dest)?;
+        Ok(())
+    }
+
+    fn scratch_root(&self) -> PathBuf {
+        std::env::temp_dir().join("dsmake-scratch")
+    }
+
+    fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
+        Ok(Box::new(lease::acquire(Arc::new(self.clone()), pipeline)?))
+    }
+
+    fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> anyhow::Result<Vec<String>> {
+        let key_prefix = format!("{}/", self.key(prefix));
+        let cutoff = SystemTime::now() - older_than;
+        self.block_on(async {
+            let mut aborted = Vec::new();
+            let listed = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&key_prefix)
+                .send()
+                .await
+                .map_err(|e| describe(e, &format!("listing uploads under s3://{}/{key_prefix}", self.bucket)))?;
+            for upload in listed.uploads() {
+                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+                if started.is_some_and(|t| t > cutoff) {
+                    continue;
+                }
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| describe(e, &format!("aborting the upload of s3://{}/{key}", self.bucket)))?;
+                aborted.push(self.unkey(key));
+            }
+            Ok(aborted)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_store_urls() {
+        assert_eq!(parse_url("s3://data-bkt/datasets/x/").unwrap(), ("data-bkt".into(), "datasets/x".into()));
+        assert_eq!(parse_url("s3://data-bkt").unwrap(), ("data-bkt".into(), String::new()));
+        assert!(parse_url("s3://Bad_Bucket/x").unwrap_err().to_string().contains("not a valid S3 bucket name"));
+    }
+}

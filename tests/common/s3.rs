@@ -1,0 +1,96 @@
+//! A real S3-compatible server (`s3s-fs`, installed by tests/run.sh) started once per test binary on
+//! 127.0.0.1, and buckets for sandboxes. It dies with the test process.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "dsmake-test";
+pub const SECRET_KEY: &str = "dsmake-test-secret";
+
+pub struct S3Server {
+    pub endpoint: String,
+    /// s3s-fs keeps each bucket as a folder here and each object as a file.
+    pub root: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+pub fn server() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("dsmake-s3-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let port = free_port();
+        let root_for_thread = root.clone();
+        let (ready, started_or_not) = std::sync::mpsc::channel();
+        // The server is started from a thread that never ends: PR_SET_PDEATHSIG fires when the thread that
+        // forked the child exits, so the server lives exactly as long as the test process.
+        std::thread::spawn(move || {
+            let mut command = Command::new("s3s-fs");
+            command
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                .arg(&root_for_thread)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: prctl only sets a flag on the child before exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = command.spawn();
+            let started = child.is_ok();
+            ready.send(child.err().map(|e| e.to_string())).unwrap();
+            if started {
+                loop {
+                    std::thread::park();
+                }
+            }
+        });
+        if let Some(error) = started_or_not.recv().unwrap() {
+            panic!(
+                "cannot start s3s-fs ({error}): install it with \
+                 `cargo install s3s-fs --version 0.14.1 --features binary --locked` (tests/run.sh does)"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start listening on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        S3Server { endpoint: format!("http://127.0.0.1:{port}"), root }
+    })
+}
+
+/// A new, empty bucket (s3s-fs serves each folder of its root as a bucket).
+pub fn bucket() -> String {
+    let name = format!("t{:016x}", fastrand_u64());
+    std::fs::create_dir_all(server().root.join(&name)).unwrap();
+    name
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Environment for a dsmake process talking to `endpoint` (the server, or a proxy in front of it).
+pub fn env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ("AWS_CONFIG_FILE", "/nonexistent".to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_string()),
+    ]
+}
