@@ -4,6 +4,7 @@
 //! `store`, `exec` runs what is missing or stale through the worker, and `kinds` holds each step kind.
 
 pub mod cli;
+pub mod clip;
 pub mod exec;
 pub mod kinds;
 pub mod pipeline;

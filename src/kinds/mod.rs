@@ -1,6 +1,7 @@
 //! Step kinds. A kind is one unit: its settings, how its shards map to its inputs' shards, and its work.
 //! Adding a kind means a file here and one line in [`ALL`].
 
+pub mod clip_embed;
 pub mod command;
 pub mod files;
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every built-in kind.
-pub const ALL: &[&dyn Kind] = &[&files::Files, &command::Command];
+pub const ALL: &[&dyn Kind] = &[&files::Files, &command::Command, &clip_embed::ClipEmbed];
 
 pub fn lookup(name: &str) -> Option<&'static dyn Kind> {
     ALL.iter().copied().find(|k| k.name() == name)
