@@ -9,4 +9,6 @@ pub mod exec;
 pub mod kinds;
 pub mod pipeline;
 pub mod plan;
+pub mod remote;
+
 pub mod store;

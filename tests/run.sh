@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, as README.md gives it and CI runs it. Idempotent: installs what the tests need
-# (nothing beyond cargo today) and then runs every test.
+# The whole test suite, as README.md gives it and CI runs it. Idempotent: installs what the tests need,
+# then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# A real S3-compatible server for the S3 store tests (they start it themselves on 127.0.0.1).
+S3S_VERSION=0.14.1
+if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_VERSION"; then
+  echo "== installing s3s-fs $S3S_VERSION (the S3 server the tests run against)"
+  cargo install s3s-fs --version "$S3S_VERSION" --features binary --locked
+fi
 
 # Heavy crates make clean builds slow: keep the target folder outside the clone so that CI reuses it.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"

@@ -16,6 +16,12 @@ pub struct GcArgs {
     /// Delete what is listed.
     #[arg(long)]
     yes: bool,
+    /// Also abort unfinished multipart uploads (S3) under the pipeline's folders.
+    #[arg(long)]
+    uploads: bool,
+    /// With --uploads: only uploads started at least this many hours ago (a running build's are younger).
+    #[arg(long, value_name = "HOURS", default_value_t = 24.0)]
+    older_than: f64,
 }
 
 pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
@@ -62,6 +68,17 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
         if !out.quiet {
             println!("{}{}", if args.yes { "deleted " } else { "" }, orphan.path);
         }
+    }
+    if args.uploads {
+        let age = std::time::Duration::from_secs_f64(args.older_than.max(0.0) * 3600.0);
+        let mut aborted = 0;
+        for folder in &folders {
+            for path in store.abort_stale_uploads(folder, age)? {
+                println!("aborted upload {path}");
+                aborted += 1;
+            }
+        }
+        eprintln!("Aborted {aborted} unfinished uploads older than {}h.", args.older_than);
     }
     for dir in &unknown_dirs {
         eprintln!("note: kept everything under {dir}: its targets are not known until its inputs are built");

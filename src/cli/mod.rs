@@ -8,6 +8,8 @@ mod status;
 mod worker;
 mod workspace;
 
+pub(crate) use workspace::find_named_file;
+
 use crate::pipeline::Diagnostic;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -88,9 +90,12 @@ pub struct PipelineArgs {
     /// Rebuild this step's targets even when fresh (repeatable).
     #[arg(long, value_name = "STEP")]
     pub force: Vec<String>,
-    /// Where outputs live: a folder (default ./dsmake-store) or file:///path.
-    #[arg(long, env = "DSMAKE_STORE", default_value = "dsmake-store")]
-    pub store: String,
+    /// Where outputs live: a folder (default ./dsmake-store), file:///path or s3://bucket/prefix.
+    #[arg(long, env = "DSMAKE_STORE")]
+    pub store: Option<String>,
+    /// A remote definition: remotes/NAME.toml (looked up from here upwards) or a path; gives the store.
+    #[arg(long, env = "DSMAKE_REMOTE", value_name = "NAME")]
+    pub remote: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -296,6 +296,9 @@ fn wait(child: &mut std::process::Child, cancel: &Cancel, timeout: Option<Durati
 fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
+        (Some(141), _) => "exited with status 141 (SIGPIPE: a stage of a pipeline was still writing when a \
+                           later one stopped reading; bash runs with -o pipefail)"
+            .to_string(),
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
         _ => "failed".to_string(),

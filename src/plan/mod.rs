@@ -99,6 +99,8 @@ pub struct PlanStats {
     pub bytes_hashed: u64,
     pub objects_listed: usize,
     pub manifests_read: usize,
+    /// Requests sent to the store while planning (S3 only).
+    pub store_requests: u64,
     pub seconds: f64,
 }
 
@@ -131,6 +133,7 @@ pub fn make(
 ) -> anyhow::Result<Plan> {
     let started = Instant::now();
     check_step_names(pipeline, options)?;
+    let requests_before = store.requests();
     let hashed_before = stat_cache.hashed_files.load(Ordering::Relaxed);
     let bytes_before = stat_cache.hashed_bytes.load(Ordering::Relaxed);
 
@@ -251,6 +254,8 @@ pub fn make(
         bytes_hashed: stat_cache.hashed_bytes.load(Ordering::Relaxed) - bytes_before,
         objects_listed: plan.states.iter().flatten().map(|s| s.files.len()).sum(),
         manifests_read: plan.states.iter().flatten().map(|s| s.manifests_read).sum::<usize>() + stale_to_explain.len(),
+        store_requests: store.requests() - requests_before,
+
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok(plan)

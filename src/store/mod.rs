@@ -43,6 +43,10 @@ pub trait Store: Send + Sync {
     fn scratch_root(&self) -> PathBuf;
     /// Holds off a second build of the same pipeline on the same store until this one ends.
     fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>>;
+    /// Requests sent to the store so far by this process (0 where requests are not counted: a local folder).
+    fn requests(&self) -> u64 {
+        0
+    }
     /// Aborts unfinished multipart uploads under `prefix` started more than `older_than` ago; returns their paths.
     fn abort_stale_uploads(&self, _prefix: &str, _older_than: std::time::Duration) -> anyhow::Result<Vec<String>> {
         Ok(Vec::new())

@@ -2,6 +2,7 @@
 //! folder, or a bucket in a real S3-compatible server) and a cache.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod s3;
 
 use serde_json::Value;
@@ -22,6 +23,8 @@ pub struct Sandbox {
     bucket: Option<String>,
     /// The S3 endpoint dsmake talks to: the server, or a fault-injecting proxy in front of it.
     pub endpoint: Option<String>,
+    /// Extra environment for every dsmake this sandbox runs.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Run {
@@ -57,7 +60,8 @@ impl Sandbox {
             Backend::Local => (None, None),
             Backend::S3 => (Some(s3::bucket()), Some(s3::server().endpoint.clone())),
         };
-        let sandbox = Sandbox { dir: tempfile::tempdir().expect("tempdir"), backend, bucket, endpoint };
+        let sandbox =
+            Sandbox { dir: tempfile::tempdir().expect("tempdir"), backend, bucket, endpoint, env: Vec::new() };
         sandbox.write("pipeline.toml", pipeline);
         sandbox
     }
@@ -108,6 +112,7 @@ impl Sandbox {
         if let Some(endpoint) = &self.endpoint {
             cmd.envs(s3::env(endpoint));
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

@@ -4,11 +4,35 @@
 
 use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::BoxError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Counts HTTP requests sent (retries included), so plans and benchmarks can report what they cost.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter(pub Arc<AtomicU64>);
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "dsmake-request-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// What a remote file or the environment may say about reaching the bucket.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct S3Options {
     /// An AWS profile from ~/.aws/config (SSO profiles included).
     pub profile: Option<String>,
@@ -20,7 +44,7 @@ pub struct S3Options {
 /// Attempts per request inside the SDK (jittered exponential backoff on throttling, 5xx and resets).
 const ATTEMPTS: u32 = 6;
 
-pub async fn client(bucket: &str, options: &S3Options) -> anyhow::Result<Client> {
+pub async fn client(bucket: &str, options: &S3Options, counter: &RequestCounter) -> anyhow::Result<Client> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(profile) = &options.profile {
         loader = loader.profile_name(profile);
@@ -37,6 +61,7 @@ pub async fn client(bucket: &str, options: &S3Options) -> anyhow::Result<Client>
     let build = |region: Option<Region>| {
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(custom_endpoint)
+            .interceptor(counter.clone())
             .retry_config(
                 RetryConfig::standard().with_max_attempts(ATTEMPTS).with_initial_backoff(Duration::from_millis(200)),
             )

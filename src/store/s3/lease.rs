@@ -157,10 +157,10 @@ impl Drop for Lease {
         if let Some(thread) = self.renewal.take() {
             let _ = thread.join();
         }
-        if let Ok(Some((holder, _))) = self.store.get_lease(&self.key) {
-            if holder.id == self.id {
-                let _ = crate::store::Store::delete(&*self.store, &self.store.unkey(&self.key));
-            }
+        if let Ok(Some((holder, _))) = self.store.get_lease(&self.key)
+            && holder.id == self.id
+        {
+            let _ = crate::store::Store::delete(&*self.store, &self.store.unkey(&self.key));
         }
     }
 }

@@ -7,6 +7,7 @@ mod lease;
 mod multipart;
 
 use super::{ObjectMeta, Store};
+use crate::exec::failure::{Transient, backoff, is_transient};
 use anyhow::{Context, bail};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -28,6 +29,7 @@ pub struct S3Store {
     /// Set when a listing came back without ETags (some S3-compatible servers): object versions are then
     /// their LastModified times, and a write asks for it with a HEAD so that the index can match listings.
     etagless: Arc<AtomicBool>,
+    requests: config::RequestCounter,
 }
 
 /// An object's version as a listing shows it: the ETag, or the LastModified time where there is no ETag.
@@ -36,6 +38,29 @@ fn version(etag: Option<&str>, modified: Option<&aws_sdk_s3::primitives::DateTim
         (Some(etag), _) if !etag.is_empty() => etag.to_string(),
         (_, Some(t)) => format!("modified:{}", t.to_millis().unwrap_or_default()),
         _ => String::new(),
+    }
+}
+
+/// Where running multipart uploads leave their notes (store-relative).
+const UPLOAD_NOTES: &str = ".dsmake/uploads";
+
+/// Whole requests (a listing with all its pages, a read with its body) retried on transient errors, on top
+/// of the SDK's own retries, which do not cover a body cut in the middle.
+async fn retrying<T, F, Fut>(request: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 0;
+    loop {
+        match request().await {
+            Err(e) if is_transient(&e) && attempt + 1 < ATTEMPTS => {
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -60,8 +85,9 @@ impl S3Store {
             .thread_name("dsmake-s3")
             .enable_all()
             .build()?;
-        let client = runtime.block_on(config::client(&bucket, options))?;
-        Ok(S3Store { client, bucket, prefix, runtime: Arc::new(runtime), etagless: Arc::default() })
+        let requests = config::RequestCounter::default();
+        let client = runtime.block_on(config::client(&bucket, options, &requests))?;
+        Ok(S3Store { client, bucket, prefix, runtime: Arc::new(runtime), etagless: Arc::default(), requests })
     }
 
     fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
@@ -115,7 +141,7 @@ impl Store for S3Store {
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
         let key_prefix = format!("{}/", self.key(prefix.trim_end_matches('/')));
-        self.block_on(async {
+        self.block_on(retrying(|| async {
             let mut out = Vec::new();
             let mut pages =
                 self.client.list_objects_v2().bucket(&self.bucket).prefix(&key_prefix).into_paginator().send();
@@ -134,37 +160,42 @@ impl Store for S3Store {
                 }
             }
             Ok(out)
-        })
+        }))
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        self.block_on(async {
+        self.block_on(retrying(|| async {
             match self.client.get_object().bucket(&self.bucket).key(self.key(path)).send().await {
                 Ok(out) => {
-                    let bytes = out.body.collect().await.with_context(|| format!("reading {}", self.where_(path)))?;
+                    let bytes = out
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| Transient(format!("reading {}: {e}", self.where_(path))))?;
                     Ok(Some(bytes.into_bytes().to_vec()))
                 }
                 Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(describe(e, &format!("reading {}", self.where_(path)))),
             }
-        })
+        }))
     }
 
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
-        let meta = self.block_on(self.put(path, bytes.to_vec(), false))?;
+        let meta = self.block_on(retrying(|| self.put(path, bytes.to_vec(), false)))?;
         meta.with_context(|| format!("writing {}", self.where_(path)))
     }
 
     fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
-        self.block_on(self.put(path, bytes.to_vec(), true))
+        self.block_on(retrying(|| self.put(path, bytes.to_vec(), true)))
     }
 
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
         let size = std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?.len();
         let key = self.key(path);
-        self.block_on(async {
+        self.block_on(retrying(|| async {
             if size > multipart::THRESHOLD {
-                return multipart::upload(&self.client, &self.bucket, &key, local, size).await;
+                let notes = format!("{}/", self.key(UPLOAD_NOTES));
+                return multipart::upload(&self.client, &self.bucket, &key, local, size, &notes).await;
             }
             let body =
                 ByteStream::from_path(local).await.with_context(|| format!("cannot read {}", local.display()))?;
@@ -178,7 +209,7 @@ impl Store for S3Store {
                 .await
                 .map_err(|e| describe(e, &format!("uploading {}", self.where_(path))))?;
             Ok(())
-        })
+        }))
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<()> {
@@ -197,7 +228,7 @@ impl Store for S3Store {
 
     fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
         let partial = dest.with_extension("partial");
-        self.block_on(async {
+        self.block_on(retrying(|| async {
             let out = self
                 .client
                 .get_object()
@@ -210,15 +241,19 @@ impl Store for S3Store {
             let mut file = tokio::fs::File::create(&partial).await?;
             tokio::io::copy(&mut reader, &mut file)
                 .await
-                .with_context(|| format!("downloading {}", self.where_(path)))?;
+                .map_err(|e| Transient(format!("downloading {}: {e}", self.where_(path))))?;
             anyhow::Ok(())
-        })?;
+        }))?;
         std::fs::rename(&partial, dest)?;
         Ok(())
     }
 
     fn scratch_root(&self) -> PathBuf {
         std::env::temp_dir().join("dsmake-scratch")
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.0.load(Ordering::Relaxed)
     }
 
     fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
@@ -228,31 +263,46 @@ impl Store for S3Store {
     fn abort_stale_uploads(&self, prefix: &str, older_than: Duration) -> anyhow::Result<Vec<String>> {
         let key_prefix = format!("{}/", self.key(prefix));
         let cutoff = SystemTime::now() - older_than;
+        let mut found: Vec<(String, String)> = Vec::new();
+        // The notes that our own uploads leave while they run (any S3-compatible server)…
+        for note in self.list(UPLOAD_NOTES)? {
+            let Some(bytes) = self.read(&note.path)? else { continue };
+            let Ok(upload) = serde_json::from_slice::<multipart::UploadNote>(&bytes) else { continue };
+            let started = SystemTime::UNIX_EPOCH + Duration::from_secs(upload.started_unix);
+            if upload.key.starts_with(&key_prefix) && started <= cutoff {
+                found.push((upload.key, upload.upload_id));
+                self.delete(&note.path)?;
+            }
+        }
         self.block_on(async {
-            let mut aborted = Vec::new();
-            let listed = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(&key_prefix)
-                .send()
-                .await
-                .map_err(|e| describe(e, &format!("listing uploads under s3://{}/{key_prefix}", self.bucket)))?;
-            for upload in listed.uploads() {
-                let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
-                if started.is_some_and(|t| t > cutoff) {
-                    continue;
+            // …and whatever S3 lists, where the server can (s3s-fs answers 501 Not Implemented).
+            let listed = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(&key_prefix).send().await;
+            match listed {
+                Ok(listed) => {
+                    for upload in listed.uploads() {
+                        let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+                        if started.is_some_and(|t| t > cutoff) {
+                            continue;
+                        }
+                        if let (Some(key), Some(id)) = (upload.key(), upload.upload_id())
+                            && !found.iter().any(|(_, known)| known == id)
+                        {
+                            found.push((key.to_string(), id.to_string()));
+                        }
+                    }
                 }
-                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else { continue };
-                self.client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(id)
-                    .send()
-                    .await
-                    .map_err(|e| describe(e, &format!("aborting the upload of s3://{}/{key}", self.bucket)))?;
-                aborted.push(self.unkey(key));
+                Err(e) if errors::status(&e) == Some(501) => {}
+                Err(e) => return Err(describe(e, &format!("listing uploads under s3://{}/{key_prefix}", self.bucket))),
+            }
+            let mut aborted = Vec::new();
+            for (key, id) in found {
+                match self.client.abort_multipart_upload().bucket(&self.bucket).key(&key).upload_id(&id).send().await {
+                    Ok(_) => aborted.push(self.unkey(&key)),
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => {
+                        return Err(describe(e, &format!("aborting the upload of s3://{}/{key}", self.bucket)));
+                    }
+                }
             }
             Ok(aborted)
         })

@@ -23,7 +23,24 @@ pub fn part_size(size: u64) -> u64 {
     MIN_PART.max(size.div_ceil(MAX_PARTS))
 }
 
-pub async fn upload(client: &Client, bucket: &str, key: &str, file: &Path, size: u64) -> anyhow::Result<()> {
+/// A note kept in the store while an upload runs, so that `dsmake gc --uploads` can abort the uploads of
+/// killed builds even on S3-compatible servers that cannot list multipart uploads.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct UploadNote {
+    pub key: String,
+    pub upload_id: String,
+    pub started_unix: u64,
+}
+
+/// `notes` is the key prefix (ending in `/`) under which upload notes are kept.
+pub async fn upload(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    file: &Path,
+    size: u64,
+    notes: &str,
+) -> anyhow::Result<()> {
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
@@ -32,14 +49,23 @@ pub async fn upload(client: &Client, bucket: &str, key: &str, file: &Path, size:
         .await
         .map_err(|e| describe(e, &format!("starting the upload of s3://{bucket}/{key}")))?;
     let upload_id = created.upload_id().unwrap_or_default().to_string();
-    match upload_parts(client, bucket, key, file, size, &upload_id).await {
-        Ok(()) => Ok(()),
-        Err(err) => {
-            // Best effort: `dsmake gc --uploads` cleans whatever this misses (a killed process, say).
-            let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
-            Err(err)
-        }
+    let note_key = format!("{notes}{}", blake3::hash(upload_id.as_bytes()).to_hex());
+    let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let note = UploadNote { key: key.to_string(), upload_id: upload_id.clone(), started_unix };
+    let _ = client
+        .put_object()
+        .bucket(bucket)
+        .key(&note_key)
+        .body(ByteStream::from(serde_json::to_vec(&note)?))
+        .send()
+        .await;
+    let result = upload_parts(client, bucket, key, file, size, &upload_id).await;
+    if result.is_err() {
+        // Best effort: `dsmake gc --uploads` cleans whatever this misses (a killed process, say).
+        let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
     }
+    let _ = client.delete_object().bucket(bucket).key(&note_key).send().await;
+    result
 }
 
 async fn upload_parts(
@@ -103,7 +129,7 @@ mod tests {
     #[test]
     fn parts_stay_within_s3_limits() {
         assert_eq!(part_size(100 * 1024 * 1024), MIN_PART);
-        let huge = 5 * 1024 * 1024 * 1024 * 1024; // 5 TiB, the largest S3 object
+        let huge: u64 = 5 * 1024 * 1024 * 1024 * 1024; // 5 TiB, the largest S3 object
         assert!(huge.div_ceil(part_size(huge)) <= MAX_PARTS);
     }
 }

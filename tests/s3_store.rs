@@ -1,0 +1,191 @@
+//! The S3 store against a real S3-compatible server (s3s-fs), with a fault-injecting proxy in front of it:
+//! throttling, cut connections and kills never leave a half-written object or manifest visible.
+
+mod common;
+
+use common::proxy::Proxy;
+use common::{Backend, Sandbox, built, s3, work};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 6;
+
+/// Outputs of 64 KiB, so that an upload can be cut in the middle of its body.
+const PIPELINE: &str = r#"
+[steps.raw]
+kind = "files"
+paths = "data/*.txt"
+
+[steps.big]
+kind = "command"
+from = "raw"
+run = "awk -v line=\"$(cat {input})\" 'BEGIN { for (i = 0; i < 4096; i++) print line }' > {output}"
+outputs = "{stem}.bin"
+"#;
+
+fn sandbox() -> Sandbox {
+    let s = Sandbox::on(Backend::S3, PIPELINE);
+    for i in 0..SHARDS {
+        s.write(&format!("data/{i}.txt"), &format!("row {i:011}\n"));
+    }
+    s
+}
+
+fn assert_outputs_complete(s: &Sandbox) {
+    for i in 0..SHARDS {
+        let expected = format!("row {i:011}\n").repeat(4096);
+        assert_eq!(s.read_store(&format!("pipeline/big/{i}.bin")), expected, "big/{i}.bin");
+    }
+}
+
+#[test]
+fn builds_through_slowdowns_and_cut_connections() {
+    let mut s = sandbox();
+    let proxy = Proxy::start(&s3::server().endpoint);
+    s.endpoint = Some(proxy.endpoint.clone());
+    proxy.faults.slowdowns.store(3, Ordering::SeqCst);
+    proxy.faults.cut_uploads.store(3, Ordering::SeqCst);
+    proxy.faults.cut_listings.store(2, Ordering::SeqCst);
+
+    let summary = s.build(&["-j", "2"]);
+    assert_eq!(summary["built"], SHARDS);
+    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 8, "every planned fault was hit");
+    assert_outputs_complete(&s);
+
+    proxy.faults.cut_listings.store(1, Ordering::SeqCst);
+    proxy.faults.slowdowns.store(2, Ordering::SeqCst);
+    let plan = s.plan(&[]);
+    assert!(work(&plan).is_empty(), "{plan}");
+    assert!(proxy.faults.injected.load(Ordering::SeqCst) >= 10);
+}
+
+#[test]
+fn plans_with_listings_not_a_request_per_target() {
+    let s = sandbox();
+    s.build(&[]);
+    s.build(&[]); // folds the manifests into each step's index
+    let plan = s.plan(&[]);
+    assert!(work(&plan).is_empty());
+    // One listing of the step folder and one read of its index: not 2 × SHARDS.
+    assert_eq!(plan["stats"]["store_requests"], 2, "{}", plan["stats"]);
+    assert_eq!(plan["stats"]["manifests_read"], 0);
+}
+
+/// A target whose single output is 40 MiB: a multipart upload.
+const MULTIPART: &str = r#"
+[steps.big]
+kind = "command"
+run = "head -c 41943040 /dev/zero | tr '\\0' 'x' > {output}"
+outputs = "big.bin"
+"#;
+
+#[test]
+fn a_build_killed_during_a_multipart_upload_leaves_no_visible_object() {
+    let mut s = Sandbox::on(Backend::S3, MULTIPART);
+    // The killed build cannot release its lease: a short one lets the next build take it over quickly.
+    s.env.push(("DSMAKE_LEASE_SECONDS".into(), "2".into()));
+    let proxy = Proxy::start(&s3::server().endpoint);
+    s.endpoint = Some(proxy.endpoint.clone());
+    proxy.faults.bytes_per_second.store(8 * 1024 * 1024, Ordering::SeqCst);
+
+    let mut child = s.command(&["build", "pipeline.toml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !proxy.saw("partNumber=") {
+        assert!(started.elapsed() < Duration::from_secs(60), "no multipart upload started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(proxy.saw("?uploads"), "the upload was a multipart upload");
+    assert!(
+        !proxy.saw("uploadId=")
+            || !proxy.requests.lock().unwrap().iter().any(|r| r.starts_with("POST") && r.contains("uploadId=")),
+        "the upload was not completed"
+    );
+
+    assert!(!s.store().join("pipeline/big/big.bin").exists(), "no object appears from an unfinished upload");
+    assert!(!s.store().join("pipeline/big/_dsmake/all.json").exists());
+    let plan = s.plan(&[]);
+    assert_eq!(plan["targets"][0]["action"], "missing");
+
+    let gc = s.run(&["gc", "--uploads", "--older-than", "0"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert!(gc.stdout.contains("aborted upload pipeline/big/big.bin"), "{}\n{}", gc.stdout, gc.stderr);
+
+    s.endpoint = Some(s3::server().endpoint.clone());
+    let run = s.run(&["build", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("Took over the expired build lease"), "{}", run.stderr);
+    assert_eq!(built(&run.json()), vec!["big/all".to_string()]);
+    assert_eq!(std::fs::metadata(s.store().join("pipeline/big/big.bin")).unwrap().len(), 41_943_040);
+}
+
+#[test]
+fn two_concurrent_builds_build_every_target_once() {
+    let s = sandbox();
+    let spawn = || {
+        s.command(&["build", "pipeline.toml", "--format", "json", "-j", "2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let summary = |out: &std::process::Output| -> serde_json::Value { serde_json::from_slice(&out.stdout).unwrap() };
+    let mut all = built(&summary(&a));
+    all.extend(built(&summary(&b)));
+    all.sort();
+    let expected: Vec<String> = (0..SHARDS).map(|i| format!("big/{i}.txt")).collect();
+    assert_eq!(all, expected, "each target built by exactly one of the two builds");
+    assert_outputs_complete(&s);
+}
+
+#[test]
+fn a_remote_file_names_the_store_and_a_bad_one_says_where() {
+    let s = sandbox();
+    let (bucket_url, endpoint) = (s.store_url(), s3::server().endpoint.clone());
+    s.write(
+        "remotes/test.toml",
+        &format!("description = \"test bucket\"\n[store]\nurl = \"{bucket_url}\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\n"),
+    );
+    let mut cmd = s.command(&["build", "pipeline.toml", "--remote", "test", "--format", "json"]);
+    cmd.env_remove("DSMAKE_STORE").env_remove("AWS_ENDPOINT_URL");
+    let run: common::Run = cmd.output().unwrap().into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["built"], SHARDS);
+    assert!(s.store().join("pipeline/big/0.bin").exists());
+
+    s.write("remotes/bad.toml", "[store]\nurl = \"s3://x-bucket\"\nendpont = \"http://x\"\n");
+    let mut cmd = s.command(&["plan", "pipeline.toml", "--remote", "bad"]);
+    cmd.env_remove("DSMAKE_STORE");
+    let run: common::Run = cmd.output().unwrap().into();
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("unknown field `endpont`"), "{}", run.stderr);
+    assert!(run.stderr.contains("remotes/bad.toml:3:1"), "{}", run.stderr);
+
+    let mut cmd = s.command(&["plan", "pipeline.toml", "--remote", "tset"]);
+    cmd.env_remove("DSMAKE_STORE");
+    let run: common::Run = cmd.output().unwrap().into();
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("no remote `tset` (did you mean `test`?)"), "{}", run.stderr);
+}
+
+#[test]
+fn wrong_credentials_are_named_and_nothing_is_built() {
+    let s = sandbox();
+    let mut cmd = s.command(&["build", "pipeline.toml"]);
+    cmd.env("AWS_SECRET_ACCESS_KEY", "wrong");
+    let run: common::Run = cmd.output().unwrap().into();
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("HTTP 403"), "{}", run.stderr);
+    assert!(run.stderr.contains("check the credentials"), "{}", run.stderr);
+}
