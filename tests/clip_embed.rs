@@ -75,13 +75,17 @@ fn write_shard(s: &Sandbox, name: &str, samples: &[Sample]) {
     settle(&path);
 }
 
-fn sandbox() -> Sandbox {
-    let s = Sandbox::new(PIPELINE);
+fn copy_model(s: &Sandbox) {
     std::fs::create_dir_all(s.path("tiny-clip")).unwrap();
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
         std::fs::copy(fixture(&format!("tiny-clip/{f}")), s.path(&format!("tiny-clip/{f}"))).unwrap();
         settle(&s.path(&format!("tiny-clip/{f}")));
     }
+}
+
+fn sandbox() -> Sandbox {
+    let s = Sandbox::new(PIPELINE);
+    copy_model(&s);
     let e = expected();
     let text = |i: usize| e["texts"][i].as_str().unwrap().to_string();
     let (t0, t1, t2, t6) = (text(0), text(1), text(2), text(6));
@@ -309,4 +313,34 @@ fn unsupported_models_and_missing_hub_weights_say_what_to_do() {
         stderr.contains("huggingface-cli download openai/clip-vit-base-patch32") && stderr.contains("model_path"),
         "{stderr}"
     );
+}
+
+#[test]
+fn write_batch_size_groups_whole_shards_or_says_why_not() {
+    let one = |key| [Sample { key, image: Ok("coffee.jpg"), caption: None, json: json!({}) }];
+    let s = Sandbox::new(&PIPELINE.replace("batch_size = 2", "write_batch_size = 4\nsamples_per_shard = 2"));
+    copy_model(&s);
+    for (key, name) in [("0", "00000.tar"), ("1", "00001.tar"), ("2", "00002.tar")] {
+        write_shard(&s, name, &one(key));
+    }
+    let plan = s.plan(&[]);
+    let inputs: Vec<(String, Vec<String>)> = plan["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["step"] == "clip")
+        .map(|t| (t["target"].as_str().unwrap().to_string(), serde_json::from_value(t["inputs"].clone()).unwrap()))
+        .collect();
+    let part = |t: &str, i: &[&str]| (t.to_string(), i.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        inputs,
+        [part("clip/00000", &["shards/00000.tar", "shards/00001.tar"]), part("clip/00001", &["shards/00002.tar"])]
+    );
+
+    let s = Sandbox::new(&PIPELINE.replace("batch_size = 2", "write_batch_size = 3\nsamples_per_shard = 2"));
+    copy_model(&s);
+    write_shard(&s, "00000.tar", &one("a"));
+    let run = s.run(&["plan"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("not a whole number of input shards of 2 images"), "{}", run.stderr);
 }
