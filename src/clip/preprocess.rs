@@ -59,17 +59,20 @@ impl Preprocess {
         if w == 0 || h == 0 {
             return Err(anyhow!("the image is empty ({w}x{h})"));
         }
-        let (rw, rh) = resized_size(w, h, self.size);
-        let resized;
-        let (buf, bw, bh) = if (rw, rh) == (w, h) {
-            (image.as_raw().as_slice(), w, h)
-        } else {
-            resized = pillow_bicubic_rgb(image.as_raw(), w as usize, h as usize, rw as usize, rh as usize);
-            (resized.as_slice(), rw, rh)
-        };
         let s = self.size;
+        let (rw, rh) = resized_size(w, h, s);
         // torchvision's CenterCrop: int(round((h - size) / 2)) with Python's round-half-to-even.
-        let (top, left) = (crop_offset(bh, s), crop_offset(bw, s));
+        let (top, left) = (crop_offset(rh, s), crop_offset(rw, s));
+        let resized;
+        let (buf, bw, top, left) = if (rw, rh) == (w, h) {
+            (image.as_raw().as_slice(), w, top, left)
+        } else {
+            // Only the crop window is computed: each output pixel of Pillow's resize depends on its own
+            // coefficients alone, so this is exact, and a very elongated image cannot blow up the memory.
+            let window = Window { x: left as usize, y: top as usize, width: s as usize, height: s as usize };
+            resized = pillow_bicubic_rgb(image.as_raw(), w as usize, h as usize, rw as usize, rh as usize, window);
+            (resized.as_slice(), s, 0, 0)
+        };
         let n = (s * s) as usize;
         let mut out = vec![0f32; 3 * n];
         for y in 0..s as usize {
@@ -115,17 +118,17 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-image box: per output position the
-/// first input index, the tap count, and `ksize` fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-image box, for output positions
+/// `start..start + count`: per position the first input index, the tap count, and `ksize` fixed-point weights.
+fn coefficients(in_size: usize, out_size: usize, start: usize, count: usize) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(count);
+    let mut weights = vec![0i32; count * ksize];
     let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
+    for (i, xx) in (start..start + count).enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C's (int) cast truncates toward zero, as `as` does.
@@ -139,7 +142,7 @@ fn coefficients(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<i3
         for (x, kx) in k.iter().enumerate().take(xmax) {
             let w = if ww != 0.0 { kx / ww } else { *kx };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+            weights[i * ksize + x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
         }
         bounds.push((xmin, xmax));
     }
@@ -156,49 +159,52 @@ fn clip8(v: i32) -> u8 {
     }
 }
 
-/// Pillow's `ImagingResample` with BICUBIC on an RGB image: horizontal pass over the rows the vertical pass
-/// needs, then the vertical pass, each rounding and clipping to 8 bits.
-pub fn pillow_bicubic_rgb(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+/// The part of a resized image to compute.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub x: usize,
+    pub y: usize,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Pillow's `ImagingResample` with BICUBIC on an RGB image, `window` of the `out_w` x `out_h` result:
+/// horizontal pass over the rows the vertical pass needs, then the vertical pass, each rounding and clipping
+/// to 8 bits. (Pillow skips a pass whose size does not change; its coefficients there are the identity, so
+/// running it gives the same bytes.)
+pub fn pillow_bicubic_rgb(src: &[u8], w: usize, h: usize, out_w: usize, out_h: usize, window: Window) -> Vec<u8> {
     const ROUND: i32 = 1 << (PRECISION_BITS - 1);
-    let (vb, vk, vks) = coefficients(h, out_h);
-    let (first, last) = (vb[0].0, vb[out_h - 1].0 + vb[out_h - 1].1);
-    // Horizontal pass (skipped when the width does not change, as Pillow skips it).
-    let (tmp, tw) = if out_w != w {
-        let (hb, hk, hks) = coefficients(w, out_w);
-        let mut tmp = vec![0u8; (last - first) * out_w * 3];
-        for (row, y) in (first..last).enumerate() {
-            let line = &src[y * w * 3..(y + 1) * w * 3];
-            for (xx, &(xmin, n)) in hb.iter().enumerate() {
-                let k = &hk[xx * hks..xx * hks + n];
-                let mut ss = [ROUND; 3];
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = (xmin + x) * 3;
-                    for c in 0..3 {
-                        ss[c] += line[p + c] as i32 * kx;
-                    }
-                }
-                let o = (row * out_w + xx) * 3;
+    let Window { x: x0, y: y0, width: cw, height: ch } = window;
+    let (vb, vk, vks) = coefficients(h, out_h, y0, ch);
+    let (hb, hk, hks) = coefficients(w, out_w, x0, cw);
+    let (first, last) = (vb[0].0, vb[ch - 1].0 + vb[ch - 1].1);
+    let mut tmp = vec![0u8; (last - first) * cw * 3];
+    for (row, y) in (first..last).enumerate() {
+        let line = &src[y * w * 3..(y + 1) * w * 3];
+        for (xx, &(xmin, n)) in hb.iter().enumerate() {
+            let k = &hk[xx * hks..xx * hks + n];
+            let mut ss = [ROUND; 3];
+            for (x, &kx) in k.iter().enumerate() {
+                let p = (xmin + x) * 3;
                 for c in 0..3 {
-                    tmp[o + c] = clip8(ss[c]);
+                    ss[c] += line[p + c] as i32 * kx;
                 }
             }
+            let o = (row * cw + xx) * 3;
+            for c in 0..3 {
+                tmp[o + c] = clip8(ss[c]);
+            }
         }
-        (tmp, out_w)
-    } else {
-        (src[first * w * 3..last * w * 3].to_vec(), w)
-    };
-    if out_h == h {
-        return tmp;
     }
-    let mut out = vec![0u8; out_h * tw * 3];
+    let mut out = vec![0u8; ch * cw * 3];
     for (yy, &(ymin, n)) in vb.iter().enumerate() {
         let k = &vk[yy * vks..yy * vks + n];
         let ymin = ymin - first;
-        let o = yy * tw * 3;
-        for i in 0..tw * 3 {
+        let o = yy * cw * 3;
+        for i in 0..cw * 3 {
             let mut ss = ROUND;
             for (y, &ky) in k.iter().enumerate() {
-                ss += tmp[(ymin + y) * tw * 3 + i] as i32 * ky;
+                ss += tmp[(ymin + y) * cw * 3 + i] as i32 * ky;
             }
             out[o + i] = clip8(ss);
         }
@@ -236,6 +242,19 @@ mod tests {
         assert_eq!(crop_offset(341, 336), 2);
         assert_eq!(crop_offset(337, 336), 0);
         assert_eq!(crop_offset(336, 336), 0);
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_compute_only_the_crop() {
+        let p = Preprocess::openai(336);
+        // Resized in full this would be 336 x 5,505,024 pixels (5.5 GB); only the 336 x 336 crop is made.
+        let thin = RgbImage::from_fn(1, 16_384, |_, y| image::Rgb([(y % 256) as u8, 0, 255]));
+        let px = p.pixels(&thin).unwrap();
+        assert_eq!(px.len(), p.len());
+        let flat = RgbImage::from_pixel(300, 2, image::Rgb([10, 20, 30]));
+        let px = p.pixels(&flat).unwrap();
+        // A constant image stays constant through the resize.
+        assert!(px[..336 * 336].iter().all(|v| *v == p.table[0][10]));
     }
 
     #[test]
