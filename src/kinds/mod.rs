@@ -4,6 +4,7 @@
 pub mod clip_embed;
 pub mod command;
 pub mod files;
+pub mod hf_dataset;
 
 use crate::exec::job::Job;
 use crate::pipeline::settings::{Setting, SettingError};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every built-in kind.
-pub const ALL: &[&dyn Kind] = &[&files::Files, &command::Command, &clip_embed::ClipEmbed];
+pub const ALL: &[&dyn Kind] = &[&files::Files, &command::Command, &clip_embed::ClipEmbed, &hf_dataset::HfDataset];
 
 pub fn lookup(name: &str) -> Option<&'static dyn Kind> {
     ALL.iter().copied().find(|k| k.name() == name)

@@ -1,0 +1,381 @@
+//! A small client for the Hugging Face Hub's dataset API: revision → commit, recursive tree listings with LFS
+//! oids, and range-resumable downloads of one file.
+//!
+//! HTTP client: `ureq` 3 (rustls). The worker builds a target synchronously on its own thread, so a
+//! blocking client fits it without a runtime inside the kind; ureq is small, speaks rustls (no OpenSSL on
+//! workers), exposes timeouts per phase, bounded bodies and redirect control, and lets img2dataset plug in
+//! its own resolver (DNS cache and destination checks). reqwest's blocking client would start a tokio
+//! runtime per client and pull in hyper for the same requests.
+
+use crate::exec::failure::Transient;
+use anyhow::{Context, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// How the Hub is reached: endpoint and token from the environment, as `huggingface_hub` reads them.
+#[derive(Clone)]
+pub struct Hub {
+    pub endpoint: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Hub").field("endpoint", &self.endpoint).field("token", &self.token.is_some()).finish()
+    }
+}
+
+/// `HF_HUB_OFFLINE` as huggingface_hub reads it.
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HubFile {
+    pub path: String,
+    pub size: u64,
+    /// sha256 of the content (the LFS oid), or the git blob id for files not in LFS.
+    pub oid: String,
+    pub lfs: bool,
+    /// The last commit that changed this file, where the listing says it.
+    pub last_commit: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TreeEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    path: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    oid: String,
+    lfs: Option<Lfs>,
+    #[serde(rename = "lastCommit")]
+    last_commit: Option<LastCommit>,
+}
+
+#[derive(Deserialize)]
+struct Lfs {
+    oid: String,
+    size: u64,
+}
+
+#[derive(Deserialize)]
+struct LastCommit {
+    id: String,
+}
+
+/// What went wrong talking to the Hub, in words that say which of token, repo or revision to fix.
+fn explain(status: u16, repo: &str, revision: Option<&str>, has_token: bool, error_code: Option<&str>) -> String {
+    let rev = revision.map(|r| format!(" at revision `{r}`")).unwrap_or_default();
+    match (status, error_code) {
+        (401, _) if has_token => format!(
+            "the Hub refused HF_TOKEN for dataset `{repo}` (401): the token is invalid or expired; create a new one \
+             at https://huggingface.co/settings/tokens"
+        ),
+        (401, _) => format!(
+            "dataset `{repo}` needs a token (401) or does not exist: it is gated or private and HF_TOKEN is not \
+             set; set HF_TOKEN, or check the repo name"
+        ),
+        (403, _) => format!(
+            "HF_TOKEN has no access to dataset `{repo}` (403): accept the dataset's conditions on its Hub page with \
+             this account, or use a token with read access"
+        ),
+        (404, Some("RevisionNotFound")) | (404, Some("EntryNotFound")) if revision.is_some() => {
+            format!("dataset `{repo}` has no revision `{}` (404): check `revision`", revision.unwrap_or_default())
+        }
+        (404, Some("RepoNotFound")) => {
+            format!("there is no dataset `{repo}` on the Hub (404): check `repo` (the form is owner/name)")
+        }
+        (404, _) => format!("not found on the Hub (404): dataset `{repo}`{rev}"),
+        (429, _) => format!("the Hub is rate-limiting requests for dataset `{repo}` (429)"),
+        (s, _) => format!("the Hub answered HTTP {s} for dataset `{repo}`{rev}"),
+    }
+}
+
+fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Transport errors (no answer, reset, timeout) are worth a retry; the caller decides.
+fn transport(e: ureq::Error, what: &str) -> anyhow::Error {
+    anyhow::Error::new(Transient(format!("{what}: {e}")))
+}
+
+impl Hub {
+    pub fn from_env() -> anyhow::Result<Hub> {
+        let endpoint = std::env::var("HF_ENDPOINT")
+            .ok()
+            .filter(|e| !e.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            bail!("HF_ENDPOINT `{endpoint}` is not an http(s) URL");
+        }
+        let token = std::env::var("HF_TOKEN")
+            .or_else(|_| std::env::var("HUGGING_FACE_HUB_TOKEN"))
+            .ok()
+            .filter(|t| !t.trim().is_empty());
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_body(Some(Duration::from_secs(120)))
+            .user_agent(format!("dsmake/{}; hf-dataset", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Hub { endpoint, token, agent: config.new_agent() })
+    }
+
+    fn get(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let request = self.agent.get(url);
+        match &self.token {
+            Some(token) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    fn check(
+        &self,
+        response: &ureq::http::Response<ureq::Body>,
+        repo: &str,
+        revision: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let code = header(response, "X-Error-Code");
+        let message = explain(status, repo, revision, self.token.is_some(), code.as_deref());
+        if status == 429 || status >= 500 {
+            return Err(Transient(message).into());
+        }
+        Err(anyhow!(message))
+    }
+
+    /// The commit that `revision` names now.
+    pub fn resolve_revision(&self, repo: &str, revision: &str) -> anyhow::Result<String> {
+        let url = format!("{}/api/datasets/{repo}/revision/{}", self.endpoint, encode(revision));
+        let mut response = self.get(&url).call().map_err(|e| transport(e, &format!("GET {url}")))?;
+        if response.status().as_u16() == 404 && header(&response, "X-Error-Code").is_none() {
+            // Which is wrong, the repo or the revision? Ask about the repo alone.
+            let repo_url = format!("{}/api/datasets/{repo}", self.endpoint);
+            let probe = self.get(&repo_url).call().map_err(|e| transport(e, &format!("GET {repo_url}")))?;
+            let code = if probe.status().is_success() { "RevisionNotFound" } else { "RepoNotFound" };
+            bail!(explain(404, repo, Some(revision), self.token.is_some(), Some(code)));
+        }
+        self.check(&response, repo, Some(revision))?;
+        #[derive(Deserialize)]
+        struct Info {
+            sha: String,
+        }
+        let text = response.body_mut().read_to_string().map_err(|e| transport(e, &format!("GET {url}")))?;
+        let info: Info =
+            serde_json::from_str(&text).with_context(|| format!("GET {url}: the Hub's answer has no commit sha"))?;
+        if info.sha.len() < 7 || !info.sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("GET {url}: `{}` is not a commit sha", info.sha);
+        }
+        Ok(info.sha)
+    }
+
+    /// Every file of the repo at `commit`, following the listing's pages.
+    pub fn list_files(&self, repo: &str, commit: &str) -> anyhow::Result<Vec<HubFile>> {
+        let mut url = Some(format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint));
+        let mut files = Vec::new();
+        while let Some(page) = url.take() {
+            let mut response = self.get(&page).call().map_err(|e| transport(e, &format!("GET {page}")))?;
+            self.check(&response, repo, Some(commit))?;
+            url = header(&response, "Link").and_then(|l| next_link(&l));
+            let text = response
+                .body_mut()
+                .with_config()
+                .limit(256 << 20)
+                .read_to_string()
+                .map_err(|e| transport(e, &format!("GET {page}")))?;
+            let entries: Vec<TreeEntry> =
+                serde_json::from_str(&text).with_context(|| format!("GET {page}: not a tree listing"))?;
+            for e in entries.into_iter().filter(|e| e.kind == "file") {
+                let (oid, size, lfs) = match e.lfs {
+                    Some(l) => (l.oid, l.size, true),
+                    None => (e.oid, e.size, false),
+                };
+                files.push(HubFile { path: e.path, size, oid, lfs, last_commit: e.last_commit.map(|c| c.id) });
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+
+    /// Downloads `file` at `commit` into `partial` (resuming what it holds), verifies it, and returns the
+    /// number of bytes fetched over the network. The partial file is removed when the content is wrong.
+    pub fn download(
+        &self,
+        repo: &str,
+        commit: &str,
+        file: &HubFile,
+        partial: &Path,
+        cancel: &crate::kinds::Cancel,
+    ) -> anyhow::Result<u64> {
+        let url = format!("{}/datasets/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(&file.path));
+        let mut fetched = 0u64;
+        // Cut connections resume from what arrived: a few attempts, each continuing the last.
+        let mut attempts = 0;
+        loop {
+            let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+            if have > file.size {
+                std::fs::remove_file(partial).ok();
+                continue;
+            }
+            if have == file.size {
+                break;
+            }
+            match self.fetch_from(&url, repo, commit, partial, have, cancel) {
+                Ok(n) => fetched += n,
+                Err(e) if crate::exec::failure::is_transient(&e) && attempts < 5 => {
+                    fetched += std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0).saturating_sub(have);
+                    attempts += 1;
+                    std::thread::sleep(crate::exec::failure::backoff(attempts).min(Duration::from_secs(2)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if file.lfs {
+            let got = sha256_file(partial)?;
+            if got != file.oid {
+                std::fs::remove_file(partial).ok();
+                bail!(
+                    "sha256 mismatch for {} of dataset `{repo}` at {commit}: expected {} (LFS oid), got {got}; the \
+                     download was discarded",
+                    file.path,
+                    file.oid
+                );
+            }
+        } else {
+            let got = std::fs::metadata(partial)?.len();
+            if got != file.size {
+                bail!("{} of dataset `{repo}`: {got} bytes, the listing says {}", file.path, file.size);
+            }
+        }
+        Ok(fetched)
+    }
+
+    fn fetch_from(
+        &self,
+        url: &str,
+        repo: &str,
+        commit: &str,
+        partial: &Path,
+        have: u64,
+        cancel: &crate::kinds::Cancel,
+    ) -> anyhow::Result<u64> {
+        let mut request = self.get(url);
+        if have > 0 {
+            request = request.header("Range", format!("bytes={have}-"));
+        }
+        let mut response = request.call().map_err(|e| transport(e, &format!("GET {url}")))?;
+        let status = response.status().as_u16();
+        if status == 416 {
+            // What we hold does not fit the file: start again.
+            std::fs::remove_file(partial).ok();
+            return Ok(0);
+        }
+        self.check(&response, repo, Some(commit)).with_context(|| format!("GET {url}"))?;
+        let append = status == 206 && have > 0;
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(crate::exec::failure::Cancelled.into());
+            }
+            let got = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) => {
+                    out.flush().ok();
+                    return Err(Transient(format!("GET {url}: the connection broke after {n} bytes: {e}")).into());
+                }
+            };
+            out.write_all(&buf[..got]).with_context(|| format!("cannot write {}", partial.display()))?;
+            n += got as u64;
+        }
+        out.sync_all().ok();
+        Ok(n)
+    }
+}
+
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A revision in a URL path: `refs/convert/parquet` → `refs%2Fconvert%2Fparquet`.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+fn encode_path(path: &str) -> String {
+    path.split('/').map(encode).collect::<Vec<_>>().join("/")
+}
+
+/// The `rel="next"` target of a Link header.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find(|part| part.contains("rel=\"next\"")).and_then(|part| {
+        let start = part.find('<')? + 1;
+        let end = part.find('>')?;
+        Some(part[start..end].to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_and_encoding() {
+        assert_eq!(
+            next_link("<https://hf.co/api/x?cursor=a>; rel=\"next\", <https://hf.co/p>; rel=\"prev\"").as_deref(),
+            Some("https://hf.co/api/x?cursor=a")
+        );
+        assert_eq!(next_link("<https://hf.co/p>; rel=\"prev\""), None);
+        assert_eq!(encode("refs/convert/parquet"), "refs%2Fconvert%2Fparquet");
+        assert_eq!(encode_path("data/a b.parquet"), "data/a%20b.parquet");
+    }
+
+    #[test]
+    fn messages_name_what_is_wrong() {
+        assert!(explain(401, "o/r", None, true, None).contains("HF_TOKEN"));
+        assert!(explain(401, "o/r", None, false, None).contains("HF_TOKEN is not set"));
+        assert!(explain(404, "o/r", Some("v9"), false, Some("RevisionNotFound")).contains("no revision `v9`"));
+        assert!(explain(404, "o/r", Some("main"), false, Some("RepoNotFound")).contains("check `repo`"));
+    }
+}

@@ -1,0 +1,318 @@
+//! `hf-dataset`: the parquet files of a Hugging Face dataset repo, one target per file. Planning resolves
+//! `revision` to a commit and lists the repo through the Hub API (once per plan, never cached while
+//! online, so a moved revision is always seen); each target is keyed on the file's path, its content
+//! identity (the LFS sha256) and the last commit that changed it, so an unchanged file is never downloaded
+//! again and a new file adds only its own target. Building downloads the file (resuming a partial download
+//! kept in the dsmake cache), verifies its sha256 and records its row count from the parquet footer, which
+//! row-split steps downstream (`img2dataset`) need.
+//!
+//! `HF_TOKEN` is sent as a Bearer token, `HF_ENDPOINT` replaces huggingface.co, and with
+//! `HF_HUB_OFFLINE=1` the plan uses the listing saved by the last online plan (and says so) while nothing
+//! can be downloaded.
+
+pub mod hub;
+
+use super::{BuildCx, Built, Inputs, Kind, Resource, ShardCx};
+use crate::pipeline::settings::{Setting, SettingError, SettingType};
+use crate::plan::shard::{ShardSpec, Shards};
+use anyhow::{Context, anyhow, bail};
+use hub::{Hub, HubFile};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+pub struct HfDataset;
+
+const SETTINGS: &[Setting] = &[
+    Setting::required("repo", SettingType::String, "the dataset repo on the Hub, e.g. \"laion/relaion-pop\""),
+    Setting::default(
+        "revision",
+        SettingType::String,
+        r#""main""#,
+        "a branch, tag or commit; the plan pins it to a commit",
+    ),
+    Setting::default(
+        "include",
+        SettingType::StringList,
+        r#"["**/*.parquet"]"#,
+        "globs over the repo's file paths; each match is one target",
+    ),
+];
+
+#[derive(Debug, Deserialize)]
+struct Settings {
+    repo: String,
+    revision: String,
+    include: Vec<String>,
+}
+
+fn settings(value: &Value) -> anyhow::Result<Settings> {
+    serde_json::from_value(value.clone()).context("hf-dataset settings")
+}
+
+/// What a target's coordinates hold: everything its download needs and its identity.
+#[derive(Debug, Serialize, Deserialize)]
+struct Coords {
+    repo: String,
+    path: String,
+    /// The commit the file is downloaded at: the last one that changed it, or the pinned commit.
+    commit: String,
+    oid: String,
+    size: u64,
+    lfs: bool,
+}
+
+/// A saved resolution, for offline plans.
+#[derive(Debug, Serialize, Deserialize)]
+struct Listing {
+    endpoint: String,
+    repo: String,
+    revision: String,
+    commit: String,
+    listed_at: String,
+    files: Vec<HubFile>,
+}
+
+/// `$DSMAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/dsmake`, else `~/.cache/dsmake` (as the CLI finds it).
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DSMAKE_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("dsmake")
+}
+
+fn listing_path(endpoint: &str, repo: &str, revision: &str) -> PathBuf {
+    let id = blake3::hash(format!("{endpoint}\n{repo}\n{revision}").as_bytes()).to_hex();
+    cache_dir().join("hf-dataset").join("listings").join(format!("{}-{}.json", repo.replace('/', "--"), &id[..16]))
+}
+
+fn partial_path(oid: &str) -> PathBuf {
+    let safe: String = oid.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    cache_dir().join("hf-dataset").join("partial").join(format!("{safe}.part"))
+}
+
+/// Says once per process which commit a revision was pinned to (plans run again during a build).
+fn note(message: String) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.contains(&message) {
+        eprintln!("{message}");
+        said.push(message);
+    }
+}
+
+fn resolve(s: &Settings, step: &str) -> anyhow::Result<Listing> {
+    let hub = Hub::from_env()?;
+    let saved = listing_path(&hub.endpoint, &s.repo, &s.revision);
+    if hub::offline() {
+        let bytes = std::fs::read(&saved).map_err(|_| {
+            anyhow!(
+                "HF_HUB_OFFLINE is set and no earlier listing of dataset `{}` at `{}` is saved in {}: plan once \
+                 online, or unset HF_HUB_OFFLINE",
+                s.repo,
+                s.revision,
+                saved.display()
+            )
+        })?;
+        let listing: Listing =
+            serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()))?;
+        note(format!(
+            "hf-dataset `{step}`: offline (HF_HUB_OFFLINE): using the listing of {}@{} saved {} (commit {}); the \
+             revision may have moved since",
+            s.repo, s.revision, listing.listed_at, listing.commit
+        ));
+        return Ok(listing);
+    }
+    let commit = hub.resolve_revision(&s.repo, &s.revision)?;
+    let files = hub.list_files(&s.repo, &commit)?;
+    let listing = Listing {
+        endpoint: hub.endpoint.clone(),
+        repo: s.repo.clone(),
+        revision: s.revision.clone(),
+        commit,
+        listed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        files,
+    };
+    // Saved only for offline plans; an online plan always asks the Hub again.
+    if let Some(parent) = saved.parent()
+        && std::fs::create_dir_all(parent).is_ok()
+    {
+        let tmp = saved.with_extension("json.tmp");
+        if std::fs::write(&tmp, serde_json::to_vec(&listing)?).is_ok() {
+            std::fs::rename(&tmp, &saved).ok();
+        }
+    }
+    note(format!("hf-dataset `{step}`: {}@{} → commit {}", s.repo, s.revision, listing.commit));
+    Ok(listing)
+}
+
+fn matches(patterns: &[glob::Pattern], path: &str) -> bool {
+    let options = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+    patterns.iter().any(|p| {
+        p.matches_with(path, options)
+            || p.as_str().starts_with("**/") && {
+                // `**/*.parquet` also matches files at the top of the repo.
+                glob::Pattern::new(&p.as_str()[3..]).is_ok_and(|top| top.matches_with(path, options))
+            }
+    })
+}
+
+impl Kind for HfDataset {
+    fn name(&self) -> &'static str {
+        "hf-dataset"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn about(&self) -> &'static str {
+        "the parquet files of a Hugging Face dataset, one target per file, pinned to a commit and sha256-verified"
+    }
+    fn settings(&self) -> &'static [Setting] {
+        SETTINGS
+    }
+    fn inputs(&self) -> Inputs {
+        Inputs::None
+    }
+    fn resource(&self, _settings: &Value) -> Resource {
+        Resource::Net
+    }
+
+    fn check(&self, value: &Value, _has_inputs: bool) -> Result<(), SettingError> {
+        let s = settings(value).map_err(|e| SettingError::new("repo", format!("{e:#}")))?;
+        let parts: Vec<&str> = s.repo.split('/').collect();
+        let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !(parts.len() == 2 && parts.iter().all(|p| valid(p))) && !(parts.len() == 1 && valid(parts[0])) {
+            return Err(SettingError::new("repo", format!("`{}` is not a Hub repo id", s.repo))
+                .help("write it as owner/name, e.g. \"laion/relaion-pop\""));
+        }
+        if s.revision.trim().is_empty() {
+            return Err(SettingError::new("revision", "`revision` is empty").help("e.g. \"main\" or a commit sha"));
+        }
+        if s.include.is_empty() {
+            return Err(SettingError::new("include", "`include` is empty").help("e.g. \"**/*.parquet\""));
+        }
+        for p in &s.include {
+            if let Err(e) = glob::Pattern::new(p) {
+                return Err(SettingError::new("include", format!("invalid glob `{p}`: {}", e.msg)));
+            }
+        }
+        Ok(())
+    }
+
+    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let s = settings(&cx.step.settings)?;
+        let patterns: Vec<glob::Pattern> =
+            s.include.iter().map(|p| glob::Pattern::new(p)).collect::<Result<_, _>>().context("include")?;
+        let listing = resolve(&s, &cx.step.name)?;
+        let specs: Vec<ShardSpec> = listing
+            .files
+            .iter()
+            .filter(|f| matches(&patterns, &f.path))
+            .map(|f| {
+                let coords = Coords {
+                    repo: s.repo.clone(),
+                    path: f.path.clone(),
+                    commit: f.last_commit.clone().unwrap_or_else(|| listing.commit.clone()),
+                    oid: f.oid.clone(),
+                    size: f.size,
+                    lfs: f.lfs,
+                };
+                Ok(ShardSpec {
+                    id: f.path.clone(),
+                    coords: serde_json::to_value(coords)?,
+                    inputs: vec![],
+                    source: None,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if specs.is_empty() {
+            bail!(
+                "no file of dataset `{}` at commit {} matches include = {:?} ({} files listed)",
+                s.repo,
+                listing.commit,
+                s.include,
+                listing.files.len()
+            );
+        }
+        Ok(Shards::Known(specs))
+    }
+
+    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
+        let c: Coords =
+            serde_json::from_value(cx.job.key_parts.coords.clone()).context("hf-dataset target coordinates")?;
+        if hub::offline() {
+            bail!(
+                "HF_HUB_OFFLINE is set: cannot download {} of dataset `{}` (targets already in the store stay fresh \
+                 offline; unset HF_HUB_OFFLINE to fetch it)",
+                c.path,
+                c.repo
+            );
+        }
+        let hub = Hub::from_env()?;
+        let partial = partial_path(&c.oid);
+        if let Some(parent) = partial.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let resumed_from = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let file = HubFile {
+            path: c.path.clone(),
+            size: c.size,
+            oid: c.oid.clone(),
+            lfs: c.lfs,
+            last_commit: Some(c.commit.clone()),
+        };
+        let fetched = hub.download(&c.repo, &c.commit, &file, &partial, cx.cancel)?;
+        let out = cx.out_dir.join(&c.path);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::rename(&partial, &out).is_err() {
+            std::fs::copy(&partial, &out)
+                .with_context(|| format!("cannot copy {} to {}", partial.display(), out.display()))?;
+            std::fs::remove_file(&partial).ok();
+        }
+        let rows = parquet_rows(&out).with_context(|| format!("{} of dataset `{}`", c.path, c.repo))?;
+        Ok(Built {
+            outputs: vec![c.path.clone()],
+            rows: Some(rows),
+            failures: None,
+            stats: json!({
+                "repo": c.repo,
+                "commit": c.commit,
+                "sha256": c.oid,
+                "bytes": c.size,
+                "bytes_downloaded": fetched,
+                "resumed_from": resumed_from,
+            }),
+        })
+    }
+}
+
+/// The row count of a parquet file, from its footer.
+pub fn parquet_rows(path: &Path) -> anyhow::Result<u64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_globs_match_at_any_depth() {
+        let p = vec![glob::Pattern::new("**/*.parquet").unwrap()];
+        assert!(matches(&p, "a.parquet"));
+        assert!(matches(&p, "data/train/a.parquet"));
+        assert!(!matches(&p, "README.md"));
+        let p = vec![glob::Pattern::new("data/*.parquet").unwrap()];
+        assert!(matches(&p, "data/a.parquet"));
+        assert!(!matches(&p, "data/x/a.parquet"));
+    }
+}

@@ -1,0 +1,186 @@
+//! A Hugging Face Hub on 127.0.0.1: dataset revisions, recursive tree listings with LFS oids and last
+//! commits, and `resolve` downloads with ETag, X-Repo-Commit and Range; a token when the repo is gated,
+//! and faults on demand (a download cut after some bytes, a file served with the wrong content).
+#![allow(dead_code)]
+
+use super::http::{Reply, Request, Server};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+pub struct HubState {
+    pub repo: String,
+    /// Commits in order: (sha, files path → bytes, path → last commit sha).
+    pub commits: Vec<(String, BTreeMap<String, Vec<u8>>, BTreeMap<String, String>)>,
+    pub branches: BTreeMap<String, String>,
+    /// Required as `Authorization: Bearer …` when set.
+    pub token: Option<String>,
+    /// A token that is valid but has not accepted the dataset's conditions.
+    pub forbidden_token: Option<String>,
+    /// The next download of this path is cut after this many bytes (once).
+    pub cut_once: Option<(String, usize)>,
+    /// Paths served with different content than their oid.
+    pub corrupt: Vec<String>,
+}
+
+pub struct HubMock {
+    pub server: Server,
+    pub state: Arc<Mutex<HubState>>,
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl HubMock {
+    pub fn start(repo: &str) -> HubMock {
+        let state = Arc::new(Mutex::new(HubState { repo: repo.to_string(), ..Default::default() }));
+        let s = state.clone();
+        let server = Server::start(move |r| handle(&s, r));
+        HubMock { server, state }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.server.url("")
+    }
+
+    /// A new commit on `main`: the previous files with `changes` applied (None deletes). Returns its sha.
+    pub fn commit(&self, changes: &[(&str, Option<Vec<u8>>)]) -> String {
+        let mut st = self.state.lock().unwrap();
+        let (mut files, mut last) = st.commits.last().map(|(_, f, l)| (f.clone(), l.clone())).unwrap_or_default();
+        let sha = sha256(
+            format!("commit {} {:?}", st.commits.len(), changes.iter().map(|c| c.0).collect::<Vec<_>>()).as_bytes(),
+        )[..40]
+            .to_string();
+        for (path, bytes) in changes {
+            match bytes {
+                Some(b) => {
+                    files.insert(path.to_string(), b.clone());
+                    last.insert(path.to_string(), sha.clone());
+                }
+                None => {
+                    files.remove(*path);
+                    last.remove(*path);
+                }
+            }
+        }
+        st.commits.push((sha.clone(), files, last));
+        st.branches.insert("main".into(), sha.clone());
+        sha
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.server.requests()
+    }
+}
+
+fn json_reply(status: u16, body: serde_json::Value) -> Reply {
+    Reply::Full {
+        status,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+fn error(status: u16, code: &str) -> Reply {
+    json_reply(status, serde_json::json!({"error": code})).with_header("X-Error-Code", code)
+}
+
+fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
+    let mut st = state.lock().unwrap();
+    let auth = r.header("Authorization").map(str::to_string);
+    if let Some(token) = &st.token {
+        let ok = auth.as_deref() == Some(&format!("Bearer {token}"));
+        let forbidden = st.forbidden_token.as_ref().is_some_and(|f| auth.as_deref() == Some(&format!("Bearer {f}")));
+        if forbidden {
+            return error(403, "GatedRepo");
+        }
+        if !ok {
+            return Reply::Full { status: 401, headers: vec![], body: b"Invalid credentials".to_vec() };
+        }
+    }
+    let path = r.path().to_string();
+    let api = format!("/api/datasets/{}", st.repo);
+    let resolve = format!("/datasets/{}/resolve/", st.repo);
+    let find = |st: &HubState, rev: &str| -> Option<usize> {
+        let sha = st.branches.get(rev).cloned().unwrap_or_else(|| rev.to_string());
+        st.commits.iter().position(|(s, _, _)| *s == sha)
+    };
+    if let Some(rest) = path.strip_prefix(&format!("{api}/revision/")) {
+        let rev = rest.replace("%2F", "/");
+        return match find(&st, &rev) {
+            Some(i) => json_reply(200, serde_json::json!({"id": st.repo, "sha": st.commits[i].0})),
+            None => error(404, "RevisionNotFound"),
+        };
+    }
+    if path == api {
+        return json_reply(200, serde_json::json!({"id": st.repo}));
+    }
+    if let Some(rest) = path.strip_prefix(&format!("{api}/tree/")) {
+        let rev = rest.split('/').next().unwrap_or("");
+        let Some(i) = find(&st, rev) else { return error(404, "RevisionNotFound") };
+        let (_, files, last) = &st.commits[i];
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut entries = Vec::new();
+        for (p, bytes) in files {
+            let mut d = p.as_str();
+            while let Some((parent, _)) = d.rsplit_once('/') {
+                dirs.insert(parent.to_string());
+                d = parent;
+            }
+            entries.push(serde_json::json!({
+                "type": "file", "path": p, "size": bytes.len(), "oid": sha256(bytes)[..40],
+                "lfs": {"oid": sha256(bytes), "size": bytes.len(), "pointerSize": 134},
+                "lastCommit": {"id": last[p], "title": "update", "date": "2026-01-01T00:00:00.000Z"},
+            }));
+        }
+        for d in dirs {
+            entries.push(serde_json::json!({"type": "directory", "path": d, "size": 0, "oid": "0"}));
+        }
+        return json_reply(200, serde_json::Value::Array(entries));
+    }
+    if path.starts_with("/api/datasets/") {
+        return error(404, "RepoNotFound");
+    }
+    if let Some(rest) = path.strip_prefix(&resolve) {
+        let Some((rev, file)) = rest.split_once('/') else { return error(404, "EntryNotFound") };
+        let Some(i) = find(&st, rev) else { return error(404, "RevisionNotFound") };
+        let sha = st.commits[i].0.clone();
+        let Some(bytes) = st.commits[i].1.get(file).cloned() else { return error(404, "EntryNotFound") };
+        let mut bytes = bytes;
+        if st.corrupt.iter().any(|c| c == file) {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0xff;
+        }
+        let etag = format!("\"{}\"", sha256(&bytes));
+        let (status, body, range) = match r
+            .header("Range")
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.strip_suffix('-'))
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            Some(from) if from >= bytes.len() => return Reply::status(416, "range not satisfiable"),
+            Some(from) => {
+                (206, bytes[from..].to_vec(), Some(format!("bytes {from}-{}/{}", bytes.len() - 1, bytes.len())))
+            }
+            None => (200, bytes.clone(), None),
+        };
+        let mut headers = vec![
+            ("ETag".to_string(), etag),
+            ("X-Repo-Commit".to_string(), sha),
+            ("Accept-Ranges".to_string(), "bytes".to_string()),
+        ];
+        if let Some(range) = range {
+            headers.push(("Content-Range".to_string(), range));
+        }
+        if let Some((cut_path, n)) = st.cut_once.clone()
+            && cut_path == file
+        {
+            st.cut_once = None;
+            return Reply::Cut { status, headers, body, cut: n, reset: true };
+        }
+        return Reply::Full { status, headers, body };
+    }
+    error(404, "RepoNotFound")
+}

@@ -1,0 +1,191 @@
+//! `hf-dataset` against a Hub served on 127.0.0.1: pinning, keys that follow file content, resume after a
+//! cut connection, sha256 mismatch, tokens, error messages, offline mode.
+
+mod common;
+#[path = "common/http.rs"]
+mod http;
+#[path = "common/hub_mock.rs"]
+mod hub_mock;
+#[path = "common/parquet_rows.rs"]
+mod parquet_rows;
+
+use common::{Sandbox, built, work};
+use hub_mock::HubMock;
+use parquet_rows::{row, urls_parquet};
+
+const PIPELINE: &str = r#"
+[steps.meta]
+kind = "hf-dataset"
+repo = "laion/tiny"
+"#;
+
+fn file(n: usize, tag: &str) -> Vec<u8> {
+    let urls: Vec<String> = (0..n).map(|i| format!("http://img.example/{tag}/{i}.jpg")).collect();
+    let rows: Vec<_> = urls.iter().map(|u| row(u, "a caption")).collect();
+    urls_parquet(&rows)
+}
+
+fn sandbox(hub: &HubMock) -> Sandbox {
+    let mut sb = Sandbox::new(PIPELINE);
+    sb.env.push(("HF_ENDPOINT".into(), hub.endpoint()));
+    sb.env.push(("HF_TOKEN".into(), "hf_secret_token".into()));
+    sb
+}
+
+fn manifest(sb: &Sandbox, shard: &str) -> serde_json::Value {
+    serde_json::from_str(&sb.read_store(&format!("pipeline/meta/_dsmake/{shard}.json"))).unwrap()
+}
+
+#[test]
+fn pins_the_commit_downloads_verified_files_and_records_rows() {
+    let hub = HubMock::start("laion/tiny");
+    hub.state.lock().unwrap().token = Some("hf_secret_token".into());
+    let a = file(25, "a");
+    let c1 = hub.commit(&[("data/part-0.parquet", Some(a.clone())), ("README.md", Some(b"# tiny".to_vec()))]);
+    let sb = sandbox(&hub);
+
+    let plan = sb.run(&["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(plan.stderr.contains(&format!("hf-dataset `meta`: laion/tiny@main → commit {c1}")), "{}", plan.stderr);
+
+    let summary = sb.build(&[]);
+    assert_eq!(built(&summary), ["meta/data/part-0.parquet"]);
+    assert_eq!(std::fs::read(sb.store().join("pipeline/meta/data/part-0.parquet")).unwrap(), a);
+    let m = manifest(&sb, "data/part-0.parquet");
+    assert_eq!(m["rows"], 25);
+    assert_eq!(m["stats"]["commit"], c1.as_str());
+    assert_eq!(m["stats"]["sha256"], hub_mock::sha256(&a).as_str());
+    // Every request carried the token; no manifest or plan shows it.
+    let requests = hub.requests();
+    assert!(requests.iter().all(|r| r.header("Authorization") == Some("Bearer hf_secret_token")), "{requests:?}");
+    assert!(!sb.read_store("pipeline/meta/_dsmake/data/part-0.parquet.json").contains("hf_secret"));
+
+    // Unchanged: fresh, nothing downloaded.
+    hub.server.clear();
+    assert!(work(&sb.plan(&[])).is_empty());
+    assert!(hub.requests().iter().all(|r| !r.path().contains("/resolve/")));
+}
+
+#[test]
+fn a_new_file_adds_only_its_target_and_a_changed_file_is_stale() {
+    let hub = HubMock::start("laion/tiny");
+    hub.commit(&[("data/part-0.parquet", Some(file(10, "a"))), ("data/part-1.parquet", Some(file(10, "b")))]);
+    let sb = sandbox(&hub);
+    sb.build(&[]);
+
+    let c2 = hub.commit(&[("data/part-2.parquet", Some(file(5, "c")))]);
+    let plan = sb.run(&["plan", "--format", "json"]);
+    assert!(plan.stderr.contains(&c2), "the plan names the new commit: {}", plan.stderr);
+    let todo = work(&plan.json());
+    assert_eq!(todo.len(), 1, "{todo:?}");
+    assert_eq!((todo[0].0.as_str(), todo[0].2.as_str()), ("meta/data/part-2.parquet", "never built"));
+    hub.server.clear();
+    let summary = sb.build(&[]);
+    assert_eq!(built(&summary), ["meta/data/part-2.parquet"]);
+    let downloads: Vec<String> =
+        hub.requests().iter().filter(|r| r.path().contains("/resolve/")).map(|r| r.path().to_string()).collect();
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+    assert!(downloads[0].ends_with("/data/part-2.parquet"));
+
+    hub.commit(&[("data/part-1.parquet", Some(file(12, "b2")))]);
+    let todo = work(&sb.plan(&[]));
+    assert_eq!(todo.len(), 1, "{todo:?}");
+    assert_eq!(todo[0].0, "meta/data/part-1.parquet");
+    assert!(todo[0].2.starts_with("shard range: ") && todo[0].2.contains("\"oid\""), "{}", todo[0].2);
+    sb.build(&[]);
+    assert_eq!(manifest(&sb, "data/part-1.parquet")["rows"], 12);
+}
+
+#[test]
+fn a_cut_download_resumes_with_a_range_request() {
+    let hub = HubMock::start("laion/tiny");
+    let a = file(400, "a");
+    hub.commit(&[("part-0.parquet", Some(a.clone()))]);
+    hub.state.lock().unwrap().cut_once = Some(("part-0.parquet".into(), 1000));
+    let sb = sandbox(&hub);
+    sb.build(&[]);
+    assert_eq!(std::fs::read(sb.store().join("pipeline/meta/part-0.parquet")).unwrap(), a);
+    let ranges: Vec<Option<String>> = hub
+        .requests()
+        .iter()
+        .filter(|r| r.path().contains("/resolve/"))
+        .map(|r| r.header("Range").map(str::to_string))
+        .collect();
+    assert_eq!(ranges, [None, Some("bytes=1000-".to_string())]);
+    let m = manifest(&sb, "part-0.parquet");
+    assert_eq!(m["stats"]["bytes_downloaded"], a.len());
+}
+
+#[test]
+fn a_sha256_mismatch_fails_the_target_and_publishes_nothing() {
+    let hub = HubMock::start("laion/tiny");
+    let a = file(10, "a");
+    hub.commit(&[("part-0.parquet", Some(a.clone())), ("part-1.parquet", Some(file(10, "b")))]);
+    hub.state.lock().unwrap().corrupt.push("part-0.parquet".into());
+    let sb = sandbox(&hub);
+    let run = sb.run(&["build", "--keep-going"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let expected = "sha256 mismatch for part-0.parquet of dataset `laion/tiny`";
+    assert!(run.stderr.contains(&expected) || run.stdout.contains(&expected), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains(&hub_mock::sha256(&a)) || run.stdout.contains(&hub_mock::sha256(&a)));
+    assert!(!sb.store().join("pipeline/meta/part-0.parquet").exists());
+    assert!(sb.store().join("pipeline/meta/part-1.parquet").exists());
+}
+
+#[test]
+fn hub_errors_say_which_of_token_repo_or_revision_is_wrong() {
+    let hub = HubMock::start("laion/tiny");
+    hub.commit(&[("part-0.parquet", Some(file(3, "a")))]);
+    {
+        let mut st = hub.state.lock().unwrap();
+        st.token = Some("good".into());
+        st.forbidden_token = Some("not-accepted".into());
+    }
+    let plan_error = |pipeline: &str, token: Option<&str>| {
+        let mut sb = Sandbox::new(pipeline);
+        sb.env.push(("HF_ENDPOINT".into(), hub.endpoint()));
+        match token {
+            Some(t) => sb.env.push(("HF_TOKEN".into(), t.into())),
+            None => sb.env.push(("HF_TOKEN".into(), String::new())),
+        }
+        let run = sb.run(&["plan"]);
+        assert_ne!(run.code, 0);
+        run.stderr
+    };
+    let e = plan_error(PIPELINE, None);
+    assert!(e.contains("HF_TOKEN is not set"), "{e}");
+    let e = plan_error(PIPELINE, Some("bad"));
+    assert!(e.contains("the Hub refused HF_TOKEN for dataset `laion/tiny` (401)"), "{e}");
+    let e = plan_error(PIPELINE, Some("not-accepted"));
+    assert!(e.contains("HF_TOKEN has no access to dataset `laion/tiny` (403)"), "{e}");
+    let e = plan_error(&PIPELINE.replace("laion/tiny", "laion/tinny"), Some("good"));
+    assert!(e.contains("there is no dataset `laion/tinny` on the Hub (404): check `repo`"), "{e}");
+    let e = plan_error(&format!("{PIPELINE}revision = \"v9\"\n"), Some("good"));
+    assert!(e.contains("dataset `laion/tiny` has no revision `v9` (404): check `revision`"), "{e}");
+}
+
+#[test]
+fn offline_plans_use_the_last_listing_and_say_so() {
+    let hub = HubMock::start("laion/tiny");
+    let c1 = hub.commit(&[("part-0.parquet", Some(file(3, "a")))]);
+    let mut sb = sandbox(&hub);
+    sb.env.push(("HF_HUB_OFFLINE".into(), "1".into()));
+    let run = sb.run(&["plan"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("HF_HUB_OFFLINE is set and no earlier listing of dataset `laion/tiny`"),
+        "{}",
+        run.stderr
+    );
+
+    sb.env.retain(|(k, _)| k != "HF_HUB_OFFLINE");
+    sb.build(&[]);
+    hub.commit(&[("part-1.parquet", Some(file(3, "b")))]);
+    sb.env.push(("HF_HUB_OFFLINE".into(), "1".into()));
+    hub.server.clear();
+    let run = sb.run(&["plan", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("offline (HF_HUB_OFFLINE)") && run.stderr.contains(&c1), "{}", run.stderr);
+    assert!(work(&run.json()).is_empty());
+    assert!(hub.requests().is_empty(), "offline plans send nothing");
+}
