@@ -5,6 +5,7 @@ use super::{EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGETS_FAILED, Format, Output, Pipe
 use crate::exec::{self, BuildOptions, Summary};
 use crate::plan::render;
 use clap::Args;
+use std::io::Write;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -44,11 +45,17 @@ pub struct PlanArgs {
 pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<i32> {
     let workspace = Workspace::open(&args.pipeline)?;
     let plan = workspace.plan()?;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&render::json(&plan))?),
-        Format::Human => print!("{}", render::table(&plan, out.verbose)),
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut stdout, &render::json(&plan))?;
+            writeln!(stdout)?;
+        }
+        Format::Human => write!(stdout, "{}", render::table(&plan, out.verbose))?,
     }
+    stdout.flush()?;
     let pending = plan.to_run().next().is_some() || plan.has_unknown();
+    crate::exec::dispose(plan);
     Ok(if args.check && pending { EXIT_TARGETS_FAILED } else { EXIT_OK })
 }
 

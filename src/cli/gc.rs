@@ -39,9 +39,9 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
             continue;
         }
         owned.insert(format!("{}/{META_DIR}/{}", step.dir, StepState::index_name()));
-        for target in &plan.targets[step.targets.clone()] {
-            owned.insert(manifest_path(&step.dir, &target.shard));
-            for output in target.record.iter().flat_map(|r| &r.outputs) {
+        for t in step.targets.clone() {
+            owned.insert(manifest_path(&step.dir, &plan.targets[t].shard));
+            for output in plan.record(t).iter().flat_map(|r| &r.outputs) {
                 owned.insert(join(&step.dir, &output.name));
             }
         }

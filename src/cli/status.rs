@@ -40,10 +40,17 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
         .enumerate()
         .map(|(s, step)| {
             let counts = step_counts(plan, s);
-            let fresh: Vec<_> = plan.targets[step.targets.clone()]
-                .iter()
-                .filter(|t| t.selected && t.action == Action::Fresh)
-                .filter_map(|t| t.record.as_ref())
+            let fresh: Vec<_> = step
+                .targets
+                .clone()
+                .filter(|&t| plan.targets[t].selected && plan.targets[t].action == Action::Fresh)
+                .filter_map(|t| plan.record(t))
+                .collect();
+            // A blocked target counts as stale when the store has an old version of it, else as missing.
+            let blocked: Vec<usize> = step
+                .targets
+                .clone()
+                .filter(|&t| plan.targets[t].selected && plan.targets[t].action == Action::Blocked)
                 .collect();
             let rows: u64 = fresh.iter().filter_map(|r| r.rows).sum();
             let failures: u64 = fresh.iter().filter_map(|r| r.failures).sum();
@@ -56,16 +63,8 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
                 targets: step.unknown.is_none().then(|| counts.source + counts.fresh + counts.run()),
                 unknown: step.unknown.clone(),
                 fresh: counts.fresh + counts.source,
-                stale: counts.stale
-                    + plan.targets[step.targets.clone()]
-                        .iter()
-                        .filter(|t| t.selected && t.action == Action::Blocked && t.record.is_some())
-                        .count(),
-                missing: counts.missing
-                    + plan.targets[step.targets.clone()]
-                        .iter()
-                        .filter(|t| t.selected && t.action == Action::Blocked && t.record.is_none())
-                        .count(),
+                stale: counts.stale + blocked.iter().filter(|&&t| plan.record(t).is_some()).count(),
+                missing: counts.missing + blocked.iter().filter(|&&t| plan.record(t).is_none()).count(),
                 bytes: fresh.iter().map(|r| r.bytes()).sum::<u64>() + source_bytes,
                 rows,
                 failures,

@@ -63,7 +63,7 @@ impl Job {
             .iter()
             .map(|&i| {
                 let input = &plan.targets[i];
-                let record = built.get(&i).or(input.record.as_ref());
+                let record = built.get(&i).or(plan.record(i));
                 let files = match (&input.source, record) {
                     (Some(source), _) => vec![JobFile::Local(source.path.clone())],
                     (None, Some(record)) => {
@@ -88,7 +88,7 @@ impl Job {
             shard: target.shard.clone(),
             dir: step.dir.clone(),
             key: target.key.clone(),
-            key_parts: target.parts.clone(),
+            key_parts: plan.key_parts(pipeline, t),
             inputs,
             store: store.url(),
             base_dir: pipeline.base_dir.clone(),

@@ -69,28 +69,31 @@ pub fn build(
     worker::clean_abandoned_scratch(&*store);
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut fresh: HashSet<String> = HashSet::new();
+    // Steps whose targets the previous round could not know: their fresh targets count once they are known.
+    let mut newly_known: Option<HashSet<String>> = None;
     let cancel = Cancel::default();
     let _signals = watch_signals(&runtime, cancel.clone());
 
     loop {
         let mut plan = plan::make(pipeline, &*store, stat_cache, plan_options)?;
         summary.sources_hashed += plan.stats.sources_hashed;
-        fresh.extend(
-            plan.targets.iter().filter(|t| t.selected && t.action == plan::Action::Fresh).map(|t| t.name.clone()),
-        );
+        summary.fresh += plan
+            .targets
+            .iter()
+            .filter(|t| t.selected && t.action == plan::Action::Fresh)
+            .filter(|t| newly_known.as_ref().is_none_or(|steps| steps.contains(&plan.steps[t.step].name)))
+            .count();
+        newly_known = Some(plan.steps.iter().filter(|s| s.unknown.is_some()).map(|s| s.name.clone()).collect());
         let to_run: Vec<usize> = plan.to_run().collect();
         if to_run.is_empty() {
             // Even with nothing to build, manifests this plan had to read go into the index for next time.
             save_indexes(&mut plan, &*store);
+            dispose(plan);
             break;
         }
         let round = runtime.block_on(run_round(pipeline, &mut plan, &store, &to_run, options, &cancel));
         save_indexes(&mut plan, &*store);
 
-        for name in &round.built_names {
-            fresh.remove(name);
-        }
         summary.built_targets.extend(round.built_names);
         summary.built += round.built;
         summary.bytes_written += round.bytes;
@@ -101,7 +104,6 @@ pub fn build(
             break;
         }
     }
-    summary.fresh = fresh.len();
     summary.seconds = started.elapsed().as_secs_f64();
     if let Err(e) = stat_cache.save() {
         eprintln!("warning: {e:#}");
@@ -262,6 +264,11 @@ async fn run_target(
             other => return (index, other),
         }
     }
+}
+
+/// Frees a large plan off the main thread: a process that is about to exit need not wait for it.
+pub fn dispose<T: Send + 'static>(value: T) {
+    std::thread::spawn(move || drop(value));
 }
 
 fn save_indexes(plan: &mut Plan, store: &dyn Store) {

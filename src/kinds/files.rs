@@ -78,9 +78,6 @@ impl super::Kind for Files {
             let walk = glob::glob(&full.to_string_lossy()).with_context(|| format!("invalid glob `{pattern}`"))?;
             for entry in walk {
                 let path = entry.with_context(|| format!("cannot read a match of `{pattern}`"))?;
-                if !path.is_file() {
-                    continue;
-                }
                 matched += 1;
                 let id = path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned();
                 let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
@@ -101,10 +98,12 @@ impl super::Kind for Files {
         }
         let paths: Vec<PathBuf> = found.values().map(|(p, _)| p.clone()).collect();
         let identities = cx.stat_cache.identities(&paths)?;
+        // Folders that a glob matched are not shards.
         Ok(Shards::Known(
             found
                 .into_iter()
                 .zip(identities)
+                .filter_map(|(entry, identity)| Some((entry, identity?)))
                 .map(|((id, (path, display)), identity)| ShardSpec {
                     id,
                     coords: json!({}),

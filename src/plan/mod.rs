@@ -12,7 +12,7 @@ use crate::pipeline::suggest::help_for;
 use crate::store::step_state::{Record, StepState};
 use crate::store::{Store, manifest::Manifest, manifest_path};
 use anyhow::{Context, bail};
-use key::{InputKey, KeyParts};
+use key::{InputKey, KeyParts, SourceIdentity, StepKeyer};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
@@ -70,13 +70,12 @@ pub struct Target {
     /// `step/shard`
     pub name: String,
     pub key: String,
-    pub parts: KeyParts,
+    /// This shard's slice of its inputs (part of the key).
+    pub coords: serde_json::Value,
     pub inputs: Vec<usize>,
     pub source: Option<SourceFile>,
     pub action: Action,
     pub reason: Option<String>,
-    /// What the store holds for this target (its current manifest, fresh or not).
-    pub record: Option<Record>,
     /// False when `--target` left it out.
     pub selected: bool,
 }
@@ -122,6 +121,32 @@ impl Plan {
 
     pub fn has_unknown(&self) -> bool {
         self.steps.iter().any(|s| s.unknown.is_some())
+    }
+
+    /// What the store holds for target `t` (its current manifest, fresh or not).
+    pub fn record(&self, t: usize) -> Option<&Record> {
+        let target = &self.targets[t];
+        self.states[target.step].as_ref()?.records.get(&target.shard)
+    }
+
+    /// Everything that went into target `t`'s key, for its manifest and for explaining a change. Built on
+    /// demand: keeping one per target would copy the step's settings into every target.
+    pub fn key_parts(&self, pipeline: &Pipeline, t: usize) -> KeyParts {
+        let target = &self.targets[t];
+        let step = &pipeline.steps[target.step];
+        KeyParts {
+            kind: step.kind.name().to_string(),
+            kind_version: step.kind.version(),
+            settings: step.settings.clone(),
+            shard: target.shard.clone(),
+            coords: target.coords.clone(),
+            inputs: target
+                .inputs
+                .iter()
+                .map(|&i| InputKey { target: self.targets[i].name.clone(), key: self.targets[i].key.clone() })
+                .collect(),
+            source: target.source.as_ref().map(|f| json!({ "path": f.display, "blake3": f.blake3 })),
+        }
     }
 }
 
@@ -184,30 +209,24 @@ pub fn make(
         };
         let state = plan.states[s].as_ref();
         let forced = options.force.contains(&step.name);
+        let keyer = StepKeyer::new(step.kind.name(), step.kind.version(), &step.settings);
+        plan.targets.reserve(specs.len());
         for spec in specs {
             if !is_valid_shard_id(&spec.id) {
                 bail!("step `{}` made an invalid shard id `{}`", step.name, spec.id);
             }
             let input_targets: Vec<usize> =
                 spec.inputs.iter().map(|&(from, shard)| plan.steps[inputs[from]].targets.start + shard).collect();
-            let parts = KeyParts {
-                kind: step.kind.name().to_string(),
-                kind_version: step.kind.version(),
-                settings: step.settings.clone(),
-                shard: spec.id.clone(),
-                coords: spec.coords,
-                inputs: input_targets
-                    .iter()
-                    .map(|&t| InputKey { target: plan.targets[t].name.clone(), key: plan.targets[t].key.clone() })
-                    .collect(),
-                source: spec.source.as_ref().map(|f| json!({ "path": f.display, "blake3": f.blake3 })),
-            };
-            let key = parts.key();
+            let key = keyer.key(
+                &spec.id,
+                &spec.coords,
+                input_targets.iter().map(|&t| (plan.targets[t].name.as_str(), plan.targets[t].key.as_str())),
+                spec.source.as_ref().map(|f| SourceIdentity { blake3: &f.blake3, path: &f.display }).as_ref(),
+            );
             let name = format!("{}/{}", step.name, spec.id);
-            let record = state.and_then(|st| st.records.get(&spec.id).cloned());
             let (action, reason) = match state {
                 None => (Action::Source, None),
-                Some(st) => freshness(st, &spec.id, &key, record.as_ref()),
+                Some(st) => freshness(st, &spec.id, &key, st.records.get(&spec.id)),
             };
             let (action, reason) = match action {
                 Action::Fresh if forced => (Action::Stale, Some(format!("forced with --force {}", step.name))),
@@ -222,22 +241,21 @@ pub fn make(
                 shard: spec.id,
                 name,
                 key,
-                parts,
+                coords: spec.coords,
                 inputs: input_targets,
                 source: spec.source,
                 action,
                 reason,
-                record,
                 selected: true,
             });
         }
         let range = first..plan.targets.len();
         views.push(
-            plan.targets[range.clone()]
-                .iter()
+            range
+                .clone()
                 .map(|t| InputShard {
-                    id: t.shard.clone(),
-                    rows: if t.action == Action::Fresh { t.record.as_ref().and_then(|r| r.rows) } else { None },
+                    id: plan.targets[t].shard.clone(),
+                    rows: if plan.targets[t].action == Action::Fresh { plan.record(t).and_then(|r| r.rows) } else { None },
                 })
                 .collect(),
         );
@@ -325,7 +343,7 @@ fn explain_stale(plan: &mut Plan, pipeline: &Pipeline, store: &dyn Store, stale:
             let path = manifest_path(&pipeline.steps[target.step].dir, &target.shard);
             let old = store.read(&path).ok().flatten().and_then(|bytes| Manifest::parse(&bytes, &path).ok());
             match old {
-                Some(old) => reason::explain(&old.key_parts, &target.parts, &describe_input),
+                Some(old) => reason::explain(&old.key_parts, &plan.key_parts(pipeline, t), &describe_input),
                 None => "manifest changed while planning".to_string(),
             }
         })

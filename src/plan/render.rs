@@ -1,7 +1,7 @@
 //! The plan for people (a table, then the reasons) and for programs (`--format json`).
 
 use super::{Action, Plan};
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::fmt::Write;
 
 /// How many stale targets the table lists before `-v` is needed for the rest.
@@ -125,50 +125,100 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
     out
 }
 
-pub fn json(plan: &Plan) -> Value {
-    let steps: Vec<Value> = plan
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(s, step)| {
-            let c = step_counts(plan, s);
-            json!({
-                "step": step.name,
-                "kind": step.kind,
-                "dir": step.dir,
-                "targets": step.unknown.is_none().then(|| c.source + c.fresh + c.run()),
-                "unknown": step.unknown,
-                "source": c.source,
-                "fresh": c.fresh,
-                "missing": c.missing,
-                "stale": c.stale,
-                "blocked": c.blocked,
-                "run": c.run(),
+/// The plan for programs. Borrowed views serialised straight to the output: a plan of 10⁵ targets never
+/// becomes a tree of JSON values in memory.
+pub fn json(plan: &Plan) -> PlanJson<'_> {
+    PlanJson { plan }
+}
+
+pub struct PlanJson<'a> {
+    plan: &'a Plan,
+}
+
+#[derive(Serialize)]
+struct StepJson<'a> {
+    step: &'a str,
+    kind: &'a str,
+    dir: &'a str,
+    targets: Option<usize>,
+    unknown: Option<&'a str>,
+    source: usize,
+    fresh: usize,
+    missing: usize,
+    stale: usize,
+    blocked: usize,
+    run: usize,
+}
+
+#[derive(Serialize)]
+struct TargetJson<'a> {
+    target: &'a str,
+    step: &'a str,
+    shard: &'a str,
+    key: &'a str,
+    action: Action,
+    reason: Option<&'a str>,
+    inputs: Vec<&'a str>,
+    source: Option<SourceJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct SourceJson<'a> {
+    path: &'a str,
+    size: u64,
+    blake3: &'a str,
+}
+
+impl Serialize for PlanJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let plan = self.plan;
+        let steps: Vec<StepJson> = plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(s, step)| {
+                let c = step_counts(plan, s);
+                StepJson {
+                    step: &step.name,
+                    kind: step.kind,
+                    dir: &step.dir,
+                    targets: step.unknown.is_none().then(|| c.source + c.fresh + c.run()),
+                    unknown: step.unknown.as_deref(),
+                    source: c.source,
+                    fresh: c.fresh,
+                    missing: c.missing,
+                    stale: c.stale,
+                    blocked: c.blocked,
+                    run: c.run(),
+                }
             })
-        })
-        .collect();
-    let targets: Vec<Value> = plan
-        .targets
-        .iter()
-        .filter(|t| t.selected)
-        .map(|t| {
-            json!({
-                "target": t.name,
-                "step": plan.steps[t.step].name,
-                "shard": t.shard,
-                "key": t.key,
-                "action": t.action,
-                "reason": t.reason,
-                "inputs": t.inputs.iter().map(|&i| &plan.targets[i].name).collect::<Vec<_>>(),
-                "source": t.source.as_ref().map(|f| json!({"path": f.display, "size": f.size, "blake3": f.blake3})),
-            })
-        })
-        .collect();
-    json!({
-        "pipeline": plan.pipeline,
-        "store": plan.store,
-        "steps": steps,
-        "targets": targets,
-        "stats": plan.stats,
-    })
+            .collect();
+        let targets = Targets(plan);
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("pipeline", &plan.pipeline)?;
+        map.serialize_entry("store", &plan.store)?;
+        map.serialize_entry("steps", &steps)?;
+        map.serialize_entry("targets", &targets)?;
+        map.serialize_entry("stats", &plan.stats)?;
+        map.end()
+    }
+}
+
+struct Targets<'a>(&'a Plan);
+
+impl Serialize for Targets<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let plan = self.0;
+        serializer.collect_seq(plan.targets.iter().filter(|t| t.selected).map(|t| TargetJson {
+            target: &t.name,
+            step: &plan.steps[t.step].name,
+            shard: &t.shard,
+            key: &t.key,
+            action: t.action,
+            reason: t.reason.as_deref(),
+            inputs: t.inputs.iter().map(|&i| plan.targets[i].name.as_str()).collect(),
+            source: t.source.as_ref().map(|f| SourceJson { path: &f.display, size: f.size, blake3: &f.blake3 }),
+        }))
+    }
 }

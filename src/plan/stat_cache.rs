@@ -48,13 +48,21 @@ impl StatCache {
         StatCache { file: Some(file), entries: Mutex::new(entries), ..Default::default() }
     }
 
-    /// Identities of many files, hashed in parallel where the cache cannot vouch for them.
-    pub fn identities(&self, paths: &[PathBuf]) -> anyhow::Result<Vec<Identity>> {
-        paths.par_iter().map(|p| self.identity(p)).collect()
+    /// Identities of many paths, hashed in parallel where the cache cannot vouch for them; `None` for a path
+    /// that is not a regular file (a folder a glob matched). One stat per path.
+    pub fn identities(&self, paths: &[PathBuf]) -> anyhow::Result<Vec<Option<Identity>>> {
+        paths.par_iter().map(|p| self.identity_if_file(p)).collect()
     }
 
     pub fn identity(&self, path: &Path) -> anyhow::Result<Identity> {
+        self.identity_if_file(path)?.with_context(|| format!("{} is not a regular file", path.display()))
+    }
+
+    fn identity_if_file(&self, path: &Path) -> anyhow::Result<Option<Identity>> {
         let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
         let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
         let ctime_ns = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
         let (size, ino) = (meta.size(), meta.ino());
@@ -64,7 +72,7 @@ impl StatCache {
             && hit.ctime_ns == ctime_ns
             && hit.ino == ino
         {
-            return Ok(Identity { size, blake3: hit.blake3.clone() });
+            return Ok(Some(Identity { size, blake3: hit.blake3.clone() }));
         }
         let started = SystemTime::now();
         let blake3 = hash_file(path)?;
@@ -77,7 +85,7 @@ impl StatCache {
             self.lock().insert(path.to_path_buf(), entry);
             self.dirty.store(true, Ordering::Relaxed);
         }
-        Ok(Identity { size, blake3 })
+        Ok(Some(Identity { size, blake3 }))
     }
 
     /// Writes the cache back if anything was added (atomically: a crash leaves the old cache).

@@ -2,6 +2,7 @@
 
 use super::{ObjectMeta, Store};
 use anyhow::{Context, bail};
+use rayon::prelude::*;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::MetadataExt;
@@ -68,7 +69,9 @@ impl Store for LocalStore {
     }
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
-        let mut out = Vec::new();
+        // Walk the folders (the entry type comes with the directory entry, no stat), then stat the files in
+        // parallel: a step folder can hold hundreds of thousands of them.
+        let mut files: Vec<(PathBuf, String)> = Vec::new();
         let mut stack = vec![(self.path(prefix), prefix.trim_end_matches('/').to_string())];
         while let Some((dir, rel)) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
@@ -78,26 +81,25 @@ impl Store for LocalStore {
             };
             for entry in entries {
                 let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
                 let child = super::join(&rel, &name);
-                let meta = match entry.metadata() {
-                    Ok(meta) => meta,
-                    // Removed between the listing and the stat: it is not there.
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot stat {}", entry.path().display()));
-                    }
-                };
-                if meta.is_dir() {
-                    stack.push((entry.path(), child));
-                } else {
-                    out.push(meta_of(child, &meta));
+                match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => stack.push((entry.path(), child)),
+                    Ok(_) => files.push((entry.path(), child)),
+                    Err(e) => return Err(e).with_context(|| format!("cannot stat {}", entry.path().display())),
                 }
             }
         }
-        Ok(out)
+        let stats: Vec<Option<ObjectMeta>> = files
+            .into_par_iter()
+            .map(|(path, rel)| match fs::metadata(&path) {
+                Ok(meta) => Ok(Some(meta_of(rel, &meta))),
+                // Removed between the listing and the stat: it is not there.
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(stats.into_iter().flatten().collect())
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {

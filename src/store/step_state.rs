@@ -53,11 +53,18 @@ struct Index {
     records: BTreeMap<String, Record>,
 }
 
+/// An object as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub size: u64,
+    pub version: String,
+}
+
 #[derive(Debug, Default)]
 pub struct StepState {
     pub dir: String,
     /// Every object in the step's folder (manifests and temporaries included), by path relative to the folder.
-    pub files: HashMap<String, ObjectMeta>,
+    pub files: HashMap<String, Listed>,
     /// By shard id.
     pub records: HashMap<String, Record>,
     /// Manifests that could not be read, with why: their targets count as missing.
@@ -70,8 +77,15 @@ impl StepState {
     pub fn load(store: &dyn Store, dir: &str) -> anyhow::Result<StepState> {
         let listing = store.list(dir).with_context(|| format!("cannot list {dir} in the store"))?;
         let prefix = format!("{dir}/");
-        let files: HashMap<String, ObjectMeta> =
-            listing.into_iter().filter_map(|m| Some((m.path.strip_prefix(&prefix)?.to_string(), m))).collect();
+        let files: HashMap<String, Listed> =
+            listing
+            .into_iter()
+            .filter(|m| m.path.starts_with(&prefix))
+            .map(|mut m| {
+                let relative = m.path.split_off(prefix.len());
+                (relative, Listed { size: m.size, version: m.version })
+            })
+            .collect();
         let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
         let mut cached: BTreeMap<String, Record> = match store.read(&index_path) {
             Ok(Some(bytes)) => serde_json::from_slice::<Index>(&bytes)
@@ -96,7 +110,10 @@ impl StepState {
                 Some(r) if r.manifest_version == meta.version && r.manifest_size == meta.size => {
                     records.insert(shard.to_string(), r);
                 }
-                _ => to_read.push((shard.to_string(), meta.clone())),
+                _ => to_read.push((
+                    shard.to_string(),
+                    ObjectMeta { path: format!("{prefix}{rel}"), size: meta.size, version: meta.version.clone() },
+                )),
             }
         }
         let index_stale = !to_read.is_empty() || !cached.is_empty();
