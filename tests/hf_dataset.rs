@@ -126,7 +126,7 @@ fn a_sha256_mismatch_fails_the_target_and_publishes_nothing() {
     let run = sb.run(&["build", "--keep-going"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let expected = "sha256 mismatch for part-0.parquet of dataset `laion/tiny`";
-    assert!(run.stderr.contains(&expected) || run.stdout.contains(&expected), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains(expected) || run.stdout.contains(expected), "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains(&hub_mock::sha256(&a)) || run.stdout.contains(&hub_mock::sha256(&a)));
     assert!(!sb.store().join("pipeline/meta/part-0.parquet").exists());
     assert!(sb.store().join("pipeline/meta/part-1.parquet").exists());

@@ -11,6 +11,17 @@ if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_VERSION"; then
   cargo install s3s-fs --version "$S3S_VERSION" --features binary --locked
 fi
 
+# Python readers for the compatibility tests (webdataset, pyarrow, numpy and Pillow, which webdataset decodes images with): a venv in
+# .venv (gitignored), created once and reused; the tests fail, rather than skip, without it.
+PY_REQUIREMENTS="webdataset==1.0.2 pyarrow==22.0.0 numpy==2.3.5 pillow==12.0.0"
+if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL" 2>/dev/null \
+   || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS" ]; then
+  echo "== creating .venv with $PY_REQUIREMENTS"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check $PY_REQUIREMENTS
+  echo "$PY_REQUIREMENTS" > .venv/.dsmake-requirements
+fi
+
 # Heavy crates make clean builds slow: keep the target folder outside the clone so that CI reuses it.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
 

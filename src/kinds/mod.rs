@@ -5,6 +5,7 @@ pub mod clip_embed;
 pub mod command;
 pub mod files;
 pub mod hf_dataset;
+pub mod img2dataset;
 
 use crate::exec::job::Job;
 use crate::pipeline::settings::{Setting, SettingError};
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every built-in kind.
-pub const ALL: &[&dyn Kind] = &[&files::Files, &command::Command, &clip_embed::ClipEmbed, &hf_dataset::HfDataset];
+pub const ALL: &[&dyn Kind] =
+    &[&files::Files, &command::Command, &clip_embed::ClipEmbed, &hf_dataset::HfDataset, &img2dataset::Img2Dataset];
 
 pub fn lookup(name: &str) -> Option<&'static dyn Kind> {
     ALL.iter().copied().find(|k| k.name() == name)

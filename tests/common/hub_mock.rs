@@ -8,11 +8,14 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// (sha, files path → bytes, path → last commit sha).
+pub type Commit = (String, BTreeMap<String, Vec<u8>>, BTreeMap<String, String>);
+
 #[derive(Default)]
 pub struct HubState {
     pub repo: String,
     /// Commits in order: (sha, files path → bytes, path → last commit sha).
-    pub commits: Vec<(String, BTreeMap<String, Vec<u8>>, BTreeMap<String, String>)>,
+    pub commits: Vec<Commit>,
     pub branches: BTreeMap<String, String>,
     /// Required as `Authorization: Bearer …` when set.
     pub token: Option<String>,

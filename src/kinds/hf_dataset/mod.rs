@@ -185,7 +185,8 @@ impl Kind for HfDataset {
         let s = settings(value).map_err(|e| SettingError::new("repo", format!("{e:#}")))?;
         let parts: Vec<&str> = s.repo.split('/').collect();
         let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !(parts.len() == 2 && parts.iter().all(|p| valid(p))) && !(parts.len() == 1 && valid(parts[0])) {
+        let ok = (parts.len() == 2 && parts.iter().all(|p| valid(p))) || (parts.len() == 1 && valid(parts[0]));
+        if !ok {
             return Err(SettingError::new("repo", format!("`{}` is not a Hub repo id", s.repo))
                 .help("write it as owner/name, e.g. \"laion/relaion-pop\""));
         }

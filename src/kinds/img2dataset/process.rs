@@ -1,0 +1,282 @@
+//! Decoding, resizing and encoding one image with img2dataset's rules (resizer.py): the same resize modes,
+//! sizes and rounding, alpha composited on white, the same checks and their messages. Differences, on
+//! purpose: the dimensions are read from the header and checked against a pixel cap before anything is
+//! decoded; EXIF orientation is applied; WebP is written lossless (the `image` crate has no lossy encoder).
+
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
+use std::io::Cursor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeMode {
+    No,
+    KeepRatio,
+    KeepRatioLargest,
+    CenterCrop,
+    Border,
+}
+
+impl ResizeMode {
+    pub fn parse(s: &str) -> Option<ResizeMode> {
+        Some(match s {
+            "no" => ResizeMode::No,
+            "keep_ratio" => ResizeMode::KeepRatio,
+            "keep_ratio_largest" => ResizeMode::KeepRatioLargest,
+            "center_crop" => ResizeMode::CenterCrop,
+            "border" => ResizeMode::Border,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encode {
+    Jpg,
+    Png,
+    Webp,
+}
+
+impl Encode {
+    pub fn parse(s: &str) -> Option<Encode> {
+        Some(match s {
+            "jpg" => Encode::Jpg,
+            "png" => Encode::Png,
+            "webp" => Encode::Webp,
+            _ => return None,
+        })
+    }
+    pub fn ext(self) -> &'static str {
+        match self {
+            Encode::Jpg => "jpg",
+            Encode::Png => "png",
+            Encode::Webp => "webp",
+        }
+    }
+    fn format(self) -> ImageFormat {
+        match self {
+            Encode::Jpg => ImageFormat::Jpeg,
+            Encode::Png => ImageFormat::Png,
+            Encode::Webp => ImageFormat::WebP,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    pub image_size: u32,
+    pub mode: ResizeMode,
+    pub resize_only_if_bigger: bool,
+    pub skip_reencode: bool,
+    pub encode: Encode,
+    pub quality: u8,
+    pub min_image_size: u32,
+    pub max_image_area: f64,
+    pub max_aspect_ratio: f64,
+    /// Decoded pixels allowed; checked from the header before decoding.
+    pub max_pixels: u64,
+}
+
+pub struct Processed {
+    pub bytes: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub original_width: u32,
+    pub original_height: u32,
+}
+
+/// Python's round(): halves to even, as albumentations' sizes are computed.
+fn py_round(x: f64) -> u32 {
+    x.round_ties_even().max(1.0) as u32
+}
+
+pub fn process(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
+    if bytes.is_empty() {
+        return Err("image decoding error: empty body".to_string());
+    }
+    let format = image::guess_format(bytes).map_err(|_| "image decoding error: not an image format".to_string())?;
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(o.max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| format!("image decoding error: {e}"))?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > o.max_pixels {
+        return Err(format!("image is {w}x{h} pixels, over the {}-pixel limit", o.max_pixels));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("image decoding error: {e}"))?;
+    img.apply_orientation(orientation);
+    let mut encode_needed =
+        !(o.skip_reencode && format == o.encode.format()) || orientation != image::metadata::Orientation::NoTransforms;
+    let rgb = if img.color().has_alpha() {
+        encode_needed = true;
+        composite_on_white(&img)
+    } else {
+        img.into_rgb8()
+    };
+    let (original_width, original_height) = rgb.dimensions();
+    if original_width.min(original_height) < o.min_image_size {
+        return Err("image too small".to_string());
+    }
+    if f64::from(original_width) * f64::from(original_height) > o.max_image_area {
+        return Err("image area too large".to_string());
+    }
+    let (long, short) = (original_width.max(original_height), original_width.min(original_height));
+    if f64::from(long) / f64::from(short.max(1)) > o.max_aspect_ratio {
+        return Err("aspect ratio too large".to_string());
+    }
+    let size = o.image_size;
+    let mut out = rgb;
+    match o.mode {
+        ResizeMode::No => {}
+        ResizeMode::KeepRatio | ResizeMode::CenterCrop => {
+            let downscale = short > size;
+            if !o.resize_only_if_bigger || downscale {
+                let scale = f64::from(size) / f64::from(short);
+                out = resize(&out, scale, downscale)?;
+                if o.mode == ResizeMode::CenterCrop {
+                    out = center_crop(&out, size);
+                }
+                encode_needed = true;
+            }
+        }
+        ResizeMode::KeepRatioLargest | ResizeMode::Border => {
+            let downscale = long > size;
+            if !o.resize_only_if_bigger || downscale {
+                let scale = f64::from(size) / f64::from(long);
+                out = resize(&out, scale, downscale)?;
+                if o.mode == ResizeMode::Border {
+                    out = pad_white(&out, size);
+                }
+                encode_needed = true;
+            }
+        }
+    }
+    let (width, height) = out.dimensions();
+    let bytes = if encode_needed { encode(&out, o)? } else { bytes.to_vec() };
+    Ok(Processed { bytes, width, height, original_width, original_height })
+}
+
+/// img2dataset's alpha matting: alpha/255·colour + 255 − alpha, rounded.
+fn composite_on_white(img: &DynamicImage) -> RgbImage {
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (src, dst) in rgba.pixels().zip(out.pixels_mut()) {
+        let a = f32::from(src[3]);
+        for c in 0..3 {
+            dst[c] = (a / 255.0 * f32::from(src[c]) + 255.0 - a).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// Scales both sides by `scale` (sizes rounded as albumentations does): area-like filtering when shrinking
+/// (OpenCV's INTER_AREA), Lanczos when growing (INTER_LANCZOS4).
+fn resize(img: &RgbImage, scale: f64, downscale: bool) -> Result<RgbImage, String> {
+    let (w, h) = img.dimensions();
+    if (scale - 1.0).abs() < f64::EPSILON {
+        return Ok(img.clone());
+    }
+    let (nw, nh) = (py_round(f64::from(w) * scale), py_round(f64::from(h) * scale));
+    let src = DynamicImage::ImageRgb8(img.clone());
+    let mut dst = DynamicImage::new_rgb8(nw, nh);
+    let filter = if downscale { FilterType::Box } else { FilterType::Lanczos3 };
+    Resizer::new()
+        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)))
+        .map_err(|e| format!("resize error: {e}"))?;
+    Ok(dst.into_rgb8())
+}
+
+fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (cw, ch) = (size.min(w), size.min(h));
+    let (x, y) = ((w - cw) / 2, (h - ch) / 2);
+    image::imageops::crop_imm(img, x, y, cw, ch).to_image()
+}
+
+fn pad_white(img: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (tw, th) = (size.max(w), size.max(h));
+    let mut out = RgbImage::from_pixel(tw, th, image::Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, img, i64::from((tw - w) / 2), i64::from((th - h) / 2));
+    out
+}
+
+fn encode(img: &RgbImage, o: &ProcessOptions) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
+    let result = match o.encode {
+        Encode::Jpg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, o.quality).encode_image(img),
+        Encode::Png => {
+            use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
+            let compression = match o.quality {
+                0..=2 => CompressionType::Fast,
+                3..=6 => CompressionType::Default,
+                _ => CompressionType::Best,
+            };
+            img.write_with_encoder(PngEncoder::new_with_quality(&mut out, compression, PngFilter::Adaptive))
+        }
+        Encode::Webp => img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out)),
+    };
+    result.map_err(|e| format!("image encoding error: {e}"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(mode: ResizeMode) -> ProcessOptions {
+        ProcessOptions {
+            image_size: 64,
+            mode,
+            resize_only_if_bigger: false,
+            skip_reencode: false,
+            encode: Encode::Jpg,
+            quality: 95,
+            min_image_size: 0,
+            max_image_area: f64::INFINITY,
+            max_aspect_ratio: f64::INFINITY,
+            max_pixels: 1 << 24,
+        }
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]))
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn sizes_follow_img2dataset() {
+        let img = png(200, 100);
+        let p = process(&img, &options(ResizeMode::Border)).unwrap();
+        assert_eq!((p.width, p.height, p.original_width, p.original_height), (64, 64, 200, 100));
+        let p = process(&img, &options(ResizeMode::KeepRatio)).unwrap();
+        assert_eq!((p.width, p.height), (128, 64));
+        let p = process(&img, &options(ResizeMode::KeepRatioLargest)).unwrap();
+        assert_eq!((p.width, p.height), (64, 32));
+        let p = process(&img, &options(ResizeMode::CenterCrop)).unwrap();
+        assert_eq!((p.width, p.height), (64, 64));
+        let p = process(&img, &options(ResizeMode::No)).unwrap();
+        assert_eq!((p.width, p.height), (200, 100));
+        let mut only = options(ResizeMode::Border);
+        only.resize_only_if_bigger = true;
+        let p = process(&png(50, 40), &only).unwrap();
+        assert_eq!((p.width, p.height), (50, 40));
+    }
+
+    #[test]
+    fn checks_come_before_work() {
+        let mut o = options(ResizeMode::Border);
+        o.max_pixels = 100;
+        assert_eq!(process(&png(20, 20), &o).err().unwrap(), "image is 20x20 pixels, over the 100-pixel limit");
+        let mut o = options(ResizeMode::Border);
+        o.min_image_size = 30;
+        assert_eq!(process(&png(20, 40), &o).err().unwrap(), "image too small");
+        assert_eq!(process(b"", &o).err().unwrap(), "image decoding error: empty body");
+        assert_eq!(process(b"<html></html>", &o).err().unwrap(), "image decoding error: not an image format");
+    }
+}

@@ -1,0 +1,453 @@
+//! `img2dataset` against an image host on 127.0.0.1 that serves real photographs and every failure a crawl
+//! meets. Each row's status and message are checked exactly, the stats add up, and Python's webdataset and
+//! pyarrow read the output.
+
+mod common;
+#[path = "common/http.rs"]
+mod http;
+#[path = "common/hub_mock.rs"]
+mod hub_mock;
+#[path = "common/parquet_rows.rs"]
+mod parquet_rows;
+
+use common::{Sandbox, built, work};
+use http::{Reply, Server};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet_rows::{Row, row, urls_parquet};
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip-golden/images");
+
+fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(PHOTOS).join(name)).unwrap()
+}
+
+fn encode(img: &image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A PNG that declares 30,000 × 30,000 pixels in a few dozen bytes.
+fn bomb() -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend(30_000u32.to_be_bytes());
+    ihdr.extend(30_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    png
+}
+
+/// A 60×40 JPEG whose EXIF says "rotate 90° clockwise" (orientation 6): displayed 40×60.
+fn exif_rotated() -> Vec<u8> {
+    let img =
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(60, 40, |x, _| image::Rgb([(x * 4) as u8, 90, 30])));
+    let jpeg = encode(&img, image::ImageFormat::Jpeg);
+    let mut tiff = b"II*\x00\x08\x00\x00\x00".to_vec();
+    tiff.extend(1u16.to_le_bytes());
+    tiff.extend(0x0112u16.to_le_bytes());
+    tiff.extend(3u16.to_le_bytes());
+    tiff.extend(1u32.to_le_bytes());
+    tiff.extend([6, 0, 0, 0]);
+    tiff.extend(0u32.to_le_bytes());
+    let mut app1 = b"Exif\x00\x00".to_vec();
+    app1.extend(tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend([0xff, 0xe1]);
+    out.extend(((app1.len() + 2) as u16).to_be_bytes());
+    out.extend(app1);
+    out.extend(&jpeg[2..]);
+    out
+}
+
+fn cmyk_jpeg() -> Vec<u8> {
+    let (w, h) = (48u16, 32u16);
+    let data: Vec<u8> = (0..u32::from(w) * u32::from(h)).flat_map(|i| [(i % 200) as u8, 40, 80, 10]).collect();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90).encode(&data, w, h, jpeg_encoder::ColorType::Cmyk).unwrap();
+    out
+}
+
+fn animated_gif() -> Vec<u8> {
+    use image::codecs::gif::GifEncoder;
+    let mut out = Vec::new();
+    {
+        let mut enc = GifEncoder::new(&mut out);
+        for shade in [0u8, 200] {
+            let frame = image::RgbaImage::from_pixel(30, 20, image::Rgba([shade, 100, 50, 255]));
+            enc.encode_frame(image::Frame::new(frame)).unwrap();
+        }
+    }
+    out
+}
+
+/// The image host: every path is one behaviour.
+fn image_host() -> Server {
+    let coffee = photo("coffee.jpg");
+    let gray = encode(
+        &image::DynamicImage::ImageLuma8(image::open(Path::new(PHOTOS).join("camera_gray.png")).unwrap().to_luma8()),
+        image::ImageFormat::Jpeg,
+    );
+    let (bomb, exif, cmyk, gif) = (bomb(), exif_rotated(), cmyk_jpeg(), animated_gif());
+    let busy = Arc::new(AtomicUsize::new(0));
+    Server::start(move |r| {
+        let path = r.path();
+        if let Some(name) = path.strip_prefix("/img/") {
+            let kind = if name.ends_with(".png") { "image/png" } else { "image/jpeg" };
+            return match std::fs::read(Path::new(PHOTOS).join(name)) {
+                Ok(bytes) => Reply::ok(kind, bytes),
+                Err(_) => Reply::status(404, "no such photo"),
+            };
+        }
+        match path {
+            "/404" => Reply::status(404, "not found"),
+            "/500" => Reply::status(500, "boom"),
+            "/busy" => {
+                if busy.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Reply::status(503, "busy").with_header("Retry-After", "1")
+                } else {
+                    Reply::ok("image/jpeg", coffee.clone())
+                }
+            }
+            "/slow" => Reply::Delay(Duration::from_secs(3), Box::new(Reply::ok("image/jpeg", coffee.clone()))),
+            "/redirect" => Reply::status(302, "").with_header("Location", "/img/rocket_wide.jpg"),
+            "/loop" => Reply::status(302, "").with_header("Location", "/loop"),
+            "/to-metadata" => {
+                Reply::status(302, "").with_header("Location", "http://169.254.169.254/latest/meta-data/")
+            }
+            "/html" => Reply::ok("text/html", "<html><body>not an image</body></html>"),
+            "/truncated" => Reply::ok("image/jpeg", coffee[..coffee.len() / 3].to_vec()),
+            "/empty" => Reply::ok("image/jpeg", Vec::new()),
+            "/reset" => Reply::Cut {
+                status: 200,
+                headers: vec![("Content-Type".into(), "image/jpeg".into())],
+                body: coffee.clone(),
+                cut: 2000,
+                reset: true,
+            },
+            "/bomb" => Reply::ok("image/png", bomb.clone()),
+            "/noai" => Reply::ok("image/jpeg", coffee.clone()).with_header("X-Robots-Tag", "noai"),
+            "/other-bot-noai" => Reply::ok("image/jpeg", coffee.clone()).with_header("X-Robots-Tag", "otherbot: noai"),
+            "/cmyk" => Reply::ok("image/jpeg", cmyk.clone()),
+            "/gray" => Reply::ok("image/jpeg", gray.clone()),
+            "/exif" => Reply::ok("image/jpeg", exif.clone()),
+            "/gif" => Reply::ok("image/gif", gif.clone()),
+            _ => Reply::status(404, "unknown path"),
+        }
+    })
+}
+
+fn write_binary(sb: &Sandbox, rel: &str, bytes: &[u8]) {
+    let path = sb.path(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let past = SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(past).unwrap();
+}
+
+/// key → (status, error_message, width, height, original_width, original_height), and the column names.
+type ParquetRow = (String, Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+
+/// A row of a shard's parquet: key, the checked fields, every cell as text.
+type Parsed = (String, ParquetRow, BTreeMap<String, String>);
+
+fn read_parquet(path: &Path) -> (Vec<String>, Vec<Parsed>) {
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let columns: Vec<String> =
+        reader.metadata().file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
+    let mut rows = Vec::new();
+    for r in reader.get_row_iter(None).unwrap() {
+        let r = r.unwrap();
+        let mut cells = BTreeMap::new();
+        for (name, field) in r.get_column_iter() {
+            cells.insert(name.clone(), field.to_string().trim_matches('"').to_string());
+        }
+        let s = |k: &str| Some(cells[k].clone()).filter(|v| v != "null");
+        let n = |k: &str| s(k).map(|v| v.parse::<i64>().unwrap());
+        rows.push((
+            cells["key"].clone(),
+            (
+                cells["status"].clone(),
+                s("error_message"),
+                n("width"),
+                n("height"),
+                n("original_width"),
+                n("original_height"),
+            ),
+            cells,
+        ));
+    }
+    (columns, rows)
+}
+
+fn tar_members(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+const SETTINGS: &str = r#"
+caption_col = "caption"
+save_additional_columns = ["similarity"]
+image_size = 64
+resize_mode = "border"
+timeout = 1
+retries = 1
+allow_hosts = ["127.0.0.1"]
+number_sample_per_shard = 100
+"#;
+
+#[test]
+fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
+    let host = image_host();
+    let u = |p: &str| host.url(p);
+    type Case<'a> = (String, &'a str, Option<&'a str>, Option<(i64, i64, i64, i64)>);
+    let cases: Vec<Case> = vec![
+        (u("/img/coffee.jpg"), "success", None, Some((64, 64, 600, 400))),
+        (u("/img/chelsea.png"), "success", None, Some((64, 64, 451, 300))),
+        (u("/404"), "failed_to_download", Some("HTTP Error 404: Not Found"), None),
+        (u("/500"), "failed_to_download", Some("HTTP Error 500: Internal Server Error"), None),
+        (u("/busy"), "success", None, Some((64, 64, 600, 400))),
+        (u("/slow"), "failed_to_download", Some("timed out after 1s"), None),
+        (u("/redirect"), "success", None, Some((64, 64, 640, 427))),
+        (u("/loop"), "failed_to_download", Some("too many redirects (more than 10)"), None),
+        (
+            u("/to-metadata"),
+            "failed_to_download",
+            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts)"),
+            None,
+        ),
+        (u("/html"), "failed_to_resize", Some("image decoding error: not an image format"), None),
+        // zune-jpeg, like the libjpeg in img2dataset's OpenCV, decodes a truncated scan and fills the rest.
+        (u("/truncated"), "success", None, Some((64, 64, 600, 400))),
+        (u("/empty"), "failed_to_resize", Some("image decoding error: empty body"), None),
+        (u("/reset"), "failed_to_download", Some("connection broken before the image was complete"), None),
+        (u("/bomb"), "failed_to_resize", Some("image is 30000x30000 pixels, over the 89478485-pixel limit"), None),
+        (u("/noai"), "failed_to_download", Some("Use of image disallowed by X-Robots-Tag directive"), None),
+        (u("/other-bot-noai"), "success", None, Some((64, 64, 600, 400))),
+        (
+            "http://169.254.169.254/latest/meta-data/".into(),
+            "failed_to_download",
+            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts)"),
+            None,
+        ),
+        (
+            "file:///etc/passwd".into(),
+            "failed_to_download",
+            Some("refused destination: scheme `file` is not http(s)"),
+            None,
+        ),
+        ("not a url".into(), "failed_to_download", Some("malformed URL: relative URL without a base"), None),
+        ("http://".into(), "failed_to_download", Some("malformed URL: empty host"), None),
+        (u("/img/chelsea.png"), "success", None, Some((64, 64, 451, 300))),
+        (u("/cmyk"), "success", None, Some((64, 64, 48, 32))),
+        (u("/gray"), "success", None, Some((64, 64, 512, 512))),
+        (u("/img/astro_rgba.png"), "success", None, Some((64, 64, 200, 120))),
+        (u("/exif"), "success", None, Some((64, 64, 40, 60))),
+        (u("/gif"), "success", None, Some((64, 64, 30, 20))),
+    ];
+    let captions: Vec<String> = (0..cases.len()).map(|i| format!("caption {i}")).collect();
+    let rows: Vec<Row> = cases.iter().zip(&captions).map(|((url, ..), c)| row(url, c)).collect();
+    let sb = Sandbox::new(&format!(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \"urls\"\n{SETTINGS}"
+    ));
+    write_binary(&sb, "urls.parquet", &urls_parquet(&rows));
+
+    let plan = sb.plan(&[]);
+    assert_eq!(work(&plan).iter().map(|w| w.0.as_str()).collect::<Vec<_>>(), ["images/urls_00000"]);
+    let summary = sb.build(&[]);
+    assert_eq!(built(&summary), ["images/urls_00000"]);
+
+    let dir = sb.store().join("pipeline/images");
+    let (columns, got) = read_parquet(&dir.join("urls_00000.parquet"));
+    assert_eq!(
+        columns,
+        [
+            "url",
+            "caption",
+            "similarity",
+            "key",
+            "status",
+            "error_message",
+            "width",
+            "height",
+            "original_width",
+            "original_height",
+            "exif",
+            "sha256"
+        ]
+    );
+    assert_eq!(got.len(), cases.len());
+    for (i, ((url, status, error, dims), (key, row, cells))) in cases.iter().zip(&got).enumerate() {
+        assert_eq!(key, &format!("urls_00000{i:02}"), "row {i} ({url})");
+        assert_eq!(&cells["url"], url, "row {i}");
+        assert_eq!(cells["caption"], format!("caption {i}"));
+        let expected_dims = dims.map(|(w, h, ow, oh)| (Some(w), Some(h), Some(ow), Some(oh)));
+        assert_eq!(
+            (row.0.as_str(), row.1.as_deref(), (row.2, row.3, row.4, row.5)),
+            (*status, *error, expected_dims.unwrap_or((None, None, None, None))),
+            "row {i}: {url}"
+        );
+        assert_eq!(cells["sha256"] != "null", row.0 != "failed_to_download", "row {i}: sha256 of what was downloaded");
+    }
+
+    // The tar: successes only, KEY.jpg + KEY.json + KEY.txt, in key order of completion.
+    let members = tar_members(&dir.join("urls_00000.tar"));
+    let successes: Vec<&String> = got.iter().filter(|g| g.1.0 == "success").map(|g| &g.0).collect();
+    assert_eq!(members.len(), successes.len() * 3);
+    for key in &successes {
+        let jpg = &members.iter().find(|(n, _)| *n == format!("{key}.jpg")).unwrap().1;
+        let img = image::load_from_memory(jpg).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 64));
+        let json: serde_json::Value =
+            serde_json::from_slice(&members.iter().find(|(n, _)| *n == format!("{key}.json")).unwrap().1).unwrap();
+        assert_eq!(json["key"], key.as_str());
+        assert_eq!(json["status"], "success");
+        assert_eq!(json["similarity"], 0.3);
+        let i: usize = key[10..].parse().unwrap();
+        let txt = &members.iter().find(|(n, _)| *n == format!("{key}.txt")).unwrap().1;
+        assert_eq!(String::from_utf8_lossy(txt), format!("caption {i}"));
+    }
+    // Alpha is composited on white: the RGBA photo's transparent corner is white.
+    let rgba_key = &got.iter().find(|g| g.2["url"].ends_with("astro_rgba.png")).unwrap().0;
+    let img = image::load_from_memory(&members.iter().find(|(n, _)| *n == format!("{rgba_key}.jpg")).unwrap().1)
+        .unwrap()
+        .to_rgb8();
+    assert!(img.get_pixel(0, 0).0.iter().all(|&c| c > 240), "{:?}", img.get_pixel(0, 0));
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.read_store("pipeline/images/urls_00000_stats.json")).unwrap();
+    let count = |s: &str| got.iter().filter(|g| g.1.0 == s).count() as u64;
+    assert_eq!(stats["count"], cases.len() as u64);
+    assert_eq!(stats["successes"], count("success"));
+    assert_eq!(stats["failed_to_download"], count("failed_to_download"));
+    assert_eq!(stats["failed_to_resize"], count("failed_to_resize"));
+    let dict_total: u64 = stats["status_dict"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(dict_total, cases.len() as u64);
+    assert_eq!(stats["status_dict"]["HTTP Error 404: Not Found"], 1);
+    for k in ["duration", "start_time", "end_time"] {
+        assert!(stats[k].as_f64().is_some(), "{k}");
+    }
+
+    // 503 with Retry-After: 1 was retried after a second, not before.
+    let busy: Vec<Duration> = host.requests().iter().filter(|r| r.path() == "/busy").map(|r| r.at).collect();
+    assert_eq!(busy.len(), 2);
+    assert!(busy[1] - busy[0] >= Duration::from_millis(950), "{busy:?}");
+
+    // Nothing was ever requested from the metadata address, and the second build does nothing.
+    assert!(work(&sb.plan(&[])).is_empty());
+}
+
+#[test]
+fn without_the_allow_list_loopback_is_refused() {
+    let host = image_host();
+    let sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \"urls\"\n",
+    );
+    write_binary(&sb, "urls.parquet", &urls_parquet(&[row(&host.url("/img/coffee.jpg"), "c")]));
+    sb.build(&[]);
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    assert_eq!(
+        got[0].1.1.as_deref(),
+        Some("refused destination: 127.0.0.1 is a loopback address (allow it with allow_hosts)")
+    );
+    assert!(host.requests().is_empty());
+}
+
+#[test]
+fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added() {
+    let host = image_host();
+    let hub = hub_mock::HubMock::start("laion/tiny");
+    let file = |n: usize| {
+        let urls: Vec<String> = (0..n).map(|i| host.url(if i % 2 == 0 { "/img/coffee.jpg" } else { "/404" })).collect();
+        let rows: Vec<Row> = urls.iter().map(|u| row(u, "x")).collect();
+        urls_parquet(&rows)
+    };
+    hub.commit(&[("data/a.parquet", Some(file(5)))]);
+    let mut sb = Sandbox::new(
+        "[steps.meta]\nkind = \"hf-dataset\"\nrepo = \"laion/tiny\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \"meta\"\n\
+         caption_col = \"caption\"\nimage_size = 32\nallow_hosts = [\"127.0.0.1\"]\nnumber_sample_per_shard = 2\n",
+    );
+    sb.env.push(("HF_ENDPOINT".into(), hub.endpoint()));
+    let plan = sb.plan(&[]);
+    assert_eq!(plan["steps"][1]["unknown"], "row counts are known once meta/data/a.parquet is built");
+    let summary = sb.build(&[]);
+    assert_eq!(
+        built(&summary),
+        ["images/data_a_00000", "images/data_a_00001", "images/data_a_00002", "meta/data/a.parquet"]
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&sb.read_store("pipeline/images/_dsmake/data_a_00002.json")).unwrap();
+    assert_eq!((m["rows"].as_u64(), m["failures"].as_u64()), (Some(1), Some(0)));
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/data_a_00001.parquet"));
+    assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["data_a_000010", "data_a_000011"]);
+
+    hub.commit(&[("data/b.parquet", Some(file(2)))]);
+    let summary = sb.build(&[]);
+    assert_eq!(built(&summary), ["images/data_b_00000", "meta/data/b.parquet"]);
+}
+
+#[test]
+fn python_webdataset_and_pyarrow_read_the_output() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/run.sh once (it creates .venv with webdataset, pyarrow, numpy and pillow)",
+        python.display()
+    );
+    let host = image_host();
+    let urls = [host.url("/img/coffee.jpg"), host.url("/404"), host.url("/img/astronaut.png"), host.url("/gray")];
+    let rows: Vec<Row> = urls.iter().map(|u| row(u, "a photo")).collect();
+    let sb = Sandbox::new(&format!(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \"urls\"\n{SETTINGS}"
+    ));
+    write_binary(&sb, "urls.parquet", &urls_parquet(&rows));
+    sb.build(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_webdataset.py");
+    let out =
+        std::process::Command::new(&python).arg(&script).arg(sb.store().join("pipeline/images")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "check_webdataset.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok: 1 shards, 3 samples, 4 rows"), "{stdout}");
+}
