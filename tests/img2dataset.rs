@@ -10,7 +10,21 @@ mod hub_mock;
 #[path = "common/parquet_rows.rs"]
 mod parquet_rows;
 
-use common::{Sandbox, built, work};
+use common::{Backend, Sandbox, built, work};
+
+/// Row shards must not depend on the store: this runs on a local folder and on S3.
+mod local {
+    #[test]
+    fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added() {
+        super::row_shards_over_hf_dataset_files_are_stable_when_files_are_added(super::Backend::Local)
+    }
+}
+mod s3 {
+    #[test]
+    fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added() {
+        super::row_shards_over_hf_dataset_files_are_stable_when_files_are_added(super::Backend::S3)
+    }
+}
 use http::{Reply, Server};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet_rows::{Row, row, urls_parquet};
@@ -390,8 +404,7 @@ fn without_the_allow_list_loopback_is_refused() {
     assert!(host.requests().is_empty());
 }
 
-#[test]
-fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added() {
+fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added(backend: Backend) {
     let host = image_host();
     let hub = hub_mock::HubMock::start("laion/tiny");
     let file = |n: usize| {
@@ -400,7 +413,8 @@ fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added() {
         urls_parquet(&rows)
     };
     hub.commit(&[("data/a.parquet", Some(file(5)))]);
-    let mut sb = Sandbox::new(
+    let mut sb = Sandbox::on(
+        backend,
         "[steps.meta]\nkind = \"hf-dataset\"\nrepo = \"laion/tiny\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \"meta\"\n\
          caption_col = \"caption\"\nimage_size = 32\nallow_hosts = [\"127.0.0.1\"]\nnumber_sample_per_shard = 2\n",
     );

@@ -15,7 +15,7 @@ pub mod hub;
 use super::{BuildCx, Built, Inputs, Kind, Resource, ShardCx};
 use crate::pipeline::settings::{Setting, SettingError, SettingType};
 use crate::plan::shard::{ShardSpec, Shards};
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use hub::{Hub, HubFile};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -105,18 +105,29 @@ fn note(message: String) {
     }
 }
 
+/// The files cannot be known now (offline, nothing saved): the plan says why instead of failing.
+#[derive(Debug)]
+struct NotKnown(String);
+
+impl std::fmt::Display for NotKnown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for NotKnown {}
+
 fn resolve(s: &Settings, step: &str) -> anyhow::Result<Listing> {
     let hub = Hub::from_env()?;
     let saved = listing_path(&hub.endpoint, &s.repo, &s.revision);
     if hub::offline() {
         let bytes = std::fs::read(&saved).map_err(|_| {
-            anyhow!(
+            anyhow::Error::new(NotKnown(format!(
                 "HF_HUB_OFFLINE is set and no earlier listing of dataset `{}` at `{}` is saved in {}: plan once \
                  online, or unset HF_HUB_OFFLINE",
                 s.repo,
                 s.revision,
                 saved.display()
-            )
+            )))
         })?;
         let listing: Listing =
             serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()))?;
@@ -208,7 +219,13 @@ impl Kind for HfDataset {
         let s = settings(&cx.step.settings)?;
         let patterns: Vec<glob::Pattern> =
             s.include.iter().map(|p| glob::Pattern::new(p)).collect::<Result<_, _>>().context("include")?;
-        let listing = resolve(&s, &cx.step.name)?;
+        let listing = match resolve(&s, &cx.step.name) {
+            Ok(listing) => listing,
+            Err(e) => match e.downcast::<NotKnown>() {
+                Ok(why) => return Ok(Shards::Unknown(why.0)),
+                Err(e) => return Err(e),
+            },
+        };
         let specs: Vec<ShardSpec> = listing
             .files
             .iter()
