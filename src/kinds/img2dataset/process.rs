@@ -133,7 +133,7 @@ pub fn process(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
             let downscale = short > size;
             if !o.resize_only_if_bigger || downscale {
                 let scale = f64::from(size) / f64::from(short);
-                out = resize(&out, scale, downscale)?;
+                out = resize(out, scale, downscale)?;
                 if o.mode == ResizeMode::CenterCrop {
                     out = center_crop(&out, size);
                 }
@@ -144,7 +144,7 @@ pub fn process(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
             let downscale = long > size;
             if !o.resize_only_if_bigger || downscale {
                 let scale = f64::from(size) / f64::from(long);
-                out = resize(&out, scale, downscale)?;
+                out = resize(out, scale, downscale)?;
                 if o.mode == ResizeMode::Border {
                     out = pad_white(&out, size);
                 }
@@ -173,13 +173,13 @@ fn composite_on_white(img: &DynamicImage) -> RgbImage {
 
 /// Scales both sides by `scale` (sizes rounded as albumentations does): area-like filtering when shrinking
 /// (OpenCV's INTER_AREA), Lanczos when growing (INTER_LANCZOS4).
-fn resize(img: &RgbImage, scale: f64, downscale: bool) -> Result<RgbImage, String> {
+fn resize(img: RgbImage, scale: f64, downscale: bool) -> Result<RgbImage, String> {
     let (w, h) = img.dimensions();
-    if (scale - 1.0).abs() < f64::EPSILON {
-        return Ok(img.clone());
-    }
     let (nw, nh) = (py_round(f64::from(w) * scale), py_round(f64::from(h) * scale));
-    let src = DynamicImage::ImageRgb8(img.clone());
+    if (nw, nh) == (w, h) {
+        return Ok(img);
+    }
+    let src = DynamicImage::ImageRgb8(img);
     let mut dst = DynamicImage::new_rgb8(nw, nh);
     let filter = if downscale { FilterType::Box } else { FilterType::Lanczos3 };
     Resizer::new()
