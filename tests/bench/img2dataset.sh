@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# img2dataset vs dsmake's `img2dataset` kind, on the same machine, the same URL list and the same local image
+# server, with the same settings (256 px, border, jpg quality 95, the same processes × threads), in one run.
+# Prints images/s and peak RSS of both, and the ratio.
+#
+#   tests/bench/img2dataset.sh            # 1,000 images (a few minutes on 2 cores)
+#   N=3000 tests/bench/img2dataset.sh
+#
+# The corpus: the real photographs of tests/fixtures/clip-golden/images (scikit-image's sample photos),
+# re-encoded at a LAION-like size mix (longest side mostly 200–1,500 px, about 1 in 10 up to 4,000; 80 % JPEG,
+# 10 % PNG, 10 % WebP), served by a threaded Python server on 127.0.0.1. img2dataset comes from PyPI in its own
+# venv (under $BENCH_DIR), and also builds the corpus (Pillow comes with it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+N=${N:-1000}
+PROCESSES=${PROCESSES:-2}
+THREADS=${THREADS:-32}
+PER_SHARD=${PER_SHARD:-250}
+I2D_VERSION=${I2D_VERSION:-1.47.0}
+BENCH_DIR=${BENCH_DIR:-$HOME/.cache/dsmake/bench-img2dataset}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
+mkdir -p "$BENCH_DIR"
+
+if ! "$BENCH_DIR/venv/bin/img2dataset" --help >/dev/null 2>&1; then
+  echo "== installing img2dataset $I2D_VERSION in $BENCH_DIR/venv"
+  python3 -m venv "$BENCH_DIR/venv"
+  "$BENCH_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "img2dataset==$I2D_VERSION" pillow
+fi
+PY="$BENCH_DIR/venv/bin/python"
+
+echo "== building dsmake (release)"
+cargo build --release --quiet
+DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
+
+WORK=$(mktemp -d)
+trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+echo "== corpus: $N images"
+"$PY" - "$ROOT/tests/fixtures/clip-golden/images" "$WORK/www" "$N" <<'EOF'
+import os, random, sys
+from PIL import Image
+src, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+os.makedirs(out, exist_ok=True)
+photos = [Image.open(os.path.join(src, f)).convert("RGB") for f in sorted(os.listdir(src))]
+rng = random.Random(42)
+cache = {}
+for i in range(n):
+    side = rng.randint(1500, 4000) if rng.random() < 0.1 else rng.randint(200, 1500)
+    fmt = rng.choices(["jpg", "png", "webp"], [8, 1, 1])[0]
+    p = i % len(photos)
+    key = (p, side // 50, fmt)
+    name = f"{i:06d}.{fmt}"
+    if key not in cache:
+        img = photos[p]
+        scale = side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
+        path = os.path.join(out, name)
+        img.save(path, {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt], **({"quality": 90} if fmt != "png" else {}))
+        cache[key] = name
+    else:
+        os.link(os.path.join(out, cache[key]), os.path.join(out, name))
+EOF
+du -sh "$WORK/www" | sed 's/^/   corpus size: /'
+
+PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$PY" - "$WORK/www" "$PORT" <<'EOF' &
+import functools, http.server, sys
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+handler = functools.partial(Quiet, directory=sys.argv[1])
+http.server.ThreadingHTTPServer.request_queue_size = 1024
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), handler).serve_forever()
+EOF
+SERVER=$!
+"$PY" - "$WORK" "$PORT" <<'EOF'
+import os, sys, time, urllib.request
+import pyarrow as pa, pyarrow.parquet as pq
+work, port = sys.argv[1], sys.argv[2]
+names = sorted(os.listdir(os.path.join(work, "www")))
+urls = [f"http://127.0.0.1:{port}/{n}" for n in names]
+pq.write_table(pa.table({"url": urls, "caption": [f"photo {i}" for i in range(len(urls))]}), os.path.join(work, "urls.parquet"))
+for _ in range(100):
+    try:
+        urllib.request.urlopen(urls[0], timeout=1).read(); break
+    except Exception:
+        time.sleep(0.1)
+EOF
+
+peak_rss() { # kB, from GNU time's report
+  grep "Maximum resident set size" "$1" | awk '{print $NF}'
+}
+
+echo "== img2dataset $I2D_VERSION ($PROCESSES processes × $THREADS threads)"
+START=$(date +%s.%N)
+/usr/bin/time -v "$BENCH_DIR/venv/bin/img2dataset" --url_list "$WORK/urls.parquet" --input_format parquet \
+  --url_col url --caption_col caption --output_format webdataset --output_folder "$WORK/i2d" \
+  --image_size 256 --resize_mode border --encode_quality 95 --processes_count "$PROCESSES" \
+  --thread_count "$THREADS" --number_sample_per_shard "$PER_SHARD" --disallowed_header_directives '[]' \
+  --timeout 30 --retries 0 --enable_wandb False >"$WORK/i2d.log" 2>"$WORK/i2d.time" || { tail -20 "$WORK/i2d.log" "$WORK/i2d.time"; exit 1; }
+I2D_S=$(echo "$(date +%s.%N) - $START" | bc)
+I2D_OK=$(cat "$WORK"/i2d/*_stats.json | "$PY" -c 'import sys,json,re; print(sum(json.loads(m)["successes"] for m in re.findall(r"\{.*?\n\}", sys.stdin.read(), re.S)))')
+# img2dataset's processes are children of its main process: GNU time reports the largest one.
+I2D_RSS=$(peak_rss "$WORK/i2d.time")
+
+echo "== dsmake (img2dataset kind, $PROCESSES shards at once × concurrency $THREADS)"
+mkdir -p "$WORK/ds"
+cat >"$WORK/ds/bench.toml" <<EOF
+[steps.urls]
+kind = "files"
+paths = "../urls.parquet"
+
+[steps.images]
+kind = "img2dataset"
+from = "urls"
+caption_col = "caption"
+image_size = 256
+resize_mode = "border"
+encode_quality = 95
+number_sample_per_shard = $PER_SHARD
+concurrency = $THREADS
+disallowed_header_directives = []
+timeout = 30
+allow_hosts = ["127.0.0.1"]
+EOF
+START=$(date +%s.%N)
+DSMAKE_CACHE_DIR="$WORK/ds/cache" /usr/bin/time -v "$DSMAKE" build "$WORK/ds/bench.toml" --store "$WORK/ds/store" \
+  --net-jobs "$PROCESSES" -j "$PROCESSES" >"$WORK/ds.log" 2>"$WORK/ds.time" || { tail -20 "$WORK/ds.log" "$WORK/ds.time"; exit 1; }
+DS_S=$(echo "$(date +%s.%N) - $START" | bc)
+DS_OK=$(cat "$WORK"/ds/store/bench/images/*_stats.json | "$PY" -c 'import sys,json,re; print(sum(json.loads(m)["successes"] for m in re.findall(r"\{.*?\n\}", sys.stdin.read(), re.S)))')
+DS_RSS=$(peak_rss "$WORK/ds.time")
+
+"$PY" - "$N" "$I2D_S" "$I2D_OK" "$I2D_RSS" "$DS_S" "$DS_OK" "$DS_RSS" "$(nproc)" <<'EOF'
+import sys
+n, i_s, i_ok, i_rss, d_s, d_ok, d_rss, cores = sys.argv[1:]
+n, i_s, i_ok, i_rss, d_s, d_ok, d_rss = int(n), float(i_s), int(i_ok), int(i_rss), float(d_s), int(d_ok), int(d_rss)
+print(f"\n{n} images, {cores} cores")
+print(f"  img2dataset  {i_ok:6d} ok  {i_s:7.1f} s  {i_ok / i_s:8.1f} images/s  peak RSS {i_rss / 1024:7.0f} MB")
+print(f"  dsmake       {d_ok:6d} ok  {d_s:7.1f} s  {d_ok / d_s:8.1f} images/s  peak RSS {d_rss / 1024:7.0f} MB")
+print(f"  ratio        {(d_ok / d_s) / (i_ok / i_s):.2f}x images/s")
+EOF
