@@ -131,7 +131,7 @@ run = "wc -l {input} > {output}"
         args: &[],
         message: "step `counts` has no `kind`",
         at: Some((5, 1, "[steps.counts]")),
-        help: Some("set `kind` to one of `files`, `command`"),
+        help: Some("set `kind` to one of {KINDS}"),
     },
     Case {
         name: "unknown_kind",
@@ -469,7 +469,9 @@ fn problems(case: &Case, file: &Path, run: &Run) -> Vec<String> {
     let helps: Vec<&str> = lines.iter().map(|l| l.trim_start()).filter(|l| l.starts_with("= help:")).collect();
     match case.help {
         Some(help) => {
-            let expected = format!("= help: {help}");
+            // {KINDS} stands for every built-in kind, which grows as kinds are added.
+            let kinds = dsmake::kinds::names().iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            let expected = format!("= help: {}", help.replace("{KINDS}", &kinds));
             if helps != [expected.as_str()] {
                 problems.push(format!("help lines {helps:?}, expected [{expected:?}]"));
             }

@@ -55,7 +55,7 @@ pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<i32> {
     }
     stdout.flush()?;
     let pending = plan.to_run().next().is_some() || plan.has_unknown();
-    crate::exec::dispose(plan);
+    crate::exec::dispose((plan, workspace));
     Ok(if args.check && pending { EXIT_TARGETS_FAILED } else { EXIT_OK })
 }
 
@@ -79,6 +79,7 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<i32> {
         &workspace.plan_options,
         &options,
     )?;
+    crate::exec::dispose(workspace);
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         Format::Human if !out.quiet || !summary.failed.is_empty() => {

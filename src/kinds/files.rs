@@ -61,8 +61,8 @@ impl super::Kind for Files {
             return Err(SettingError::new("paths", "`paths` is empty").help("name at least one file or glob"));
         }
         for pattern in list {
-            if let Err(e) = glob::Pattern::new(pattern) {
-                return Err(SettingError::new("paths", format!("invalid glob `{pattern}`: {}", e.msg)));
+            if let Err(e) = globset::Glob::new(pattern) {
+                return Err(SettingError::new("paths", format!("invalid glob `{pattern}`: {}", e.kind())));
             }
         }
         Ok(())
@@ -75,9 +75,7 @@ impl super::Kind for Files {
             let full = base_dir.join(pattern);
             let base = literal_base(&full);
             let mut matched = 0;
-            let walk = glob::glob(&full.to_string_lossy()).with_context(|| format!("invalid glob `{pattern}`"))?;
-            for entry in walk {
-                let path = entry.with_context(|| format!("cannot read a match of `{pattern}`"))?;
+            for path in matches(&full, &base).with_context(|| format!("cannot search `{pattern}`"))? {
                 matched += 1;
                 let id = path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned();
                 let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
@@ -117,6 +115,31 @@ impl super::Kind for Files {
     fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
         bail!("{} is a source file: `files` targets are never built", cx.job.target)
     }
+}
+
+/// Files under `base` that the pattern `full` matches. A walk of the folder (entry types come with the
+/// directory entries: no stat per file) with ripgrep's glob matcher; `*` stays within one folder, `**`
+/// crosses folders.
+fn matches(full: &Path, base: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let relative = full.strip_prefix(base).unwrap_or(full);
+    let pattern = relative.to_string_lossy();
+    let matcher = globset::GlobBuilder::new(&pattern).literal_separator(true).build()?.compile_matcher();
+    let depth = if pattern.contains("**") { usize::MAX } else { relative.components().count() };
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(base).min_depth(1).max_depth(depth).follow_links(true) {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        if entry.path().strip_prefix(base).is_ok_and(|rel| matcher.is_match(rel)) {
+            out.push(entry.into_path());
+        }
+    }
+    Ok(out)
 }
 
 fn shown_dir(dir: &Path) -> String {

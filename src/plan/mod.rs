@@ -162,12 +162,14 @@ pub fn make(
     let hashed_before = stat_cache.hashed_files.load(Ordering::Relaxed);
     let bytes_before = stat_cache.hashed_bytes.load(Ordering::Relaxed);
 
+    let mut timings = Timings::new();
     // One listing per built step, all steps at once.
     let states: Vec<Option<StepState>> = pipeline
         .steps
         .par_iter()
         .map(|step| (!step.kind.is_source()).then(|| StepState::load(store, &step.dir)).transpose())
         .collect::<anyhow::Result<_>>()?;
+    timings.lap("listings and indexes");
 
     let mut plan = Plan {
         pipeline: pipeline.name.clone(),
@@ -196,7 +198,9 @@ pub fn make(
                         .collect(),
                     stat_cache,
                 };
-                step.kind.shards(&cx).with_context(|| format!("step `{}`", step.name))?
+                let shards = step.kind.shards(&cx).with_context(|| format!("step `{}`", step.name))?;
+                timings.lap(&format!("shards of {}", step.name));
+                shards
             }
         };
         let specs = match shards {
@@ -255,13 +259,18 @@ pub fn make(
                 .clone()
                 .map(|t| InputShard {
                     id: plan.targets[t].shard.clone(),
-                    rows: if plan.targets[t].action == Action::Fresh { plan.record(t).and_then(|r| r.rows) } else { None },
+                    rows: if plan.targets[t].action == Action::Fresh {
+                        plan.record(t).and_then(|r| r.rows)
+                    } else {
+                        None
+                    },
                 })
                 .collect(),
         );
         plan.steps.push(step_plan(step, range, None));
     }
 
+    timings.lap("keys and freshness");
     explain_stale(&mut plan, pipeline, store, &stale_to_explain);
     mark_blocked(&mut plan);
     select(&mut plan, options)?;
@@ -277,6 +286,23 @@ pub fn make(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok(plan)
+}
+
+/// Phase timings on stderr with `DSMAKE_TIMINGS=1`: where a slow plan spends its time.
+struct Timings {
+    last: Option<Instant>,
+}
+
+impl Timings {
+    fn new() -> Timings {
+        Timings { last: std::env::var_os("DSMAKE_TIMINGS").map(|_| Instant::now()) }
+    }
+
+    fn lap(&mut self, phase: &str) {
+        if let Some(last) = self.last.replace(Instant::now()) {
+            eprintln!("timing: {phase}: {:.3}s", last.elapsed().as_secs_f64());
+        }
+    }
 }
 
 fn step_plan(step: &crate::pipeline::Step, targets: Range<usize>, unknown: Option<String>) -> StepPlan {

@@ -5,7 +5,6 @@
 
 use anyhow::Context;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,13 +15,57 @@ use std::time::{Duration, SystemTime};
 /// A file whose mtime is this close to the moment it was hashed is hashed again next time.
 const RACY_WINDOW: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     size: u64,
     mtime_ns: i128,
     ctime_ns: i128,
     ino: u64,
-    blake3: String,
+    blake3: [u8; 32],
+}
+
+/// The cache file: this magic, then per entry the path's length (u32) and bytes, size, mtime and ctime in
+/// nanoseconds, inode and the 32-byte digest, little-endian. Binary, because a cache of 10⁵ files is read
+/// at every plan.
+const MAGIC: &[u8; 8] = b"DSMKSC01";
+
+fn decode(bytes: &[u8]) -> Option<HashMap<PathBuf, Entry>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut rest = bytes.strip_prefix(MAGIC)?;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        rest = tail;
+        Some(head)
+    };
+    let mut entries = HashMap::new();
+    while let Some(len) = take(4) {
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(take(len)?));
+        let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
+        let ctime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
+        let ino = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let blake3 = take(32)?.try_into().ok()?;
+        entries.insert(path, Entry { size, mtime_ns, ctime_ns, ino, blake3 });
+    }
+    Some(entries)
+}
+
+fn encode(entries: &HashMap<PathBuf, Entry>) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::with_capacity(MAGIC.len() + entries.len() * 128);
+    out.extend_from_slice(MAGIC);
+    for (path, e) in entries {
+        let path = path.as_os_str().as_bytes();
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path);
+        out.extend_from_slice(&e.size.to_le_bytes());
+        out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&e.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&e.ino.to_le_bytes());
+        out.extend_from_slice(&e.blake3);
+    }
+    out
 }
 
 #[derive(Debug, Default)]
@@ -43,8 +86,7 @@ pub struct Identity {
 impl StatCache {
     /// Opens the cache kept in `file`; a missing or unreadable cache starts empty.
     pub fn open(file: PathBuf) -> Self {
-        let entries =
-            std::fs::read(&file).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        let entries = std::fs::read(&file).ok().and_then(|bytes| decode(&bytes)).unwrap_or_default();
         StatCache { file: Some(file), entries: Mutex::new(entries), ..Default::default() }
     }
 
@@ -72,16 +114,17 @@ impl StatCache {
             && hit.ctime_ns == ctime_ns
             && hit.ino == ino
         {
-            return Ok(Some(Identity { size, blake3: hit.blake3.clone() }));
+            return Ok(Some(Identity { size, blake3: blake3::Hash::from_bytes(hit.blake3).to_hex().to_string() }));
         }
         let started = SystemTime::now();
-        let blake3 = hash_file(path)?;
+        let digest = hash(path)?;
+        let blake3 = digest.to_hex().to_string();
         self.hashed_files.fetch_add(1, Ordering::Relaxed);
         self.hashed_bytes.fetch_add(size, Ordering::Relaxed);
         let modified = meta.modified().unwrap_or(started);
         let settled = started.duration_since(modified).is_ok_and(|age| age > RACY_WINDOW);
         if settled {
-            let entry = Entry { size, mtime_ns, ctime_ns, ino, blake3: blake3.clone() };
+            let entry = Entry { size, mtime_ns, ctime_ns, ino, blake3: *digest.as_bytes() };
             self.lock().insert(path.to_path_buf(), entry);
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -96,7 +139,7 @@ impl StatCache {
         if !self.dirty.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(&*self.lock())?;
+        let bytes = encode(&self.lock());
         crate::store::local::write_atomically(file, &bytes)
             .with_context(|| format!("cannot write the stat cache {}", file.display()))
     }
@@ -107,10 +150,14 @@ impl StatCache {
 }
 
 pub fn hash_file(path: &Path) -> anyhow::Result<String> {
+    Ok(hash(path)?.to_hex().to_string())
+}
+
+fn hash(path: &Path) -> anyhow::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
     let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     hasher.update_reader(file).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hasher.finalize().to_hex().to_string())
+    Ok(hasher.finalize())
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct OutputFile {
     /// Relative to the step's folder.
     pub name: String,
     pub size: u64,
+    /// Empty in a step index, which keeps only what freshness needs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
 }
 

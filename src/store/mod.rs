@@ -1,5 +1,6 @@
 //! Where outputs live. One trait; a local folder today, S3 behind the same trait.
 
+mod index_codec;
 pub mod local;
 pub mod manifest;
 pub mod s3;

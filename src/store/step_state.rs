@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 const INDEX_NAME: &str = "index.dsmake";
-const INDEX_FORMAT: u32 = 1;
 
 /// What one manifest says, as far as freshness and status need it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,15 +23,20 @@ pub struct Record {
     pub failures: Option<u64>,
     pub started_at: String,
     pub duration_s: f64,
-    manifest_version: String,
-    manifest_size: u64,
+    pub(super) manifest_version: String,
+    pub(super) manifest_size: u64,
 }
 
 impl Record {
     pub fn new(manifest: &Manifest, meta: &ObjectMeta) -> Self {
         Record {
             key: manifest.key.clone(),
-            outputs: manifest.outputs.clone(),
+            // Freshness needs names and sizes; digests stay in the manifest, keeping the index small.
+            outputs: manifest
+                .outputs
+                .iter()
+                .map(|o| OutputFile { name: o.name.clone(), size: o.size, blake3: String::new() })
+                .collect(),
             rows: manifest.rows,
             failures: manifest.failures,
             started_at: manifest.started_at.clone(),
@@ -45,12 +49,6 @@ impl Record {
     pub fn bytes(&self) -> u64 {
         self.outputs.iter().map(|o| o.size).sum()
     }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Index {
-    format: u32,
-    records: BTreeMap<String, Record>,
 }
 
 /// An object as a listing shows it.
@@ -77,8 +75,7 @@ impl StepState {
     pub fn load(store: &dyn Store, dir: &str) -> anyhow::Result<StepState> {
         let listing = store.list(dir).with_context(|| format!("cannot list {dir} in the store"))?;
         let prefix = format!("{dir}/");
-        let files: HashMap<String, Listed> =
-            listing
+        let files: HashMap<String, Listed> = listing
             .into_iter()
             .filter(|m| m.path.starts_with(&prefix))
             .map(|mut m| {
@@ -87,13 +84,9 @@ impl StepState {
             })
             .collect();
         let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
-        let mut cached: BTreeMap<String, Record> = match store.read(&index_path) {
-            Ok(Some(bytes)) => serde_json::from_slice::<Index>(&bytes)
-                .ok()
-                .filter(|i| i.format == INDEX_FORMAT)
-                .map(|i| i.records)
-                .unwrap_or_default(),
-            _ => BTreeMap::new(),
+        let mut cached: HashMap<String, Record> = match store.read(&index_path) {
+            Ok(Some(bytes)) => super::index_codec::decode(&bytes).unwrap_or_default(),
+            _ => HashMap::new(),
         };
 
         let mut records = HashMap::new();
@@ -152,9 +145,7 @@ impl StepState {
         if !self.index_stale {
             return Ok(());
         }
-        let index =
-            Index { format: INDEX_FORMAT, records: self.records.iter().map(|(k, v)| (k.clone(), v.clone())).collect() };
-        let bytes = serde_json::to_vec(&index)?;
+        let bytes = super::index_codec::encode(&self.records);
         store.write(&format!("{}/{META_DIR}/{INDEX_NAME}", self.dir), &bytes)?;
         self.index_stale = false;
         Ok(())

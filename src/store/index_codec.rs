@@ -1,0 +1,126 @@
+//! The step index on disk: a compact binary encoding of the records it caches. A plan reads one index per
+//! step (from S3 too), so at 10⁵ targets the format's size and parse time are the plan's.
+//!
+//! Layout: magic, then per record: shard, key, output count, (name, size)…, rows and failures (flag byte +
+//! u64), started_at, duration (f64), manifest version, manifest size. Strings are a u32 length + UTF-8;
+//! integers little-endian.
+
+use super::manifest::OutputFile;
+use super::step_state::Record;
+use std::collections::HashMap;
+
+const MAGIC: &[u8; 8] = b"DSMKIX02";
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn str(&mut self, s: &str) {
+        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn u64(&mut self, n: u64) {
+        self.0.extend_from_slice(&n.to_le_bytes());
+    }
+    fn opt(&mut self, n: Option<u64>) {
+        self.0.push(n.is_some() as u8);
+        self.u64(n.unwrap_or(0));
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<usize> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
+    }
+    fn str(&mut self) -> Option<String> {
+        let len = self.u32()?;
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+    fn opt(&mut self) -> Option<Option<u64>> {
+        let flag = self.take(1)?[0];
+        let n = self.u64()?;
+        Some((flag == 1).then_some(n))
+    }
+}
+
+pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(MAGIC.len() + records.len() * 192));
+    w.0.extend_from_slice(MAGIC);
+    for (shard, r) in records {
+        w.str(shard);
+        w.str(&r.key);
+        w.0.extend_from_slice(&(r.outputs.len() as u32).to_le_bytes());
+        for output in &r.outputs {
+            w.str(&output.name);
+            w.u64(output.size);
+        }
+        w.opt(r.rows);
+        w.opt(r.failures);
+        w.str(&r.started_at);
+        w.u64(r.duration_s.to_bits());
+        w.str(&r.manifest_version);
+        w.u64(r.manifest_size);
+    }
+    w.0
+}
+
+/// `None` when the bytes are not an index of this format (an old one, or damaged): it is then rebuilt.
+pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
+    let mut r = Reader(bytes.strip_prefix(MAGIC)?);
+    let mut records = HashMap::new();
+    while !r.0.is_empty() {
+        let shard = r.str()?;
+        let key = r.str()?;
+        let count = r.u32()?;
+        let mut outputs = Vec::with_capacity(count.min(1 << 16));
+        for _ in 0..count {
+            outputs.push(OutputFile { name: r.str()?, size: r.u64()?, blake3: String::new() });
+        }
+        let record = Record {
+            key,
+            outputs,
+            rows: r.opt()?,
+            failures: r.opt()?,
+            started_at: r.str()?,
+            duration_s: f64::from_bits(r.u64()?),
+            manifest_version: r.str()?,
+            manifest_size: r.u64()?,
+        };
+        records.insert(shard, record);
+    }
+    Some(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_damage() {
+        let record = Record {
+            key: "k".repeat(64),
+            outputs: vec![OutputFile { name: "a/b.tar".into(), size: 12, blake3: String::new() }],
+            rows: Some(10_000),
+            failures: None,
+            started_at: "2026-11-27T05:00:00Z".into(),
+            duration_s: 1.5,
+            manifest_version: "\"etag\"".into(),
+            manifest_size: 873,
+        };
+        let records: HashMap<String, Record> = [("00001".to_string(), record)].into();
+        let bytes = encode(&records);
+        let back = decode(&bytes).unwrap();
+        assert_eq!(format!("{:?}", back["00001"]), format!("{:?}", records["00001"]));
+        assert!(decode(&bytes[..bytes.len() - 3]).is_none());
+        assert!(decode(b"{\"format\":1}").is_none());
+    }
+}
