@@ -206,6 +206,15 @@ fn pad_white(img: &RgbImage, size: u32) -> RgbImage {
 fn encode(img: &RgbImage, o: &ProcessOptions) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(img.as_raw().len() / 8);
     let result = match o.encode {
+        // jpeg-encoder: SIMD (AVX2) colour conversion and DCT, 4:2:0 as OpenCV writes by default; several
+        // times faster than the `image` crate's encoder. Its sizes are 16-bit.
+        Encode::Jpg if img.width() <= u32::from(u16::MAX) && img.height() <= u32::from(u16::MAX) => {
+            let (w, h) = (img.width() as u16, img.height() as u16);
+            return jpeg_encoder::Encoder::new(&mut out, o.quality.clamp(1, 100))
+                .encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+                .map(|()| out)
+                .map_err(|e| format!("image encoding error: {e}"));
+        }
         Encode::Jpg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, o.quality).encode_image(img),
         Encode::Png => {
             use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
