@@ -299,8 +299,9 @@ impl Timings {
     }
 
     fn lap(&mut self, phase: &str) {
-        if let Some(last) = self.last.replace(Instant::now()) {
+        if let Some(last) = self.last.as_mut() {
             eprintln!("timing: {phase}: {:.3}s", last.elapsed().as_secs_f64());
+            *last = Instant::now();
         }
     }
 }
