@@ -72,13 +72,23 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<i32> {
         progress: out.terminal && !out.quiet && args.format == Format::Human,
         verbose: out.verbose,
     };
-    let summary = exec::build(
-        &workspace.pipeline,
-        workspace.store.clone(),
-        &workspace.stat_cache,
-        &workspace.plan_options,
-        &options,
-    )?;
+    let summary = match super::remote::executor(&workspace, args.pipeline.profile.as_deref())? {
+        None => exec::build(
+            &workspace.pipeline,
+            workspace.store.clone(),
+            &workspace.stat_cache,
+            &workspace.plan_options,
+            &options,
+        )?,
+        Some(mut executor) => exec::remote::build(
+            &workspace.pipeline,
+            workspace.store.clone(),
+            &workspace.stat_cache,
+            &workspace.plan_options,
+            &options,
+            &mut *executor,
+        )?,
+    };
     crate::exec::dispose(workspace);
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),

@@ -1,14 +1,16 @@
-//! The command line: `dsmake build|plan|status|graph|gc|worker|kinds|completions`.
+//! The command line: `dsmake build|plan|status|graph|gc|worker|remote|kinds|completions`.
 
 mod build;
 mod gc;
 mod graph;
 mod kinds;
+mod remote;
 mod status;
 mod worker;
 mod workspace;
 
-pub(crate) use workspace::find_named_file;
+pub(crate) use build::human_bytes;
+pub(crate) use workspace::{cache_dir, find_named_file};
 
 use crate::pipeline::Diagnostic;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -67,6 +69,9 @@ enum Command {
     /// Build one target from its serialised job (what local and remote executors run).
     #[command(after_help = EXIT_CODES)]
     Worker(worker::WorkerArgs),
+    /// Remote executors: log in to Databricks, make a remote file from Terraform outputs.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Remote(remote::RemoteCommand),
     /// The step kinds this dsmake knows, with their settings.
     Kinds,
     /// Print a shell completion script.
@@ -96,6 +101,9 @@ pub struct PipelineArgs {
     /// A remote definition: remotes/NAME.toml (looked up from here upwards) or a path; gives the store.
     #[arg(long, env = "DSMAKE_REMOTE", value_name = "NAME")]
     pub remote: Option<String>,
+    /// The ~/.databrickscfg profile for a databricks remote (as the Databricks CLI's -p).
+    #[arg(short = 'p', long, env = "DATABRICKS_CONFIG_PROFILE", value_name = "PROFILE")]
+    pub profile: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,6 +138,7 @@ pub fn main() -> i32 {
         Command::Graph(args) => graph::graph(args),
         Command::Gc(args) => gc::gc(args, out),
         Command::Worker(args) => worker::worker(args),
+        Command::Remote(command) => remote::remote(command, out),
         Command::Kinds => kinds::kinds(),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dsmake", &mut std::io::stdout());

@@ -1,6 +1,9 @@
 //! `dsmake worker JOB`: build one target from its serialised job and print its manifest.
 
 use super::EXIT_OK;
+
+/// EX_TEMPFAIL: the work failed for a reason that may pass (remote drivers retry the task).
+pub const EXIT_TRANSIENT: i32 = 75;
 use crate::exec::worker;
 use crate::kinds::Cancel;
 use anyhow::Context;
@@ -24,10 +27,24 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
     } else {
         std::fs::read_to_string(&args.job).with_context(|| format!("cannot read job file {}", args.job))?
     };
-    let job: crate::exec::job::Job = serde_json::from_str(&text).context("invalid job description")?;
+    let mut job: crate::exec::job::Job = serde_json::from_str(&text).context("invalid job description")?;
     let store = crate::store::open(args.store.as_deref().unwrap_or(&job.store), &Default::default())?;
-    let outcome = worker::run_json(&text, &*store, &Cancel::default())
-        .with_context(|| format!("target {} failed", job.target))?;
+    // A remote run's job may name inputs that the same run built first: read them from their manifests.
+    let text = if job.inputs.iter().any(|i| i.pending.is_some()) {
+        crate::exec::remote::resolve_pending(&mut job, &*store)?;
+        serde_json::to_string(&job)?
+    } else {
+        text
+    };
+    let outcome = match worker::run_json(&text, &*store, &Cancel::default()) {
+        Ok(outcome) => outcome,
+        // Remote schedulers retry a task that exits with EX_TEMPFAIL (a network or store hiccup).
+        Err(e) if crate::exec::failure::is_transient(&e) => {
+            eprintln!("error: target {} failed with a transient error: {e:#}", job.target);
+            return Ok(EXIT_TRANSIENT);
+        }
+        Err(e) => return Err(e.context(format!("target {} failed", job.target))),
+    };
     println!("{}", serde_json::to_string_pretty(&outcome.manifest)?);
     Ok(EXIT_OK)
 }

@@ -17,6 +17,8 @@ pub struct Workspace {
     pub store: Arc<dyn Store>,
     pub stat_cache: StatCache,
     pub plan_options: PlanOptions,
+    /// The remote file named with `--remote`, if any: its executor runs the build.
+    pub remote: Option<Remote>,
 }
 
 impl Workspace {
@@ -34,7 +36,7 @@ impl Workspace {
         let store = store::open(&url, &s3)?;
         let stat_cache = StatCache::open(cache_dir().join("stat-cache.json"));
         let plan_options = PlanOptions { targets: args.target.clone(), force: args.force.clone() };
-        Ok(Workspace { pipeline, store, stat_cache, plan_options })
+        Ok(Workspace { pipeline, store, stat_cache, plan_options, remote })
     }
 
     pub fn plan(&self) -> anyhow::Result<crate::plan::Plan> {

@@ -36,6 +36,18 @@ pub struct JobInput {
     pub files: Vec<JobFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// An input that the same remote run builds first: `files` and `rows` are read from its manifest just
+    /// before the work starts (`exec::remote::resolve_pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingInput>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingInput {
+    /// The input step's folder in the store.
+    pub dir: String,
+    /// The key its manifest must have.
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +89,7 @@ impl Job {
                     shard: input.shard.clone(),
                     files,
                     rows: record.and_then(|r| r.rows),
+                    pending: None,
                 }
             })
             .collect();

@@ -4,6 +4,7 @@
 pub mod failure;
 pub mod job;
 mod progress;
+pub mod remote;
 pub mod worker;
 
 use crate::kinds::{Cancel, Resource};

@@ -4,7 +4,11 @@
 use crate::pipeline::Diagnostic;
 use crate::store::s3::S3Options;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+pub mod databricks;
+pub mod spark;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,6 +18,9 @@ pub struct Remote {
     pub store: StoreSection,
     #[serde(default)]
     pub executor: ExecutorSection,
+    /// Where it was read from: relative paths in it are relative to its folder.
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,9 +45,80 @@ impl StoreSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorSection {
-    /// `local` (the default) runs targets on this machine.
+    /// `local` (the default) runs targets on this machine; `spark` on a Spark cluster (`local[N]` too);
+    /// `databricks` as one Databricks job run.
     #[serde(default = "local")]
     pub kind: String,
+    /// spark: the master URL (`local[2]`, `spark://host:7077`, `yarn`).
+    pub master: Option<String>,
+    /// spark: the `spark-submit` to run (default: the one beside `python`, else on PATH).
+    pub spark_submit: Option<String>,
+    /// spark: the Python with pyspark, for the driver and the workers (PYSPARK_PYTHON).
+    pub python: Option<String>,
+    /// spark: Spark settings passed with `--conf` (`spark.task.maxFailures`, …).
+    #[serde(default)]
+    pub conf: BTreeMap<String, String>,
+    /// spark: non-secret environment for the tasks (spark.executorEnv.*).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// spark: `files` ships this dsmake with `--files`; `store` uploads it to the store and tasks fetch it.
+    pub ship_binary: Option<String>,
+    /// databricks: the workspace URL; otherwise DATABRICKS_HOST or the profile's `host`.
+    pub host: Option<String>,
+    /// databricks: the ~/.databrickscfg profile used when neither `-p` nor DATABRICKS_HOST says.
+    pub profile: Option<String>,
+    /// databricks: a dsmake binary for the clusters (`s3://…`, Linux x86_64); default: upload this one.
+    pub binary: Option<String>,
+    /// databricks: where uploaded binaries go, by content hash (default: `<store>/.dsmake/bin`).
+    pub binary_dir: Option<String>,
+    /// databricks: the cluster for steps that `steps` does not name (default `cpu`; GPU steps: `gpu`).
+    pub default_cluster: Option<String>,
+    /// databricks: seconds between `runs/get` polls (default 10).
+    pub poll_seconds: Option<f64>,
+    /// databricks: the run's timeout in seconds (0: none).
+    pub timeout_seconds: Option<u64>,
+    /// databricks: clusters by name; each task of the run gets a new cluster of its kind.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterSection>,
+    /// databricks: step name → cluster name.
+    #[serde(default)]
+    pub steps: BTreeMap<String, String>,
+}
+
+/// A Databricks job cluster (`new_cluster` of a run task), as in the Jobs API.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub spark_version: String,
+    pub node_type_id: String,
+    pub driver_node_type_id: Option<String>,
+    pub num_workers: Option<u32>,
+    pub autoscale: Option<AutoScale>,
+    /// SPOT, ON_DEMAND or SPOT_WITH_FALLBACK.
+    pub availability: Option<String>,
+    pub first_on_demand: Option<u32>,
+    pub zone_id: Option<String>,
+    pub instance_profile_arn: Option<String>,
+    /// `s3://…` init scripts, run in order on every node.
+    #[serde(default)]
+    pub init_scripts: Vec<String>,
+    /// The region of the init scripts' bucket.
+    pub init_scripts_region: Option<String>,
+    pub policy_id: Option<String>,
+    #[serde(default)]
+    pub spark_conf: BTreeMap<String, String>,
+    /// Environment of the cluster's processes; secrets as `{{secrets/scope/key}}` references only.
+    #[serde(default)]
+    pub spark_env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub custom_tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoScale {
+    pub min_workers: u32,
+    pub max_workers: u32,
 }
 
 fn local() -> String {
@@ -49,11 +127,121 @@ fn local() -> String {
 
 impl Default for ExecutorSection {
     fn default() -> Self {
-        ExecutorSection { kind: local() }
+        ExecutorSection {
+            kind: local(),
+            master: None,
+            spark_submit: None,
+            python: None,
+            conf: BTreeMap::new(),
+            env: BTreeMap::new(),
+            ship_binary: None,
+            host: None,
+            profile: None,
+            binary: None,
+            binary_dir: None,
+            default_cluster: None,
+            poll_seconds: None,
+            timeout_seconds: None,
+            clusters: BTreeMap::new(),
+            steps: BTreeMap::new(),
+        }
     }
 }
 
-const EXECUTORS: &[&str] = &["local"];
+const EXECUTORS: &[&str] = &["local", "spark", "databricks"];
+const SPARK_ONLY: &[&str] = &["master", "spark_submit", "python", "conf", "env", "ship_binary"];
+const DATABRICKS_ONLY: &[&str] = &[
+    "host",
+    "profile",
+    "binary",
+    "binary_dir",
+    "default_cluster",
+    "poll_seconds",
+    "timeout_seconds",
+    "clusters",
+    "steps",
+];
+
+impl ExecutorSection {
+    /// Names of the settings that are set (for checking them against the kind).
+    fn set_fields(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let mut mark = |name: &'static str, is: bool| {
+            if is {
+                set.push(name)
+            }
+        };
+        mark("master", self.master.is_some());
+        mark("spark_submit", self.spark_submit.is_some());
+        mark("python", self.python.is_some());
+        mark("conf", !self.conf.is_empty());
+        mark("env", !self.env.is_empty());
+        mark("ship_binary", self.ship_binary.is_some());
+        mark("host", self.host.is_some());
+        mark("profile", self.profile.is_some());
+        mark("binary", self.binary.is_some());
+        mark("binary_dir", self.binary_dir.is_some());
+        mark("default_cluster", self.default_cluster.is_some());
+        mark("poll_seconds", self.poll_seconds.is_some());
+        mark("timeout_seconds", self.timeout_seconds.is_some());
+        mark("clusters", !self.clusters.is_empty());
+        mark("steps", !self.steps.is_empty());
+        set
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let wrong: &[&str] = match self.kind.as_str() {
+            "local" => &[SPARK_ONLY, DATABRICKS_ONLY].concat(),
+            "spark" => DATABRICKS_ONLY,
+            _ => SPARK_ONLY,
+        };
+        if let Some(field) = self.set_fields().into_iter().find(|f| wrong.contains(f)) {
+            let owner = if SPARK_ONLY.contains(&field) { "spark" } else { "databricks" };
+            return Err(format!("[executor] `{field}` is a setting of the {owner} executor, not `{}`", self.kind));
+        }
+        if let Some(ship) = &self.ship_binary
+            && ship != "files"
+            && ship != "store"
+        {
+            return Err(format!("[executor] ship_binary = `{ship}`: expected `files` or `store`"));
+        }
+        if self.kind == "databricks" {
+            if self.clusters.is_empty() {
+                return Err("a databricks executor needs at least one [executor.clusters.NAME] table".into());
+            }
+            let default = self.default_cluster.as_deref().unwrap_or("cpu");
+            if !self.clusters.contains_key(default) {
+                return Err(format!(
+                    "default_cluster `{default}` is not one of the clusters ({})",
+                    self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            for (step, cluster) in &self.steps {
+                if !self.clusters.contains_key(cluster) {
+                    return Err(format!("[executor.steps] {step} = `{cluster}` names no cluster"));
+                }
+            }
+            for (name, c) in &self.clusters {
+                if c.num_workers.is_some() == c.autoscale.is_some() {
+                    return Err(format!("cluster `{name}` needs exactly one of `num_workers` and `autoscale`"));
+                }
+                if let Some(a) = &c.availability
+                    && !["SPOT", "ON_DEMAND", "SPOT_WITH_FALLBACK"].contains(&a.as_str())
+                {
+                    return Err(format!(
+                        "cluster `{name}`: availability `{a}` is not SPOT, ON_DEMAND or SPOT_WITH_FALLBACK"
+                    ));
+                }
+                if let Some(a) = &c.autoscale
+                    && a.max_workers <= a.min_workers
+                {
+                    return Err(format!("cluster `{name}`: autoscale max_workers must be above min_workers"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Remote {
     pub fn load(file: &Path) -> Result<Remote, Diagnostic> {
@@ -68,6 +256,12 @@ impl Remote {
             return Err(Diagnostic::whole_file(file, format!("unknown executor `{}`", remote.executor.kind))
                 .with_help(format!("this dsmake runs executors {}", EXECUTORS.join(", "))));
         }
+        remote.executor.check().map_err(|message| {
+            Diagnostic::whole_file(file, format!("invalid remote file: {message}"))
+                .with_help("README.md, section \"Run on Spark and Databricks\", lists the executors' settings")
+        })?;
+        let mut remote = remote;
+        remote.file = file.to_path_buf();
         Ok(remote)
     }
 }
@@ -75,4 +269,72 @@ impl Remote {
 /// A path to a file, or a name looked up as `remotes/NAME.toml` here and in each parent folder.
 pub fn find(name: &str) -> anyhow::Result<PathBuf> {
     crate::cli::find_named_file("remotes", "remote", name)
+}
+
+impl Remote {
+    /// A remote with no store or executor settings (for API calls made outside a build).
+    pub fn empty() -> Remote {
+        Remote {
+            description: String::new(),
+            store: StoreSection { url: String::new(), profile: None, endpoint: None, region: None },
+            executor: ExecutorSection::default(),
+            file: PathBuf::new(),
+        }
+    }
+
+    /// A path written in the remote file, relative to the file's folder.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() || !path.contains('/') {
+            return p.to_path_buf();
+        }
+        self.file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+
+    /// Environment that workers need to reach the store the way this file says (never credentials).
+    pub fn store_env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        if let Some(endpoint) = &self.store.endpoint {
+            env.insert("AWS_ENDPOINT_URL".to_string(), endpoint.clone());
+        }
+        if let Some(region) = &self.store.region {
+            env.insert("AWS_REGION".to_string(), region.clone());
+        }
+        env
+    }
+}
+
+/// Puts this dsmake binary where remote workers can fetch it: `<dir>/<content hash>/dsmake`, uploaded only
+/// when that object is not there yet. `dir` defaults to `<store>/.dsmake/bin`. Returns its `s3://` URI.
+pub fn upload_binary(
+    store: &dyn crate::store::Store,
+    dir: Option<&str>,
+    remote: &Remote,
+    exe: &Path,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let (target, base): (std::sync::Arc<dyn crate::store::Store>, String) = match dir {
+        Some(dir) => (crate::store::open(dir, &remote.store.s3())?, dir.trim_end_matches('/').to_string()),
+        None => (
+            crate::store::open(&format!("{}/.dsmake/bin", store.url().trim_end_matches('/')), &remote.store.s3())?,
+            format!("{}/.dsmake/bin", store.url().trim_end_matches('/')),
+        ),
+    };
+    if !base.starts_with("s3://") {
+        anyhow::bail!(
+            "remote workers fetch dsmake from S3: the store (or binary_dir) must be an s3:// URL, not `{base}`"
+        );
+    }
+    let hash = crate::plan::stat_cache::hash_file(exe)?;
+    let size = std::fs::metadata(exe)?.len();
+    let rel = format!("{}/dsmake", &hash[..32]);
+    let present = target.list(&hash[..32])?.iter().any(|m| m.path == rel && m.size == size);
+    if !present {
+        eprintln!("Uploading dsmake ({}) to {base}/{rel}", crate::cli::human_bytes(size));
+        let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
+        let copy = scratch.path().join("dsmake");
+        std::fs::copy(exe, &copy).with_context(|| format!("cannot copy {}", exe.display()))?;
+        target.publish(&copy, &rel)?;
+    }
+    Ok(format!("{base}/{rel}"))
 }

@@ -1,0 +1,288 @@
+//! The seam for remote executors. The plan is made here exactly as for a local build; the targets it says
+//! must run are written as a remote plan (waves of serialised jobs, in dependency order) and handed to an
+//! executor (Spark, Databricks), whose workers run `dsmake worker` and publish manifests to the store. Then
+//! the coordinator lists the store again: what is fresh there is what was built.
+
+use super::job::{Job, PendingInput};
+use super::progress::Progress;
+use super::{BuildOptions, FailedTarget, Summary, save_indexes, watch_signals};
+use crate::kinds::{Cancel, Resource};
+use crate::pipeline::Pipeline;
+use crate::plan::{self, Plan, PlanOptions, stat_cache::StatCache};
+use crate::store::manifest::Manifest;
+use crate::store::{Store, join, manifest_path};
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const PLAN_FORMAT: u32 = 1;
+
+/// What a remote run gets: every target to build, as waves; a wave's targets only need earlier waves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemotePlan {
+    pub plan_format: u32,
+    pub pipeline: String,
+    /// The store every job names (`s3://…` for remote runs).
+    pub store: String,
+    /// Build whatever does not depend on a failed target.
+    pub keep_going: bool,
+    /// Non-secret environment that the workers need to reach the store (endpoint, region). Credentials never
+    /// go here: workers get them from their machine (instance profile, environment).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub waves: Vec<Vec<RemoteJob>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteJob {
+    pub target: String,
+    pub step: String,
+    /// `cpu`, `net` or `gpu`: GPU jobs ask the scheduler for a GPU.
+    pub resource: String,
+    /// Targets of this plan that must be built first.
+    pub after: Vec<String>,
+    /// Which remote task runs it (Databricks: one task per cluster kind); empty for any.
+    #[serde(default)]
+    pub task: String,
+    pub job: Job,
+}
+
+impl RemotePlan {
+    pub fn jobs(&self) -> impl Iterator<Item = &RemoteJob> {
+        self.waves.iter().flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A digest of the work: the same plan gives the same digest (idempotent submissions).
+    pub fn digest(&self) -> anyhow::Result<String> {
+        Ok(blake3::hash(&serde_json::to_vec(self)?).to_hex().to_string())
+    }
+}
+
+pub fn resource_name(resource: Resource) -> &'static str {
+    match resource {
+        Resource::Cpu => "cpu",
+        Resource::Net => "net",
+        Resource::Gpu => "gpu",
+    }
+}
+
+/// The remote plan for `to_run`: each target's job, with inputs that this plan builds marked pending.
+pub fn remote_plan(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    store: &dyn Store,
+    to_run: &[usize],
+    keep_going: bool,
+) -> RemotePlan {
+    let running: HashSet<usize> = to_run.iter().copied().collect();
+    let mut level: HashMap<usize, usize> = HashMap::new();
+    fn level_of(t: usize, plan: &Plan, running: &HashSet<usize>, level: &mut HashMap<usize, usize>) -> usize {
+        if let Some(&l) = level.get(&t) {
+            return l;
+        }
+        let l = plan.targets[t]
+            .inputs
+            .iter()
+            .filter(|i| running.contains(i))
+            .map(|&i| level_of(i, plan, running, level) + 1)
+            .max()
+            .unwrap_or(0);
+        level.insert(t, l);
+        l
+    }
+    let mut waves: Vec<Vec<RemoteJob>> = Vec::new();
+    let no_built = HashMap::new();
+    for &t in to_run {
+        let l = level_of(t, plan, &running, &mut level);
+        let target = &plan.targets[t];
+        let step = &pipeline.steps[target.step];
+        let mut job = Job::for_target(pipeline, plan, store, t, &no_built);
+        for (input, &i) in job.inputs.iter_mut().zip(&target.inputs) {
+            if running.contains(&i) {
+                let dir = pipeline.steps[plan.targets[i].step].dir.clone();
+                input.files.clear();
+                input.rows = None;
+                input.pending = Some(PendingInput { dir, key: plan.targets[i].key.clone() });
+            }
+        }
+        let after =
+            target.inputs.iter().filter(|i| running.contains(i)).map(|&i| plan.targets[i].name.clone()).collect();
+        if waves.len() <= l {
+            waves.resize_with(l + 1, Vec::new);
+        }
+        waves[l].push(RemoteJob {
+            target: target.name.clone(),
+            step: step.name.clone(),
+            resource: resource_name(step.kind.resource(&step.settings)).to_string(),
+            after,
+            task: String::new(),
+            job,
+        });
+    }
+    RemotePlan {
+        plan_format: PLAN_FORMAT,
+        pipeline: pipeline.name.clone(),
+        store: store.url(),
+        keep_going,
+        env: BTreeMap::new(),
+        waves,
+    }
+}
+
+/// Fills in the inputs that the same remote run built earlier, from their manifests (on the worker).
+pub fn resolve_pending(job: &mut Job, store: &dyn Store) -> anyhow::Result<()> {
+    for input in &mut job.inputs {
+        let Some(pending) = input.pending.take() else { continue };
+        let at = manifest_path(&pending.dir, &input.shard);
+        let bytes =
+            store.read(&at)?.with_context(|| format!("input {} was not built: no manifest at {at}", input.target))?;
+        let manifest = Manifest::parse(&bytes, &at)?;
+        if manifest.key != pending.key {
+            bail!(
+                "input {} in the store has key {}, not {}: it was not built by this run",
+                input.target,
+                manifest.key,
+                pending.key
+            );
+        }
+        input.files =
+            manifest.outputs.iter().map(|o| super::job::JobFile::Store(join(&pending.dir, &o.name))).collect();
+        input.rows = manifest.rows;
+    }
+    Ok(())
+}
+
+/// What an executor says about one target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetResult {
+    pub target: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Attempts the scheduler made (Spark retries included).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub seconds: f64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// Reports results as they arrive, for progress.
+pub struct Reporter {
+    progress: Progress,
+}
+
+impl Reporter {
+    pub fn report(&self, result: &TargetResult) {
+        match &result.error {
+            None if result.ok => self.progress.done(&result.target, result.seconds),
+            error => self.progress.fail(&result.target, error.as_deref().unwrap_or("failed")),
+        }
+    }
+
+    /// A line for people (run URLs, state changes).
+    pub fn note(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
+/// A remote executor: runs a remote plan to the end (or until cancelled) and says what happened to each
+/// target it knows about. Targets it says nothing about count as not run.
+pub trait Executor {
+    /// For messages: `spark (local[2])`, `databricks (https://…)`.
+    fn describe(&self) -> String;
+    fn run(
+        &mut self,
+        plan: &RemotePlan,
+        store: &dyn Store,
+        cancel: &Cancel,
+        reporter: &Reporter,
+    ) -> anyhow::Result<Vec<TargetResult>>;
+}
+
+/// A build whose targets run on `executor`. Plans (and re-plans while shard counts become known) exactly as
+/// a local build does; the store is listed again after each remote run.
+pub fn build(
+    pipeline: &Pipeline,
+    store: Arc<dyn Store>,
+    stat_cache: &StatCache,
+    plan_options: &PlanOptions,
+    options: &BuildOptions,
+    executor: &mut dyn Executor,
+) -> anyhow::Result<Summary> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let _lock = store.lock(&pipeline.name)?;
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut newly_known: Option<HashSet<String>> = None;
+    let cancel = Cancel::default();
+    let _signals = watch_signals(&runtime, cancel.clone());
+
+    loop {
+        let mut plan = plan::make(pipeline, &*store, stat_cache, plan_options)?;
+        summary.sources_hashed += plan.stats.sources_hashed;
+        summary.fresh += plan
+            .targets
+            .iter()
+            .filter(|t| t.selected && t.action == plan::Action::Fresh)
+            .filter(|t| newly_known.as_ref().is_none_or(|steps| steps.contains(&plan.steps[t.step].name)))
+            .count();
+        newly_known = Some(plan.steps.iter().filter(|s| s.unknown.is_some()).map(|s| s.name.clone()).collect());
+        let to_run: Vec<usize> = plan.to_run().collect();
+        save_indexes(&mut plan, &*store);
+        if to_run.is_empty() {
+            super::dispose(plan);
+            break;
+        }
+        let remote = remote_plan(pipeline, &plan, &*store, &to_run, options.keep_going);
+        let progress = Progress::new(remote.len() as u64, options.progress, options.verbose);
+        let reporter = Reporter { progress: progress.clone() };
+        if !options.progress || options.verbose {
+            eprintln!("Running {} targets in {} waves on {}", remote.len(), remote.waves.len(), executor.describe());
+        }
+        let results = executor.run(&remote, &*store, &cancel, &reporter);
+        progress.finish();
+        let results = results?;
+        let known: HashSet<&str> = results.iter().map(|r| r.target.as_str()).collect();
+        let mut built = 0;
+        for r in &results {
+            if r.ok {
+                built += 1;
+                summary.built += 1;
+                summary.built_targets.push(r.target.clone());
+                summary.bytes_written += r.bytes;
+            } else {
+                summary.failed.push(FailedTarget {
+                    target: r.target.clone(),
+                    error: r.error.clone().unwrap_or_else(|| "failed".into()),
+                });
+            }
+        }
+        summary.not_run += remote.jobs().filter(|j| !known.contains(j.target.as_str())).count();
+        summary.interrupted |= cancel.is_cancelled();
+        super::dispose(plan);
+        if !summary.failed.is_empty() || summary.interrupted || built == 0 {
+            break;
+        }
+        // Only steps whose shard counts were unknown can add targets now; otherwise the build is done.
+        if newly_known.as_ref().is_none_or(|s| s.is_empty()) {
+            break;
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    if let Err(e) = stat_cache.save() {
+        eprintln!("warning: {e:#}");
+    }
+    Ok(summary)
+}
