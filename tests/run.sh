@@ -14,7 +14,10 @@ fi
 # Python readers for the compatibility tests (webdataset, pyarrow, numpy and Pillow, which webdataset decodes images with): a venv in
 # .venv (gitignored), created once and reused; the tests fail, rather than skip, without it.
 PY_REQUIREMENTS="webdataset==1.0.2 pyarrow==22.0.0 numpy==2.3.5 pillow==12.0.0"
-if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL" 2>/dev/null \
+# The remote executors' tests: pyspark (local mode, Java 17) runs remotes/spark_driver.py, boto3 fetches
+# from the S3 server as the driver does on Databricks, pyyaml loads the Jobs API spec in the mock server.
+PY_REQUIREMENTS="$PY_REQUIREMENTS pyspark==3.5.5 boto3==1.44.5 pyyaml==6.0.3"
+if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml" 2>/dev/null \
    || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS" ]; then
   echo "== creating .venv with $PY_REQUIREMENTS"
   python3 -m venv .venv
