@@ -73,7 +73,7 @@ pub struct Target {
     /// This shard's slice of its inputs (part of the key).
     pub coords: serde_json::Value,
     pub inputs: Vec<usize>,
-    pub source: Option<SourceFile>,
+    pub source: Option<Box<SourceFile>>,
     pub action: Action,
     pub reason: Option<String>,
     /// False when `--target` left it out.
@@ -247,7 +247,7 @@ pub fn make(
                 key,
                 coords: spec.coords,
                 inputs: input_targets,
-                source: spec.source,
+                source: spec.source.map(Box::new),
                 action,
                 reason,
                 selected: true,
