@@ -313,9 +313,9 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
     assert_eq!(
         columns,
         [
-            "url",
-            "caption",
             "similarity",
+            "caption",
+            "url",
             "key",
             "status",
             "error_message",
@@ -340,6 +340,12 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
         );
         assert_eq!(cells["sha256"] != "null", row.0 != "failed_to_download", "row {i}: sha256 of what was downloaded");
     }
+
+    // EXIF: the rotated JPEG's tags as exifread names them; a photo without EXIF has none.
+    let exif_of = |suffix: &str| got.iter().find(|g| g.2["url"].ends_with(suffix)).unwrap().2["exif"].clone();
+    let exif: serde_json::Value = serde_json::from_str(&exif_of("/exif").replace("\\\"", "\"")).unwrap();
+    assert!(exif.get("Image Orientation").is_some(), "{exif}");
+    assert_eq!(exif_of("/img/coffee.jpg"), "null");
 
     // The tar: successes only, KEY.jpg + KEY.json + KEY.txt, in key order of completion.
     let members = tar_members(&dir.join("urls_00000.tar"));

@@ -91,8 +91,15 @@ EOF
 peak_rss() { # kB, from GNU time's report
   grep "Maximum resident set size" "$1" | awk '{print $NF}'
 }
+cpu_s() { # user + system seconds, from GNU time's report (children included)
+  awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$1"
+}
+server_cpu() { # the image server's user + system seconds so far
+  awk '{print ($14 + $15) / 100}' "/proc/$SERVER/stat"
+}
 
 echo "== img2dataset $I2D_VERSION ($PROCESSES processes × $THREADS threads)"
+SERVER_BEFORE=$(server_cpu)
 START=$(date +%s.%N)
 /usr/bin/time -v "$BENCH_DIR/venv/bin/img2dataset" --url_list "$WORK/urls.parquet" --input_format parquet \
   --url_col url --caption_col caption --output_format webdataset --output_folder "$WORK/i2d" \
@@ -103,6 +110,8 @@ I2D_S=$(echo "$(date +%s.%N) - $START" | bc)
 I2D_OK=$(cat "$WORK"/i2d/*_stats.json | "$PY" -c 'import sys,json,re; print(sum(json.loads(m)["successes"] for m in re.findall(r"\{.*?\n\}", sys.stdin.read(), re.S)))')
 # img2dataset's processes are children of its main process: GNU time reports the largest one.
 I2D_RSS=$(peak_rss "$WORK/i2d.time")
+I2D_CPU=$(cpu_s "$WORK/i2d.time")
+I2D_SERVER=$(echo "$(server_cpu) - $SERVER_BEFORE" | bc)
 
 echo "== dsmake (img2dataset kind, $PROCESSES shards at once × concurrency $THREADS)"
 mkdir -p "$WORK/ds"
@@ -124,19 +133,25 @@ disallowed_header_directives = []
 timeout = 30
 allow_hosts = ["127.0.0.1"]
 EOF
+SERVER_BEFORE=$(server_cpu)
 START=$(date +%s.%N)
 DSMAKE_CACHE_DIR="$WORK/ds/cache" /usr/bin/time -v "$DSMAKE" build "$WORK/ds/bench.toml" --store "$WORK/ds/store" \
   --net-jobs "$PROCESSES" -j "$PROCESSES" >"$WORK/ds.log" 2>"$WORK/ds.time" || { tail -20 "$WORK/ds.log" "$WORK/ds.time"; exit 1; }
 DS_S=$(echo "$(date +%s.%N) - $START" | bc)
 DS_OK=$(cat "$WORK"/ds/store/bench/images/*_stats.json | "$PY" -c 'import sys,json,re; print(sum(json.loads(m)["successes"] for m in re.findall(r"\{.*?\n\}", sys.stdin.read(), re.S)))')
 DS_RSS=$(peak_rss "$WORK/ds.time")
+DS_CPU=$(cpu_s "$WORK/ds.time")
+DS_SERVER=$(echo "$(server_cpu) - $SERVER_BEFORE" | bc)
 
-"$PY" - "$N" "$I2D_S" "$I2D_OK" "$I2D_RSS" "$DS_S" "$DS_OK" "$DS_RSS" "$(nproc)" <<'EOF'
+"$PY" - "$N" "$I2D_S" "$I2D_OK" "$I2D_RSS" "$DS_S" "$DS_OK" "$DS_RSS" "$(nproc)" "$I2D_CPU" "$DS_CPU" "$I2D_SERVER" "$DS_SERVER" <<'EOF'
 import sys
-n, i_s, i_ok, i_rss, d_s, d_ok, d_rss, cores = sys.argv[1:]
+n, i_s, i_ok, i_rss, d_s, d_ok, d_rss, cores, i_cpu, d_cpu, i_srv, d_srv = sys.argv[1:]
 n, i_s, i_ok, i_rss, d_s, d_ok, d_rss = int(n), float(i_s), int(i_ok), int(i_rss), float(d_s), int(d_ok), int(d_rss)
-print(f"\n{n} images, {cores} cores")
-print(f"  img2dataset  {i_ok:6d} ok  {i_s:7.1f} s  {i_ok / i_s:8.1f} images/s  peak RSS {i_rss / 1024:7.0f} MB")
-print(f"  dsmake       {d_ok:6d} ok  {d_s:7.1f} s  {d_ok / d_s:8.1f} images/s  peak RSS {d_rss / 1024:7.0f} MB")
+i_cpu, d_cpu, i_srv, d_srv = float(i_cpu), float(d_cpu), float(i_srv), float(d_srv)
+print(f"\n{n} images, {cores} cores (CPU: the tool's user+system seconds; server: the image server's, same run)")
+print(f"  img2dataset  {i_ok:6d} ok  {i_s:7.1f} s  {i_ok / i_s:8.1f} images/s  peak RSS {i_rss / 1024:7.0f} MB  "
+      f"CPU {i_cpu:6.1f} s  server {i_srv:5.1f} s")
+print(f"  dsmake       {d_ok:6d} ok  {d_s:7.1f} s  {d_ok / d_s:8.1f} images/s  peak RSS {d_rss / 1024:7.0f} MB  "
+      f"CPU {d_cpu:6.1f} s  server {d_srv:5.1f} s")
 print(f"  ratio        {(d_ok / d_s) / (i_ok / i_s):.2f}x images/s")
 EOF

@@ -96,7 +96,12 @@ const SETTINGS: &[Setting] = &[
         r#"["noai", "noimageai", "noindex", "noimageindex"]"#,
         "X-Robots-Tag directives that forbid using the image",
     ),
-    Setting::default("extract_exif", SettingType::Bool, "true", "an `exif` column (null: not extracted yet)"),
+    Setting::default(
+        "extract_exif",
+        SettingType::Bool,
+        "true",
+        "an `exif` column: the image's EXIF tags as JSON text (exifread's names)",
+    ),
     Setting::default(
         "compute_hash",
         SettingType::String,
@@ -395,26 +400,39 @@ struct Outcome {
     status: &'static str,
     error: Option<String>,
     sha256: Option<String>,
+    /// The downloaded image's EXIF tags as a JSON object in text, for successes when asked.
+    exif: Option<String>,
     image: Option<process::Processed>,
 }
 
-/// A counting semaphore: CPU work runs on at most one thread per core.
+/// A counting semaphore: CPU work runs on at most one thread per core, each with a decode buffer from a
+/// pool (so buffers are reused rather than faulted in afresh for every image).
 struct Permits {
-    free: Mutex<usize>,
+    free: Mutex<Vec<Vec<u8>>>,
     cv: Condvar,
 }
 
 impl Permits {
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        {
+    fn new(n: usize) -> Permits {
+        Permits { free: Mutex::new((0..n).map(|_| Vec::new()).collect()), cv: Condvar::new() }
+    }
+
+    fn run<T>(&self, f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+        let mut buffer = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-            while *free == 0 {
+            loop {
+                if let Some(b) = free.pop() {
+                    break b;
+                }
                 free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
             }
-            *free -= 1;
+        };
+        let out = f(&mut buffer);
+        // A buffer grown for one huge image is not kept.
+        if buffer.capacity() > 64 << 20 {
+            buffer = Vec::new();
         }
-        let out = f();
-        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
         self.cv.notify_one();
         out
     }
@@ -460,7 +478,7 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
         max_pixels: s.max_pixels as u64,
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let permits = Permits { free: Mutex::new(cores), cv: Condvar::new() };
+    let permits = Permits::new(cores);
     let next = AtomicUsize::new(0);
     let threads = (s.concurrency as usize).min(rows.len()).max(1);
     let hashing = s.compute_hash == "sha256" || s.verify_hash.is_some();
@@ -539,13 +557,14 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
             columns.push((name.to_string(), ty));
         }
     };
-    add("url", ColumnType::Text);
-    if s.caption_col.is_some() {
-        add("caption", ColumnType::Text);
-    }
+    // img2dataset's reader order: the saved columns, then caption, then url.
     for c in &s.save_additional_columns {
         add(c, ColumnType::infer(rows.iter().filter_map(|r| r.get(c))));
     }
+    if s.caption_col.is_some() {
+        add("caption", ColumnType::Text);
+    }
+    add("url", ColumnType::Text);
     for c in ["key", "status", "error_message"] {
         add(c, ColumnType::Text);
     }
@@ -598,7 +617,8 @@ fn one_row(
     permits: &Permits,
     hashing: bool,
 ) -> Outcome {
-    let fail = |status, error: String| Outcome { index, status, error: Some(error), sha256: None, image: None };
+    let fail =
+        |status, error: String| Outcome { index, status, error: Some(error), sha256: None, exif: None, image: None };
     let url = match row.get(&s.url_col) {
         Some(Value::String(u)) if !u.trim().is_empty() => u.clone(),
         _ => return fail("failed_to_download", "no URL".to_string()),
@@ -614,10 +634,42 @@ fn one_row(
             return fail("failed_to_download", "hash mismatch".to_string());
         }
     }
-    match permits.run(|| process::process(&bytes, popts)) {
-        Ok(image) => Outcome { index, status: "success", error: None, sha256: sha, image: Some(image) },
-        Err(e) => Outcome { index, status: "failed_to_resize", error: Some(e), sha256: sha, image: None },
+    match permits.run(|scratch| process::process(&bytes, popts, scratch)) {
+        Ok(image) => {
+            let exif = if s.extract_exif { exif_json(&bytes) } else { None };
+            Outcome { index, status: "success", error: None, sha256: sha, exif, image: Some(image) }
+        }
+        Err(e) => Outcome { index, status: "failed_to_resize", error: Some(e), sha256: sha, exif: None, image: None },
     }
+}
+
+/// EXIF tags as img2dataset records them (exifread's `process_file(details=False)`): a JSON object in text,
+/// `"IFD Tag": "value"` with exifread's IFD names (Image, EXIF, GPS, Interoperability, Thumbnail); values are
+/// kamadak-exif's renderings, so an enumerated value may read differently from exifread's. None when the image
+/// has no EXIF.
+fn exif_json(bytes: &[u8]) -> Option<String> {
+    let exif = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)).ok()?;
+    let mut tags = Map::new();
+    for f in exif.fields() {
+        let ifd = if f.ifd_num == exif::In::THUMBNAIL {
+            "Thumbnail"
+        } else {
+            match f.tag.context() {
+                exif::Context::Tiff => "Image",
+                exif::Context::Exif => "EXIF",
+                exif::Context::Gps => "GPS",
+                exif::Context::Interop => "Interoperability",
+                _ => "Image",
+            }
+        };
+        // Maker notes and thumbnails are what details=False leaves out.
+        if f.tag == exif::Tag::MakerNote || matches!(f.value, exif::Value::Undefined(ref v, _) if v.len() > 256) {
+            continue;
+        }
+        let value = f.display_value().with_unit(&exif).to_string();
+        tags.insert(format!("{ifd} {}", f.tag), json!(value.trim()));
+    }
+    (!tags.is_empty()).then(|| Value::Object(tags).to_string())
 }
 
 /// A row's metadata, as img2dataset writes it to KEY.json and the parquet.
@@ -639,7 +691,7 @@ fn sample_meta(row: &Map<String, Value>, s: &Settings, key: &str, o: &Outcome) -
     m.insert("original_width".into(), dims.map_or(Value::Null, |p| json!(p.original_width)));
     m.insert("original_height".into(), dims.map_or(Value::Null, |p| json!(p.original_height)));
     if s.extract_exif {
-        m.insert("exif".into(), Value::Null);
+        m.insert("exif".into(), o.exif.as_ref().map_or(Value::Null, |e| json!(e)));
     }
     if s.compute_hash == "sha256" {
         m.insert("sha256".into(), o.sha256.as_ref().map_or(Value::Null, |h| json!(h)));

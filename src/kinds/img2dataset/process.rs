@@ -89,7 +89,9 @@ fn py_round(x: f64) -> u32 {
     x.round_ties_even().max(1.0) as u32
 }
 
-pub fn process(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
+/// Processes one image. `scratch` is a decode buffer reused across images (a pool per shard): fresh
+/// multi-megabyte buffers per image cost more in page faults and zeroing than the decoding itself.
+pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Vec<u8>) -> Result<Processed, String> {
     if bytes.is_empty() {
         return Err("image decoding error: empty body".to_string());
     }
@@ -104,17 +106,31 @@ pub fn process(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
         return Err(format!("image is {w}x{h} pixels, over the {}-pixel limit", o.max_pixels));
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("image decoding error: {e}"))?;
-    img.apply_orientation(orientation);
-    let mut encode_needed =
-        !(o.skip_reencode && format == o.encode.format()) || orientation != image::metadata::Orientation::NoTransforms;
-    let rgb = if img.color().has_alpha() {
-        encode_needed = true;
-        composite_on_white(&img)
-    } else {
-        img.into_rgb8()
-    };
-    let (original_width, original_height) = rgb.dimensions();
+    let upright = orientation == image::metadata::Orientation::NoTransforms;
+    let mut encode_needed = !(o.skip_reencode && format == o.encode.format()) || !upright;
+    // The common case (RGB, upright) decodes straight into the reused buffer; the rest converts.
+    let converted: Option<RgbImage>;
+    let (pixels, original_width, original_height): (&[u8], u32, u32) =
+        if decoder.color_type() == image::ColorType::Rgb8 && upright {
+            let n = decoder.total_bytes() as usize;
+            if scratch.len() < n {
+                scratch.resize(n, 0);
+            }
+            decoder.read_image(&mut scratch[..n]).map_err(|e| format!("image decoding error: {e}"))?;
+            (&scratch[..n], w, h)
+        } else {
+            let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("image decoding error: {e}"))?;
+            img.apply_orientation(orientation);
+            let rgb = if img.color().has_alpha() {
+                encode_needed = true;
+                composite_on_white(&img)
+            } else {
+                img.into_rgb8()
+            };
+            let (cw, ch) = rgb.dimensions();
+            converted = Some(rgb);
+            (converted.as_ref().map_or(&[][..], |r| r.as_raw().as_slice()), cw, ch)
+        };
     if original_width.min(original_height) < o.min_image_size {
         return Err("image too small".to_string());
     }
@@ -126,34 +142,35 @@ pub fn process(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
         return Err("aspect ratio too large".to_string());
     }
     let size = o.image_size;
-    let mut out = rgb;
-    match o.mode {
-        ResizeMode::No => {}
+    let src = (pixels, original_width, original_height);
+    let out: Option<RgbImage> = match o.mode {
+        ResizeMode::No => None,
         ResizeMode::KeepRatio | ResizeMode::CenterCrop => {
             let downscale = short > size;
             if !o.resize_only_if_bigger || downscale {
-                let scale = f64::from(size) / f64::from(short);
-                out = resize(out, scale, downscale)?;
-                if o.mode == ResizeMode::CenterCrop {
-                    out = center_crop(&out, size);
-                }
+                let resized = resize(src, f64::from(size) / f64::from(short), downscale)?;
                 encode_needed = true;
+                Some(if o.mode == ResizeMode::CenterCrop { center_crop(&resized, size) } else { resized })
+            } else {
+                None
             }
         }
         ResizeMode::KeepRatioLargest | ResizeMode::Border => {
             let downscale = long > size;
             if !o.resize_only_if_bigger || downscale {
-                let scale = f64::from(size) / f64::from(long);
-                out = resize(out, scale, downscale)?;
-                if o.mode == ResizeMode::Border {
-                    out = pad_white(&out, size);
-                }
+                let resized = resize(src, f64::from(size) / f64::from(long), downscale)?;
                 encode_needed = true;
+                Some(if o.mode == ResizeMode::Border { pad_white(&resized, size) } else { resized })
+            } else {
+                None
             }
         }
-    }
-    let (width, height) = out.dimensions();
-    let bytes = if encode_needed { encode(&out, o)? } else { bytes.to_vec() };
+    };
+    let (pixels, width, height) = match &out {
+        Some(img) => (img.as_raw().as_slice(), img.width(), img.height()),
+        None => src,
+    };
+    let bytes = if encode_needed { encode(pixels, width, height, o)? } else { bytes.to_vec() };
     Ok(Processed { bytes, width, height, original_width, original_height })
 }
 
@@ -173,19 +190,20 @@ fn composite_on_white(img: &DynamicImage) -> RgbImage {
 
 /// Scales both sides by `scale` (sizes rounded as albumentations does): area-like filtering when shrinking
 /// (OpenCV's INTER_AREA), Lanczos when growing (INTER_LANCZOS4).
-fn resize(img: RgbImage, scale: f64, downscale: bool) -> Result<RgbImage, String> {
-    let (w, h) = img.dimensions();
+fn resize((pixels, w, h): (&[u8], u32, u32), scale: f64, downscale: bool) -> Result<RgbImage, String> {
+    use fast_image_resize::PixelType;
+    use fast_image_resize::images::{Image, ImageRef};
     let (nw, nh) = (py_round(f64::from(w) * scale), py_round(f64::from(h) * scale));
     if (nw, nh) == (w, h) {
-        return Ok(img);
+        return RgbImage::from_raw(w, h, pixels.to_vec()).ok_or_else(|| "resize error: bad buffer".to_string());
     }
-    let src = DynamicImage::ImageRgb8(img);
-    let mut dst = DynamicImage::new_rgb8(nw, nh);
+    let src = ImageRef::new(w, h, pixels, PixelType::U8x3).map_err(|e| format!("resize error: {e}"))?;
+    let mut dst = Image::new(nw, nh, PixelType::U8x3);
     let filter = if downscale { FilterType::Box } else { FilterType::Lanczos3 };
     Resizer::new()
         .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)))
         .map_err(|e| format!("resize error: {e}"))?;
-    Ok(dst.into_rgb8())
+    RgbImage::from_raw(nw, nh, dst.into_vec()).ok_or_else(|| "resize error: bad buffer".to_string())
 }
 
 fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
@@ -203,19 +221,22 @@ fn pad_white(img: &RgbImage, size: u32) -> RgbImage {
     out
 }
 
-fn encode(img: &RgbImage, o: &ProcessOptions) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
+fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions) -> Result<Vec<u8>, String> {
+    use image::ImageEncoder;
+    let mut out = Vec::with_capacity(pixels.len() / 8);
+    let rgb = image::ExtendedColorType::Rgb8;
     let result = match o.encode {
         // jpeg-encoder: SIMD (AVX2) colour conversion and DCT, 4:2:0 as OpenCV writes by default; several
         // times faster than the `image` crate's encoder. Its sizes are 16-bit.
-        Encode::Jpg if img.width() <= u32::from(u16::MAX) && img.height() <= u32::from(u16::MAX) => {
-            let (w, h) = (img.width() as u16, img.height() as u16);
+        Encode::Jpg if w <= u32::from(u16::MAX) && h <= u32::from(u16::MAX) => {
             return jpeg_encoder::Encoder::new(&mut out, o.quality.clamp(1, 100))
-                .encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+                .encode(pixels, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
                 .map(|()| out)
                 .map_err(|e| format!("image encoding error: {e}"));
         }
-        Encode::Jpg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, o.quality).encode_image(img),
+        Encode::Jpg => {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, o.quality).write_image(pixels, w, h, rgb)
+        }
         Encode::Png => {
             use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
             let compression = match o.quality {
@@ -223,9 +244,9 @@ fn encode(img: &RgbImage, o: &ProcessOptions) -> Result<Vec<u8>, String> {
                 3..=6 => CompressionType::Default,
                 _ => CompressionType::Best,
             };
-            img.write_with_encoder(PngEncoder::new_with_quality(&mut out, compression, PngFilter::Adaptive))
+            PngEncoder::new_with_quality(&mut out, compression, PngFilter::Adaptive).write_image(pixels, w, h, rgb)
         }
-        Encode::Webp => img.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out)),
+        Encode::Webp => image::codecs::webp::WebPEncoder::new_lossless(&mut out).write_image(pixels, w, h, rgb),
     };
     result.map_err(|e| format!("image encoding error: {e}"))?;
     Ok(out)
@@ -250,6 +271,10 @@ mod tests {
         }
     }
 
+    fn process_(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
+        process(bytes, o, &mut Vec::new())
+    }
+
     fn png(w: u32, h: u32) -> Vec<u8> {
         let mut out = Vec::new();
         RgbImage::from_pixel(w, h, image::Rgb([10, 20, 30]))
@@ -261,19 +286,19 @@ mod tests {
     #[test]
     fn sizes_follow_img2dataset() {
         let img = png(200, 100);
-        let p = process(&img, &options(ResizeMode::Border)).unwrap();
+        let p = process_(&img, &options(ResizeMode::Border)).unwrap();
         assert_eq!((p.width, p.height, p.original_width, p.original_height), (64, 64, 200, 100));
-        let p = process(&img, &options(ResizeMode::KeepRatio)).unwrap();
+        let p = process_(&img, &options(ResizeMode::KeepRatio)).unwrap();
         assert_eq!((p.width, p.height), (128, 64));
-        let p = process(&img, &options(ResizeMode::KeepRatioLargest)).unwrap();
+        let p = process_(&img, &options(ResizeMode::KeepRatioLargest)).unwrap();
         assert_eq!((p.width, p.height), (64, 32));
-        let p = process(&img, &options(ResizeMode::CenterCrop)).unwrap();
+        let p = process_(&img, &options(ResizeMode::CenterCrop)).unwrap();
         assert_eq!((p.width, p.height), (64, 64));
-        let p = process(&img, &options(ResizeMode::No)).unwrap();
+        let p = process_(&img, &options(ResizeMode::No)).unwrap();
         assert_eq!((p.width, p.height), (200, 100));
         let mut only = options(ResizeMode::Border);
         only.resize_only_if_bigger = true;
-        let p = process(&png(50, 40), &only).unwrap();
+        let p = process_(&png(50, 40), &only).unwrap();
         assert_eq!((p.width, p.height), (50, 40));
     }
 
@@ -281,11 +306,11 @@ mod tests {
     fn checks_come_before_work() {
         let mut o = options(ResizeMode::Border);
         o.max_pixels = 100;
-        assert_eq!(process(&png(20, 20), &o).err().unwrap(), "image is 20x20 pixels, over the 100-pixel limit");
+        assert_eq!(process_(&png(20, 20), &o).err().unwrap(), "image is 20x20 pixels, over the 100-pixel limit");
         let mut o = options(ResizeMode::Border);
         o.min_image_size = 30;
-        assert_eq!(process(&png(20, 40), &o).err().unwrap(), "image too small");
-        assert_eq!(process(b"", &o).err().unwrap(), "image decoding error: empty body");
-        assert_eq!(process(b"<html></html>", &o).err().unwrap(), "image decoding error: not an image format");
+        assert_eq!(process_(&png(20, 40), &o).err().unwrap(), "image too small");
+        assert_eq!(process_(b"", &o).err().unwrap(), "image decoding error: empty body");
+        assert_eq!(process_(b"<html></html>", &o).err().unwrap(), "image decoding error: not an image format");
     }
 }
