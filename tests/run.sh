@@ -26,6 +26,6 @@ if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3
 fi
 
 # Heavy crates make clean builds slow: keep the target folder outside the clone so that CI reuses it.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake-target}"
 
 cargo test --locked --all-targets
