@@ -6,6 +6,7 @@ pub mod command;
 pub mod files;
 pub mod hf_dataset;
 pub mod img2dataset;
+pub mod knn_index;
 
 use crate::exec::job::Job;
 use crate::pipeline::settings::{Setting, SettingError};
@@ -18,8 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Every built-in kind.
-pub const ALL: &[&dyn Kind] =
-    &[&files::Files, &command::Command, &clip_embed::ClipEmbed, &hf_dataset::HfDataset, &img2dataset::Img2Dataset];
+pub const ALL: &[&dyn Kind] = &[
+    &files::Files,
+    &command::Command,
+    &clip_embed::ClipEmbed,
+    &hf_dataset::HfDataset,
+    &img2dataset::Img2Dataset,
+    &knn_index::KnnIndex,
+];
 
 pub fn lookup(name: &str) -> Option<&'static dyn Kind> {
     ALL.iter().copied().find(|k| k.name() == name)

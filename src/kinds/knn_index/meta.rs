@@ -1,0 +1,250 @@
+//! What a query result shows beside its score: `image_path` (the sample key), `caption` and `url`, one row
+//! per vector in index order (row i is the vector with key i). Read from clip-embed's
+//! `metadata/metadata_N.parquet` parts, written as one `metadata.parquet` beside the index (pyarrow and
+//! pandas read it as is), in row groups small enough that a query reads a few of them, not the file.
+
+use anyhow::{Context, bail};
+use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
+use parquet::data_type::{ByteArray, ByteArrayType};
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::record::Field;
+use parquet::schema::types::Type;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The columns kept, in file order. `image_path` is required in a part; the others may be absent.
+pub const COLUMNS: [&str; 3] = ["image_path", "caption", "url"];
+/// Rows per row group of `metadata.parquet`: a query decodes one group per result.
+pub const ROW_GROUP: usize = 16_384;
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Row {
+    pub image_path: String,
+    pub caption: Option<String>,
+    pub url: Option<String>,
+}
+
+fn cell(field: &Field) -> Option<String> {
+    match field {
+        Field::Null => None,
+        Field::Str(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A part's row count from its footer, without reading rows.
+pub fn count_rows(path: &Path) -> anyhow::Result<u64> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// Reads the kept columns of a metadata part, calling `each` per row in order.
+pub fn read_part(path: &Path, mut each: impl FnMut(Row) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let fields: Vec<_> =
+        schema.root_schema().get_fields().iter().filter(|f| COLUMNS.contains(&f.name())).cloned().collect();
+    if !fields.iter().any(|f| f.name() == "image_path") {
+        bail!("{} has no `image_path` column (clip-embed's metadata has one per row)", path.display());
+    }
+    let projection = Type::group_type_builder("schema").with_fields(fields).build()?;
+    let rows = reader.get_row_iter(Some(projection)).with_context(|| format!("cannot read {}", path.display()))?;
+    for (n, row) in rows.enumerate() {
+        let row = row.with_context(|| format!("{}: row {n}", path.display()))?;
+        let mut out = Row::default();
+        for (name, field) in row.get_column_iter() {
+            match name.as_str() {
+                "image_path" => out.image_path = cell(field).unwrap_or_default(),
+                "caption" => out.caption = cell(field),
+                "url" => out.url = cell(field),
+                _ => {}
+            }
+        }
+        each(out)?;
+    }
+    Ok(())
+}
+
+/// Streams rows into `metadata.parquet`, one row group per [`ROW_GROUP`] rows.
+pub struct MetaWriter {
+    writer: SerializedFileWriter<File>,
+    path: PathBuf,
+    pending: Vec<Row>,
+    rows: u64,
+}
+
+fn string_field(name: &str, repetition: Repetition) -> anyhow::Result<Arc<Type>> {
+    Ok(Arc::new(
+        Type::primitive_type_builder(name, Physical::BYTE_ARRAY)
+            .with_repetition(repetition)
+            .with_logical_type(Some(LogicalType::String))
+            .build()?,
+    ))
+}
+
+impl MetaWriter {
+    pub fn create(path: &Path) -> anyhow::Result<MetaWriter> {
+        let schema = Arc::new(
+            Type::group_type_builder("schema")
+                .with_fields(vec![
+                    string_field("image_path", Repetition::REQUIRED)?,
+                    string_field("caption", Repetition::OPTIONAL)?,
+                    string_field("url", Repetition::OPTIONAL)?,
+                ])
+                .build()?,
+        );
+        let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
+        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        let writer = SerializedFileWriter::new(file, schema, props)?;
+        Ok(MetaWriter { writer, path: path.to_path_buf(), pending: Vec::with_capacity(ROW_GROUP), rows: 0 })
+    }
+
+    pub fn push(&mut self, row: Row) -> anyhow::Result<()> {
+        self.pending.push(row);
+        if self.pending.len() >= ROW_GROUP {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.flush_inner().with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    fn flush_inner(&mut self) -> anyhow::Result<()> {
+        let rows = std::mem::take(&mut self.pending);
+        let mut group = self.writer.next_row_group()?;
+        let required: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.image_path.as_str())).collect();
+        let mut col = group.next_column()?.context("schema and columns disagree")?;
+        col.typed::<ByteArrayType>().write_batch(&required, None, None)?;
+        col.close()?;
+        for pick in [|r: &Row| r.caption.clone(), |r: &Row| r.url.clone()] {
+            let cells: Vec<Option<String>> = rows.iter().map(pick).collect();
+            let defs: Vec<i16> = cells.iter().map(|c| i16::from(c.is_some())).collect();
+            let data: Vec<ByteArray> = cells.iter().flatten().map(|s| ByteArray::from(s.as_str())).collect();
+            let mut col = group.next_column()?.context("schema and columns disagree")?;
+            col.typed::<ByteArrayType>().write_batch(&data, Some(&defs), None)?;
+            col.close()?;
+        }
+        group.close()?;
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows + self.pending.len() as u64
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<u64> {
+        self.flush()?;
+        let path = self.path.clone();
+        let file = self.writer.into_inner().with_context(|| format!("cannot write {}", path.display()))?;
+        file.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+        Ok(self.rows)
+    }
+}
+
+/// Reads rows by number from a `metadata.parquet`, decoding only the row groups that hold them.
+pub fn lookup(path: &Path, ids: &[u64]) -> anyhow::Result<Vec<Row>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
+    let groups: Vec<u64> =
+        reader.metadata().row_groups().iter().map(|g| g.num_rows().max(0) as u64).collect::<Vec<_>>();
+    let mut starts = Vec::with_capacity(groups.len());
+    let mut total = 0u64;
+    for n in &groups {
+        starts.push(total);
+        total += n;
+    }
+    let mut out = vec![None; ids.len()];
+    // Group the wanted rows by row group, so that each group is decoded once.
+    let mut wanted: std::collections::BTreeMap<usize, Vec<(u64, usize)>> = Default::default();
+    for (i, &id) in ids.iter().enumerate() {
+        if id >= total {
+            bail!("{}: row {id} is past its {total} rows (index and metadata disagree)", path.display());
+        }
+        let g = starts.partition_point(|&s| s <= id) - 1;
+        wanted.entry(g).or_default().push((id - starts[g], i));
+    }
+    for (g, mut rows) in wanted {
+        rows.sort_unstable();
+        let group = reader.get_row_group(g)?;
+        let mut iter = group.get_row_iter(None).with_context(|| format!("{}: row group {g}", path.display()))?;
+        let mut at = 0u64;
+        let mut last: Option<(u64, Row)> = None;
+        for (offset, slot) in rows {
+            if let Some((prev, row)) = &last
+                && *prev == offset
+            {
+                out[slot] = Some(row.clone());
+                continue;
+            }
+            let skip = (offset - at) as usize;
+            at = offset + 1;
+            let row = iter.nth(skip).with_context(|| format!("{}: row group {g} ends early", path.display()))?;
+            let row = row.with_context(|| format!("{}: row {}", path.display(), starts[g] + offset))?;
+            let mut r = Row::default();
+            for (name, field) in row.get_column_iter() {
+                match name.as_str() {
+                    "image_path" => r.image_path = cell(field).unwrap_or_default(),
+                    "caption" => r.caption = cell(field),
+                    "url" => r.url = cell(field),
+                    _ => {}
+                }
+            }
+            out[slot] = Some(r.clone());
+            last = Some((offset, r));
+        }
+    }
+    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_written_in_groups_are_found_by_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.parquet");
+        let mut w = MetaWriter::create(&path).unwrap();
+        let n = ROW_GROUP * 2 + 5;
+        for i in 0..n {
+            w.push(Row {
+                image_path: format!("k{i}"),
+                caption: (i % 3 != 0).then(|| format!("caption {i}")),
+                url: (i % 2 == 0).then(|| format!("http://h/{i}")),
+            })
+            .unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), n as u64);
+        assert_eq!(count_rows(&path).unwrap(), n as u64);
+        let ids = [(n - 1) as u64, 0, ROW_GROUP as u64 + 1, 4, 4];
+        let rows = lookup(&path, &ids).unwrap();
+        for (row, id) in rows.iter().zip(ids) {
+            assert_eq!(row.image_path, format!("k{id}"));
+            assert_eq!(row.caption.is_some(), id % 3 != 0);
+            assert_eq!(row.url, (id % 2 == 0).then(|| format!("http://h/{id}")));
+        }
+        assert!(lookup(&path, &[n as u64]).unwrap_err().to_string().contains("past its"));
+        let mut read = Vec::new();
+        read_part(&path, |r| {
+            read.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(read.len(), n);
+        assert_eq!(read[7].caption.as_deref(), Some("caption 7"));
+    }
+}
