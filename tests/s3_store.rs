@@ -189,3 +189,30 @@ fn wrong_credentials_are_named_and_nothing_is_built() {
     assert!(run.stderr.contains("HTTP 403"), "{}", run.stderr);
     assert!(run.stderr.contains("check the credentials"), "{}", run.stderr);
 }
+
+#[test]
+fn a_pipeline_moves_from_a_local_store_to_s3_and_back_without_rebuilding() {
+    let s3 = sandbox();
+    let local = s3.path("local-store").display().to_string();
+    let mut build: common::Run =
+        s3.command(&["build", "pipeline.toml", "--store", &local, "--format", "json"]).output().unwrap().into();
+    assert_eq!(build.code, 0, "{}", build.stderr);
+    assert_eq!(build.json()["built"], SHARDS);
+
+    let copy: common::Run =
+        s3.command(&["copy", "pipeline.toml", "--store", &local, "--to", &s3.store_url()]).output().unwrap().into();
+    assert_eq!(copy.code, 0, "{}", copy.stderr);
+    assert!(copy.stderr.contains(&format!("Copied {SHARDS} targets")), "{}", copy.stderr);
+    assert!(work(&s3.plan(&[])).is_empty(), "everything is fresh in the bucket");
+    assert_outputs_complete(&s3);
+    let status = s3.run(&["status", "--format", "json"]).json();
+    assert_eq!(status["steps"][1]["bytes"], SHARDS as u64 * 16 * 4096, "sizes come from the bucket");
+
+    // And back, into a second local folder.
+    let back = s3.path("back").display().to_string();
+    let copy: common::Run = s3.command(&["copy", "pipeline.toml", "--to", &back]).output().unwrap().into();
+    assert_eq!(copy.code, 0, "{}", copy.stderr);
+    build = s3.command(&["build", "pipeline.toml", "--store", &back, "--format", "json"]).output().unwrap().into();
+    assert_eq!(build.json()["built"], 0);
+    assert_eq!(build.json()["fresh"], SHARDS);
+}

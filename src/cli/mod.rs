@@ -1,6 +1,7 @@
 //! The command line: `dsmake build|plan|status|graph|gc|worker|remote|kinds|completions`.
 
 mod build;
+mod copy;
 mod gc;
 mod graph;
 mod kinds;
@@ -66,6 +67,9 @@ enum Command {
     /// List store files that no target of the current plan owns; delete them with --yes.
     #[command(after_help = EXIT_CODES)]
     Gc(gc::GcArgs),
+    /// Copy built targets to another store (local ↔ S3) without rebuilding them.
+    #[command(after_help = EXIT_CODES)]
+    Copy(copy::CopyArgs),
     /// Build one target from its serialised job (what local and remote executors run).
     #[command(after_help = EXIT_CODES)]
     Worker(worker::WorkerArgs),
@@ -137,6 +141,7 @@ pub fn main() -> i32 {
         Command::Status(args) => status::status(args, out),
         Command::Graph(args) => graph::graph(args),
         Command::Gc(args) => gc::gc(args, out),
+        Command::Copy(args) => copy::copy(args, out),
         Command::Worker(args) => worker::worker(args),
         Command::Remote(command) => remote::remote(command, out),
         Command::Kinds => kinds::kinds(),

@@ -1,0 +1,83 @@
+//! `dsmake copy PIPELINE --to STORE`: moves a pipeline's built targets between stores (local → S3, S3 →
+//! local, bucket → bucket) without rebuilding: for every target fresh in the source store and not fresh
+//! in the destination, its outputs are copied, then its manifest, last, as a build would publish them.
+
+use super::build::human_bytes;
+use super::workspace::Workspace;
+use super::{EXIT_OK, Output, PipelineArgs};
+use crate::plan::{self, Action};
+use crate::store::{self, Store, join, manifest_path};
+use anyhow::Context;
+use clap::Args;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// The destination store: a folder, file:///path or s3://bucket/prefix.
+    #[arg(long, value_name = "STORE")]
+    to: String,
+}
+
+pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<i32> {
+    let workspace = Workspace::open(&args.pipeline)?;
+    let from = &*workspace.store;
+    let to = store::open(&args.to, &store::s3::S3Options::default())?;
+    let _lock = to.lock(&workspace.pipeline.name)?;
+    let source = workspace.plan()?;
+    let destination = plan::make(&workspace.pipeline, &*to, &workspace.stat_cache, &workspace.plan_options)?;
+
+    let wanted: Vec<usize> = (0..source.targets.len())
+        .filter(|&t| source.targets[t].selected && source.targets[t].action == Action::Fresh)
+        .filter(|&t| destination.targets.get(t).is_some_and(|d| d.key == source.targets[t].key && d.action.runs()))
+        .collect();
+    let bytes = AtomicU64::new(0);
+    let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
+    wanted.par_iter().try_for_each(|&t| {
+        let target = &source.targets[t];
+        let dir = &workspace.pipeline.steps[target.step].dir;
+        let record = source.record(t).context("a fresh target has a manifest")?;
+        let manifest_at = manifest_path(dir, &target.shard);
+        to.delete(&manifest_at)?;
+        for output in &record.outputs {
+            let path = join(dir, &output.name);
+            copy_object(from, &*to, &path, scratch.path())
+                .with_context(|| format!("copying {path} of {}", target.name))?;
+            bytes.fetch_add(output.size, Ordering::Relaxed);
+        }
+        let manifest = from.read(&manifest_at)?.with_context(|| format!("{manifest_at} vanished"))?;
+        to.write_if_absent(&manifest_at, &manifest)?;
+        if out.verbose {
+            eprintln!("copied {}", target.name);
+        }
+        anyhow::Ok(())
+    })?;
+    if !out.quiet {
+        let fresh = destination.targets.iter().filter(|t| t.selected && t.action == Action::Fresh).count();
+        eprintln!(
+            "Copied {} targets ({}) to {}; {fresh} were fresh there already.",
+            wanted.len(),
+            human_bytes(bytes.load(Ordering::Relaxed)),
+            to.url()
+        );
+    }
+    crate::exec::dispose((source, destination, workspace));
+    Ok(EXIT_OK)
+}
+
+/// Copies one object through a local file (or straight from the local store's file).
+fn copy_object(from: &dyn Store, to: &dyn Store, path: &str, scratch: &std::path::Path) -> anyhow::Result<()> {
+    let temp = scratch.join(format!("{}-{}", fastrand::u64(..), path.rsplit('/').next().unwrap_or("object")));
+    match from.local_path(path) {
+        // publish() may move its input: copy the local store's file first.
+        Some(local) => {
+            std::fs::copy(&local, &temp).with_context(|| format!("cannot read {}", local.display()))?;
+        }
+        None => from.fetch(path, &temp)?,
+    }
+    let published = to.publish(&temp, path);
+    let _ = std::fs::remove_file(&temp);
+    published
+}
