@@ -226,6 +226,17 @@ impl DatabricksExecutor {
     }
 }
 
+/// The same for every attempt at one submission (a request retried after a lost answer finds the run it
+/// started), different for the next build: a run that failed is never "resubmitted" by its token.
+fn idempotency_token(plan_digest: &str) -> String {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let nonce = NONCE.get_or_init(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        format!("{}-{}", std::process::id(), now.as_nanos())
+    });
+    blake3::hash(format!("{plan_digest}/{nonce}").as_bytes()).to_hex().to_string()
+}
+
 fn terminal(life_cycle: &str) -> bool {
     matches!(life_cycle, "TERMINATED" | "SKIPPED" | "INTERNAL_ERROR")
 }
@@ -287,7 +298,7 @@ impl Executor for DatabricksExecutor {
         let mut body = json!({
             "run_name": format!("dsmake {} ({} targets)", plan.pipeline, plan.len()),
             "tasks": task_bodies,
-            "idempotency_token": digest,
+            "idempotency_token": idempotency_token(&digest),
         });
         if let Some(t) = self.remote.executor.timeout_seconds.filter(|t| *t > 0) {
             body["timeout_seconds"] = json!(t);
