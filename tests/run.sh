@@ -16,14 +16,24 @@ fi
 PY_REQUIREMENTS="webdataset==1.0.2 pyarrow==22.0.0 numpy==2.3.5 pillow==12.0.0"
 # The remote executors' tests: pyspark (local mode, Java 17) runs remotes/spark_driver.py, boto3 fetches
 # from the S3 server as the driver does on Databricks, pyyaml loads the Jobs API spec in the mock server.
-PY_REQUIREMENTS="$PY_REQUIREMENTS pyspark==3.5.5 boto3==1.44.5 pyyaml==6.0.3"
-if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml" 2>/dev/null \
+# checkov scans terraform/ (it pins boto3, hence that version).
+PY_REQUIREMENTS="$PY_REQUIREMENTS pyspark==3.5.5 boto3==1.35.49 pyyaml==6.0.4 checkov==3.2.500"
+if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov" 2>/dev/null \
    || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS" ]; then
   echo "== creating .venv with $PY_REQUIREMENTS"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check $PY_REQUIREMENTS
   echo "$PY_REQUIREMENTS" > .venv/.dsmake-requirements
 fi
+
+# Terraform (terraform/): formatting, and checkov's static scan with every suppression justified in place.
+# Providers cannot be downloaded here, so no `terraform validate` (README.md says how, where they can).
+if command -v terraform >/dev/null; then
+  echo "== terraform fmt -check"
+  terraform fmt -check -recursive terraform
+fi
+echo "== checkov (terraform/)"
+.venv/bin/checkov -d terraform --framework terraform --skip-download --compact --quiet
 
 # Heavy crates make clean builds slow: keep the target folder outside the clone so that CI reuses it.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake-target}"
