@@ -18,7 +18,10 @@ PY_REQUIREMENTS="webdataset==1.0.2 pyarrow==22.0.0 numpy==2.3.5 pillow==12.0.0"
 # from the S3 server as the driver does on Databricks, pyyaml loads the Jobs API spec in the mock server.
 # checkov scans terraform/ (it pins boto3, hence that version).
 PY_REQUIREMENTS="$PY_REQUIREMENTS pyspark==3.5.5 boto3==1.35.49 pyyaml==6.0.4 checkov==3.2.500"
-if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov" 2>/dev/null \
+# knn-index: faiss-cpu loads the exact index (knn.index) and usearch the HNSW file (tests/python/check_knn.py);
+# tests/bench/knn.sh compares with faiss's HNSW.
+PY_REQUIREMENTS="$PY_REQUIREMENTS faiss-cpu==1.15.1 usearch==2.26.6"
+if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov, faiss, usearch" 2>/dev/null \
    || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS" ]; then
   echo "== creating .venv with $PY_REQUIREMENTS"
   python3 -m venv .venv

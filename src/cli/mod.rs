@@ -6,6 +6,7 @@ mod gc;
 mod graph;
 mod kinds;
 mod remote;
+mod search;
 mod status;
 mod worker;
 mod workspace;
@@ -76,6 +77,9 @@ enum Command {
     /// Remote executors: log in to Databricks, make a remote file from Terraform outputs.
     #[command(subcommand, after_help = EXIT_CODES)]
     Remote(remote::RemoteCommand),
+    /// Search a pipeline's knn-index with a text (or --image): the top k with score, url and caption.
+    #[command(after_help = EXIT_CODES)]
+    Search(search::SearchArgs),
     /// The step kinds this dsmake knows, with their settings.
     Kinds,
     /// Print a shell completion script.
@@ -144,6 +148,7 @@ pub fn main() -> i32 {
         Command::Copy(args) => copy::copy(args, out),
         Command::Worker(args) => worker::worker(args),
         Command::Remote(command) => remote::remote(command, out),
+        Command::Search(args) => search::search(args),
         Command::Kinds => kinds::kinds(),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dsmake", &mut std::io::stdout());

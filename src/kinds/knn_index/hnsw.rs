@@ -71,7 +71,7 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { connectivity: 16, expansion_add: 128, expansion_search: 128, quantization: Quantization::F16 }
+        Params { connectivity: 16, expansion_add: 128, expansion_search: 768, quantization: Quantization::F16 }
     }
 }
 

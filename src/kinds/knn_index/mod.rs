@@ -61,8 +61,9 @@ const SETTINGS: &[Setting] = &[
     Setting::default(
         "expansion_search",
         SettingType::Integer,
-        "128",
-        "HNSW candidates per query (efSearch); `dsmake search` uses at least k",
+        "768",
+        "HNSW candidates per query (efSearch; recall@10 ≥ 0.95 even on uniformly random vectors); `dsmake search` \
+         uses at least k",
     ),
     Setting::default(
         "quantization",

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# dsmake's `knn-index` (usearch HNSW, f16) vs faiss's HNSW (faiss-cpu from PyPI: IndexHNSWFlat, and
+# IndexHNSWSQ fp16 which stores vectors as dsmake does) on the same machine, the same vectors and the same
+# graph settings (M=16, efConstruction=128, efSearch=768, inner product), in one run. Prints build seconds,
+# single-thread queries/s and recall@10 of each (recall against faiss's exact IndexFlatIP), and the ratios.
+#
+#   tests/bench/knn.sh                 # 200,000 x 768 (1e6 takes too long on 2 cores; N=1000000 runs it)
+#   N=50000 tests/bench/knn.sh
+#
+# The vectors: f16 clip-retrieval parts (img_emb/img_emb_N.npy + metadata/metadata_N.parquet) of unit vectors
+# drawn around 1,000 random centres (cosine to their centre ~0.7), as CLIP embeddings cluster; made with numpy
+# in .venv (tests/run.sh creates it with faiss-cpu, usearch, numpy and pyarrow). dsmake builds them with a
+# `files` step → `knn-index` pipeline through the release binary; its build time is the target's build time
+# (reading the parts, adding, saving), its query figures are the ones it writes to index_infos.json (100
+# queries, one at a time). Both sides use every core for building and one thread for queries.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+N=${N:-200000}
+D=${D:-768}
+PARTS=${PARTS:-4}
+PY="$ROOT/.venv/bin/python"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
+if ! "$PY" -c "import faiss, usearch, numpy, pyarrow" 2>/dev/null; then
+  echo "error: $PY cannot import faiss, usearch, numpy and pyarrow: run tests/run.sh once (it creates .venv)" >&2
+  exit 3
+fi
+
+echo "== building dsmake (release)"
+cargo build --release --quiet
+DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+echo "== vectors: $N x $D in $PARTS parts"
+"$PY" - "$WORK/emb" "$N" "$D" "$PARTS" <<'EOF'
+import os, sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+out, n, d, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(0)
+centres = rng.standard_normal((1000, d)).astype(np.float32)
+centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+os.makedirs(f"{out}/img_emb"); os.makedirs(f"{out}/metadata")
+start = 0
+for p, rows in enumerate(np.array_split(np.arange(n), parts)):
+    x = centres[rng.integers(0, 1000, len(rows))] + rng.standard_normal((len(rows), d)).astype(np.float32) / np.sqrt(d)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.save(f"{out}/img_emb/img_emb_{p:05d}.npy", x.astype(np.float16))
+    keys = [f"{i:09d}" for i in rows]
+    pq.write_table(pa.table({"image_path": keys, "caption": [f"caption {k}" for k in keys],
+                             "url": [f"http://h/{k}.jpg" for k in keys]}), f"{out}/metadata/metadata_{p:05d}.parquet")
+# Queries: 1,000 more vectors from the same distribution, not in the index.
+q = centres[rng.integers(0, 1000, 1000)] + rng.standard_normal((1000, d)).astype(np.float32) / np.sqrt(d)
+np.save(f"{out}/queries.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+EOF
+
+cat > "$WORK/knn.toml" <<'EOF'
+[steps.emb]
+kind = "files"
+paths = ["emb/img_emb/*.npy", "emb/metadata/*.parquet"]
+
+[steps.knn]
+kind = "knn-index"
+from = "emb"
+connectivity = 16
+expansion_add = 128
+expansion_search = 768
+quantization = "f16"
+exact_faiss = false
+EOF
+
+echo "== dsmake knn-index"
+(cd "$WORK" && "$DSMAKE" build knn.toml --store "$WORK/store" -q)
+INFOS="$WORK/store/knn/knn/index_infos.json"
+MANIFEST="$WORK/store/knn/knn/_dsmake/all.json"
+
+echo "== faiss (faiss-cpu $("$PY" -c 'import faiss; print(faiss.__version__)'))"
+"$PY" - "$WORK" "$INFOS" "$MANIFEST" <<'EOF'
+import glob, json, sys, time
+import faiss, numpy as np
+from usearch.index import Index
+work, infos, manifest = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+x = np.concatenate([np.load(p) for p in sorted(glob.glob(f"{work}/emb/img_emb/*.npy"))]).astype(np.float32)
+q = np.load(f"{work}/emb/queries.npy")
+n, d = x.shape
+threads = faiss.omp_get_max_threads()
+exact = faiss.IndexFlatIP(d); exact.add(x)
+_, truth = exact.search(q, 10)
+
+def recall(found):
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+
+def single_thread_qps(search):
+    faiss.omp_set_num_threads(1)
+    t = time.perf_counter()
+    for row in q:
+        search(row[None, :])
+    faiss.omp_set_num_threads(threads)
+    return len(q) / (time.perf_counter() - t)
+
+rows = []
+for name, make in [("faiss IndexHNSWFlat", lambda: faiss.IndexHNSWFlat(d, 16, faiss.METRIC_INNER_PRODUCT)),
+                   ("faiss IndexHNSWSQ fp16", lambda: faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, 16,
+                                                                        faiss.METRIC_INNER_PRODUCT))]:
+    index = make()
+    index.hnsw.efConstruction = 128
+    t = time.perf_counter()
+    index.train(x); index.add(x)
+    build = time.perf_counter() - t
+    index.hnsw.efSearch = 768
+    qps = single_thread_qps(lambda r: index.search(r, 10))
+    rows.append((name, build, qps, recall(index.search(q, 10)[1])))
+
+# dsmake's own file, searched from Python with the same queries for recall on the same footing.
+usearch_index = Index.restore(f"{work}/store/knn/knn/image.usearch", view=True)
+usearch_index.expansion_search = 768
+found = usearch_index.search(q, 10, threads=threads).keys
+ds = ("dsmake knn-index (usearch f16)", manifest["stats"]["build_seconds"], 1000 / infos["avg_search_speed_ms"],
+      recall(found))
+print(f"\n{n} x {d} vectors, M=16 efConstruction=128 efSearch=768, build on {threads} threads, queries on 1 thread")
+print(f"{'':34} {'build s':>9} {'queries/s':>10} {'recall@10':>10}")
+for name, build, qps, rec in [ds] + rows:
+    print(f"{name:34} {build:9.1f} {qps:10.0f} {rec:10.3f}")
+for name, build, qps, _ in rows:
+    print(f"ratio vs {name}: build {build / ds[1]:.2f}x faster, queries {ds[2] / qps:.2f}x")
+EOF
