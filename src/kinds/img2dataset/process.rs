@@ -107,7 +107,7 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Vec<u8>) -> Resul
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let upright = orientation == image::metadata::Orientation::NoTransforms;
-    let mut encode_needed = !(o.skip_reencode && format == o.encode.format()) || !upright;
+    let mut encode_needed = !(o.skip_reencode && format == o.encode.format() && upright);
     // The common case (RGB, upright) decodes straight into the reused buffer; the rest converts.
     let converted: Option<RgbImage>;
     let (pixels, original_width, original_height): (&[u8], u32, u32) =
