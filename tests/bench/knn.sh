@@ -123,5 +123,5 @@ print(f"{'':34} {'build s':>9} {'queries/s':>10} {'recall@10':>10}")
 for name, build, qps, rec in [ds] + rows:
     print(f"{name:34} {build:9.1f} {qps:10.0f} {rec:10.3f}")
 for name, build, qps, _ in rows:
-    print(f"ratio vs {name}: build {build / ds[1]:.2f}x faster, queries {ds[2] / qps:.2f}x")
+    print(f"dsmake / {name} (above 1: dsmake faster): build {build / ds[1]:.2f}x, queries {ds[2] / qps:.2f}x")
 EOF
