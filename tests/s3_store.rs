@@ -132,7 +132,16 @@ fn two_concurrent_builds_build_every_target_once() {
             .spawn()
             .unwrap()
     };
-    let (a, b) = (spawn(), spawn());
+    // The second build starts once the first holds the build lease. (s3s-fs checks `If-None-Match` and then
+    // writes, so two conditional puts in the same instant can both succeed there; S3 itself is atomic.)
+    let a = spawn();
+    let lease = s.store().join(".dsmake/leases/pipeline.json");
+    let started = Instant::now();
+    while !lease.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the first build took no lease");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let b = spawn();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(
         a.status.success() && b.status.success(),
