@@ -19,6 +19,7 @@ SIZE_MB=${SIZE_MB:-1024}
 REPEAT=${REPEAT:-3}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORK=$(mktemp -d)
+S3_PID=""
 trap 'kill $S3_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 echo "== building dsmake (release)"
