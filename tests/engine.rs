@@ -1,18 +1,7 @@
 //! The engine against the real binary on the local store: incremental builds, reasons, failures, gc, kills.
 
+#[macro_use]
 mod common;
-
-/// The incremental behaviour must not depend on the store: each of these runs on a local folder and on S3.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
-        }
-        mod s3 {
-            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
-        }
-    };
-}
 
 on_every_store!(
     first_build_builds_everything_and_the_second_is_a_noop_that_reads_no_source,

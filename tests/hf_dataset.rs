@@ -1,6 +1,7 @@
 //! `hf-dataset` against a Hub served on 127.0.0.1: pinning, keys that follow file content, resume after a
 //! cut connection, sha256 mismatch, tokens, error messages, offline mode.
 
+#[macro_use]
 mod common;
 #[path = "common/http.rs"]
 mod http;
@@ -10,18 +11,6 @@ mod hub_mock;
 mod parquet_rows;
 
 use common::{Backend, Sandbox, built, work};
-
-/// The Hub side must not depend on the store: these run on a local folder and on S3.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod local {
-            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
-        }
-        mod s3 {
-            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
-        }
-    };
-}
 
 on_every_store!(
     pins_the_commit_downloads_verified_files_and_records_rows,

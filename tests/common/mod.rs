@@ -2,6 +2,20 @@
 //! folder, or a bucket in a real S3-compatible server) and a cache.
 #![allow(dead_code)]
 
+/// Runs store-independent tests twice, on a local folder and on S3: `on_every_store!(test_fn, …)` where each
+/// `test_fn(backend: Backend)`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(#[test] fn $name() { super::$name(super::Backend::Local) })*
+        }
+        mod s3 {
+            $(#[test] fn $name() { super::$name(super::Backend::S3) })*
+        }
+    };
+}
+
 pub mod proxy;
 pub mod s3;
 
