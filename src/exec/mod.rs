@@ -70,21 +70,14 @@ pub fn build(
     worker::clean_abandoned_scratch(&*store);
     let started = Instant::now();
     let mut summary = Summary::default();
-    // Steps whose targets the previous round could not know: their fresh targets count once they are known.
-    let mut newly_known: Option<HashSet<String>> = None;
+    let mut fresh = FreshCount::default();
     let cancel = Cancel::default();
     let _signals = watch_signals(&runtime, cancel.clone());
 
     loop {
         let mut plan = plan::make(pipeline, &*store, stat_cache, plan_options)?;
         summary.sources_hashed += plan.stats.sources_hashed;
-        summary.fresh += plan
-            .targets
-            .iter()
-            .filter(|t| t.selected && t.action == plan::Action::Fresh)
-            .filter(|t| newly_known.as_ref().is_none_or(|steps| steps.contains(&plan.steps[t.step].name)))
-            .count();
-        newly_known = Some(plan.steps.iter().filter(|s| s.unknown.is_some()).map(|s| s.name.clone()).collect());
+        summary.fresh += fresh.count(&plan);
         let to_run: Vec<usize> = plan.to_run().collect();
         if to_run.is_empty() {
             // Even with nothing to build, manifests this plan had to read go into the index for next time.
@@ -264,6 +257,31 @@ async fn run_target(
             }
             other => return (index, other),
         }
+    }
+}
+
+/// Counts fresh targets across the rounds of a build, each once: a round's plan also shows as fresh what the
+/// previous rounds built, so after the first round only steps that were unknown until then are counted.
+#[derive(Default)]
+pub struct FreshCount {
+    newly_known: Option<HashSet<String>>,
+}
+
+impl FreshCount {
+    pub fn count(&mut self, plan: &Plan) -> usize {
+        let known = self
+            .newly_known
+            .replace(plan.steps.iter().filter(|s| s.unknown.is_some()).map(|s| s.name.clone()).collect());
+        plan.targets
+            .iter()
+            .filter(|t| t.selected && t.action == plan::Action::Fresh)
+            .filter(|t| known.as_ref().is_none_or(|steps| steps.contains(&plan.steps[t.step].name)))
+            .count()
+    }
+
+    /// Whether the last plan counted had steps whose targets were not known yet.
+    pub fn waiting(&self) -> bool {
+        self.newly_known.as_ref().is_some_and(|steps| !steps.is_empty())
     }
 }
 

@@ -225,20 +225,14 @@ pub fn build(
     let _lock = store.lock(&pipeline.name)?;
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut newly_known: Option<HashSet<String>> = None;
+    let mut fresh = super::FreshCount::default();
     let cancel = Cancel::default();
     let _signals = watch_signals(&runtime, cancel.clone());
 
     loop {
         let mut plan = plan::make(pipeline, &*store, stat_cache, plan_options)?;
         summary.sources_hashed += plan.stats.sources_hashed;
-        summary.fresh += plan
-            .targets
-            .iter()
-            .filter(|t| t.selected && t.action == plan::Action::Fresh)
-            .filter(|t| newly_known.as_ref().is_none_or(|steps| steps.contains(&plan.steps[t.step].name)))
-            .count();
-        newly_known = Some(plan.steps.iter().filter(|s| s.unknown.is_some()).map(|s| s.name.clone()).collect());
+        summary.fresh += fresh.count(&plan);
         let to_run: Vec<usize> = plan.to_run().collect();
         save_indexes(&mut plan, &*store);
         if to_run.is_empty() {
@@ -276,7 +270,7 @@ pub fn build(
             break;
         }
         // Only steps whose shard counts were unknown can add targets now; otherwise the build is done.
-        if newly_known.as_ref().is_none_or(|s| s.is_empty()) {
+        if !fresh.waiting() {
             break;
         }
     }
