@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod clip;
 pub mod exec;
+pub mod formats;
 pub mod kinds;
 pub mod pipeline;
 pub mod plan;

@@ -3,6 +3,7 @@
 //! from the values (bool, int64, double, string; anything mixed or nested is written as JSON text), as
 //! pandas infers them for clip-retrieval. Written with parquet's column API: no Arrow needed.
 
+use crate::formats::columns::ColumnType;
 use anyhow::Context;
 use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
@@ -61,7 +62,7 @@ impl Metadata {
         let fields = self.fields();
         let columns: Vec<(String, ColumnType)> = fields
             .iter()
-            .map(|f| (f.clone(), ColumnType::infer(self.json.iter().map(|m| m.as_ref().and_then(|m| m.get(f))))))
+            .map(|f| (f.clone(), ColumnType::infer(self.json.iter().filter_map(|m| m.as_ref().and_then(|m| m.get(f))))))
             .collect();
         let mut schema_fields =
             vec![string_field("image_path", Repetition::REQUIRED)?, string_field("caption", Repetition::REQUIRED)?];
@@ -72,7 +73,7 @@ impl Metadata {
                     continue;
                 }
                 ColumnType::Bool => Physical::BOOLEAN,
-                ColumnType::Int => Physical::INT64,
+                ColumnType::Int32 | ColumnType::Int64 => Physical::INT64,
                 ColumnType::Float => Physical::DOUBLE,
             };
             schema_fields.push(Arc::new(
@@ -113,7 +114,7 @@ impl Metadata {
                         let data: Vec<bool> = present.map(|v| v.as_bool().unwrap_or_default()).collect();
                         col.typed::<BoolType>().write_batch(&data, Some(&defs), None)?;
                     }
-                    ColumnType::Int => {
+                    ColumnType::Int32 | ColumnType::Int64 => {
                         let data: Vec<i64> = present.map(|v| v.as_i64().unwrap_or_default()).collect();
                         col.typed::<Int64Type>().write_batch(&data, Some(&defs), None)?;
                     }
@@ -150,39 +151,6 @@ fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ColumnType {
-    Bool,
-    Int,
-    Float,
-    Text,
-}
-
-impl ColumnType {
-    /// The narrowest type that holds every non-null value; all-null columns are text.
-    fn infer<'a>(values: impl Iterator<Item = Option<&'a Value>>) -> ColumnType {
-        let mut ty: Option<ColumnType> = None;
-        for v in values.flatten() {
-            let this = match v {
-                Value::Null => continue,
-                Value::Bool(_) => ColumnType::Bool,
-                Value::Number(n) if n.is_i64() => ColumnType::Int,
-                Value::Number(_) => ColumnType::Float,
-                _ => ColumnType::Text,
-            };
-            ty = Some(match (ty, this) {
-                (None, t) => t,
-                (Some(a), b) if a == b => a,
-                (Some(ColumnType::Int), ColumnType::Float) | (Some(ColumnType::Float), ColumnType::Int) => {
-                    ColumnType::Float
-                }
-                _ => ColumnType::Text,
-            });
-        }
-        ty.unwrap_or(ColumnType::Text)
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! The parquet file uses the same writer as clip-embed's metadata: parquet's column API, snappy.
 
+pub use crate::formats::columns::ColumnType;
 use anyhow::Context;
 use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
@@ -51,40 +52,6 @@ impl TarOut {
         inner.flush()?;
         inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    Bool,
-    Int32,
-    Int64,
-    Float,
-    Text,
-}
-
-impl ColumnType {
-    /// The narrowest type that holds every non-null value of a saved column; all-null columns are text.
-    pub fn infer<'a>(values: impl Iterator<Item = &'a Value>) -> ColumnType {
-        let mut ty: Option<ColumnType> = None;
-        for v in values {
-            let this = match v {
-                Value::Null => continue,
-                Value::Bool(_) => ColumnType::Bool,
-                Value::Number(n) if n.is_i64() => ColumnType::Int64,
-                Value::Number(_) => ColumnType::Float,
-                _ => ColumnType::Text,
-            };
-            ty = Some(match (ty, this) {
-                (None, t) => t,
-                (Some(a), b) if a == b => a,
-                (Some(ColumnType::Int64), ColumnType::Float) | (Some(ColumnType::Float), ColumnType::Int64) => {
-                    ColumnType::Float
-                }
-                _ => ColumnType::Text,
-            });
-        }
-        ty.unwrap_or(ColumnType::Text)
     }
 }
 

@@ -1,0 +1,3 @@
+//! File formats that more than one step kind writes.
+
+pub mod columns;
