@@ -1,3 +1,4 @@
 //! File formats that more than one step kind writes.
 
 pub mod columns;
+pub mod parquet;

@@ -577,7 +577,7 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
     if s.compute_hash == "sha256" {
         add("sha256", ColumnType::Text);
     }
-    output::write_parquet(&cx.out_dir.join(&names[1]), &columns, &metas)?;
+    crate::formats::parquet::write(&cx.out_dir.join(&names[1]), &columns, &metas)?;
 
     let count = rows.len() as u64;
     let end_time = SystemTime::now();

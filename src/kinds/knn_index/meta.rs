@@ -3,17 +3,15 @@
 //! `metadata/metadata_N.parquet` parts, written as one `metadata.parquet` beside the index (pyarrow and
 //! pandas read it as is), in row groups small enough that a query reads a few of them, not the file.
 
+use crate::formats::columns::ColumnType;
+use crate::formats::parquet::TableWriter;
 use anyhow::{Context, bail};
-use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
-use parquet::data_type::{ByteArray, ByteArrayType};
-use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::file::writer::SerializedFileWriter;
 use parquet::record::Field;
 use parquet::schema::types::Type;
+use serde_json::{Map, Value};
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 /// The columns kept, in file order. `image_path` is required in a part; the others may be absent.
 pub const COLUMNS: [&str; 3] = ["image_path", "caption", "url"];
@@ -74,40 +72,26 @@ pub fn read_part(path: &Path, mut each: impl FnMut(Row) -> anyhow::Result<()>) -
 
 /// Streams rows into `metadata.parquet`, one row group per [`ROW_GROUP`] rows.
 pub struct MetaWriter {
-    writer: SerializedFileWriter<File>,
-    path: PathBuf,
-    pending: Vec<Row>,
-    rows: u64,
-}
-
-fn string_field(name: &str, repetition: Repetition) -> anyhow::Result<Arc<Type>> {
-    Ok(Arc::new(
-        Type::primitive_type_builder(name, Physical::BYTE_ARRAY)
-            .with_repetition(repetition)
-            .with_logical_type(Some(LogicalType::String))
-            .build()?,
-    ))
+    table: TableWriter,
+    pending: Vec<Map<String, Value>>,
 }
 
 impl MetaWriter {
     pub fn create(path: &Path) -> anyhow::Result<MetaWriter> {
-        let schema = Arc::new(
-            Type::group_type_builder("schema")
-                .with_fields(vec![
-                    string_field("image_path", Repetition::REQUIRED)?,
-                    string_field("caption", Repetition::OPTIONAL)?,
-                    string_field("url", Repetition::OPTIONAL)?,
-                ])
-                .build()?,
-        );
-        let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
-        let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        let writer = SerializedFileWriter::new(file, schema, props)?;
-        Ok(MetaWriter { writer, path: path.to_path_buf(), pending: Vec::with_capacity(ROW_GROUP), rows: 0 })
+        let columns: Vec<(String, ColumnType)> = COLUMNS.iter().map(|c| (c.to_string(), ColumnType::Text)).collect();
+        let table = TableWriter::create(path, &columns, &["image_path"])?;
+        Ok(MetaWriter { table, pending: Vec::with_capacity(ROW_GROUP) })
     }
 
     pub fn push(&mut self, row: Row) -> anyhow::Result<()> {
-        self.pending.push(row);
+        let mut cells = Map::new();
+        cells.insert("image_path".into(), Value::String(row.image_path));
+        for (name, cell) in [("caption", row.caption), ("url", row.url)] {
+            if let Some(text) = cell {
+                cells.insert(name.into(), Value::String(text));
+            }
+        }
+        self.pending.push(cells);
         if self.pending.len() >= ROW_GROUP {
             self.flush()?;
         }
@@ -115,42 +99,20 @@ impl MetaWriter {
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+        if !self.pending.is_empty() {
+            self.table.write_group(&self.pending)?;
+            self.pending.clear();
         }
-        self.flush_inner().with_context(|| format!("cannot write {}", self.path.display()))
-    }
-
-    fn flush_inner(&mut self) -> anyhow::Result<()> {
-        let rows = std::mem::take(&mut self.pending);
-        let mut group = self.writer.next_row_group()?;
-        let required: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.image_path.as_str())).collect();
-        let mut col = group.next_column()?.context("schema and columns disagree")?;
-        col.typed::<ByteArrayType>().write_batch(&required, None, None)?;
-        col.close()?;
-        for pick in [|r: &Row| r.caption.clone(), |r: &Row| r.url.clone()] {
-            let cells: Vec<Option<String>> = rows.iter().map(pick).collect();
-            let defs: Vec<i16> = cells.iter().map(|c| i16::from(c.is_some())).collect();
-            let data: Vec<ByteArray> = cells.iter().flatten().map(|s| ByteArray::from(s.as_str())).collect();
-            let mut col = group.next_column()?.context("schema and columns disagree")?;
-            col.typed::<ByteArrayType>().write_batch(&data, Some(&defs), None)?;
-            col.close()?;
-        }
-        group.close()?;
-        self.rows += rows.len() as u64;
         Ok(())
     }
 
     pub fn rows(&self) -> u64 {
-        self.rows + self.pending.len() as u64
+        self.table.rows() + self.pending.len() as u64
     }
 
     pub fn finish(mut self) -> anyhow::Result<u64> {
         self.flush()?;
-        let path = self.path.clone();
-        let file = self.writer.into_inner().with_context(|| format!("cannot write {}", path.display()))?;
-        file.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
-        Ok(self.rows)
+        self.table.finish()
     }
 }
 
