@@ -410,6 +410,64 @@ fn without_the_allow_list_loopback_is_refused() {
     assert!(host.requests().is_empty());
 }
 
+/// `max_image_bytes`: an image one byte over the cap fails to download with a fixed message, whether its
+/// length is declared or it comes chunked without one, and without waiting for the rest of its body; an
+/// image of exactly the cap succeeds either way.
+#[test]
+fn an_image_over_max_image_bytes_fails_to_download_without_being_read_whole() {
+    let fits = photo("coffee.jpg");
+    let cap = fits.len();
+    // A JPEG decoder stops at the end-of-image marker: the byte after it only makes the file too large.
+    let over = [fits.as_slice(), &[0]].concat();
+    // Longer than the 1 s timeout: a client that waited for these bytes would report a timeout instead.
+    let held_back = Duration::from_secs(5);
+    let streamed = |pieces: Vec<(Duration, Vec<u8>)>, chunked: bool| Reply::Streamed {
+        status: 200,
+        headers: vec![("Content-Type".into(), "image/jpeg".into())],
+        pieces,
+        chunked,
+    };
+    let host = Server::start(move |r| match r.path() {
+        "/fits" => Reply::ok("image/jpeg", fits.clone()),
+        "/fits-chunked" => streamed(fits.chunks(16 << 10).map(|c| (Duration::ZERO, c.to_vec())).collect(), true),
+        // Its Content-Length is over the cap; the body itself would come only after the timeout.
+        "/declared" => streamed(vec![(held_back, over.clone())], false),
+        // The whole image at once, then the end of the body held back.
+        "/chunked" => {
+            let mut pieces: Vec<_> = over.chunks(16 << 10).map(|c| (Duration::ZERO, c.to_vec())).collect();
+            pieces.push((held_back, Vec::new()));
+            streamed(pieces, true)
+        }
+        _ => Reply::status(404, "unknown path"),
+    });
+    let paths = ["/fits", "/declared", "/fits-chunked", "/chunked"];
+    let urls: Vec<String> = paths.iter().map(|p| host.url(p)).collect();
+    let rows: Vec<Row> = urls.iter().map(|u| row(u, "a coffee")).collect();
+    let sb = Sandbox::new(&format!(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \"urls\"\n{SETTINGS}max_image_bytes = {cap}\n"
+    ));
+    write_binary(&sb, "urls.parquet", &urls_parquet(&rows));
+    sb.build(&[]);
+
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    let too_large = format!("image is larger than {cap} bytes");
+    let outcomes: Vec<(&str, &str, Option<&str>, bool)> =
+        got.iter().map(|g| (g.2["url"].as_str(), g.1.0.as_str(), g.1.1.as_deref(), g.2["sha256"] != "null")).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (urls[0].as_str(), "success", None, true),
+            (urls[1].as_str(), "failed_to_download", Some(too_large.as_str()), false),
+            (urls[2].as_str(), "success", None, true),
+            (urls[3].as_str(), "failed_to_download", Some(too_large.as_str()), false),
+        ]
+    );
+    // Too large is final: no retry asked for the same bytes again.
+    let mut asked: Vec<String> = host.requests().iter().map(|r| r.path().to_string()).collect();
+    asked.sort();
+    assert_eq!(asked, ["/chunked", "/declared", "/fits", "/fits-chunked"]);
+}
+
 fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added(backend: Backend) {
     let host = image_host();
     let hub = hub_mock::HubMock::start("laion/tiny");

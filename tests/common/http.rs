@@ -44,6 +44,14 @@ pub enum Reply {
         cut: usize,
         reset: bool,
     },
+    /// Sends the head at once, then each piece of the body after its wait. Chunked (no Content-Length; an
+    /// empty piece sends nothing, and the terminating chunk goes last) or with the pieces' total declared.
+    Streamed {
+        status: u16,
+        headers: Vec<(String, String)>,
+        pieces: Vec<(Duration, Vec<u8>)>,
+        chunked: bool,
+    },
     /// Waits, then replies.
     Delay(Duration, Box<Reply>),
     /// Closes the connection without a word.
@@ -63,7 +71,9 @@ impl Reply {
     }
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
         match &mut self {
-            Reply::Full { headers, .. } | Reply::Cut { headers, .. } => headers.push((name.into(), value.into())),
+            Reply::Full { headers, .. } | Reply::Cut { headers, .. } | Reply::Streamed { headers, .. } => {
+                headers.push((name.into(), value.into()))
+            }
             Reply::Delay(_, inner) => {
                 let taken = std::mem::replace(inner.as_mut(), Reply::Hangup);
                 **inner = taken.with_header(name, value);
@@ -162,18 +172,16 @@ fn write_reply(mut stream: TcpStream, reply: Reply, head: bool) {
             (status, headers, body, n, false)
         }
         Reply::Cut { status, headers, body, cut, reset } => (status, headers, body, cut, reset),
+        Reply::Streamed { status, headers, pieces, chunked } => {
+            return write_streamed(stream, status, &headers, &pieces, chunked, head);
+        }
         Reply::Delay(d, inner) => {
             std::thread::sleep(d);
             return write_reply(stream, *inner, head);
         }
         Reply::Hangup => return,
     };
-    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    for (k, v) in &headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
-    let _ = stream.write_all(out.as_bytes());
+    let _ = stream.write_all(head_of(status, &headers, &format!("Content-Length: {}", body.len())).as_bytes());
     if !head {
         let _ = stream.write_all(&body[..cut.min(body.len())]);
     }
@@ -197,4 +205,52 @@ fn write_reply(mut stream: TcpStream, reply: Reply, head: bool) {
         // Let the client read everything before the socket goes.
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The status line and headers, `framing` (Content-Length or Transfer-Encoding) and `Connection: close`.
+fn head_of(status: u16, headers: &[(String, String)], framing: &str) -> String {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!("{framing}\r\nConnection: close\r\n\r\n"));
+    out
+}
+
+fn write_streamed(
+    mut stream: TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    pieces: &[(Duration, Vec<u8>)],
+    chunked: bool,
+    head: bool,
+) {
+    let framing = match chunked {
+        true => "Transfer-Encoding: chunked".to_string(),
+        false => format!("Content-Length: {}", pieces.iter().map(|(_, p)| p.len()).sum::<usize>()),
+    };
+    if stream.write_all(head_of(status, headers, &framing).as_bytes()).and_then(|_| stream.flush()).is_err() || head {
+        return;
+    }
+    for (wait, piece) in pieces {
+        std::thread::sleep(*wait);
+        let sent = match chunked {
+            _ if piece.is_empty() => Ok(()),
+            true => stream
+                .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .and_then(|_| stream.write_all(piece))
+                .and_then(|_| stream.write_all(b"\r\n")),
+            false => stream.write_all(piece),
+        };
+        // The client hung up: nothing more to send.
+        if sent.and_then(|_| stream.flush()).is_err() {
+            return;
+        }
+    }
+    if chunked {
+        let _ = stream.write_all(b"0\r\n\r\n");
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Let the client read everything before the socket goes.
+    std::thread::sleep(Duration::from_millis(20));
 }

@@ -291,12 +291,21 @@ impl Fetcher {
             if self.disallowed(&response) {
                 return Attempt::Fail("Use of image disallowed by X-Robots-Tag directive".to_string());
             }
+            let too_large = || Attempt::Fail(format!("image is larger than {} bytes", self.opts.max_bytes));
+            // A declared length over the cap fails before any of the body is read; a body without one
+            // (chunked) or longer than declared is cut off one byte past the cap.
+            let declared = response
+                .headers()
+                .get("Content-Length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.opts.max_bytes) {
+                return too_large();
+            }
             let body = response.body_mut().with_config().limit(self.opts.max_bytes).read_to_vec();
             return match body {
                 Ok(bytes) => Attempt::Done(bytes),
-                Err(ureq::Error::BodyExceedsLimit(_)) => {
-                    Attempt::Fail(format!("image is larger than {} bytes", self.opts.max_bytes))
-                }
+                Err(ureq::Error::BodyExceedsLimit(_)) => too_large(),
                 Err(e) => self.transport(e, started),
             };
         }
