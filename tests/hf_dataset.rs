@@ -1,5 +1,5 @@
 //! `hf-dataset` against a Hub served on 127.0.0.1: pinning, keys that follow file content, resume after a
-//! cut connection, sha256 mismatch, tokens, error messages, offline mode.
+//! cut connection, sha256 mismatch, tokens, error messages, offline mode, paged listings.
 
 #[macro_use]
 mod common;
@@ -10,7 +10,7 @@ mod hub_mock;
 #[path = "common/parquet_rows.rs"]
 mod parquet_rows;
 
-use common::{Backend, Sandbox, built, work};
+use common::{Backend, Sandbox, actions, built, work};
 
 on_every_store!(
     pins_the_commit_downloads_verified_files_and_records_rows,
@@ -196,4 +196,34 @@ fn offline_plans_use_the_last_listing_and_say_so() {
     assert!(run.stderr.contains("offline (HF_HUB_OFFLINE)") && run.stderr.contains(&c1), "{}", run.stderr);
     assert!(work(&run.json()).is_empty());
     assert!(hub.requests().is_empty(), "offline plans send nothing");
+}
+
+#[test]
+fn a_listing_longer_than_one_page_is_followed_to_its_last_page() {
+    let hub = HubMock::start("laion/tiny");
+    // 11 parquet files and a README in two folders: 14 entries with the folders, 4 pages of 4.
+    let parquets: Vec<String> = (0..11)
+        .map(
+            |i| if i % 2 == 0 { format!("data/part-{i:02}.parquet") } else { format!("data/more/part-{i:02}.parquet") },
+        )
+        .collect();
+    let mut changes: Vec<(&str, Option<Vec<u8>>)> = parquets.iter().map(|p| (p.as_str(), Some(file(2, p)))).collect();
+    changes.push(("README.md", Some(b"# tiny".to_vec())));
+    hub.commit(&changes);
+    hub.state.lock().unwrap().page_size = Some(4);
+    let sb = sandbox(&hub);
+
+    let plan = sb.plan(&[]);
+    let targets: Vec<String> = actions(&plan).into_iter().map(|(target, ..)| target).collect();
+    let mut expected: Vec<String> = parquets.iter().map(|p| format!("meta/{p}")).collect();
+    expected.sort();
+    assert_eq!(targets, expected);
+    // Each page was asked for once, through the Link the one before gave, with the listing's parameters kept.
+    let pages: Vec<String> =
+        hub.requests().iter().filter(|r| r.path().contains("/tree/")).map(|r| r.query().to_string()).collect();
+    let query = "recursive=true&expand=true";
+    assert_eq!(
+        pages,
+        [query.to_string(), format!("{query}&cursor=4"), format!("{query}&cursor=8"), format!("{query}&cursor=12")]
+    );
 }

@@ -1,6 +1,6 @@
 //! A Hugging Face Hub on 127.0.0.1: dataset revisions, recursive tree listings with LFS oids and last
-//! commits, and `resolve` downloads with ETag, X-Repo-Commit and Range; a token when the repo is gated,
-//! and faults on demand (a download cut after some bytes, a file served with the wrong content).
+//! commits (paged when asked), and `resolve` downloads with ETag, X-Repo-Commit and Range; a token when the
+//! repo is gated, and faults on demand (a download cut after some bytes, a file served with the wrong content).
 #![allow(dead_code)]
 
 use super::http::{Reply, Request, Server};
@@ -25,6 +25,9 @@ pub struct HubState {
     pub cut_once: Option<(String, usize)>,
     /// Paths served with different content than their oid.
     pub corrupt: Vec<String>,
+    /// Entries per tree listing page, when set: each page but the last names the next in a
+    /// `Link: <…>; rel="next"` header, as the Hub pages its listings.
+    pub page_size: Option<usize>,
 }
 
 pub struct HubMock {
@@ -90,6 +93,23 @@ fn error(status: u16, code: &str) -> Reply {
     json_reply(status, serde_json::json!({"error": code})).with_header("X-Error-Code", code)
 }
 
+/// One page of a listing: `size` entries from the request's `cursor` (an offset here; opaque on the Hub), and
+/// an absolute link to the next page with the request's other query parameters kept.
+fn page(r: &Request, entries: Vec<serde_json::Value>, size: usize) -> Reply {
+    let mut query: Vec<&str> = r.query().split('&').filter(|p| !p.is_empty()).collect();
+    let from = query.iter().find_map(|p| p.strip_prefix("cursor=")).and_then(|c| c.parse().ok()).unwrap_or(0);
+    query.retain(|p| !p.starts_with("cursor="));
+    let to = (from + size.max(1)).min(entries.len());
+    let reply = json_reply(200, serde_json::Value::Array(entries[from.min(to)..to].to_vec()));
+    if to == entries.len() {
+        return reply;
+    }
+    let next_cursor = format!("cursor={to}");
+    query.push(&next_cursor);
+    let next = format!("http://{}{}?{}", r.header("Host").unwrap_or_default(), r.path(), query.join("&"));
+    reply.with_header("Link", &format!("<{next}>; rel=\"next\""))
+}
+
 fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
     let mut st = state.lock().unwrap();
     let auth = r.header("Authorization").map(str::to_string);
@@ -141,7 +161,10 @@ fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
         for d in dirs {
             entries.push(serde_json::json!({"type": "directory", "path": d, "size": 0, "oid": "0"}));
         }
-        return json_reply(200, serde_json::Value::Array(entries));
+        return match st.page_size {
+            Some(size) => page(r, entries, size),
+            None => json_reply(200, serde_json::Value::Array(entries)),
+        };
     }
     if path.starts_with("/api/datasets/") {
         return error(404, "RepoNotFound");
