@@ -101,11 +101,14 @@ fn exif_rotated() -> Vec<u8> {
 }
 
 fn cmyk_jpeg() -> Vec<u8> {
-    let (w, h) = (48u16, 32u16);
-    let data: Vec<u8> = (0..u32::from(w) * u32::from(h)).flat_map(|i| [(i % 200) as u8, 40, 80, 10]).collect();
-    let mut out = Vec::new();
-    jpeg_encoder::Encoder::new(&mut out, 90).encode(&data, w, h, jpeg_encoder::ColorType::Cmyk).unwrap();
-    out
+    let (w, h) = (48usize, 32usize);
+    let data: Vec<u8> = (0..w * h).flat_map(|i| [(i % 200) as u8, 40, 80, 10]).collect();
+    let mut compressor = turbojpeg::Compressor::new().unwrap();
+    compressor.set_colorspace(turbojpeg::Colorspace::CMYK).unwrap();
+    compressor.set_quality(90).unwrap();
+    let image =
+        turbojpeg::Image { pixels: &data[..], width: w, pitch: w * 4, height: h, format: turbojpeg::PixelFormat::CMYK };
+    compressor.compress_to_vec(image).unwrap()
 }
 
 fn animated_gif() -> Vec<u8> {

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+tests/system-packages.sh
+
 # A real S3-compatible server for the S3 store tests (they start it themselves on 127.0.0.1).
 S3S_VERSION=0.14.1
 if ! s3s-fs --version 2>/dev/null | grep -q "$S3S_VERSION"; then

@@ -17,6 +17,7 @@
 //! redirect (see `fetch`).
 
 mod fetch;
+mod jpeg;
 mod output;
 mod process;
 
@@ -405,34 +406,31 @@ struct Outcome {
     image: Option<process::Processed>,
 }
 
-/// A counting semaphore: CPU work runs on at most one thread per core, each with a decode buffer from a
-/// pool (so buffers are reused rather than faulted in afresh for every image).
+/// A counting semaphore: CPU work runs on at most one thread per core, each with a scratch (decode buffer,
+/// codec handles) from a pool, so they are reused rather than made afresh for every image.
 struct Permits {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Vec<process::Scratch>>,
     cv: Condvar,
 }
 
 impl Permits {
     fn new(n: usize) -> Permits {
-        Permits { free: Mutex::new((0..n).map(|_| Vec::new()).collect()), cv: Condvar::new() }
+        Permits { free: Mutex::new((0..n).map(|_| process::Scratch::default()).collect()), cv: Condvar::new() }
     }
 
-    fn run<T>(&self, f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
-        let mut buffer = {
+    fn run<T>(&self, f: impl FnOnce(&mut process::Scratch) -> T) -> T {
+        let mut scratch = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                if let Some(b) = free.pop() {
-                    break b;
+                if let Some(s) = free.pop() {
+                    break s;
                 }
                 free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let out = f(&mut buffer);
-        // A buffer grown for one huge image is not kept.
-        if buffer.capacity() > 64 << 20 {
-            buffer = Vec::new();
-        }
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
+        let out = f(&mut scratch);
+        scratch.shrink_after_huge_image();
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
         self.cv.notify_one();
         out
     }

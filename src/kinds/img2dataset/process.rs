@@ -1,8 +1,10 @@
 //! Decoding, resizing and encoding one image with img2dataset's rules (resizer.py): the same resize modes,
 //! sizes and rounding, alpha composited on white, the same checks and their messages. Differences, on
 //! purpose: the dimensions are read from the header and checked against a pixel cap before anything is
-//! decoded; EXIF orientation is applied; WebP is written lossless (the `image` crate has no lossy encoder).
+//! decoded; EXIF orientation is applied; a JPEG is decoded scaled in the DCT when the output is much smaller
+//! (`jpeg.rs`); WebP is written lossless (the `image` crate has no lossy encoder).
 
+use super::jpeg;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 use std::io::Cursor;
@@ -89,13 +91,135 @@ fn py_round(x: f64) -> u32 {
     x.round_ties_even().max(1.0) as u32
 }
 
-/// Processes one image. `scratch` is a decode buffer reused across images (a pool per shard): fresh
-/// multi-megabyte buffers per image cost more in page faults and zeroing than the decoding itself.
-pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Vec<u8>) -> Result<Processed, String> {
+/// Per-thread state reused across images (a pool per shard): fresh multi-megabyte pixel buffers per image
+/// cost more in page faults and zeroing than the decoding itself.
+#[derive(Default)]
+pub struct Scratch {
+    pixels: Vec<u8>,
+    codec: jpeg::Codec,
+}
+
+impl Scratch {
+    /// A buffer grown for one huge image is not kept.
+    pub fn shrink_after_huge_image(&mut self) {
+        if self.pixels.capacity() > 64 << 20 {
+            self.pixels = Vec::new();
+        }
+    }
+}
+
+/// Where decoded RGB pixels are: the first bytes of the scratch buffer, or a buffer of their own.
+pub enum Pixels {
+    Scratch(usize),
+    Owned(Vec<u8>),
+}
+
+/// An image decoded to RGB, upright; `width`×`height` may be a DCT-scaled version of the original.
+pub struct Decoded {
+    pub pixels: Pixels,
+    pub width: u32,
+    pub height: u32,
+    pub original_width: u32,
+    pub original_height: u32,
+    pub upright: bool,
+    /// Alpha was composited on white, so the original bytes cannot be kept.
+    pub composited: bool,
+}
+
+impl ProcessOptions {
+    /// Whether an image that needs no resizing is kept byte for byte (`skip_reencode`).
+    pub fn keeps_original(&self, format: ImageFormat, upright: bool) -> bool {
+        self.skip_reencode && format == self.encode.format() && upright
+    }
+}
+
+pub fn over_pixel_limit(w: u32, h: u32, o: &ProcessOptions) -> String {
+    format!("image is {w}x{h} pixels, over the {}-pixel limit", o.max_pixels)
+}
+
+/// img2dataset's checks on the (upright) original size, with its messages.
+pub fn check_size(o: &ProcessOptions, w: u32, h: u32) -> Result<(), String> {
+    if w.min(h) < o.min_image_size {
+        return Err("image too small".to_string());
+    }
+    if f64::from(w) * f64::from(h) > o.max_image_area {
+        return Err("image area too large".to_string());
+    }
+    if f64::from(w.max(h)) / f64::from(w.min(h).max(1)) > o.max_aspect_ratio {
+        return Err("aspect ratio too large".to_string());
+    }
+    Ok(())
+}
+
+/// The size img2dataset resizes a `w`×`h` image to before cropping or padding, and whether that shrinks
+/// it; `None` when it is not resized.
+pub fn resized_size(o: &ProcessOptions, w: u32, h: u32) -> Option<(u32, u32, bool)> {
+    let size = o.image_size;
+    let side = match o.mode {
+        ResizeMode::No => return None,
+        ResizeMode::KeepRatio | ResizeMode::CenterCrop => w.min(h),
+        ResizeMode::KeepRatioLargest | ResizeMode::Border => w.max(h),
+    };
+    let downscale = side > size;
+    if o.resize_only_if_bigger && !downscale {
+        return None;
+    }
+    let scale = f64::from(size) / f64::from(side);
+    Some((py_round(f64::from(w) * scale), py_round(f64::from(h) * scale), downscale))
+}
+
+/// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,
+/// resize, crop or pad, encode.
+pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Result<Processed, String> {
     if bytes.is_empty() {
         return Err("image decoding error: empty body".to_string());
     }
     let format = image::guess_format(bytes).map_err(|_| "image decoding error: not an image format".to_string())?;
+    let turbo = match format {
+        ImageFormat::Jpeg => jpeg::decode(bytes, o, &mut scratch.codec, &mut scratch.pixels),
+        _ => None,
+    };
+    let decoded = match turbo {
+        Some(decoded) => decoded?,
+        None => decode_any(bytes, format, o, &mut scratch.pixels)?,
+    };
+    let Decoded { width, height, original_width, original_height, .. } = decoded;
+    let pixels: &[u8] = match &decoded.pixels {
+        Pixels::Scratch(n) => &scratch.pixels[..*n],
+        Pixels::Owned(v) => v,
+    };
+    let out: Option<RgbImage> = match resized_size(o, original_width, original_height) {
+        None => None,
+        Some((nw, nh, downscale)) => {
+            let resized = resize((pixels, width, height), nw, nh, downscale)?;
+            Some(match o.mode {
+                ResizeMode::CenterCrop => center_crop(&resized, o.image_size),
+                ResizeMode::Border => pad_white(&resized, o.image_size),
+                _ => resized,
+            })
+        }
+    };
+    let keep = out.is_none() && !decoded.composited && o.keeps_original(format, decoded.upright);
+    if keep {
+        return Ok(Processed {
+            bytes: bytes.to_vec(),
+            width: original_width,
+            height: original_height,
+            original_width,
+            original_height,
+        });
+    }
+    let (pixels, width, height) = match &out {
+        Some(img) => (img.as_raw().as_slice(), img.width(), img.height()),
+        None => (pixels, width, height),
+    };
+    let bytes = encode(pixels, width, height, o, &mut scratch.codec)?;
+    Ok(Processed { bytes, width, height, original_width, original_height })
+}
+
+/// Any format the `image` crate reads, at full size: the common case (RGB, upright) straight into the
+/// scratch buffer, the rest converted.
+fn decode_any(bytes: &[u8], format: ImageFormat, o: &ProcessOptions, scratch: &mut Vec<u8>) -> Result<Decoded, String> {
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(o.max_pixels.saturating_mul(8).max(1 << 20));
@@ -103,75 +227,43 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Vec<u8>) -> Resul
     let mut decoder = reader.into_decoder().map_err(|e| format!("image decoding error: {e}"))?;
     let (w, h) = decoder.dimensions();
     if u64::from(w) * u64::from(h) > o.max_pixels {
-        return Err(format!("image is {w}x{h} pixels, over the {}-pixel limit", o.max_pixels));
+        return Err(over_pixel_limit(w, h, o));
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let upright = orientation == image::metadata::Orientation::NoTransforms;
-    let mut encode_needed = !(o.skip_reencode && format == o.encode.format() && upright);
-    // The common case (RGB, upright) decodes straight into the reused buffer; the rest converts.
-    let converted: Option<RgbImage>;
-    let (pixels, original_width, original_height): (&[u8], u32, u32) =
-        if decoder.color_type() == image::ColorType::Rgb8 && upright {
-            let n = decoder.total_bytes() as usize;
-            if scratch.len() < n {
-                scratch.resize(n, 0);
-            }
-            decoder.read_image(&mut scratch[..n]).map_err(|e| format!("image decoding error: {e}"))?;
-            (&scratch[..n], w, h)
-        } else {
-            let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("image decoding error: {e}"))?;
-            img.apply_orientation(orientation);
-            let rgb = if img.color().has_alpha() {
-                encode_needed = true;
-                composite_on_white(&img)
-            } else {
-                img.into_rgb8()
-            };
-            let (cw, ch) = rgb.dimensions();
-            converted = Some(rgb);
-            (converted.as_ref().map_or(&[][..], |r| r.as_raw().as_slice()), cw, ch)
-        };
-    if original_width.min(original_height) < o.min_image_size {
-        return Err("image too small".to_string());
-    }
-    if f64::from(original_width) * f64::from(original_height) > o.max_image_area {
-        return Err("image area too large".to_string());
-    }
-    let (long, short) = (original_width.max(original_height), original_width.min(original_height));
-    if f64::from(long) / f64::from(short.max(1)) > o.max_aspect_ratio {
-        return Err("aspect ratio too large".to_string());
-    }
-    let size = o.image_size;
-    let src = (pixels, original_width, original_height);
-    let out: Option<RgbImage> = match o.mode {
-        ResizeMode::No => None,
-        ResizeMode::KeepRatio | ResizeMode::CenterCrop => {
-            let downscale = short > size;
-            if !o.resize_only_if_bigger || downscale {
-                let resized = resize(src, f64::from(size) / f64::from(short), downscale)?;
-                encode_needed = true;
-                Some(if o.mode == ResizeMode::CenterCrop { center_crop(&resized, size) } else { resized })
-            } else {
-                None
-            }
+    let decoded = if decoder.color_type() == image::ColorType::Rgb8 && upright {
+        let n = decoder.total_bytes() as usize;
+        if scratch.len() < n {
+            scratch.resize(n, 0);
         }
-        ResizeMode::KeepRatioLargest | ResizeMode::Border => {
-            let downscale = long > size;
-            if !o.resize_only_if_bigger || downscale {
-                let resized = resize(src, f64::from(size) / f64::from(long), downscale)?;
-                encode_needed = true;
-                Some(if o.mode == ResizeMode::Border { pad_white(&resized, size) } else { resized })
-            } else {
-                None
-            }
+        decoder.read_image(&mut scratch[..n]).map_err(|e| format!("image decoding error: {e}"))?;
+        Decoded {
+            pixels: Pixels::Scratch(n),
+            width: w,
+            height: h,
+            original_width: w,
+            original_height: h,
+            upright,
+            composited: false,
+        }
+    } else {
+        let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("image decoding error: {e}"))?;
+        img.apply_orientation(orientation);
+        let composited = img.color().has_alpha();
+        let rgb = if composited { composite_on_white(&img) } else { img.into_rgb8() };
+        let (width, height) = rgb.dimensions();
+        Decoded {
+            pixels: Pixels::Owned(rgb.into_raw()),
+            width,
+            height,
+            original_width: width,
+            original_height: height,
+            upright,
+            composited,
         }
     };
-    let (pixels, width, height) = match &out {
-        Some(img) => (img.as_raw().as_slice(), img.width(), img.height()),
-        None => src,
-    };
-    let bytes = if encode_needed { encode(pixels, width, height, o)? } else { bytes.to_vec() };
-    Ok(Processed { bytes, width, height, original_width, original_height })
+    check_size(o, decoded.original_width, decoded.original_height)?;
+    Ok(decoded)
 }
 
 /// img2dataset's alpha matting: alpha/255·colour + 255 − alpha, rounded.
@@ -188,12 +280,11 @@ fn composite_on_white(img: &DynamicImage) -> RgbImage {
     out
 }
 
-/// Scales both sides by `scale` (sizes rounded as albumentations does): area-like filtering when shrinking
-/// (OpenCV's INTER_AREA), Lanczos when growing (INTER_LANCZOS4).
-fn resize((pixels, w, h): (&[u8], u32, u32), scale: f64, downscale: bool) -> Result<RgbImage, String> {
+/// Resizes to `nw`×`nh`: area-like filtering when shrinking (OpenCV's INTER_AREA), Lanczos when growing
+/// (INTER_LANCZOS4).
+fn resize((pixels, w, h): (&[u8], u32, u32), nw: u32, nh: u32, downscale: bool) -> Result<RgbImage, String> {
     use fast_image_resize::PixelType;
     use fast_image_resize::images::{Image, ImageRef};
-    let (nw, nh) = (py_round(f64::from(w) * scale), py_round(f64::from(h) * scale));
     if (nw, nh) == (w, h) {
         return RgbImage::from_raw(w, h, pixels.to_vec()).ok_or_else(|| "resize error: bad buffer".to_string());
     }
@@ -221,22 +312,12 @@ fn pad_white(img: &RgbImage, size: u32) -> RgbImage {
     out
 }
 
-fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions) -> Result<Vec<u8>, String> {
+fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions, codec: &mut jpeg::Codec) -> Result<Vec<u8>, String> {
     use image::ImageEncoder;
     let mut out = Vec::with_capacity(pixels.len() / 8);
     let rgb = image::ExtendedColorType::Rgb8;
     let result = match o.encode {
-        // jpeg-encoder: SIMD (AVX2) colour conversion and DCT, 4:2:0 as OpenCV writes by default; several
-        // times faster than the `image` crate's encoder. Its sizes are 16-bit.
-        Encode::Jpg if w <= u32::from(u16::MAX) && h <= u32::from(u16::MAX) => {
-            return jpeg_encoder::Encoder::new(&mut out, o.quality.clamp(1, 100))
-                .encode(pixels, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
-                .map(|()| out)
-                .map_err(|e| format!("image encoding error: {e}"));
-        }
-        Encode::Jpg => {
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, o.quality).write_image(pixels, w, h, rgb)
-        }
+        Encode::Jpg => return jpeg::encode(codec, pixels, w, h, o.quality),
         Encode::Png => {
             use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
             let compression = match o.quality {
@@ -272,7 +353,7 @@ mod tests {
     }
 
     fn process_(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
-        process(bytes, o, &mut Vec::new())
+        process(bytes, o, &mut Scratch::default())
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
