@@ -61,7 +61,7 @@ impl super::Kind for Files {
             return Err(SettingError::new("paths", "`paths` is empty").help("name at least one file or glob"));
         }
         for pattern in list {
-            if let Err(e) = globset::Glob::new(pattern) {
+            if let Err(e) = glob(pattern) {
                 return Err(SettingError::new("paths", format!("invalid glob `{pattern}`: {}", e.kind())));
             }
         }
@@ -117,13 +117,20 @@ impl super::Kind for Files {
     }
 }
 
+/// A glob as every kind that takes globs reads it (`files` paths, `hf-dataset` includes): ripgrep's matcher,
+/// where `*`, `?` and `[...]` stay within one folder, `**` crosses folders (`**/*.csv` also matches a top-level
+/// `a.csv`) and `{a,b}` is either.
+pub(crate) fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern).literal_separator(true).build()
+}
+
 /// Files under `base` that the pattern `full` matches. A walk of the folder (entry types come with the
 /// directory entries: no stat per file) with ripgrep's glob matcher; `*` stays within one folder, `**`
 /// crosses folders.
 fn matches(full: &Path, base: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let relative = full.strip_prefix(base).unwrap_or(full);
     let pattern = relative.to_string_lossy();
-    let matcher = globset::GlobBuilder::new(&pattern).literal_separator(true).build()?.compile_matcher();
+    let matcher = glob(&pattern)?.compile_matcher();
     let depth = if pattern.contains("**") { usize::MAX } else { relative.components().count() };
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(base).min_depth(1).max_depth(depth).follow_links(true) {

@@ -35,7 +35,8 @@ const SETTINGS: &[Setting] = &[
         "include",
         SettingType::StringList,
         r#"["**/*.parquet"]"#,
-        "globs over the repo's file paths; each match is one target",
+        "globs over the repo's file paths, read as `files` reads its paths (`*` within a folder, `**` across \
+         folders, `**/*.parquet` at the top too); each match is one target",
     ),
 ];
 
@@ -161,15 +162,15 @@ fn resolve(s: &Settings, step: &str) -> anyhow::Result<Listing> {
     Ok(listing)
 }
 
-fn matches(patterns: &[glob::Pattern], path: &str) -> bool {
-    let options = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
-    patterns.iter().any(|p| {
-        p.matches_with(path, options)
-            || p.as_str().starts_with("**/") && {
-                // `**/*.parquet` also matches files at the top of the repo.
-                glob::Pattern::new(&p.as_str()[3..]).is_ok_and(|top| top.matches_with(path, options))
-            }
-    })
+/// The `include` globs as one matcher, read as the `files` kind reads its paths.
+fn includes(patterns: &[String]) -> Result<globset::GlobSet, SettingError> {
+    let mut set = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let glob = super::files::glob(p)
+            .map_err(|e| SettingError::new("include", format!("invalid glob `{p}`: {}", e.kind())))?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| SettingError::new("include", format!("invalid globs {patterns:?}: {e}")))
 }
 
 impl Kind for HfDataset {
@@ -207,18 +208,13 @@ impl Kind for HfDataset {
         if s.include.is_empty() {
             return Err(SettingError::new("include", "`include` is empty").help("e.g. \"**/*.parquet\""));
         }
-        for p in &s.include {
-            if let Err(e) = glob::Pattern::new(p) {
-                return Err(SettingError::new("include", format!("invalid glob `{p}`: {}", e.msg)));
-            }
-        }
-        Ok(())
+        includes(&s.include).map(drop)
     }
 
     fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
         let s = settings(&cx.step.settings)?;
-        let patterns: Vec<glob::Pattern> =
-            s.include.iter().map(|p| glob::Pattern::new(p)).collect::<Result<_, _>>().context("include")?;
+        let include =
+            includes(&s.include).map_err(|e| anyhow::anyhow!("hf-dataset `{}`: {}", cx.step.name, e.message))?;
         let listing = match resolve(&s, &cx.step.name) {
             Ok(listing) => listing,
             Err(e) => match e.downcast::<NotKnown>() {
@@ -229,7 +225,7 @@ impl Kind for HfDataset {
         let specs: Vec<ShardSpec> = listing
             .files
             .iter()
-            .filter(|f| matches(&patterns, &f.path))
+            .filter(|f| include.is_match(&f.path))
             .map(|f| {
                 let coords = Coords {
                     repo: s.repo.clone(),
@@ -324,13 +320,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn include_globs_match_at_any_depth() {
-        let p = vec![glob::Pattern::new("**/*.parquet").unwrap()];
-        assert!(matches(&p, "a.parquet"));
-        assert!(matches(&p, "data/train/a.parquet"));
-        assert!(!matches(&p, "README.md"));
-        let p = vec![glob::Pattern::new("data/*.parquet").unwrap()];
-        assert!(matches(&p, "data/a.parquet"));
-        assert!(!matches(&p, "data/x/a.parquet"));
+    fn include_globs_match_as_files_paths_do() {
+        let set = |p: &[&str]| includes(&p.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap();
+        let all = set(&["**/*.parquet"]);
+        assert!(all.is_match("a.parquet"));
+        assert!(all.is_match("data/train/a.parquet"));
+        assert!(!all.is_match("README.md"));
+        let data = set(&["data/*.parquet"]);
+        assert!(data.is_match("data/a.parquet"));
+        assert!(!data.is_match("data/x/a.parquet"), "`*` stays within one folder");
+        let either = set(&["train/*.parquet", "{dev,test}/**/*.parquet"]);
+        assert!(either.is_match("train/a.parquet") && either.is_match("test/x/b.parquet"));
+        assert!(!either.is_match("val/a.parquet"));
+        let bad = includes(&["data/[a.parquet".to_string()]).unwrap_err();
+        assert!(bad.message.contains("invalid glob `data/[a.parquet`"), "{}", bad.message);
     }
 }
