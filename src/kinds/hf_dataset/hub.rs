@@ -106,6 +106,18 @@ fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<Str
     response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
+/// The next page that a listing page names in its Link headers (one or several), or None on the last page.
+fn next_page(response: &ureq::http::Response<ureq::Body>, page: &url::Url) -> anyhow::Result<Option<url::Url>> {
+    let mut values = Vec::new();
+    for value in response.headers().get_all("Link") {
+        values.push(value.to_str().map_err(|_| anyhow!("GET {page}: the Hub's Link header is not ASCII text"))?);
+    }
+    let header = values.join(", ");
+    next_link(&header, page).map_err(|e| {
+        anyhow!("GET {page}: cannot read the Hub's Link header `{header}` ({e}), so the listing cannot be paged")
+    })
+}
+
 /// Transport errors (no answer, reset, timeout) are worth a retry; the caller decides.
 fn transport(e: ureq::Error, what: &str) -> anyhow::Error {
     anyhow::Error::new(Transient(format!("{what}: {e}")))
@@ -189,12 +201,14 @@ impl Hub {
 
     /// Every file of the repo at `commit`, following the listing's pages.
     pub fn list_files(&self, repo: &str, commit: &str) -> anyhow::Result<Vec<HubFile>> {
-        let mut url = Some(format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint));
+        let first = format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint);
+        let mut url =
+            Some(url::Url::parse(&first).with_context(|| format!("`{first}` is not a URL: check HF_ENDPOINT"))?);
         let mut files = Vec::new();
         while let Some(page) = url.take() {
-            let mut response = self.get(&page).call().map_err(|e| transport(e, &format!("GET {page}")))?;
+            let mut response = self.get(page.as_str()).call().map_err(|e| transport(e, &format!("GET {page}")))?;
             self.check(&response, repo, Some(commit))?;
-            url = header(&response, "Link").and_then(|l| next_link(&l));
+            url = next_page(&response, &page)?;
             let text = response
                 .body_mut()
                 .with_config()
@@ -347,26 +361,144 @@ fn encode_path(path: &str) -> String {
     path.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
-/// The `rel="next"` target of a Link header.
-fn next_link(link: &str) -> Option<String> {
-    link.split(',').find(|part| part.contains("rel=\"next\"")).and_then(|part| {
-        let start = part.find('<')? + 1;
-        let end = part.find('>')?;
-        Some(part[start..end].to_string())
-    })
+/// One link-value of a Link header: its target as written (a URI reference) and its relation types.
+#[derive(Debug, PartialEq)]
+struct LinkValue<'a> {
+    target: &'a str,
+    /// The first `rel` parameter's space-separated types, lowercased (they compare case-insensitively).
+    rels: Vec<String>,
+}
+
+/// RFC 7230's token characters: what a parameter name or an unquoted value is made of.
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// The link-values of a Link header (RFC 8288 §3): `<target>` then `; name[=value]` parameters, values
+/// quoted or not, link-values separated by commas. Commas inside `<...>` or a quoted value belong to them,
+/// which splitting the header on commas gets wrong. Says what it could not read rather than guessing.
+fn parse_links(header: &str) -> Result<Vec<LinkValue<'_>>, String> {
+    const OWS: [char; 2] = [' ', '\t'];
+    let mut links = Vec::new();
+    let mut rest = header;
+    loop {
+        // Empty list elements are allowed (RFC 7230 §7).
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return Ok(links);
+        }
+        let Some(after) = rest.strip_prefix('<') else {
+            return Err(format!("expected `<` where `{rest}` starts"));
+        };
+        let Some(end) = after.find('>') else {
+            return Err(format!("`<{after}` has no closing `>`"));
+        };
+        let target = &after[..end];
+        rest = &after[end + 1..];
+        let mut rels = None;
+        while let Some(param) = rest.trim_start_matches(OWS).strip_prefix(';') {
+            rest = param.trim_start_matches(OWS);
+            let name_end = rest.find(|c| !is_tchar(c)).unwrap_or(rest.len());
+            let name = &rest[..name_end];
+            rest = rest[name_end..].trim_start_matches(OWS);
+            let mut value = String::new();
+            if let Some(v) = rest.strip_prefix('=') {
+                rest = v.trim_start_matches(OWS);
+                if let Some(quoted) = rest.strip_prefix('"') {
+                    let mut chars = quoted.char_indices();
+                    let close = loop {
+                        match chars.next() {
+                            Some((i, '"')) => break i,
+                            Some((_, '\\')) => match chars.next() {
+                                Some((_, c)) => value.push(c),
+                                None => return Err(format!("`\"{quoted}` has no closing quote")),
+                            },
+                            Some((_, c)) => value.push(c),
+                            None => return Err(format!("`\"{quoted}` has no closing quote")),
+                        }
+                    };
+                    rest = &quoted[close + 1..];
+                } else {
+                    let value_end = rest.find(|c| !is_tchar(c)).unwrap_or(rest.len());
+                    value.push_str(&rest[..value_end]);
+                    rest = &rest[value_end..];
+                }
+            }
+            // Only the first `rel` counts (RFC 8288 §3.3).
+            if name.eq_ignore_ascii_case("rel") && rels.is_none() {
+                rels = Some(value.split_ascii_whitespace().map(str::to_ascii_lowercase).collect());
+            }
+        }
+        rest = rest.trim_start_matches(OWS);
+        if !(rest.is_empty() || rest.starts_with(',')) {
+            return Err(format!("unexpected `{rest}` after the link to `{target}`"));
+        }
+        links.push(LinkValue { target, rels: rels.unwrap_or_default() });
+    }
+}
+
+/// The `rel="next"` target of a Link header, resolved against `base` (the URL the header came with), or None
+/// on the last page.
+fn next_link(header: &str, base: &url::Url) -> Result<Option<url::Url>, String> {
+    let links = parse_links(header)?;
+    let Some(next) = links.iter().find(|l| l.rels.iter().any(|r| r == "next")) else {
+        return Ok(None);
+    };
+    base.join(next.target).map(Some).map_err(|e| format!("the next page `{}` is not a URL: {e}", next.target))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn next(header: &str) -> Result<Option<String>, String> {
+        let base = url::Url::parse("https://hf.co/api/datasets/o/r/tree/main?recursive=true").unwrap();
+        next_link(header, &base).map(|u| u.map(String::from))
+    }
+
     #[test]
-    fn links_and_encoding() {
+    fn next_links_are_read_as_rfc_8288_writes_them() {
+        let some = |s: &str| Ok(Some(s.to_string()));
         assert_eq!(
-            next_link("<https://hf.co/api/x?cursor=a>; rel=\"next\", <https://hf.co/p>; rel=\"prev\"").as_deref(),
-            Some("https://hf.co/api/x?cursor=a")
+            next(r#"<https://hf.co/api/x?cursor=a>; rel="next", <https://hf.co/p>; rel="prev""#),
+            some("https://hf.co/api/x?cursor=a")
         );
-        assert_eq!(next_link("<https://hf.co/p>; rel=\"prev\""), None);
+        assert_eq!(next(r#"<https://hf.co/p>; rel="prev""#), Ok(None));
+        assert_eq!(next(""), Ok(None));
+        // Commas inside the target or a quoted value do not split link-values.
+        assert_eq!(
+            next(r#"<https://hf.co/p?c=1,2>; rel="prev", <https://hf.co/n?c=3,4>; rel="next""#),
+            some("https://hf.co/n?c=3,4")
+        );
+        assert_eq!(
+            next(r#"<https://hf.co/a>; title="a, b; rel=next", <https://hf.co/b>;rel=next"#),
+            some("https://hf.co/b")
+        );
+        // Unquoted, several types, any case, other parameters first, empty list elements.
+        assert_eq!(next("<https://hf.co/n>; rel=next"), some("https://hf.co/n"));
+        assert_eq!(next(r#", <https://hf.co/n> ; type="x" ; REL = "Last NEXT" ,"#), some("https://hf.co/n"));
+        assert_eq!(next(r#"<https://hf.co/n>; rel="nextish""#), Ok(None));
+        // Only the first `rel` counts.
+        assert_eq!(next(r#"<https://hf.co/n>; rel="prev"; rel="next""#), Ok(None));
+        // Escapes in a quoted value.
+        assert_eq!(next(r#"<https://hf.co/n>; title="say \"hi\""; rel="next""#), some("https://hf.co/n"));
+        // Relative references resolve against the URL the header came with.
+        assert_eq!(
+            next("</api/datasets/o/r/tree/main?recursive=true&cursor=2>; rel=next"),
+            some("https://hf.co/api/datasets/o/r/tree/main?recursive=true&cursor=2")
+        );
+        assert_eq!(next("<?cursor=3>; rel=next"), some("https://hf.co/api/datasets/o/r/tree/main?cursor=3"));
+        assert_eq!(next("<//cdn.example/x>; rel=next"), some("https://cdn.example/x"));
+        // What cannot be read is said, not guessed at.
+        assert!(next("https://hf.co/n; rel=next").unwrap_err().contains("expected `<`"));
+        assert!(next("<https://hf.co/n; rel=next").unwrap_err().contains("no closing `>`"));
+        assert!(next(r#"<https://hf.co/n>; rel="next"#).unwrap_err().contains("no closing quote"));
+        assert!(next("<https://hf.co/n> rel=next").unwrap_err().contains("unexpected `rel=next`"));
+        assert!(next("<http://[::1>; rel=next").unwrap_err().contains("is not a URL"));
+    }
+
+    #[test]
+    fn encoding() {
         assert_eq!(encode("refs/convert/parquet"), "refs%2Fconvert%2Fparquet");
         assert_eq!(encode_path("data/a b.parquet"), "data/a%20b.parquet");
     }
