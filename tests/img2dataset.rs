@@ -267,7 +267,7 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
         (
             u("/to-metadata"),
             "failed_to_download",
-            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts)"),
+            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts or --allow-host)"),
             None,
         ),
         (u("/html"), "failed_to_resize", Some("image decoding error: not an image format"), None),
@@ -281,7 +281,7 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
         (
             "http://169.254.169.254/latest/meta-data/".into(),
             "failed_to_download",
-            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts)"),
+            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts or --allow-host)"),
             None,
         ),
         (
@@ -398,7 +398,7 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
 }
 
 #[test]
-fn without_the_allow_list_loopback_is_refused() {
+fn without_the_allow_list_loopback_is_refused_and_allow_host_opts_in() {
     let host = image_host();
     let sb = Sandbox::new(
         "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \"urls\"\n",
@@ -408,9 +408,18 @@ fn without_the_allow_list_loopback_is_refused() {
     let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
     assert_eq!(
         got[0].1.1.as_deref(),
-        Some("refused destination: 127.0.0.1 is a loopback address (allow it with allow_hosts)")
+        Some("refused destination: 127.0.0.1 is a loopback address (allow it with allow_hosts or --allow-host)")
     );
     assert!(host.requests().is_empty());
+
+    // --allow-host opts in for one run without changing any key: the refused row is retried, not the shard
+    // rebuilt from scratch.
+    assert_eq!(work(&sb.plan(&["--allow-host", "127.0.0.1"])), Vec::<(String, String, String)>::new());
+    let summary = sb.build(&["--retry-failed", "images", "--allow-host", "127.0.0.1"]);
+    assert_eq!(built(&summary), ["images/urls_00000"]);
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    assert_eq!((got[0].1.0.as_str(), got[0].1.1.as_deref()), ("success", None));
+    assert_eq!(host.requests().len(), 1);
 }
 
 /// `max_image_bytes`: an image one byte over the cap fails to download with a fixed message, whether its
@@ -531,4 +540,110 @@ fn python_webdataset_and_pyarrow_read_the_output() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("ok: 1 shards, 3 samples, 4 rows"), "{stdout}");
+}
+
+/// img2dataset's #358: `--retry-failed` re-attempts only the failed downloads of a built shard. Successes keep
+/// their tar members byte for byte without a request, an image that cannot be decoded keeps its verdict,
+/// and what reads the shard is rebuilt because the shard's key changes.
+#[test]
+fn retry_failed_attempts_only_the_failed_downloads_and_rebuilds_what_reads_them() {
+    let down = Arc::new(AtomicUsize::new(1));
+    let coffee = photo("coffee.jpg");
+    let host = {
+        let down = down.clone();
+        Server::start(move |r| match r.path() {
+            "/coffee" => Reply::ok("image/jpeg", coffee.clone()),
+            "/flaky" | "/flaky-too" if down.load(Ordering::SeqCst) == 1 => Reply::status(500, "down"),
+            "/flaky" | "/flaky-too" => Reply::ok("image/jpeg", coffee.clone()),
+            "/html" => Reply::ok("text/html", "<html></html>"),
+            _ => Reply::status(404, "unknown path"),
+        })
+    };
+    let paths = ["/coffee", "/flaky", "/html", "/flaky-too", "/gone"];
+    let urls: Vec<String> = paths.iter().map(|p| host.url(p)).collect();
+    let rows: Vec<Row> = urls.iter().map(|u| row(u, "a coffee")).collect();
+    let sb = Sandbox::new(&format!(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\n{SETTINGS}\n[steps.listing]\nkind = \"command\"\nfrom = \"images\"\n\
+         run = 'for f in {{input}}; do case $f in *.tar) tar tf $f;; esac; done | sort > {{output}}'\noutputs = \"{{stem}}.txt\"\n"
+    ));
+    write_binary(&sb, "urls.parquet", &urls_parquet(&rows));
+    sb.build(&[]);
+    let tar = sb.store().join("pipeline/images/urls_00000.tar");
+    let before = tar_members(&tar);
+    assert_eq!(
+        before.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["urls_0000000.jpg", "urls_0000000.json", "urls_0000000.txt"]
+    );
+    let manifest = |sb: &Sandbox| -> serde_json::Value {
+        serde_json::from_str(&sb.read_store("pipeline/images/_dsmake/urls_00000.json")).unwrap()
+    };
+    assert_eq!((manifest(&sb)["failures"].as_u64(), manifest(&sb)["retryable"].as_u64()), (Some(4), Some(3)));
+
+    // A plain plan has nothing to do; --retry-failed names the rows and what follows.
+    assert_eq!(work(&sb.plan(&[])), Vec::<(String, String, String)>::new());
+    assert_eq!(
+        work(&sb.plan(&["--retry-failed", "images"])),
+        [
+            ("images/urls_00000".into(), "stale".into(), "retrying 3 failed rows (--retry-failed images)".into()),
+            ("listing/urls_00000".into(), "blocked".into(), "input images/urls_00000 changed".into()),
+        ]
+    );
+
+    down.store(0, Ordering::SeqCst);
+    host.clear();
+    let summary = sb.build(&["--retry-failed", "images"]);
+    assert_eq!(built(&summary), ["images/urls_00000", "listing/urls_00000"]);
+    let mut asked: Vec<String> = host.requests().iter().map(|r| r.path().to_string()).collect();
+    asked.sort();
+    assert_eq!(asked, ["/flaky", "/flaky-too", "/gone"]);
+
+    let after = tar_members(&tar);
+    let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
+    for key in ["urls_0000000", "urls_0000001", "urls_0000003"] {
+        for ext in ["jpg", "json", "txt"] {
+            assert!(names.contains(&format!("{key}.{ext}").as_str()), "{key}.{ext} missing from {names:?}");
+        }
+    }
+    assert_eq!(after.len(), 9);
+    for (name, bytes) in &before {
+        assert_eq!(after.iter().find(|(n, _)| n == name).map(|(_, b)| b), Some(bytes), "{name} changed");
+    }
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    let statuses: Vec<(&str, &str, Option<&str>)> =
+        got.iter().map(|g| (g.0.as_str(), g.1.0.as_str(), g.1.1.as_deref())).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("urls_0000000", "success", None),
+            ("urls_0000001", "success", None),
+            ("urls_0000002", "failed_to_resize", Some("image decoding error: not an image format")),
+            ("urls_0000003", "success", None),
+            ("urls_0000004", "failed_to_download", Some("HTTP Error 404: Not Found")),
+        ]
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&sb.read_store("pipeline/images/urls_00000_stats.json")).unwrap();
+    assert_eq!((stats["count"].as_u64(), stats["successes"].as_u64()), (Some(5), Some(3)));
+    assert_eq!((manifest(&sb)["failures"].as_u64(), manifest(&sb)["retryable"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(manifest(&sb)["retry"]["attempt"], 1);
+    assert!(sb.read_store("pipeline/listing/urls_00000.txt").contains("urls_0000003.jpg"));
+
+    // The retried shard is fresh for a plain plan; a second retry is attempt 2, and a kind without failed
+    // rows says so.
+    assert_eq!(work(&sb.plan(&[])), Vec::<(String, String, String)>::new());
+    host.clear();
+    let summary = sb.build(&["--retry-failed", "images"]);
+    assert_eq!(built(&summary), ["images/urls_00000", "listing/urls_00000"]);
+    assert_eq!(host.requests().iter().map(|r| r.path().to_string()).collect::<Vec<_>>(), ["/gone"]);
+    assert_eq!(manifest(&sb)["retry"]["attempt"], 2);
+    let run = sb.run(&["plan", "--retry-failed", "listing"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "--retry-failed listing: a `command` step has no failed rows to retry (use --force listing to rebuild it)"
+        ),
+        "{}",
+        run.stderr
+    );
 }

@@ -103,6 +103,14 @@ pub struct PipelineArgs {
     /// Rebuild this step's targets even when fresh (repeatable).
     #[arg(long, value_name = "STEP")]
     pub force: Vec<String>,
+    /// Re-attempt only the failed rows (downloads) of this step's built targets, keeping what succeeded;
+    /// what reads those targets is rebuilt (repeatable).
+    #[arg(long, value_name = "STEP")]
+    pub retry_failed: Vec<String>,
+    /// Let downloads reach this host although it is loopback or private (repeatable; also
+    /// DSMAKE_ALLOW_HOSTS=a,b). The pipeline's `allow_hosts` setting does the same for one step.
+    #[arg(long, value_name = "HOST", env = "DSMAKE_ALLOW_HOSTS", value_delimiter = ',')]
+    pub allow_host: Vec<String>,
     /// Where outputs live: a folder (default ./dsmake-store), file:///path or s3://bucket/prefix.
     #[arg(long, env = "DSMAKE_STORE")]
     pub store: Option<String>,

@@ -35,7 +35,13 @@ impl Workspace {
         };
         let store = store::open(&url, &s3)?;
         let stat_cache = StatCache::open(cache_dir().join("stat-cache.json"));
-        let plan_options = PlanOptions { targets: args.target.clone(), force: args.force.clone() };
+        let plan_options = PlanOptions {
+            targets: args.target.clone(),
+            force: args.force.clone(),
+            retry_failed: args.retry_failed.clone(),
+            allow_hosts: args.allow_host.clone(),
+            built_this_run: Default::default(),
+        };
         Ok(Workspace { pipeline, store, stat_cache, plan_options, remote })
     }
 

@@ -3,6 +3,7 @@
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
 use crate::plan::key::KeyParts;
+use crate::store::manifest::RetryOf;
 use crate::store::step_state::Record;
 use crate::store::{Store, join};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,20 @@ pub struct Job {
     pub store: String,
     /// The pipeline file's folder, for settings that name local paths.
     pub base_dir: PathBuf,
+    /// `--allow-host`: destinations this run may reach beyond the step's own allow-list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<String>,
+    /// `--retry-failed`: this build re-attempts the failed rows of the target's last build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<JobRetry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRetry {
+    #[serde(flatten)]
+    pub of: RetryOf,
+    /// The last build's outputs (store paths), in its manifest's order.
+    pub previous: Vec<JobFile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +120,14 @@ impl Job {
             inputs,
             store: store.url(),
             base_dir: pipeline.base_dir.clone(),
+            allow_hosts: plan.allow_hosts.clone(),
+            retry: target.retry.as_deref().map(|of| JobRetry {
+                of: of.clone(),
+                previous: plan
+                    .record(t)
+                    .map(|r| r.outputs.iter().map(|o| JobFile::Store(join(&step.dir, &o.name))).collect())
+                    .unwrap_or_default(),
+            }),
         }
     }
 

@@ -73,9 +73,11 @@ pub fn build(
     let mut fresh = FreshCount::default();
     let cancel = Cancel::default();
     let _signals = watch_signals(&runtime, cancel.clone());
+    // Later rounds (after row-split steps learn their shards) must not force or retry the same targets again.
+    let mut plan_options = plan_options.clone();
 
     loop {
-        let mut plan = plan::make(pipeline, &*store, stat_cache, plan_options)?;
+        let mut plan = plan::make(pipeline, &*store, stat_cache, &plan_options)?;
         summary.sources_hashed += plan.stats.sources_hashed;
         summary.fresh += fresh.count(&plan);
         let to_run: Vec<usize> = plan.to_run().collect();
@@ -88,6 +90,7 @@ pub fn build(
         let round = runtime.block_on(run_round(pipeline, &mut plan, &store, &to_run, options, &cancel));
         save_indexes(&mut plan, &*store);
 
+        plan_options.built_this_run.extend(round.built_names.iter().cloned());
         summary.built_targets.extend(round.built_names);
         summary.built += round.built;
         summary.bytes_written += round.bytes;

@@ -228,9 +228,10 @@ pub fn build(
     let mut fresh = super::FreshCount::default();
     let cancel = Cancel::default();
     let _signals = watch_signals(&runtime, cancel.clone());
+    let mut plan_options = plan_options.clone();
 
     loop {
-        let mut plan = plan::make(pipeline, &*store, stat_cache, plan_options)?;
+        let mut plan = plan::make(pipeline, &*store, stat_cache, &plan_options)?;
         summary.sources_hashed += plan.stats.sources_hashed;
         summary.fresh += fresh.count(&plan);
         let to_run: Vec<usize> = plan.to_run().collect();
@@ -255,6 +256,7 @@ pub fn build(
                 built += 1;
                 summary.built += 1;
                 summary.built_targets.push(r.target.clone());
+                plan_options.built_this_run.insert(r.target.clone());
                 summary.bytes_written += r.bytes;
             } else {
                 summary.failed.push(FailedTarget {

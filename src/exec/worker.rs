@@ -69,16 +69,23 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    // An old manifest would vouch for outputs while they are being replaced: remove it first.
-    let manifest_at = manifest_path(&job.dir, &job.shard);
-    store.delete(&manifest_at)?;
+    let previous_dir = scratch.path().join("previous");
+    let previous = match &job.retry {
+        Some(retry) => retry
+            .previous
+            .iter()
+            .enumerate()
+            .map(|(n, file)| local_file(store, file, &previous_dir, n))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("the last build of {}", job.target))?,
+        None => Vec::new(),
+    };
 
-    let cx = BuildCx { job, inputs, out_dir: &out_dir, work_dir: &work_dir, cancel };
+    let cx = BuildCx { job, inputs, out_dir: &out_dir, work_dir: &work_dir, cancel, previous };
     let built = kind.build(&cx)?;
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
-
     let outputs: Vec<OutputFile> = built
         .outputs
         .par_iter()
@@ -89,6 +96,10 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
             Ok(OutputFile { name: name.clone(), size, blake3: hash_file(&path)? })
         })
         .collect::<anyhow::Result<_>>()?;
+    // An old manifest would vouch for outputs while they are being replaced: remove it before they are. (Not
+    // earlier: a build that fails leaves the last one standing.)
+    let manifest_at = manifest_path(&job.dir, &job.shard);
+    store.delete(&manifest_at)?;
     for output in &outputs {
         if cancel.is_cancelled() {
             return Err(Cancelled.into());
@@ -104,6 +115,8 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
         outputs,
         rows: built.rows,
         failures: built.failures,
+        retryable: built.retryable,
+        retry: job.retry.as_ref().map(|r| r.of.clone()),
         stats: built.stats,
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
         duration_s: clock.elapsed().as_secs_f64(),

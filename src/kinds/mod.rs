@@ -79,6 +79,11 @@ pub trait Kind: Sync {
     fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards>;
     /// Builds one target: reads `cx.inputs`, writes the declared outputs under `cx.out_dir`.
     fn build(&self, cx: &BuildCx) -> anyhow::Result<Built>;
+    /// Whether a build can re-attempt only the rows that failed last time (`--retry-failed`), reading the
+    /// rest from `cx.previous`; such a kind reports `Built::retryable`.
+    fn retries_failed_rows(&self) -> bool {
+        false
+    }
 }
 
 pub struct ShardCx<'a> {
@@ -99,6 +104,9 @@ pub struct BuildCx<'a> {
     /// A scratch folder for everything else; removed afterwards.
     pub work_dir: &'a Path,
     pub cancel: &'a Cancel,
+    /// With `--retry-failed`: the target's outputs from its last build, in its manifest's order, for a kind
+    /// that keeps what succeeded and re-attempts the rest. Empty otherwise.
+    pub previous: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +124,9 @@ pub struct Built {
     pub outputs: Vec<String>,
     pub rows: Option<u64>,
     pub failures: Option<u64>,
+    /// Of the failures, those another attempt may fix (a download that failed, not an image that cannot be
+    /// decoded): what `--retry-failed` re-attempts.
+    pub retryable: Option<u64>,
     /// Kind-specific counters for the manifest (status counts, say).
     pub stats: Value,
 }

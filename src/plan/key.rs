@@ -38,6 +38,17 @@ impl KeyParts {
     }
 }
 
+/// The key of attempt `attempt` at a target's failed rows: a new key, so that what reads the target is
+/// rebuilt, derived from the key its settings and inputs give.
+pub fn retry_key(of_key: &str, attempt: u32) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(DOMAIN);
+    hasher.update(b"retry-failed\0");
+    hasher.update(of_key.as_bytes());
+    hasher.update(&attempt.to_le_bytes());
+    hasher.finalize().to_hex().to_string()
+}
+
 /// A source file's content identity as it goes into keys and manifests (fields in the order a JSON object
 /// with sorted keys has them, so both encodings agree).
 #[derive(Debug, Clone, Serialize)]

@@ -9,8 +9,9 @@ pub mod stat_cache;
 use crate::kinds::ShardCx;
 use crate::pipeline::Pipeline;
 use crate::pipeline::suggest::help_for;
+use crate::store::manifest::{Manifest, RetryOf};
 use crate::store::step_state::{Record, StepState};
-use crate::store::{Store, manifest::Manifest, manifest_path};
+use crate::store::{Store, manifest_path};
 use anyhow::{Context, bail};
 use key::{InputKey, KeyParts, SourceIdentity, StepKeyer};
 use rayon::prelude::*;
@@ -43,6 +44,14 @@ pub struct PlanOptions {
     pub targets: Vec<String>,
     /// `--force STEP`: rebuild the step's targets even when fresh.
     pub force: Vec<String>,
+    /// `--retry-failed STEP`: rebuild the step's fresh targets that have retryable failures, re-attempting
+    /// only those rows.
+    pub retry_failed: Vec<String>,
+    /// Targets this build has already made: a later round's plan does not force or retry them again.
+    pub built_this_run: std::collections::HashSet<String>,
+    /// `--allow-host`: destinations this run may reach beyond the pipeline's allow-lists. Not part of any
+    /// key: it permits work, it does not change what the work is.
+    pub allow_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +87,8 @@ pub struct Target {
     pub reason: Option<String>,
     /// False when `--target` left it out.
     pub selected: bool,
+    /// With `--retry-failed`: the key the settings and inputs give, and this attempt's number.
+    pub retry: Option<Box<RetryOf>>,
 }
 
 #[derive(Debug)]
@@ -112,6 +123,8 @@ pub struct Plan {
     /// Per step (None for sources): what the store holds; the executor records new builds here.
     pub states: Vec<Option<StepState>>,
     pub stats: PlanStats,
+    /// `--allow-host`, for the jobs of this run.
+    pub allow_hosts: Vec<String>,
 }
 
 impl Plan {
@@ -178,6 +191,7 @@ pub fn make(
         targets: Vec::new(),
         states,
         stats: PlanStats::default(),
+        allow_hosts: options.allow_hosts.clone(),
     };
     let mut views: Vec<Vec<InputShard>> = Vec::with_capacity(pipeline.steps.len());
     let mut stale_to_explain = Vec::new();
@@ -213,6 +227,7 @@ pub fn make(
         };
         let state = plan.states[s].as_ref();
         let forced = options.force.contains(&step.name);
+        let retrying = options.retry_failed.contains(&step.name);
         let keyer = StepKeyer::new(step.kind.name(), step.kind.version(), &step.settings);
         plan.targets.reserve(specs.len());
         for spec in specs {
@@ -228,12 +243,28 @@ pub fn make(
                 spec.source.as_ref().map(|f| SourceIdentity { blake3: &f.blake3, path: &f.display }).as_ref(),
             );
             let name = format!("{}/{}", step.name, spec.id);
+            let record = state.and_then(|st| st.records.get(&spec.id));
+            // A retried build stands for the key its settings and inputs give (and, while fresh, what reads it
+            // sees its own key); anything rebuilt from scratch goes back to that key.
+            let retried =
+                record.and_then(|r| Some((r.key.as_str(), r.retry.as_ref()?))).filter(|(_, r)| r.of_key == key);
             let (action, reason) = match state {
                 None => (Action::Source, None),
-                Some(st) => freshness(st, &spec.id, &key, st.records.get(&spec.id)),
+                Some(st) => freshness(st, &spec.id, retried.map_or(key.as_str(), |(k, _)| k), record),
             };
+            let again = !options.built_this_run.is_empty() && options.built_this_run.contains(&name);
+            let retryable = record.and_then(|r| r.retryable).unwrap_or(0);
+            let mut retry = None;
             let (action, reason) = match action {
-                Action::Fresh if forced => (Action::Stale, Some(format!("forced with --force {}", step.name))),
+                Action::Fresh if forced && !again => {
+                    (Action::Stale, Some(format!("forced with --force {}", step.name)))
+                }
+                Action::Fresh if retrying && retryable > 0 && !again => {
+                    let attempt = retried.map_or(1, |(_, previous)| previous.attempt + 1);
+                    retry = Some(Box::new(RetryOf { of_key: key.clone(), attempt }));
+                    let rows = if retryable == 1 { "row" } else { "rows" };
+                    (Action::Stale, Some(format!("retrying {retryable} failed {rows} (--retry-failed {})", step.name)))
+                }
                 Action::Stale if reason.is_none() => {
                     stale_to_explain.push(plan.targets.len());
                     (action, reason)
@@ -244,13 +275,18 @@ pub fn make(
                 step: s,
                 shard: spec.id,
                 name,
-                key,
                 coords: spec.coords,
                 inputs: input_targets,
                 source: spec.source.map(Box::new),
+                key: match (&retry, retried) {
+                    (Some(retry), _) => key::retry_key(&retry.of_key, retry.attempt),
+                    (None, Some((own, _))) if action == Action::Fresh => own.to_string(),
+                    _ => key,
+                },
                 action,
                 reason,
                 selected: true,
+                retry,
             });
         }
         let range = first..plan.targets.len();
@@ -394,10 +430,20 @@ fn check_step_names(pipeline: &Pipeline, options: &PlanOptions) -> anyhow::Resul
         .force
         .iter()
         .map(|f| ("--force", f.as_str()))
+        .chain(options.retry_failed.iter().map(|f| ("--retry-failed", f.as_str())))
         .chain(options.targets.iter().map(|t| ("--target", t.split_once('/').map_or(t.as_str(), |(step, _)| step))))
     {
         if !names.contains(&value) {
             selection_error!("{flag} {value}: there is no step `{value}` ({})", help_for(value, "step", &names));
+        }
+    }
+    for name in &options.retry_failed {
+        let step = pipeline.steps.iter().find(|s| &s.name == name);
+        if let Some(step) = step.filter(|s| !s.kind.retries_failed_rows()) {
+            selection_error!(
+                "--retry-failed {name}: a `{}` step has no failed rows to retry (use --force {name} to rebuild it)",
+                step.kind.name()
+            );
         }
     }
     Ok(())

@@ -1,15 +1,15 @@
 //! The step index on disk: a compact binary encoding of the records it caches. A plan reads one index per
 //! step (from S3 too), so at 10⁵ targets the format's size and parse time are the plan's.
 //!
-//! Layout: magic, then per record: shard, key, output count, (name, size)…, rows and failures (flag byte +
-//! u64), started_at, duration (f64), manifest version, manifest size. Strings are a u32 length + UTF-8;
-//! integers little-endian.
+//! Layout: magic, then per record: shard, key, output count, (name, size)…, rows, failures and retryable
+//! (flag byte + u64 each), the retried key and attempt (empty and 0 when not a retry), started_at, duration
+//! (f64), manifest version, manifest size. Strings are a u32 length + UTF-8; integers little-endian.
 
-use super::manifest::OutputFile;
+use super::manifest::{OutputFile, RetryOf};
 use super::step_state::Record;
 use std::collections::HashMap;
 
-const MAGIC: &[u8; 8] = b"DSMKIX02";
+const MAGIC: &[u8; 8] = b"DSMKIX03";
 
 struct Writer(Vec<u8>);
 
@@ -65,6 +65,9 @@ pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
         }
         w.opt(r.rows);
         w.opt(r.failures);
+        w.opt(r.retryable);
+        w.str(r.retry.as_ref().map_or("", |retry| retry.of_key.as_str()));
+        w.u64(r.retry.as_ref().map_or(0, |retry| u64::from(retry.attempt)));
         w.str(&r.started_at);
         w.u64(r.duration_s.to_bits());
         w.str(&r.manifest_version);
@@ -90,6 +93,11 @@ pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
             outputs,
             rows: r.opt()?,
             failures: r.opt()?,
+            retryable: r.opt()?,
+            retry: {
+                let (of_key, attempt) = (r.str()?, r.u64()?);
+                (!of_key.is_empty()).then_some(RetryOf { of_key, attempt: attempt as u32 })
+            },
             started_at: r.str()?,
             duration_s: f64::from_bits(r.u64()?),
             manifest_version: r.str()?,
@@ -110,7 +118,9 @@ mod tests {
             key: "k".repeat(64),
             outputs: vec![OutputFile { name: "a/b.tar".into(), size: 12, blake3: String::new() }],
             rows: Some(10_000),
-            failures: None,
+            failures: Some(3),
+            retryable: Some(2),
+            retry: Some(RetryOf { of_key: "b".repeat(64), attempt: 2 }),
             started_at: "2026-11-27T05:00:00Z".into(),
             duration_s: 1.5,
             manifest_version: "\"etag\"".into(),

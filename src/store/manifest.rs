@@ -18,12 +18,26 @@ pub struct Manifest {
     pub rows: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<u64>,
+    /// Failures that another attempt may fix (`--retry-failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<u64>,
+    /// Set when this build re-attempted the failed rows of an earlier one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryOf>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub stats: Value,
     pub started_at: String,
     pub duration_s: f64,
     pub dsmake_version: String,
     pub host: String,
+}
+
+/// A retried target's key is derived from the key its settings and inputs give (`of_key`) and the attempt,
+/// so that what reads it sees a new input; a plan accepts it wherever `of_key` is wanted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryOf {
+    pub of_key: String,
+    pub attempt: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! size match the cached ones. Only manifests written since the index (a build that was killed, another
 //! machine) are read.
 
-use super::manifest::{Manifest, OutputFile};
+use super::manifest::{Manifest, OutputFile, RetryOf};
 use super::{META_DIR, ObjectMeta, Store, is_temporary};
 use anyhow::Context;
 use rayon::prelude::*;
@@ -21,6 +21,10 @@ pub struct Record {
     pub rows: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryOf>,
     pub started_at: String,
     pub duration_s: f64,
     pub(super) manifest_version: String,
@@ -39,6 +43,8 @@ impl Record {
                 .collect(),
             rows: manifest.rows,
             failures: manifest.failures,
+            retryable: manifest.retryable,
+            retry: manifest.retry.clone(),
             started_at: manifest.started_at.clone(),
             duration_s: manifest.duration_s,
             manifest_version: meta.version.clone(),

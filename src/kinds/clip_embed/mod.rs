@@ -223,6 +223,7 @@ impl Kind for ClipEmbed {
             outputs: names.to_vec(),
             rows: Some(run.rows as u64),
             failures: Some(run.failures.len() as u64),
+            retryable: None,
             stats: json!({
                 "images": run.rows,
                 "failed": run.failures.len(),

@@ -294,6 +294,7 @@ impl Kind for HfDataset {
             outputs: vec![c.path.clone()],
             rows: Some(rows),
             failures: None,
+            retryable: None,
             stats: json!({
                 "repo": c.repo,
                 "commit": c.commit,

@@ -125,7 +125,7 @@ impl Dns {
             } else {
                 format!("{host} ({})", ip.unwrap_or_default())
             };
-            return Err(format!("refused destination: {shown} is {why} (allow it with allow_hosts)"));
+            return Err(format!("refused destination: {shown} is {why} (allow it with allow_hosts or --allow-host)"));
         }
         Ok(addrs)
     }
@@ -392,7 +392,7 @@ mod tests {
         assert!(dns.resolve("127.0.0.1", 80).is_ok());
         assert_eq!(
             dns.resolve("[::1]", 80).unwrap_err(),
-            "refused destination: ::1 is a loopback address (allow it with allow_hosts)"
+            "refused destination: ::1 is a loopback address (allow it with allow_hosts or --allow-host)"
         );
     }
 }

@@ -19,6 +19,7 @@
 mod fetch;
 mod jpeg;
 mod output;
+mod previous;
 mod process;
 
 use super::{BuildCx, Built, Inputs, Kind, Resource, ShardCx};
@@ -301,6 +302,10 @@ impl Kind for Img2Dataset {
         Mapping::Rows(s.number_sample_per_shard as u64).shards(&views).map_err(|e| anyhow!(e))
     }
 
+    fn retries_failed_rows(&self) -> bool {
+        true
+    }
+
     fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
         let s = settings(cx.job.settings())?;
         let input = cx.inputs.first().ok_or_else(|| anyhow!("{} has no input", cx.job.target))?;
@@ -443,6 +448,7 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
     let names = output_names(&shard);
     let digits = index_digits(s.number_sample_per_shard as u64);
     let mut allow = s.allow_hosts.clone();
+    allow.extend(cx.job.allow_hosts.iter().cloned());
     if let Ok(extra) = std::env::var("DSMAKE_ALLOW_HOSTS") {
         allow.extend(extra.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string));
     }
@@ -477,22 +483,42 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let permits = Permits::new(cores);
-    let next = AtomicUsize::new(0);
-    let threads = (s.concurrency as usize).min(rows.len()).max(1);
-    let hashing = s.compute_hash == "sha256" || s.verify_hash.is_some();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Outcome>(threads * 2);
-
     let mut tar = TarOut::create(&cx.out_dir.join(&names[0]))?;
     let mut outcomes: Vec<Option<Outcome>> = (0..rows.len()).map(|_| None).collect();
     let ext = popts.encode.ext();
+    // --retry-failed: what the last build got right is kept as it was; only its failed downloads are tried.
+    if !cx.previous.is_empty() {
+        let optional: Vec<&str> = [(s.extract_exif, "exif"), (s.compute_hash == "sha256", "sha256")]
+            .into_iter()
+            .filter_map(|(on, c)| on.then_some(c))
+            .collect();
+        let kept = previous::load(&cx.previous, &names, rows, &s.url_col, &optional)
+            .with_context(|| format!("the last build of {}", cx.job.target))?;
+        let mut kept: Vec<_> = kept.into_iter().collect();
+        kept.sort_by_key(|(index, _)| *index);
+        for (index, k) in kept {
+            if !k.members.is_empty() {
+                let mut members: Vec<(&str, &[u8])> =
+                    k.members.iter().map(|(e, b)| (e.as_str(), b.as_slice())).collect();
+                tar.write(&key(&shard, index as u64, digits), &mut members)
+                    .with_context(|| format!("cannot write {}", names[0]))?;
+            }
+            outcomes[index] = Some(k.outcome);
+        }
+    }
+    let todo: Vec<usize> = (0..rows.len()).filter(|&i| outcomes[i].is_none()).collect();
+    let next = AtomicUsize::new(0);
+    let threads = (s.concurrency as usize).min(todo.len()).max(1);
+    let hashing = s.compute_hash == "sha256" || s.verify_hash.is_some();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Outcome>(threads * 2);
+
     std::thread::scope(|scope| -> anyhow::Result<()> {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (next, fetcher, popts, permits) = (&next, &fetcher, &popts, &permits);
+            let (next, fetcher, popts, permits, todo) = (&next, &fetcher, &popts, &permits, &todo);
             scope.spawn(move || {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= rows.len() || cx.cancel.is_cancelled() {
+                while let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if cx.cancel.is_cancelled() {
                         break;
                     }
                     let outcome = one_row(index, &rows[index], s, fetcher, popts, permits, hashing);
@@ -596,6 +622,7 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
         outputs: names.to_vec(),
         rows: Some(count),
         failures: Some(count - successes),
+        retryable: Some(failed_download),
         stats: json!({
             "count": count,
             "successes": successes,

@@ -321,6 +321,7 @@ impl Kind for KnnIndex {
             outputs,
             rows: Some(rows),
             failures: None,
+            retryable: None,
             stats: json!({
                 "vectors": total,
                 "dimensions": dims,
