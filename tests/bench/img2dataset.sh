@@ -6,8 +6,8 @@
 #   tests/bench/img2dataset.sh            # 1,000 images (a few minutes on 2 cores)
 #   N=3000 tests/bench/img2dataset.sh
 #
-# The corpus: the real photographs of tests/fixtures/clip-golden/images (scikit-image's sample photos),
-# re-encoded at a LAION-like size mix (longest side mostly 200–1,500 px, about 1 in 10 up to 4,000; 80 % JPEG,
+# The corpus: real photographs, from scikit-image's sample photos (tests/fixtures/clip-golden/images) and
+# Debian's mate-backgrounds wallpaper package (its nature/ photos; installed with apt when missing), re-encoded at a LAION-like size mix (longest side mostly 200–1,500 px, about 1 in 10 up to 4,000; 80 % JPEG,
 # 10 % PNG, 10 % WebP), served by a threaded Python server on 127.0.0.1. img2dataset comes from PyPI in its own
 # venv (under $BENCH_DIR), and also builds the corpus (Pillow comes with it).
 set -euo pipefail
@@ -36,13 +36,21 @@ DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
 WORK=$(mktemp -d)
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
+WALLPAPERS=/usr/share/backgrounds/mate/nature
+if [ ! -d "$WALLPAPERS" ]; then
+  echo "== installing Debian's mate-backgrounds (wallpaper photographs for the corpus)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends mate-backgrounds >/dev/null
+fi
+
 echo "== corpus: $N images"
-"$PY" - "$ROOT/tests/fixtures/clip-golden/images" "$WORK/www" "$N" <<'EOF'
+"$PY" - "$WORK/www" "$N" "$ROOT/tests/fixtures/clip-golden/images" "$WALLPAPERS" <<'EOF'
 import os, random, sys
 from PIL import Image
-src, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out, n, sources = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 os.makedirs(out, exist_ok=True)
-photos = [Image.open(os.path.join(src, f)).convert("RGB") for f in sorted(os.listdir(src))]
+photos = [Image.open(os.path.join(src, f)).convert("RGB") for src in sources for f in sorted(os.listdir(src))]
+print(f"   {len(photos)} photographs from {', '.join(sources)}")
 rng = random.Random(42)
 cache = {}
 for i in range(n):
