@@ -1,5 +1,6 @@
 //! `hf-dataset` against a Hub served on 127.0.0.1: pinning, keys that follow file content, resume after a
-//! cut connection, sha256 mismatch, tokens, error messages, offline mode, paged listings.
+//! cut connection, sha256 mismatch, tokens (sent to the Hub only: not to its CDN, not to a next page elsewhere),
+//! error messages, offline mode, paged listings, renamed repos.
 
 #[macro_use]
 mod common;
@@ -226,4 +227,85 @@ fn a_listing_longer_than_one_page_is_followed_to_its_last_page() {
         pages,
         [query.to_string(), format!("{query}&cursor=4"), format!("{query}&cursor=8"), format!("{query}&cursor=12")]
     );
+}
+
+#[test]
+fn downloads_redirected_to_the_cdn_go_there_without_the_token() {
+    let hub = HubMock::start("laion/tiny");
+    hub.state.lock().unwrap().token = Some("hf_secret_token".into());
+    let a = file(400, "a");
+    hub.commit(&[("part-0.parquet", Some(a.clone()))]);
+    let cdn = hub.start_cdn();
+    // The CDN cuts the first download: the resumed request is redirected again, with its Range.
+    hub.state.lock().unwrap().cut_once = Some(("part-0.parquet".into(), 1000));
+    let sb = sandbox(&hub);
+    sb.build(&[]);
+    assert_eq!(std::fs::read(sb.store().join("pipeline/meta/part-0.parquet")).unwrap(), a);
+
+    // The Hub refuses requests without the token, so each one had it; the CDN saw none.
+    let requests = hub.requests();
+    assert!(requests.iter().all(|r| r.header("Authorization") == Some("Bearer hf_secret_token")), "{requests:?}");
+    let downloads = cdn.requests();
+    assert!(downloads.iter().all(|r| r.header("Authorization").is_none()), "{downloads:?}");
+    let ranges: Vec<Option<&str>> = downloads.iter().map(|r| r.header("Range")).collect();
+    assert_eq!(ranges, [None, Some("bytes=1000-")]);
+    assert!(downloads.iter().all(|r| r.path() == format!("/laion/tiny/{}", hub_mock::sha256(&a))));
+}
+
+#[test]
+fn a_renamed_repo_is_followed_within_the_hub_with_the_token() {
+    let hub = HubMock::start("laion/tiny");
+    {
+        let mut st = hub.state.lock().unwrap();
+        st.token = Some("hf_secret_token".into());
+        st.renamed_from = Some("laion/tiny-old".into());
+    }
+    let a = file(3, "a");
+    hub.commit(&[("part-0.parquet", Some(a.clone()))]);
+    let mut sb = Sandbox::new(&PIPELINE.replace("laion/tiny", "laion/tiny-old"));
+    sb.env.push(("HF_ENDPOINT".into(), hub.endpoint()));
+    sb.env.push(("HF_TOKEN".into(), "hf_secret_token".into()));
+    sb.build(&[]);
+    assert_eq!(std::fs::read(sb.store().join("pipeline/meta/part-0.parquet")).unwrap(), a);
+    let requests = hub.requests();
+    assert!(requests.iter().any(|r| r.path().contains("/laion/tiny-old/resolve/")), "{requests:?}");
+    assert!(requests.iter().any(|r| r.path().contains("/laion/tiny/resolve/")), "{requests:?}");
+    assert!(requests.iter().all(|r| r.header("Authorization") == Some("Bearer hf_secret_token")), "{requests:?}");
+}
+
+#[test]
+fn a_next_page_on_another_server_is_refused_and_never_sees_the_token() {
+    let hub = HubMock::start("laion/tiny");
+    let elsewhere = http::Server::start(|_| http::Reply::ok("application/json", "[]"));
+    let parquets: Vec<String> = (0..5).map(|i| format!("data/part-{i}.parquet")).collect();
+    hub.commit(&parquets.iter().map(|p| (p.as_str(), Some(file(2, p)))).collect::<Vec<_>>());
+    {
+        let mut st = hub.state.lock().unwrap();
+        st.page_size = Some(2);
+        st.next_link_base = Some(elsewhere.url(""));
+    }
+    let sb = sandbox(&hub);
+    let run = sb.run(&["plan"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let named = format!("the Hub names the listing's next page at {}", elsewhere.url("/api/datasets/laion/tiny/tree/"));
+    assert!(run.stderr.contains(&named) && run.stderr.contains("check HF_ENDPOINT"), "{}", run.stderr);
+    let seen = elsewhere.requests();
+    assert!(seen.iter().all(|r| r.header("Authorization").is_none()), "{seen:?}");
+    assert!(seen.is_empty(), "the link is not followed at all: {seen:?}");
+    assert!(!run.stderr.contains("hf_secret_token"));
+}
+
+#[test]
+fn a_refusal_from_the_cdn_is_not_blamed_on_the_token() {
+    let hub = HubMock::start("laion/tiny");
+    hub.commit(&[("part-0.parquet", Some(file(3, "a")))]);
+    let cdn = http::Server::start(|_| http::Reply::status(404, "NoSuchKey"));
+    hub.state.lock().unwrap().cdn = Some(cdn.url(""));
+    let sb = sandbox(&hub);
+    let run = sb.run(&["build"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    let expected = format!("HTTP 404 from {}, where the Hub redirected the download", cdn.url(""));
+    assert!(said.contains(&expected), "{said}");
+    assert!(!said.contains("HF_TOKEN") && !said.contains("signed-for-one-hour"), "{said}");
 }

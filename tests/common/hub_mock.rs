@@ -1,6 +1,8 @@
 //! A Hugging Face Hub on 127.0.0.1: dataset revisions, recursive tree listings with LFS oids and last
 //! commits (paged when asked), and `resolve` downloads with ETag, X-Repo-Commit and Range; a token when the
 //! repo is gated, and faults on demand (a download cut after some bytes, a file served with the wrong content).
+//! As the real Hub does when asked: downloads redirected to a CDN on another port, a renamed repo redirected to
+//! its new name, and next-page links that name another server.
 #![allow(dead_code)]
 
 use super::http::{Reply, Request, Server};
@@ -28,6 +30,14 @@ pub struct HubState {
     /// Entries per tree listing page, when set: each page but the last names the next in a
     /// `Link: <…>; rel="next"` header, as the Hub pages its listings.
     pub page_size: Option<usize>,
+    /// Where next-page links point instead of this server (`http://host:port`): a proxy that passes the Hub's
+    /// links through unchanged, or a hostile Hub.
+    pub next_link_base: Option<String>,
+    /// Set by `start_cdn`: `resolve` answers 302 to the file's content on this server, as the Hub sends LFS
+    /// downloads to its CDN.
+    pub cdn: Option<String>,
+    /// A former name of the repo: requests naming it are answered 307 with the same path under `repo`.
+    pub renamed_from: Option<String>,
 }
 
 pub struct HubMock {
@@ -79,6 +89,26 @@ impl HubMock {
     pub fn requests(&self) -> Vec<Request> {
         self.server.requests()
     }
+
+    /// A CDN on its own port that serves the files' content by sha256 (`/{repo}/{sha256}?X-Signature=…`, Range and
+    /// faults as `resolve`); from now on `resolve` redirects there.
+    pub fn start_cdn(&self) -> Server {
+        let s = self.state.clone();
+        let cdn = Server::start(move |r| {
+            let mut st = s.lock().unwrap();
+            let prefix = format!("/{}/", st.repo);
+            let oid = r.path().strip_prefix(&prefix).unwrap_or_default();
+            let found = st.commits.iter().find_map(|(sha, files, _)| {
+                files.iter().find(|(_, b)| sha256(b) == oid).map(|(p, b)| (sha.clone(), p.clone(), b.clone()))
+            });
+            match found {
+                Some((sha, path, bytes)) => serve(&mut st, r, &path, sha, bytes),
+                None => Reply::status(404, "no such object"),
+            }
+        });
+        self.state.lock().unwrap().cdn = Some(cdn.url(""));
+        cdn
+    }
 }
 
 fn json_reply(status: u16, body: serde_json::Value) -> Reply {
@@ -95,7 +125,7 @@ fn error(status: u16, code: &str) -> Reply {
 
 /// One page of a listing: `size` entries from the request's `cursor` (an offset here; opaque on the Hub), and
 /// an absolute link to the next page with the request's other query parameters kept.
-fn page(r: &Request, entries: Vec<serde_json::Value>, size: usize) -> Reply {
+fn page(r: &Request, entries: Vec<serde_json::Value>, size: usize, next_link_base: Option<String>) -> Reply {
     let mut query: Vec<&str> = r.query().split('&').filter(|p| !p.is_empty()).collect();
     let from = query.iter().find_map(|p| p.strip_prefix("cursor=")).and_then(|c| c.parse().ok()).unwrap_or(0);
     query.retain(|p| !p.starts_with("cursor="));
@@ -106,7 +136,8 @@ fn page(r: &Request, entries: Vec<serde_json::Value>, size: usize) -> Reply {
     }
     let next_cursor = format!("cursor={to}");
     query.push(&next_cursor);
-    let next = format!("http://{}{}?{}", r.header("Host").unwrap_or_default(), r.path(), query.join("&"));
+    let base = next_link_base.unwrap_or_else(|| format!("http://{}", r.header("Host").unwrap_or_default()));
+    let next = format!("{base}{}?{}", r.path(), query.join("&"));
     reply.with_header("Link", &format!("<{next}>; rel=\"next\""))
 }
 
@@ -124,6 +155,14 @@ fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
         }
     }
     let path = r.path().to_string();
+    if let Some(old) = &st.renamed_from {
+        let (old, new) = (format!("/datasets/{old}"), format!("/datasets/{}", st.repo));
+        if path.ends_with(&old) || path.contains(&format!("{old}/")) {
+            // A relative Location, as the Hub writes it.
+            let location = r.target.replacen(&old, &new, 1);
+            return Reply::status(307, "moved").with_header("Location", &location);
+        }
+    }
     let api = format!("/api/datasets/{}", st.repo);
     let resolve = format!("/datasets/{}/resolve/", st.repo);
     let find = |st: &HubState, rev: &str| -> Option<usize> {
@@ -162,7 +201,7 @@ fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
             entries.push(serde_json::json!({"type": "directory", "path": d, "size": 0, "oid": "0"}));
         }
         return match st.page_size {
-            Some(size) => page(r, entries, size),
+            Some(size) => page(r, entries, size, st.next_link_base.clone()),
             None => json_reply(200, serde_json::Value::Array(entries)),
         };
     }
@@ -174,39 +213,46 @@ fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
         let Some(i) = find(&st, rev) else { return error(404, "RevisionNotFound") };
         let sha = st.commits[i].0.clone();
         let Some(bytes) = st.commits[i].1.get(file).cloned() else { return error(404, "EntryNotFound") };
-        let mut bytes = bytes;
-        if st.corrupt.iter().any(|c| c == file) {
-            let last = bytes.len() - 1;
-            bytes[last] ^= 0xff;
+        if let Some(cdn) = &st.cdn {
+            let location = format!("{cdn}/{}/{}?X-Signature=signed-for-one-hour", st.repo, sha256(&bytes));
+            return Reply::status(302, "Found").with_header("Location", &location).with_header("X-Repo-Commit", &sha);
         }
-        let etag = format!("\"{}\"", sha256(&bytes));
-        let (status, body, range) = match r
-            .header("Range")
-            .and_then(|v| v.strip_prefix("bytes="))
-            .and_then(|v| v.strip_suffix('-'))
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            Some(from) if from >= bytes.len() => return Reply::status(416, "range not satisfiable"),
-            Some(from) => {
-                (206, bytes[from..].to_vec(), Some(format!("bytes {from}-{}/{}", bytes.len() - 1, bytes.len())))
-            }
-            None => (200, bytes.clone(), None),
-        };
-        let mut headers = vec![
-            ("ETag".to_string(), etag),
-            ("X-Repo-Commit".to_string(), sha),
-            ("Accept-Ranges".to_string(), "bytes".to_string()),
-        ];
-        if let Some(range) = range {
-            headers.push(("Content-Range".to_string(), range));
-        }
-        if let Some((cut_path, n)) = st.cut_once.clone()
-            && cut_path == file
-        {
-            st.cut_once = None;
-            return Reply::Cut { status, headers, body, cut: n, reset: true };
-        }
-        return Reply::Full { status, headers, body };
+        let file = file.to_string();
+        return serve(&mut st, r, &file, sha, bytes);
     }
     error(404, "RepoNotFound")
+}
+
+/// A file's content as a download: ETag, X-Repo-Commit, Range, and the faults asked for.
+fn serve(st: &mut HubState, r: &Request, file: &str, sha: String, mut bytes: Vec<u8>) -> Reply {
+    if st.corrupt.iter().any(|c| c == file) {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+    }
+    let etag = format!("\"{}\"", sha256(&bytes));
+    let (status, body, range) = match r
+        .header("Range")
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(from) if from >= bytes.len() => return Reply::status(416, "range not satisfiable"),
+        Some(from) => (206, bytes[from..].to_vec(), Some(format!("bytes {from}-{}/{}", bytes.len() - 1, bytes.len()))),
+        None => (200, bytes.clone(), None),
+    };
+    let mut headers = vec![
+        ("ETag".to_string(), etag),
+        ("X-Repo-Commit".to_string(), sha),
+        ("Accept-Ranges".to_string(), "bytes".to_string()),
+    ];
+    if let Some(range) = range {
+        headers.push(("Content-Range".to_string(), range));
+    }
+    if let Some((cut_path, n)) = st.cut_once.clone()
+        && cut_path == file
+    {
+        st.cut_once = None;
+        return Reply::Cut { status, headers, body, cut: n, reset: true };
+    }
+    Reply::Full { status, headers, body }
 }

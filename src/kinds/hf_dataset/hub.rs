@@ -17,10 +17,15 @@ use std::time::Duration;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
+/// Redirects one request may follow: the Hub sends LFS downloads to its CDN in one, a renamed repo in another.
+const MAX_REDIRECTS: usize = 10;
+
 /// How the Hub is reached: endpoint and token from the environment, as `huggingface_hub` reads them.
 #[derive(Clone)]
 pub struct Hub {
     pub endpoint: String,
+    /// The endpoint's scheme, host and port: the only place the token is sent.
+    origin: url::Origin,
     token: Option<String>,
     agent: ureq::Agent,
 }
@@ -106,6 +111,15 @@ fn header(response: &ureq::http::Response<ureq::Body>, name: &str) -> Option<Str
     response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
+/// How a request is named in errors: its URL, and where a redirect took it (without the query, which holds the
+/// CDN's signature).
+fn hop(url: &str, at: &url::Url, redirects: usize) -> String {
+    if redirects == 0 {
+        return format!("GET {url}");
+    }
+    format!("GET {url} (redirected to {}{})", at.origin().ascii_serialization(), at.path())
+}
+
 /// The next page that a listing page names in its Link headers (one or several), or None on the last page.
 fn next_page(response: &ureq::http::Response<ureq::Body>, page: &url::Url) -> anyhow::Result<Option<url::Url>> {
     let mut values = Vec::new();
@@ -134,6 +148,9 @@ impl Hub {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             bail!("HF_ENDPOINT `{endpoint}` is not an http(s) URL");
         }
+        let origin = url::Url::parse(&endpoint)
+            .map_err(|e| anyhow!("HF_ENDPOINT `{endpoint}` is not a URL ({e}): set it to the Hub's address"))?
+            .origin();
         let token = std::env::var("HF_TOKEN")
             .or_else(|_| std::env::var("HUGGING_FACE_HUB_TOKEN"))
             .ok()
@@ -144,16 +161,44 @@ impl Hub {
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_recv_body(Some(Duration::from_secs(120)))
             .user_agent(format!("dsmake/{}; hf-dataset", env!("CARGO_PKG_VERSION")))
+            // `send` follows redirects itself, to decide at each hop whether the token goes along.
+            .max_redirects(0)
             .build();
-        Ok(Hub { endpoint, token, agent: config.new_agent() })
+        Ok(Hub { endpoint, origin, token, agent: config.new_agent() })
     }
 
-    fn get(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        let request = self.agent.get(url);
-        match &self.token {
-            Some(token) => request.header("Authorization", format!("Bearer {token}")),
-            None => request,
+    /// GET `url`, following redirects. The token goes only to the endpoint's origin: the Hub redirects LFS
+    /// downloads to a CDN on another host, which must not see it, while a redirect within the Hub (a renamed
+    /// repo) keeps it. `range_from` asks every hop for the bytes from there on. Returns the answer and the
+    /// URL that gave it.
+    fn send(&self, url: &str, range_from: Option<u64>) -> anyhow::Result<(ureq::http::Response<ureq::Body>, url::Url)> {
+        let mut at = url::Url::parse(url).with_context(|| format!("`{url}` is not a URL: check HF_ENDPOINT"))?;
+        for redirects in 0..=MAX_REDIRECTS {
+            let mut request = self.agent.get(at.as_str());
+            if let Some(token) = &self.token
+                && at.origin() == self.origin
+            {
+                request = request.header("Authorization", format!("Bearer {token}"));
+            }
+            if let Some(from) = range_from {
+                request = request.header("Range", format!("bytes={from}-"));
+            }
+            let response = request.call().map_err(|e| transport(e, &hop(url, &at, redirects)))?;
+            let location = match response.status().as_u16() {
+                301 | 302 | 303 | 307 | 308 => header(&response, "Location"),
+                _ => None,
+            };
+            // A redirect without a Location is answered as it is; `check` names its status.
+            let Some(location) = location else { return Ok((response, at)) };
+            let next = at.join(&location).map_err(|e| {
+                anyhow!("{}: redirected to `{location}`, which is not a URL ({e})", hop(url, &at, redirects))
+            })?;
+            if !matches!(next.scheme(), "http" | "https") {
+                bail!("{}: redirected to `{location}`, which is not an http(s) URL", hop(url, &at, redirects));
+            }
+            at = next;
         }
+        bail!("GET {url}: more than {MAX_REDIRECTS} redirects; the Hub (HF_ENDPOINT) is redirecting in a loop")
     }
 
     fn check(
@@ -177,11 +222,11 @@ impl Hub {
     /// The commit that `revision` names now.
     pub fn resolve_revision(&self, repo: &str, revision: &str) -> anyhow::Result<String> {
         let url = format!("{}/api/datasets/{repo}/revision/{}", self.endpoint, encode(revision));
-        let mut response = self.get(&url).call().map_err(|e| transport(e, &format!("GET {url}")))?;
+        let (mut response, _) = self.send(&url, None)?;
         if response.status().as_u16() == 404 && header(&response, "X-Error-Code").is_none() {
             // Which is wrong, the repo or the revision? Ask about the repo alone.
             let repo_url = format!("{}/api/datasets/{repo}", self.endpoint);
-            let probe = self.get(&repo_url).call().map_err(|e| transport(e, &format!("GET {repo_url}")))?;
+            let (probe, _) = self.send(&repo_url, None)?;
             let code = if probe.status().is_success() { "RevisionNotFound" } else { "RepoNotFound" };
             bail!(explain(404, repo, Some(revision), self.token.is_some(), Some(code)));
         }
@@ -201,14 +246,24 @@ impl Hub {
 
     /// Every file of the repo at `commit`, following the listing's pages.
     pub fn list_files(&self, repo: &str, commit: &str) -> anyhow::Result<Vec<HubFile>> {
-        let first = format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint);
-        let mut url =
-            Some(url::Url::parse(&first).with_context(|| format!("`{first}` is not a URL: check HF_ENDPOINT"))?);
+        let mut url = Some(format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint));
         let mut files = Vec::new();
         while let Some(page) = url.take() {
-            let mut response = self.get(page.as_str()).call().map_err(|e| transport(e, &format!("GET {page}")))?;
+            let (mut response, answered) = self.send(&page, None)?;
             self.check(&response, repo, Some(commit))?;
-            url = next_page(&response, &page)?;
+            if let Some(next) = next_page(&response, &answered)? {
+                // A listing never leaves the Hub; a next page elsewhere is a misconfigured proxy or a hostile
+                // server, and following it would send it the token.
+                if next.origin() != self.origin {
+                    bail!(
+                        "GET {page}: the Hub names the listing's next page at {next}, outside HF_ENDPOINT ({}); not \
+                         followed (a listing stays on the Hub, and HF_TOKEN goes nowhere else): check HF_ENDPOINT, or \
+                         the proxy in front of the Hub that writes these Link headers",
+                        self.endpoint
+                    );
+                }
+                url = Some(next.into());
+            }
             let text = response
                 .body_mut()
                 .with_config()
@@ -291,16 +346,24 @@ impl Hub {
         have: u64,
         cancel: &crate::kinds::Cancel,
     ) -> anyhow::Result<u64> {
-        let mut request = self.get(url);
-        if have > 0 {
-            request = request.header("Range", format!("bytes={have}-"));
-        }
-        let mut response = request.call().map_err(|e| transport(e, &format!("GET {url}")))?;
+        let (mut response, answered) = self.send(url, (have > 0).then_some(have))?;
         let status = response.status().as_u16();
         if status == 416 {
             // What we hold does not fit the file: start again.
             std::fs::remove_file(partial).ok();
             return Ok(0);
+        }
+        if answered.origin() != self.origin && !response.status().is_success() {
+            // The CDN the Hub redirected to, not the Hub: its refusals say nothing about the token or the repo. Its
+            // signed URL expires (403), so another attempt, which asks the Hub for a new one, may well succeed.
+            let message = format!(
+                "GET {url}: HTTP {status} from {}, where the Hub redirected the download",
+                answered.origin().ascii_serialization()
+            );
+            if status == 403 || status == 429 || status >= 500 {
+                return Err(Transient(message).into());
+            }
+            bail!(message);
         }
         self.check(&response, repo, Some(commit)).with_context(|| format!("GET {url}"))?;
         let append = status == 206 && have > 0;
