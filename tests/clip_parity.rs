@@ -177,3 +177,31 @@ fn end_to_end_from_image_files_cosine_at_least_0_999() {
         assert!(c >= 0.999, "{image}: cosine {c} < 0.999");
     }
 }
+
+/// Caption cleaning against open_clip's own, ftfy included, on mojibake in several scripts and encodings
+/// (once and twice), mixed and partly lost forms, and legitimate text that looks like mojibake:
+/// `tests/python/ftfy_clean_cases.py` gives each caption and Python's cleaning of it.
+#[test]
+fn cleaning_equals_open_clips_with_ftfy() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let script = root.join("tests/python/ftfy_clean_cases.py");
+    let out = std::process::Command::new(&python).arg(&script).output().unwrap_or_else(|e| {
+        panic!("cannot run {}: {e}: run tests/run.sh once (it creates .venv with ftfy)", python.display())
+    });
+    assert!(
+        out.status.success(),
+        "{} failed (does .venv have ftfy? run tests/run.sh once):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: Vec<(String, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    let differ: Vec<String> = cases
+        .iter()
+        .filter(|(caption, want)| tokenizer::clean(caption) != *want)
+        .map(|(caption, want)| format!("{caption:?}: open_clip {want:?}, dsmake {:?}", tokenizer::clean(caption)))
+        .collect();
+    println!("cleaning: {} of {} captions as open_clip cleans them", cases.len() - differ.len(), cases.len());
+    assert!(cases.len() >= 200, "only {} captions", cases.len());
+    assert!(differ.is_empty(), "{} captions differ:\n{}", differ.len(), differ.join("\n"));
+}

@@ -23,7 +23,9 @@ PY_REQUIREMENTS="$PY_REQUIREMENTS pyspark==3.5.5 boto3==1.35.49 pyyaml==6.0.4 ch
 # knn-index: faiss-cpu loads the exact index (knn.index) and usearch the HNSW file (tests/python/check_knn.py);
 # tests/bench/knn.sh compares with faiss's HNSW.
 PY_REQUIREMENTS="$PY_REQUIREMENTS faiss-cpu==1.15.1 usearch==2.26.6"
-if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov, faiss, usearch" 2>/dev/null \
+# CLIP caption cleaning: open_clip runs ftfy.fix_text on every caption (tests/python/ftfy_clean_cases.py).
+PY_REQUIREMENTS="$PY_REQUIREMENTS ftfy==6.3.1"
+if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov, faiss, usearch, ftfy" 2>/dev/null \
    || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS" ]; then
   echo "== creating .venv with $PY_REQUIREMENTS"
   python3 -m venv .venv

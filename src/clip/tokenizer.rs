@@ -3,7 +3,12 @@
 //! truncates to 77 keeping the end token last, and pads with 0.
 
 use anyhow::{Context, anyhow};
+use std::borrow::Cow;
 use std::path::Path;
+
+// Part of the cleaning, in a file of its own; declared here so that the module stays private to it.
+#[path = "mojibake.rs"]
+mod mojibake;
 
 const START: &str = "<|startoftext|>";
 const END: &str = "<|endoftext|>";
@@ -49,14 +54,11 @@ impl ClipTokenizer {
 }
 
 /// open_clip's `_clean_lower`: `whitespace_clean(basic_clean(text)).lower()`, where `basic_clean` is
-/// `html.unescape(html.unescape(ftfy.fix_text(text))).strip()`. Of ftfy, the fixes that change ordinary
-/// captions are done here (HTML entities, curly quotes, ligatures, full-width ASCII, control characters);
-/// its mojibake repair is not. NFC normalisation is the tokenizer's own normaliser.
+/// `html.unescape(html.unescape(ftfy.fix_text(text))).strip()`. ftfy's default fixes are all done (see
+/// [`ftfy_fix_text`]), mojibake repair included.
 pub fn clean(text: &str) -> String {
-    // ftfy unescapes HTML itself unless the text looks like HTML (has '<'); open_clip then does it twice.
-    let passes = if text.contains('<') { 2 } else { 3 };
-    let mut s = ftfy_subset(text);
-    for _ in 0..passes {
+    let mut s = ftfy_fix_text(text);
+    for _ in 0..2 {
         if !s.contains('&') {
             break;
         }
@@ -77,44 +79,221 @@ fn is_python_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
-fn ftfy_subset(text: &str) -> String {
+/// `ftfy.fix_text` with its defaults (ftfy 6.3.1). Each line is fixed on its own, and from the first line that
+/// holds a '<' (HTML, whose entities are meant) on, HTML entities are left for open_clip to decode. A line's
+/// fixes run until they change nothing: entities, mojibake ([`mojibake::fix_encoding`]), the character fixes,
+/// NFC. Known differences: the 93 HTML5 entities that stand for two code points (`&NotEqualTilde;`, `&fjlig;`,
+/// ...) decode to their first one (html-escape's table), terminal escapes only count ASCII digits, and lines
+/// are not cut into ftfy's 1,000,000-character segments.
+fn ftfy_fix_text(text: &str) -> String {
+    let mut unescape = true;
     let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            // uncurl_quotes
-            '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{201b}' => out.push('\''),
-            '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{201f}' => out.push('"'),
-            // fix_latin_ligatures
-            '\u{fb00}' => out.push_str("ff"),
-            '\u{fb01}' => out.push_str("fi"),
-            '\u{fb02}' => out.push_str("fl"),
-            '\u{fb03}' => out.push_str("ffi"),
-            '\u{fb04}' => out.push_str("ffl"),
-            '\u{fb05}' | '\u{fb06}' => out.push_str("st"),
-            '\u{0132}' => out.push_str("IJ"),
-            '\u{0133}' => out.push_str("ij"),
-            // fix_character_width: full-width ASCII and the ideographic space
-            '\u{ff01}'..='\u{ff5e}' => out.push(char::from_u32(c as u32 - 0xfee0).unwrap_or(c)),
-            '\u{3000}' => out.push(' '),
-            // fix_line_breaks (the whitespace cleanup turns them into spaces anyway)
-            '\r' | '\u{2028}' | '\u{2029}' | '\u{85}' => out.push('\n'),
-            // remove_control_chars
-            '\u{0}'..='\u{8}'
-            | '\u{b}'
-            | '\u{e}'..='\u{1f}'
-            | '\u{7f}'
-            | '\u{feff}'
-            | '\u{206a}'..='\u{206f}'
-            | '\u{fff9}'..='\u{fffc}'
-            | '\u{e0000}'..='\u{e007f}' => {}
-            c => out.push(c),
-        }
+    for line in text.split_inclusive('\n') {
+        unescape &= !line.contains('<');
+        out.push_str(&fix_line(line, unescape));
     }
     out
 }
 
+fn fix_line(line: &str, unescape: bool) -> Cow<'_, str> {
+    let mut text = Cow::Borrowed(line);
+    loop {
+        let step = if unescape { unescape_entities(&text) } else { Cow::Borrowed(&*text) };
+        let step = then(step, mojibake::fix_encoding);
+        let step = then(step, fix_characters);
+        match then(step, nfc) {
+            Cow::Owned(next) if next != *text => text = Cow::Owned(next),
+            _ => return text,
+        }
+    }
+}
+
+/// Applies `f` to a string that may already be a changed copy, keeping it borrowed while nothing changes.
+fn then<'a>(s: Cow<'a, str>, f: impl Fn(&str) -> Cow<'_, str>) -> Cow<'a, str> {
+    match s {
+        Cow::Borrowed(b) => f(b),
+        Cow::Owned(o) => match f(&o) {
+            Cow::Owned(changed) => Cow::Owned(changed),
+            Cow::Borrowed(_) => Cow::Owned(o),
+        },
+    }
+}
+
+fn nfc(s: &str) -> Cow<'_, str> {
+    if s.is_ascii() {
+        return Cow::Borrowed(s);
+    }
+    let mut normalized = tokenizers::NormalizedString::from(s);
+    normalized.nfc();
+    if normalized.get() == s { Cow::Borrowed(s) } else { Cow::Owned(normalized.get().to_owned()) }
+}
+
+/// ftfy's character fixes, in its order: `fix_c1_controls`, `fix_latin_ligatures`, `fix_character_width`,
+/// `uncurl_quotes`, `fix_line_breaks`, then `remove_terminal_escapes` and `remove_control_chars`.
+/// (`fix_surrogates` has nothing to do: a Rust string holds no surrogates.)
+fn fix_characters(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_fixing) {
+        return Cow::Borrowed(text);
+    }
+    let mut mapped = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let c = mojibake::c1_as_windows_1252(c);
+        match latin_ligature(c) {
+            Some(letters) => letters.chars().for_each(|l| push_full_width(&mut mapped, l)),
+            None if c == '\r' && chars.peek() == Some(&'\n') => {}
+            None => push_full_width(&mut mapped, c),
+        }
+    }
+    let mut out = String::with_capacity(mapped.len());
+    let mut rest = mapped.as_str();
+    while let Some(c) = rest.chars().next() {
+        if let Some(len) = terminal_escape_len(rest) {
+            rest = &rest[len..];
+            continue;
+        }
+        if !is_removed_control(c) {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    Cow::Owned(out)
+}
+
+fn needs_fixing(c: char) -> bool {
+    matches!(c, '\u{80}'..='\u{9f}' | '\u{ff01}'..='\u{ffef}' | '\u{3000}' | '\r' | '\u{2028}' | '\u{2029}')
+        || latin_ligature(c).is_some()
+        || uncurled(c) != c
+        || is_removed_control(c)
+}
+
+/// `fix_latin_ligatures`: typographic ligatures and the digraphs kept for legacy encodings.
+fn latin_ligature(c: char) -> Option<&'static str> {
+    Some(match c {
+        'Ĳ' => "IJ",
+        'ĳ' => "ij",
+        'ŉ' => "\u{2bc}n",
+        'Ǳ' => "DZ",
+        'ǲ' => "Dz",
+        'ǳ' => "dz",
+        'Ǆ' => "DŽ",
+        'ǅ' => "Dž",
+        'ǆ' => "dž",
+        'Ǉ' => "LJ",
+        'ǈ' => "Lj",
+        'ǉ' => "lj",
+        'Ǌ' => "NJ",
+        'ǋ' => "Nj",
+        'ǌ' => "nj",
+        'ﬀ' => "ff",
+        'ﬁ' => "fi",
+        'ﬂ' => "fl",
+        'ﬃ' => "ffi",
+        'ﬄ' => "ffl",
+        'ﬅ' => "ſt",
+        'ﬆ' => "st",
+        _ => return None,
+    })
+}
+
+/// `fix_character_width` (full-width ASCII, half-width katakana and Hangul, the ideographic space: their NFKC
+/// forms), then `uncurl_quotes` and `fix_line_breaks` on the result.
+fn push_full_width(out: &mut String, c: char) {
+    let push = |out: &mut String, c: char| {
+        out.push(match uncurled(c) {
+            '\u{2028}' | '\u{2029}' | '\r' => '\n',
+            c => c,
+        })
+    };
+    match c {
+        '\u{3000}' => out.push(' '),
+        '\u{ff01}'..='\u{ff5e}' => out.push(char::from_u32(c as u32 - 0xfee0).unwrap_or(c)),
+        '\u{ff5f}'..='\u{ffef}' => {
+            let mut width = tokenizers::NormalizedString::from(c.to_string().as_str());
+            width.nfkc();
+            width.get().chars().for_each(|w| push(out, w));
+        }
+        c => push(out, c),
+    }
+}
+
+/// `uncurl_quotes`: curly quotes and the modifier-letter apostrophe become ASCII quotes.
+fn uncurled(c: char) -> char {
+    match c {
+        '\u{2bc}' | '\u{2018}'..='\u{201b}' => '\'',
+        '\u{201c}'..='\u{201f}' => '"',
+        c => c,
+    }
+}
+
+/// `remove_control_chars`: controls that display nothing. Tab, line feed, form feed, C1 controls, joiners,
+/// bidi marks and tag characters (emoji flags) stay.
+fn is_removed_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0}'..='\u{8}' | '\u{b}' | '\u{e}'..='\u{1f}' | '\u{7f}' | '\u{206a}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffc}'
+    )
+}
+
+/// The length of an ANSI terminal escape (ESC '[' digits and ';' then a letter) at the start of `s`.
+fn terminal_escape_len(s: &str) -> Option<usize> {
+    let body = s.strip_prefix("\u{1b}[")?;
+    let params = body.bytes().take_while(|b| b.is_ascii_digit() || *b == b';').count();
+    body.as_bytes().get(params).filter(|b| b.is_ascii_alphabetic()).map(|_| 2 + params + 1)
+}
+
+/// ftfy's `unescape_html`: only references that end in ';' (numeric ones when Python decodes all of them),
+/// and the upper-case forms of lower-case entity names ("P&EACUTE;REZ") that are no entity themselves.
+fn unescape_entities(s: &str) -> Cow<'_, str> {
+    if !s.contains('&') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let body = tail[1..].strip_prefix('#').unwrap_or(&tail[1..]);
+        let name_len = body.bytes().take_while(u8::is_ascii_alphanumeric).count();
+        let len = tail.len() - body.len() + name_len + 1;
+        if (1..=24).contains(&name_len) && body[name_len..].starts_with(';') {
+            out.push_str(&entity(&tail[..len]));
+            rest = &tail[len..];
+        } else {
+            out.push('&');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// What ftfy makes of one `&...;` reference.
+fn entity(reference: &str) -> String {
+    if reference.starts_with("&#") {
+        let decoded = html_unescape(reference);
+        // Python decoded only part of it: ftfy keeps the reference.
+        return if decoded.contains(';') { reference.to_owned() } else { decoded };
+    }
+    let decoded = html_escape::decode_html_entities(reference);
+    if decoded != reference {
+        return decoded.into_owned();
+    }
+    let name = &reference[1..reference.len() - 1];
+    if name.bytes().any(|b| b.is_ascii_lowercase()) || !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return reference.to_owned();
+    }
+    let lower = reference.to_ascii_lowercase();
+    let decoded = html_escape::decode_html_entities(&lower);
+    if decoded != lower && html_unescape(reference) == reference {
+        decoded.to_uppercase()
+    } else {
+        reference.to_owned()
+    }
+}
+
 /// Python's `html.unescape`: numeric references (with the HTML5 replacements of C1 and invalid code
-/// points), named references ending in ';', and the common legacy names without one.
+/// points), named references ending in ';', and the legacy names without one.
 pub fn html_unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -136,21 +315,18 @@ pub fn html_unescape(s: &str) -> String {
     out
 }
 
-/// Legacy named references that HTML (and Python) decode without the ';'. Longest first.
-const LEGACY: &[(&str, &str)] = &[
-    ("quot", "\""),
-    ("QUOT", "\""),
-    ("nbsp", "\u{a0}"),
-    ("copy", "©"),
-    ("COPY", "©"),
-    ("amp", "&"),
-    ("AMP", "&"),
-    ("reg", "®"),
-    ("REG", "®"),
-    ("lt", "<"),
-    ("LT", "<"),
-    ("gt", ">"),
-    ("GT", ">"),
+/// The named references that HTML (and Python) also decode without the ';' (the Latin-1 characters and
+/// a few more), longest first so that the longest one that starts a name wins, as in Python.
+const LEGACY: &[&str] = &[
+    "Aacute", "Agrave", "Atilde", "Ccedil", "Eacute", "Egrave", "Iacute", "Igrave", "Ntilde", "Oacute", "Ograve",
+    "Oslash", "Otilde", "Uacute", "Ugrave", "Yacute", "aacute", "agrave", "atilde", "brvbar", "ccedil", "curren",
+    "divide", "eacute", "egrave", "frac12", "frac14", "frac34", "iacute", "igrave", "iquest", "middot", "ntilde",
+    "oacute", "ograve", "oslash", "otilde", "plusmn", "uacute", "ugrave", "yacute", "AElig", "Acirc", "Aring", "Ecirc",
+    "Icirc", "Ocirc", "THORN", "Ucirc", "acirc", "acute", "aelig", "aring", "cedil", "ecirc", "icirc", "iexcl",
+    "laquo", "micro", "ocirc", "pound", "raquo", "szlig", "thorn", "times", "ucirc", "Auml", "COPY", "Euml", "Iuml",
+    "Ouml", "QUOT", "Uuml", "auml", "cent", "copy", "euml", "iuml", "macr", "nbsp", "ordf", "ordm", "ouml", "para",
+    "quot", "sect", "sup1", "sup2", "sup3", "uuml", "yuml", "AMP", "ETH", "REG", "amp", "deg", "eth", "not", "reg",
+    "shy", "uml", "yen", "GT", "LT", "gt", "lt",
 ];
 
 /// Decodes the reference at the start of `s` (which begins with '&'): the text and the bytes it used.
@@ -177,7 +353,8 @@ fn decode_reference(s: &str) -> Option<(String, usize)> {
             return Some((decoded.into_owned(), reference.len()));
         }
     }
-    LEGACY.iter().find(|(name, _)| body.starts_with(name)).map(|(name, value)| (value.to_string(), 1 + name.len()))
+    let name = LEGACY.iter().find(|name| body.starts_with(*name))?;
+    Some((html_escape::decode_html_entities(&format!("&{name};")).into_owned(), 1 + name.len()))
 }
 
 /// A numeric reference's character as Python's `html.unescape` gives it.
@@ -207,6 +384,6 @@ mod tests {
         assert_eq!(clean("  multiple   spaces\tand\ttabs\nnewline "), "multiple spaces and tabs newline");
         assert_eq!(clean("It's &amp; &lt;b&gt; &#39;x&#39; &amp;amp;"), "it's & <b> 'x' &");
         assert_eq!(clean("don\u{2019}t \u{fb01}ne \u{ff21}\u{ff22}"), "don't fine ab");
-        assert_eq!(clean("a&ampb &#150; &#x41;&notanentity;"), "a&b – a&notanentity;");
+        assert_eq!(clean("a&ampb &#150; &#x41;&notanentity;"), "a&b – a¬anentity;");
     }
 }
