@@ -7,6 +7,7 @@
 //! to write the batch's embeddings to (float32, not normalised). `CLIP_BENCH_ITERS` (default 3) timed
 //! passes follow one warm-up; threads are rayon's (`RAYON_NUM_THREADS`). Prints one JSON line.
 
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use dsmake::clip::config::ClipConfig;
 use dsmake::clip::npy;
@@ -14,6 +15,11 @@ use dsmake::clip::tokenizer::ClipTokenizer;
 use dsmake::clip::{Clip, device};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+// The allocator the dsmake binary runs clip-embed with (src/main.rs): each op's output is a fresh buffer,
+// and the system allocator hands large ones back to the kernel, to be page-faulted in again on the next pass.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -50,11 +56,13 @@ fn image_tower_throughput() {
         }
     };
     let iters = env("CLIP_BENCH_ITERS", 3);
+    // The tower on a tensor made once, as PyTorch's side gets it (embed_pixels would time a copy of the batch).
+    let input = Tensor::from_vec(pixels, (batch, 3, size, size), &dev).unwrap().to_dtype(dtype).unwrap();
     // Warm-up: allocations, lazy initialisation (candle's thread pool).
-    let embeddings = clip.embed_pixels(pixels.clone(), batch).unwrap();
+    let embeddings = clip.vision.forward(&input).unwrap().to_dtype(DType::F32).unwrap();
     let started = Instant::now();
     for _ in 0..iters {
-        clip.embed_pixels(pixels.clone(), batch).unwrap();
+        clip.vision.forward(&input).unwrap();
     }
     let seconds = started.elapsed().as_secs_f64();
     if let Ok(path) = std::env::var("CLIP_BENCH_EMBEDDINGS") {

@@ -4,6 +4,7 @@
 //! (`dsmake search`) can load the same [`Clip`].
 
 pub mod config;
+pub mod cpu;
 pub mod hub;
 pub mod npy;
 pub mod preprocess;

@@ -3,7 +3,7 @@
 
 use super::config::TextConfig;
 use super::transformer::Encoder;
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear_no_bias};
 
 pub struct TextTower {
@@ -12,7 +12,6 @@ pub struct TextTower {
     encoder: Encoder,
     final_ln: LayerNorm,
     projection: Linear,
-    dtype: DType,
 }
 
 impl TextTower {
@@ -26,7 +25,6 @@ impl TextTower {
             encoder: Encoder::new(&cfg.tower, m.pp("encoder"))?,
             final_ln: layer_norm(d, cfg.tower.layer_norm_eps, m.pp("final_layer_norm"))?,
             projection: linear_no_bias(d, projection_dim, vb.pp("text_projection"))?,
-            dtype: vb.dtype(),
         })
     }
 
@@ -44,7 +42,7 @@ impl TextTower {
         }
         let input = Tensor::from_vec(flat, (b, t), device)?;
         let x = self.token_embedding.forward(&input)?.broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
-        let x = self.encoder.forward(&x, Some(&causal_mask(t, self.dtype, device)?))?;
+        let x = self.encoder.forward(&x, true)?;
         let x = self.final_ln.forward(&x)?;
         // The end token has the largest id (49407), so its position is the argmax: this is what HF does for
         // the original configs (eos_token_id = 2) and equals its first-eos rule for the new ones, since
@@ -62,11 +60,4 @@ impl TextTower {
         let pooled = x.reshape((b * t, d))?.index_select(&Tensor::new(at, device)?, 0)?;
         self.projection.forward(&pooled)
     }
-}
-
-/// 0 on and below the diagonal, -inf above: a token sees only the tokens before it.
-fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> =
-        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)
 }

@@ -1,14 +1,50 @@
-//! The pre-LayerNorm transformer encoder that both CLIP towers share (HF `CLIPEncoderLayer`).
+//! The pre-LayerNorm transformer encoder that both CLIP towers share (HF `CLIPEncoderLayer`). On CPU in f32
+//! the dense layers and attention run as the fused kernels of [`super::cpu`]; elsewhere as candle's ops.
 
 use super::config::{Activation, TowerConfig};
-use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear};
+use super::cpu;
+use candle_core::{D, DType, Device, Result, Tensor};
+use candle_nn::{LayerNorm, Module, VarBuilder, layer_norm};
+
+/// A linear layer (`x·Wᵀ + b`) with W stored transposed, [in, out]: gemm then reads it row by row, which
+/// suits it better than HF's [out, in], and the CPU kernel adds the bias within the matmul.
+struct Dense {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    /// From HF's weight [out, in] and bias [out].
+    fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
+        Ok(Dense { weight_t: weight.t()?.contiguous()?, bias })
+    }
+
+    fn load(inputs: usize, outputs: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new(&vb.get((outputs, inputs), "weight")?, vb.get(outputs, "bias")?)
+    }
+
+    /// `x` [.., in] → [.., out], then quick_gelu if asked.
+    fn forward(&self, x: &Tensor, quick_gelu: bool) -> Result<Tensor> {
+        if cpu::applies(x) {
+            return x.contiguous()?.apply_op3_no_bwd(&self.weight_t, &self.bias, &cpu::Dense { quick_gelu });
+        }
+        let (inputs, outputs) = self.weight_t.dims2()?;
+        let mut dims = x.dims().to_vec();
+        let rows = x.elem_count() / inputs;
+        let y = x.reshape((rows, inputs))?.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        let y = if quick_gelu { (&y * candle_nn::ops::sigmoid(&(&y * 1.702)?)?)? } else { y };
+        if let Some(last) = dims.last_mut() {
+            *last = outputs;
+        }
+        y.reshape(dims)
+    }
+}
 
 /// Multi-head self-attention. The q, k and v projections are fused into one matrix at load time: one
 /// matmul per layer instead of three, which matters on CPU where each call has its own overhead.
 struct Attention {
-    qkv: Linear,
-    out: Linear,
+    qkv: Dense,
+    out: Dense,
     heads: usize,
     head_dim: usize,
 }
@@ -28,42 +64,47 @@ impl Attention {
         let head_dim = d / cfg.num_attention_heads;
         let scale = (head_dim as f64).powf(-0.5);
         let (qw, qb) = ((qw * scale)?, (qb * scale)?);
-        let qkv = Linear::new(Tensor::cat(&[&qw, &kw, &vw], 0)?, Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?));
-        Ok(Attention { qkv, out: linear(d, d, vb.pp("out_proj"))?, heads: cfg.num_attention_heads, head_dim })
+        let qkv = Dense::new(&Tensor::cat(&[&qw, &kw, &vw], 0)?, Tensor::cat(&[&qb, &kb, &vbias], 0)?)?;
+        Ok(Attention { qkv, out: Dense::load(d, d, vb.pp("out_proj"))?, heads: cfg.num_attention_heads, head_dim })
     }
 
-    /// `x`: [batch, tokens, hidden]; `mask`: added to the scores, [tokens, tokens] (the text tower's causal
-    /// mask) or none.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?.reshape((b, t, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.out.forward(&y)
+    /// `x`: [batch, tokens, hidden] → the first `queries` tokens' outputs, [batch, queries, hidden];
+    /// `causal`: each token sees only those before it (the text tower), which candle's path applies as
+    /// `mask`, added to the scores.
+    fn forward(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>, queries: usize) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x, false)?;
+        let y = if cpu::applies(&qkv) {
+            qkv.apply_op1_no_bwd(&cpu::Attention { heads: self.heads, causal, queries })?
+        } else {
+            let (b, t, d) = x.dims3()?;
+            let qkv = qkv.reshape((b, t, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?;
+            let q = qkv.get(0)?.narrow(2, 0, queries)?.contiguous()?;
+            let k = qkv.get(1)?.contiguous()?;
+            let v = qkv.get(2)?.contiguous()?;
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(mask) = mask {
+                scores = scores.broadcast_add(&mask.narrow(0, 0, queries)?)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            probs.matmul(&v)?.transpose(1, 2)?.reshape((b, queries, d))?
+        };
+        self.out.forward(&y, false)
     }
 }
 
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     activation: Activation,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(x)?;
         let h = match self.activation {
-            Activation::QuickGelu => (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?,
-            Activation::Gelu => h.gelu_erf()?,
+            Activation::QuickGelu => self.fc1.forward(x, true)?,
+            Activation::Gelu => self.fc1.forward(x, false)?.gelu_erf()?,
         };
-        self.fc2.forward(&h)
+        self.fc2.forward(&h, false)
     }
 }
 
@@ -75,8 +116,10 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+    /// `x` [batch, tokens, hidden] → the first `queries` tokens' outputs, [batch, queries, hidden].
+    fn forward(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>, queries: usize) -> Result<Tensor> {
+        let attended = self.attn.forward(&self.ln1.forward(x)?, causal, mask, queries)?;
+        let x = (x.narrow(1, 0, queries)? + attended)?;
         &x + self.mlp.forward(&self.ln2.forward(&x)?)?
     }
 }
@@ -97,8 +140,8 @@ impl Encoder {
                     attn: Attention::new(cfg, vb.pp("self_attn"))?,
                     ln2: layer_norm(d, eps, vb.pp("layer_norm2"))?,
                     mlp: Mlp {
-                        fc1: linear(d, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
-                        fc2: linear(cfg.intermediate_size, d, vb.pp("mlp.fc2"))?,
+                        fc1: Dense::load(d, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
+                        fc2: Dense::load(cfg.intermediate_size, d, vb.pp("mlp.fc2"))?,
                         activation: cfg.activation,
                     },
                 })
@@ -107,13 +150,35 @@ impl Encoder {
         Ok(Encoder { layers })
     }
 
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let mut x = x.clone();
-        for layer in &self.layers {
-            x = layer.forward(&x, mask)?;
-        }
-        Ok(x)
+    /// `x`: [batch, tokens, hidden] → the same shape; `causal`: each token attends only to itself and the
+    /// tokens before it.
+    pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+        self.run(x, causal, x.dim(1)?)
     }
+
+    /// The first token's output only, [batch, 1, hidden], which is all the image tower pools: the last
+    /// layer computes attention, out_proj and the MLP for that token alone (about 1/layers of the work).
+    pub fn forward_first_token(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, false, 1)
+    }
+
+    fn run(&self, x: &Tensor, causal: bool, last_queries: usize) -> Result<Tensor> {
+        let (_, t, _) = x.dims3()?;
+        let mask = if causal && !cpu::applies(x) { Some(causal_mask(t, x.dtype(), x.device())?) } else { None };
+        let mut x = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let queries = if i + 1 == self.layers.len() { last_queries } else { t };
+            x = layer.forward(&x, causal, mask.as_ref(), queries)?;
+        }
+        x.narrow(1, 0, last_queries) // as asked even without layers
+    }
+}
+
+/// 0 on and below the diagonal, -inf above: a token sees only the tokens before it.
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)
 }
 
 /// Rows divided by their L2 norm, computed in f32 whatever the model's dtype.

@@ -54,8 +54,8 @@ impl VisionTower {
         let d = self.cfg.tower.hidden_size;
         let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
-        let x = self.encoder.forward(&self.pre_ln.forward(&x)?, None)?;
-        let pooled = self.post_ln.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
+        let x = self.encoder.forward_first_token(&self.pre_ln.forward(&x)?)?;
+        let pooled = self.post_ln.forward(&x.squeeze(1)?)?;
         self.projection.forward(&pooled)
     }
 }
