@@ -2,13 +2,13 @@
 //! photos, embedded with the tiny CLIP (a copy of `tests/fixtures/clip-golden/tiny-clip`, see the README
 //! there) via `model_path`; outputs checked against clip-retrieval's layout and the reference embeddings;
 //! incremental behaviour (a new shard builds one new part; a changed model rebuilds every part and says so).
-//!
-//! Not covered here: reading the outputs back with numpy and pyarrow (no Python environment in CI yet). The
-//! npy files are checked with a parser written in this file, independent of dsmake's own.
+//! The npy files are checked with a parser written in this file, independent of dsmake's own, and read back
+//! with numpy, pyarrow and webdataset (`tests/python/check_clip_embed.py`, in the `.venv` that tests/run.sh
+//! makes).
 
 mod common;
 
-use common::{Sandbox, built, work};
+use common::{Sandbox, built, venv_python, work};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -290,6 +290,20 @@ fn embeds_webdataset_shards_in_clip_retrievals_layout_and_rebuilds_what_changed(
         println!("{target}: {reason}");
     }
     assert_eq!(built(&s.build(&[])), ["clip/00000", "clip/00001", "clip/00002"]);
+}
+
+/// What clip-retrieval's users read: numpy loads the embeddings (float16, [rows, 16], unit rows), pyarrow the
+/// metadata, and every row lines up with its WebDataset sample as webdataset reads the shard (key, caption,
+/// json fields, and the reference embeddings of its own photo and caption).
+#[test]
+fn numpy_pyarrow_and_webdataset_read_the_outputs_back_row_by_row() {
+    let s = sandbox();
+    assert_eq!(built(&s.build(&[])), ["clip/00000", "clip/00001"]);
+    let (clip, fixture) = (s.store().join("pipeline/clip"), fixture(""));
+    let (shard0, shard1) = (s.path("wds/00000.tar"), s.path("wds/00001.tar"));
+    let stdout = venv_python("check_clip_embed.py", &[&clip, &fixture, &shard0, &shard1]);
+    assert!(stdout.contains("check_clip_embed: ok: 2 parts, 6 rows of 16"), "{stdout}");
+    println!("{}", stdout.trim());
 }
 
 #[test]

@@ -190,3 +190,19 @@ pub fn strings(items: &[&str]) -> Vec<String> {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Runs `tests/python/<script>` with the `.venv` that tests/run.sh makes and returns its stdout. The test
+/// fails, rather than skips, without the venv or when the script exits non-zero (showing both outputs).
+pub fn venv_python(script: &str, args: &[&Path]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run tests/run.sh once (it creates .venv)", python.display());
+    let out = Command::new(&python)
+        .arg(root.join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout.into_owned()
+}
