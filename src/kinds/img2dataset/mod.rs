@@ -21,6 +21,7 @@ mod jpeg;
 mod output;
 mod previous;
 mod process;
+mod webp;
 
 use super::{BuildCx, Built, Inputs, Kind, Resource, ShardCx};
 use crate::exec::failure::Cancelled;

@@ -4,7 +4,7 @@
 //! decoded; EXIF orientation is applied; a JPEG is decoded scaled in the DCT when the output is much smaller
 //! (`jpeg.rs`); WebP is written lossless (the `image` crate has no lossy encoder).
 
-use super::jpeg;
+use super::{jpeg, webp};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 use std::io::Cursor;
@@ -169,7 +169,7 @@ pub fn resized_size(o: &ProcessOptions, w: u32, h: u32) -> Option<(u32, u32, boo
 }
 
 /// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,
-/// resize, crop or pad, encode.
+/// resize, crop or pad, encode. WebP goes through libwebp, rescaled while decoding (`webp.rs`).
 pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Result<Processed, String> {
     if bytes.is_empty() {
         return Err("image decoding error: empty body".to_string());
@@ -177,6 +177,7 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
     let format = image::guess_format(bytes).map_err(|_| "image decoding error: not an image format".to_string())?;
     let turbo = match format {
         ImageFormat::Jpeg => jpeg::decode(bytes, o, &mut scratch.codec, &mut scratch.pixels),
+        ImageFormat::WebP => webp::decode(bytes, o, &mut scratch.pixels),
         _ => None,
     };
     let decoded = match turbo {
@@ -422,6 +423,33 @@ mod tests {
             let db = psnr(&a.to_rgb8(), &b.to_rgb8());
             assert!(db > 34.0, "{mode:?}: PSNR {db:.1} dB");
         }
+    }
+
+    /// WebP through libwebp, rescaled while decoding, against the PNG of the same pixels through the
+    /// general decoder and the resizer; and a WebP with alpha, which the general decoder composites.
+    #[test]
+    fn webp_rescaled_by_libwebp_matches_the_general_path() {
+        let img = card(900, 600);
+        let encode = |img: &image::DynamicImage, format| {
+            let mut out = Vec::new();
+            img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+            out
+        };
+        let rgb = image::DynamicImage::ImageRgb8(img);
+        let (webp, png) = (encode(&rgb, ImageFormat::WebP), encode(&rgb, ImageFormat::Png));
+        let mut o = options(ResizeMode::Border);
+        o.image_size = 256;
+        let (a, b) = (process_(&webp, &o).unwrap(), process_(&png, &o).unwrap());
+        assert_eq!((a.width, a.height, a.original_width, a.original_height), (256, 256, 900, 600));
+        let db = psnr(
+            &image::load_from_memory(&a.bytes).unwrap().to_rgb8(),
+            &image::load_from_memory(&b.bytes).unwrap().to_rgb8(),
+        );
+        assert!(db > 34.0, "PSNR {db:.1} dB");
+        let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(40, 30, image::Rgba([0, 0, 0, 0])));
+        let p = process_(&encode(&rgba, ImageFormat::WebP), &o).unwrap();
+        let white = image::load_from_memory(&p.bytes).unwrap().to_rgb8();
+        assert!(white.pixels().all(|px| px.0.iter().all(|&c| c > 250)), "alpha composited on white");
     }
 
     #[test]
