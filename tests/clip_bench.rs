@@ -28,7 +28,10 @@ fn env(name: &str, default: usize) -> usize {
 #[test]
 #[ignore = "a benchmark: run tests/bench/clip_cpu.sh"]
 fn image_tower_throughput() {
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-golden/tiny-clip");
+    // CLIP_BENCH_FIXTURE: where the tiny CLIP is when the binary runs away from its source tree (the GPU check).
+    let fixture = std::env::var_os("CLIP_BENCH_FIXTURE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-golden/tiny-clip"));
     let which = std::env::var("CLIP_BENCH_MODEL").unwrap_or_else(|_| "tiny".into());
     let dev = device(&std::env::var("CLIP_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into())).unwrap();
     let dtype = dsmake::clip::default_dtype(&dev);
