@@ -106,10 +106,18 @@ impl CustomOp3 for Dense {
             bail!("clip-dense: input {:?}, weight [{k}, {n}], bias [{}]", dims, b.len());
         }
         let m: usize = dims[..dims.len() - 1].iter().product();
+        // The bias in every row, on every thread: on one it costs the others a wait as long as a small matmul.
         let mut out = Vec::with_capacity(m * n);
-        for _ in 0..m {
-            out.extend_from_slice(b);
-        }
+        let rows_per_task = (1 << 16) / n.max(1) + 1;
+        out.spare_capacity_mut()[..m * n].par_chunks_mut(rows_per_task * n.max(1)).for_each(|rows| {
+            for row in rows.chunks_exact_mut(n) {
+                for (o, &v) in row.iter_mut().zip(b) {
+                    o.write(v);
+                }
+            }
+        });
+        // SAFETY: the loop above wrote all m·n elements (whole rows of n).
+        unsafe { out.set_len(m * n) };
         if m > 0 && k > 0 {
             // SAFETY: row-major buffers of the sizes checked above: x [m, k], w [k, n], out [m, n].
             unsafe { matmul(m, n, k, out.as_mut_ptr(), n, x.as_ptr(), k, (w.as_ptr(), n, 1), true, parallelism()) };
