@@ -20,7 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
-THREADS=${THREADS:-$(nproc)}
+CORES=$(nproc)  # before OMP_NUM_THREADS is set, which nproc obeys
+THREADS=${THREADS:-$CORES}
 ROUNDS=${ROUNDS:-3}
 BATCH=${BATCH:-8}
 ITERS=${ITERS:-3}
@@ -81,4 +82,4 @@ for model in "${models[@]}"; do
      cosine_min: ([$t[].cosine_min] | min), torch_attention: $t[0].attention,
      dsmake_rounds: [$d[].images_per_s], torch_rounds: [$t[].images_per_s]}'
 done
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores" >&2
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $CORES cores" >&2
