@@ -267,7 +267,9 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
         (
             u("/to-metadata"),
             "failed_to_download",
-            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts or --allow-host)"),
+            Some(
+                "refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts or --allow-host)",
+            ),
             None,
         ),
         (u("/html"), "failed_to_resize", Some("image decoding error: not an image format"), None),
@@ -281,7 +283,9 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
         (
             "http://169.254.169.254/latest/meta-data/".into(),
             "failed_to_download",
-            Some("refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts or --allow-host)"),
+            Some(
+                "refused destination: 169.254.169.254 is a link-local address (allow it with allow_hosts or --allow-host)",
+            ),
             None,
         ),
         (
