@@ -11,7 +11,8 @@
 # THREADS (default: every core) sets both sides' threads (RAYON_NUM_THREADS, torch.set_num_threads).
 # Each of ROUNDS (default 3) runs dsmake then torch, each one warm-up pass and ITERS timed passes over a
 # batch of BATCH images; the figures are each side's best round, since other work on a shared machine only
-# ever slows a round down (all rounds are printed too).
+# ever slows a round down (all rounds are printed too). Compare on an idle machine: when other processes
+# compete for the cores, PyTorch's OpenMP threads lose far more (up to 10x at 2 threads) than candle's.
 #
 # The PyTorch side lives in a venv of its own under ~/.cache/dsmake/bench-clip, made here from PyPI with
 # pinned versions (PyPI's torch is the CUDA build, a large download once; it runs on the CPU here). Random
