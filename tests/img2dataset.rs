@@ -10,7 +10,7 @@ mod hub_mock;
 #[path = "common/parquet_rows.rs"]
 mod parquet_rows;
 
-use common::{Backend, Sandbox, built, work};
+use common::{Backend, Sandbox, built, venv_python, work};
 
 /// Row shards must not depend on the store: this runs on a local folder and on S3.
 mod local {
@@ -519,12 +519,6 @@ fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added(backend: Bac
 
 #[test]
 fn python_webdataset_and_pyarrow_read_the_output() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run tests/run.sh once (it creates .venv with webdataset, pyarrow, numpy and pillow)",
-        python.display()
-    );
     let host = image_host();
     let urls = [host.url("/img/coffee.jpg"), host.url("/404"), host.url("/img/astronaut.png"), host.url("/gray")];
     let rows: Vec<Row> = urls.iter().map(|u| row(u, "a photo")).collect();
@@ -533,16 +527,7 @@ fn python_webdataset_and_pyarrow_read_the_output() {
     ));
     write_binary(&sb, "urls.parquet", &urls_parquet(&rows));
     sb.build(&[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_webdataset.py");
-    let out =
-        std::process::Command::new(&python).arg(&script).arg(sb.store().join("pipeline/images")).output().unwrap();
-    assert!(
-        out.status.success(),
-        "check_webdataset.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = venv_python("check_webdataset.py", &[&sb.store().join("pipeline/images")]);
     assert!(stdout.contains("ok: 1 shards, 3 samples, 4 rows"), "{stdout}");
 }
 

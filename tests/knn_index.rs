@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Sandbox, built};
+use common::{Sandbox, built, venv_python};
 use dsmake::kinds::knn_index::hnsw;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -287,22 +287,13 @@ fn search_finds_the_sample_whose_caption_or_photo_matches_and_says_what_to_build
 /// faiss-cpu reads `knn.index`, usearch the HNSW file, pyarrow the metadata (tests/python/check_knn.py).
 #[test]
 fn python_faiss_usearch_and_pyarrow_read_the_index() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run tests/run.sh once (it creates .venv with faiss-cpu, usearch, numpy and pyarrow)",
-        python.display()
-    );
     let s = sandbox();
     s.build(&[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_knn.py");
     let clip = s.store().join("pipeline/clip");
     for (step, kind) in [("knn", "image"), ("knn_text", "text")] {
         let index = s.store().join(format!("pipeline/{step}"));
-        let out = std::process::Command::new(&python).arg(&script).arg(&index).arg(&clip).arg(kind).output().unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "check_knn.py failed for {step}:\n{stdout}\n{stderr}");
-        assert!(stdout.contains("check_knn: ok: 6 vectors of 16"), "{stdout}");
+        let stdout = venv_python("check_knn.py", &[&index, &clip, Path::new(kind)]);
+        assert!(stdout.contains("check_knn: ok: 6 vectors of 16"), "{step}: {stdout}");
         println!("{}", stdout.trim());
     }
 }
