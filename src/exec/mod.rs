@@ -70,17 +70,12 @@ pub fn build(
     worker::clean_abandoned_scratch(&*store);
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut fresh = FreshCount::default();
+    let mut rounds = Rounds::new(plan_options);
     let cancel = Cancel::default();
     let _signals = watch_signals(&runtime, cancel.clone());
-    // Later rounds (after row-split steps learn their shards) must not force or retry the same targets again.
-    let mut plan_options = plan_options.clone();
 
     loop {
-        let mut plan = plan::make(pipeline, &*store, stat_cache, &plan_options)?;
-        summary.sources_hashed += plan.stats.sources_hashed;
-        summary.fresh += fresh.count(&plan);
-        let to_run: Vec<usize> = plan.to_run().collect();
+        let (mut plan, to_run) = rounds.plan(pipeline, &*store, stat_cache, &mut summary)?;
         if to_run.is_empty() {
             // Even with nothing to build, manifests this plan had to read go into the index for next time.
             save_indexes(&mut plan, &*store);
@@ -90,7 +85,7 @@ pub fn build(
         let round = runtime.block_on(run_round(pipeline, &mut plan, &store, &to_run, options, &cancel));
         save_indexes(&mut plan, &*store);
 
-        plan_options.built_this_run.extend(round.built_names.iter().cloned());
+        round.built_names.iter().for_each(|name| rounds.built(name));
         summary.built_targets.extend(round.built_names);
         summary.built += round.built;
         summary.bytes_written += round.bytes;
@@ -263,10 +258,47 @@ async fn run_target(
     }
 }
 
+/// The rounds of one build, local or remote: each plans again (row-split steps learn their shards from
+/// what the last round built), counts what is fresh once, and does not force or retry a target twice.
+pub struct Rounds {
+    options: PlanOptions,
+    fresh: FreshCount,
+}
+
+impl Rounds {
+    pub fn new(options: &PlanOptions) -> Rounds {
+        Rounds { options: options.clone(), fresh: FreshCount::default() }
+    }
+
+    /// The next round's plan and the targets it runs; adds its sources hashed and fresh targets to `summary`.
+    pub fn plan(
+        &mut self,
+        pipeline: &Pipeline,
+        store: &dyn Store,
+        stat_cache: &StatCache,
+        summary: &mut Summary,
+    ) -> anyhow::Result<(Plan, Vec<usize>)> {
+        let plan = plan::make(pipeline, store, stat_cache, &self.options)?;
+        summary.sources_hashed += plan.stats.sources_hashed;
+        summary.fresh += self.fresh.count(&plan);
+        let to_run = plan.to_run().collect();
+        Ok((plan, to_run))
+    }
+
+    pub fn built(&mut self, target: &str) {
+        self.options.built_this_run.insert(target.to_string());
+    }
+
+    /// Whether the last plan had steps whose targets were not known yet.
+    pub fn waiting(&self) -> bool {
+        self.fresh.waiting()
+    }
+}
+
 /// Counts fresh targets across the rounds of a build, each once: a round's plan also shows as fresh what the
 /// previous rounds built, so after the first round only steps that were unknown until then are counted.
 #[derive(Default)]
-pub struct FreshCount {
+struct FreshCount {
     newly_known: Option<HashSet<String>>,
 }
 

@@ -8,7 +8,7 @@ use super::progress::Progress;
 use super::{BuildOptions, FailedTarget, Summary, save_indexes, watch_signals};
 use crate::kinds::{Cancel, Resource};
 use crate::pipeline::Pipeline;
-use crate::plan::{self, Plan, PlanOptions, stat_cache::StatCache};
+use crate::plan::{Plan, PlanOptions, stat_cache::StatCache};
 use crate::store::manifest::Manifest;
 use crate::store::{Store, join, manifest_path};
 use anyhow::{Context, bail};
@@ -225,16 +225,12 @@ pub fn build(
     let _lock = store.lock(&pipeline.name)?;
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut fresh = super::FreshCount::default();
+    let mut rounds = super::Rounds::new(plan_options);
     let cancel = Cancel::default();
     let _signals = watch_signals(&runtime, cancel.clone());
-    let mut plan_options = plan_options.clone();
 
     loop {
-        let mut plan = plan::make(pipeline, &*store, stat_cache, &plan_options)?;
-        summary.sources_hashed += plan.stats.sources_hashed;
-        summary.fresh += fresh.count(&plan);
-        let to_run: Vec<usize> = plan.to_run().collect();
+        let (mut plan, to_run) = rounds.plan(pipeline, &*store, stat_cache, &mut summary)?;
         save_indexes(&mut plan, &*store);
         if to_run.is_empty() {
             super::dispose(plan);
@@ -256,7 +252,7 @@ pub fn build(
                 built += 1;
                 summary.built += 1;
                 summary.built_targets.push(r.target.clone());
-                plan_options.built_this_run.insert(r.target.clone());
+                rounds.built(&r.target);
                 summary.bytes_written += r.bytes;
             } else {
                 summary.failed.push(FailedTarget {
@@ -272,7 +268,7 @@ pub fn build(
             break;
         }
         // Only steps whose shard counts were unknown can add targets now; otherwise the build is done.
-        if !fresh.waiting() {
+        if !rounds.waiting() {
             break;
         }
     }

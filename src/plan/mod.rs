@@ -252,14 +252,14 @@ pub fn make(
                 None => (Action::Source, None),
                 Some(st) => freshness(st, &spec.id, retried.map_or(key.as_str(), |(k, _)| k), record),
             };
-            let again = !options.built_this_run.is_empty() && options.built_this_run.contains(&name);
+            let again = || options.built_this_run.contains(&name);
             let retryable = record.and_then(|r| r.retryable).unwrap_or(0);
             let mut retry = None;
             let (action, reason) = match action {
-                Action::Fresh if forced && !again => {
+                Action::Fresh if forced && !again() => {
                     (Action::Stale, Some(format!("forced with --force {}", step.name)))
                 }
-                Action::Fresh if retrying && retryable > 0 && !again => {
+                Action::Fresh if retrying && retryable > 0 && !again() => {
                     let attempt = retried.map_or(1, |(_, previous)| previous.attempt + 1);
                     retry = Some(Box::new(RetryOf { of_key: key.clone(), attempt }));
                     let rows = if retryable == 1 { "row" } else { "rows" };

@@ -495,8 +495,6 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
             .collect();
         let kept = previous::load(&cx.previous, &names, rows, &s.url_col, &optional)
             .with_context(|| format!("the last build of {}", cx.job.target))?;
-        let mut kept: Vec<_> = kept.into_iter().collect();
-        kept.sort_by_key(|(index, _)| *index);
         for (index, k) in kept {
             if !k.members.is_empty() {
                 let mut members: Vec<(&str, &[u8])> =

@@ -18,14 +18,14 @@ pub struct Kept {
     pub members: Members,
 }
 
-/// The rows of the last build that are kept, by row index; the others are attempted again.
+/// The rows of the last build that are kept, with their row index, in row order; the others are attempted again.
 pub fn load(
     previous: &[PathBuf],
     names: &[String; 3],
     rows: &[Map<String, Value>],
     url_col: &str,
     optional: &[&str],
-) -> anyhow::Result<HashMap<usize, Kept>> {
+) -> anyhow::Result<Vec<(usize, Kept)>> {
     let find = |name: &str| previous.iter().find(|p| p.file_name().is_some_and(|f| f == name));
     let (Some(tar), Some(parquet)) = (find(&names[0]), find(&names[1])) else {
         bail!("the last build has no {} and {}", names[0], names[1]);
@@ -37,7 +37,7 @@ pub fn load(
     wanted.extend(optional.iter().map(|c| c.to_string()));
     let last = read_rows(parquet, 0, rows.len() as u64, &wanted)?;
     let mut members = read_tar(tar)?;
-    let mut kept = HashMap::new();
+    let mut kept = Vec::new();
     for (index, (old, row)) in last.iter().zip(rows).enumerate() {
         if old.get("url") != row.get(url_col) {
             bail!(
@@ -73,7 +73,7 @@ pub fn load(
         };
         let outcome =
             Outcome { index, status, error: text("error_message"), sha256: text("sha256"), exif: text("exif"), image };
-        kept.insert(index, Kept { outcome, members: sample });
+        kept.push((index, Kept { outcome, members: sample }));
     }
     Ok(kept)
 }
