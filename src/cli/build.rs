@@ -1,7 +1,7 @@
 //! `dsmake build` and `dsmake plan`.
 
 use super::workspace::Workspace;
-use super::{EXIT_INTERRUPTED, EXIT_OK, EXIT_TARGETS_FAILED, Format, Output, PipelineArgs};
+use super::{Error, Format, Output, PipelineArgs};
 use crate::exec::{self, BuildOptions, Summary};
 use crate::plan::render;
 use clap::Args;
@@ -37,12 +37,12 @@ pub struct PlanArgs {
     pipeline: PipelineArgs,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
-    /// Exit 1 when any target would be built (for scripts and CI).
+    /// Exit 4 when any target would be built (for scripts and CI).
     #[arg(long)]
     check: bool,
 }
 
-pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<i32> {
+pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<()> {
     let workspace = Workspace::open(&args.pipeline)?;
     let plan = workspace.plan()?;
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
@@ -54,12 +54,16 @@ pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<i32> {
         Format::Human => write!(stdout, "{}", render::table(&plan, out.verbose))?,
     }
     stdout.flush()?;
-    let pending = plan.to_run().next().is_some() || plan.has_unknown();
+    let targets = plan.to_run().count();
+    let pending = targets > 0 || plan.has_unknown();
     crate::exec::dispose((plan, workspace));
-    Ok(if args.check && pending { EXIT_TARGETS_FAILED } else { EXIT_OK })
+    if args.check && pending {
+        return Err(Error::WouldBuild { targets }.into());
+    }
+    Ok(())
 }
 
-pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<i32> {
+pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<()> {
     if args.dry_run {
         return plan(PlanArgs { pipeline: args.pipeline, format: args.format, check: false }, out);
     }
@@ -97,13 +101,13 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<i32> {
         }
         Format::Human => {}
     }
-    Ok(if summary.interrupted {
-        EXIT_INTERRUPTED
-    } else if summary.failed.is_empty() {
-        EXIT_OK
+    if summary.interrupted {
+        Err(Error::Interrupted.into())
+    } else if !summary.failed.is_empty() {
+        Err(Error::TargetsFailed { failed: summary.failed.len() }.into())
     } else {
-        EXIT_TARGETS_FAILED
-    })
+        Ok(())
+    }
 }
 
 fn describe(s: &Summary) -> String {

@@ -4,7 +4,7 @@
 
 use super::build::human_bytes;
 use super::workspace::Workspace;
-use super::{EXIT_OK, Output, PipelineArgs};
+use super::{Output, PipelineArgs};
 use crate::plan::{self, Action};
 use crate::store::{self, Store, join, manifest_path};
 use anyhow::Context;
@@ -21,7 +21,7 @@ pub struct CopyArgs {
     to: String,
 }
 
-pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<i32> {
+pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
     let workspace = Workspace::open(&args.pipeline)?;
     let from = &*workspace.store;
     let to = store::open(&args.to, &store::s3::S3Options::default())?;
@@ -64,7 +64,7 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<i32> {
         );
     }
     crate::exec::dispose((source, destination, workspace));
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 /// Copies one object through a local file (or straight from the local store's file).

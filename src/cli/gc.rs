@@ -3,7 +3,7 @@
 
 use super::build::human_bytes;
 use super::workspace::Workspace;
-use super::{EXIT_OK, Output, PipelineArgs};
+use super::{Output, PipelineArgs};
 use crate::store::step_state::StepState;
 use crate::store::{META_DIR, join, manifest_path};
 use clap::Args;
@@ -24,7 +24,7 @@ pub struct GcArgs {
     older_than: f64,
 }
 
-pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
+pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<()> {
     let workspace = Workspace::open(&args.pipeline)?;
     let plan = workspace.plan()?;
     let store = &*workspace.store;
@@ -90,5 +90,5 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<i32> {
             eprintln!("{n} files ({}) belong to no target; run again with --yes to delete them.", human_bytes(bytes))
         }
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

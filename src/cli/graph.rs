@@ -1,7 +1,7 @@
 //! `dsmake graph`: the step DAG (or, with --shards, the target DAG) as Graphviz DOT.
 
+use super::PipelineArgs;
 use super::workspace::Workspace;
-use super::{EXIT_OK, PipelineArgs};
 use crate::plan::Action;
 use clap::Args;
 use std::fmt::Write;
@@ -19,7 +19,7 @@ fn quote(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-pub fn graph(args: GraphArgs) -> anyhow::Result<i32> {
+pub fn graph(args: GraphArgs) -> anyhow::Result<()> {
     let workspace = Workspace::open(&args.pipeline)?;
     let pipeline = &workspace.pipeline;
     let mut dot = String::new();
@@ -70,5 +70,5 @@ pub fn graph(args: GraphArgs) -> anyhow::Result<i32> {
     }
     dot.push_str("}\n");
     print!("{dot}");
-    Ok(EXIT_OK)
+    Ok(())
 }

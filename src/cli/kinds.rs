@@ -1,13 +1,12 @@
 //! `dsmake kinds`: what each step kind does and the settings it takes.
 
-use super::EXIT_OK;
-use crate::pipeline::settings::Fallback;
+use crate::kind::settings::Fallback;
 
-pub fn kinds() -> anyhow::Result<i32> {
+pub fn kinds() -> anyhow::Result<()> {
     for kind in crate::kinds::ALL {
         println!("{} (v{}): {}", kind.name(), kind.version(), kind.about());
-        for setting in kind.settings() {
-            let default = match setting.fallback {
+        for setting in kind.schema() {
+            let default = match &setting.fallback {
                 Fallback::Required => "required".to_string(),
                 Fallback::Absent => "optional".to_string(),
                 Fallback::Value(v) => format!("default {v}"),
@@ -16,5 +15,5 @@ pub fn kinds() -> anyhow::Result<i32> {
         }
         println!();
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

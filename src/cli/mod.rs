@@ -2,6 +2,7 @@
 
 mod build;
 mod copy;
+mod error;
 mod gc;
 mod graph;
 mod kinds;
@@ -12,25 +13,12 @@ mod worker;
 mod workspace;
 
 pub(crate) use build::human_bytes;
-pub(crate) use workspace::{cache_dir, find_named_file};
 
-use crate::pipeline::Diagnostic;
+pub use crate::error::UsageError;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_TARGETS_FAILED: i32 = 1;
-pub const EXIT_BAD_INPUT: i32 = 2;
-pub const EXIT_ENVIRONMENT: i32 = 3;
-pub const EXIT_INTERRUPTED: i32 = 130;
-
-const EXIT_CODES: &str = "\
-Exit codes:
-  0    success (for `plan --check`: nothing to build)
-  1    one or more targets failed (for `plan --check`: targets would be built)
-  2    bad command line or pipeline file
-  3    store, file system or other environment error
-  130  interrupted (Ctrl-C or SIGTERM); finished targets are kept";
+pub use error::{EXIT_CODES, Error};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,7 +135,31 @@ pub struct Output {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let out = Output { verbose: cli.verbose, quiet: cli.quiet, terminal: std::io::stderr().is_terminal() };
-    let result = match cli.command {
+    // A panic is a bug whatever the command: it ends as an internal error with its own code, not as a crash
+    // that looks like an environment problem.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command, out))).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Error::Internal(format!("panicked: {what}")).into())
+        });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let error = Error::classify(e);
+            if let Some(message) = error.message() {
+                eprintln!("{message}");
+            }
+            error.exit_code()
+        }
+    }
+}
+
+fn run(command: Command, out: Output) -> anyhow::Result<()> {
+    match command {
         Command::Build(args) => build::build(args, out),
         Command::Plan(args) => build::plan(args, out),
         Command::Status(args) => status::status(args, out),
@@ -160,36 +172,7 @@ pub fn main() -> i32 {
         Command::Kinds => kinds::kinds(),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dsmake", &mut std::io::stdout());
-            Ok(EXIT_OK)
-        }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            if let Some(diagnostic) = e.downcast_ref::<Diagnostic>() {
-                eprintln!("error: {diagnostic}");
-                EXIT_BAD_INPUT
-            } else if let Some(usage) = e.downcast_ref::<UsageError>() {
-                eprintln!("error: {}", usage.0);
-                EXIT_BAD_INPUT
-            } else if let Some(selection) = e.downcast_ref::<crate::plan::SelectionError>() {
-                eprintln!("error: {}", selection.0);
-                EXIT_BAD_INPUT
-            } else {
-                eprintln!("error: {e:#}");
-                EXIT_ENVIRONMENT
-            }
+            Ok(())
         }
     }
 }
-
-/// A mistake on the command line found after parsing (a --target naming no step, say).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for UsageError {}

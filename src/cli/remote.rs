@@ -3,8 +3,9 @@
 //! picking the executor of a `--remote` build.
 
 use super::workspace::Workspace;
-use super::{EXIT_OK, Output, UsageError};
+use super::{Output, UsageError};
 use crate::exec::remote::Executor;
+use crate::remote::ExecutorSection;
 use crate::remote::databricks::{DatabricksExecutor, auth};
 use crate::remote::spark::SparkExecutor;
 use anyhow::{Context, bail};
@@ -48,7 +49,7 @@ pub struct InitArgs {
     force: bool,
 }
 
-pub fn remote(command: RemoteCommand, out: Output) -> anyhow::Result<i32> {
+pub fn remote(command: RemoteCommand, out: Output) -> anyhow::Result<()> {
     match command {
         RemoteCommand::Login(args) => login(args, out),
         RemoteCommand::Init(args) => init(args, out),
@@ -64,10 +65,10 @@ pub fn executor(workspace: &Workspace, profile: Option<&str>) -> anyhow::Result<
         remote.store.endpoint = None;
         remote.store.region = None;
     }
-    Ok(match remote.executor.kind.as_str() {
-        "spark" => Some(Box::new(SparkExecutor::new(&remote)?)),
-        "databricks" => Some(Box::new(DatabricksExecutor::new(&remote, profile)?)),
-        _ => None,
+    Ok(match &remote.executor {
+        ExecutorSection::Spark(settings) => Some(Box::new(SparkExecutor::new(&remote, settings)?)),
+        ExecutorSection::Databricks(settings) => Some(Box::new(DatabricksExecutor::new(&remote, settings, profile)?)),
+        ExecutorSection::Local(_) => None,
     })
 }
 
@@ -107,7 +108,7 @@ fn read_token() -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn login(args: LoginArgs, out: Output) -> anyhow::Result<i32> {
+fn login(args: LoginArgs, out: Output) -> anyhow::Result<()> {
     let host = args.host.ok_or_else(|| {
         UsageError("which workspace? pass --host https://….cloud.databricks.com (or set DATABRICKS_HOST)".into())
     })?;
@@ -125,7 +126,7 @@ fn login(args: LoginArgs, out: Output) -> anyhow::Result<i32> {
     if !out.quiet {
         eprintln!("Saved profile {} for {host} in {}", args.profile, file.display());
     }
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 /// Terraform outputs, `name → value`, from a folder (`terraform output -json`) or a saved JSON file.
@@ -158,7 +159,7 @@ fn q(s: &str) -> String {
     toml_edit::Value::from(s).to_string().trim().to_string()
 }
 
-fn init(args: InitArgs, out: Output) -> anyhow::Result<i32> {
+fn init(args: InitArgs, out: Output) -> anyhow::Result<()> {
     let mut outputs = serde_json::Map::new();
     for source in &args.from_terraform {
         outputs.extend(terraform_outputs(source)?);
@@ -237,5 +238,5 @@ fn init(args: InitArgs, out: Output) -> anyhow::Result<i32> {
     if !out.quiet {
         eprintln!("Wrote {} (store {store}, workspace {host})", args.output.display());
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

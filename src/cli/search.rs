@@ -6,13 +6,14 @@
 //! never embedded with a model other than the one the index was built with; if it is missing or stale the
 //! command says which build makes it.
 
-use super::workspace::{Workspace, cache_dir};
-use super::{EXIT_OK, Format, PipelineArgs, UsageError};
+use super::workspace::Workspace;
+use super::{Format, PipelineArgs, UsageError};
 use crate::clip::{self, Clip, hub};
 use crate::kinds::knn_index::{self, FAISS_FILE, METADATA_FILE, faiss, hnsw, meta};
 use crate::pipeline::Pipeline;
 use crate::plan::{Action, Plan};
 use crate::store::{Store, join};
+use crate::util::cache_dir;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
@@ -56,7 +57,7 @@ struct Hit {
     url: Option<String>,
 }
 
-pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
+pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let mut workspace = Workspace::open(&args.pipeline)?;
     let step = index_step(&workspace.pipeline, args.step.as_deref())?;
     let clip_step = clip_step(&workspace.pipeline, step)?;
@@ -149,7 +150,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<i32> {
         }
     }
     out.flush()?;
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 /// The knn-index step to search: `--step`, or the pipeline's only one.
@@ -160,7 +161,7 @@ fn index_step(pipeline: &Pipeline, wanted: Option<&str>) -> anyhow::Result<usize
     match wanted {
         Some(name) => {
             let Some(s) = pipeline.step_index(name) else {
-                let hint = crate::pipeline::suggest::help_for(
+                let hint = crate::util::suggest::help_for(
                     name,
                     "step",
                     &pipeline.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),

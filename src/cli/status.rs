@@ -2,7 +2,7 @@
 
 use super::build::human_bytes;
 use super::workspace::Workspace;
-use super::{EXIT_OK, Format, Output, PipelineArgs};
+use super::{Format, Output, PipelineArgs};
 use crate::plan::render::step_counts;
 use crate::plan::{Action, Plan};
 use clap::Args;
@@ -75,14 +75,14 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
         .collect()
 }
 
-pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<i32> {
+pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<()> {
     let workspace = Workspace::open(&args.pipeline)?;
     let plan = workspace.plan()?;
     let steps = summarize(&plan);
     if args.format == Format::Json {
         let value = serde_json::json!({ "pipeline": plan.pipeline, "store": plan.store, "steps": steps });
         println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(EXIT_OK);
+        return Ok(());
     }
     println!("Status of {} (store: {})", plan.pipeline, plan.store);
     let width = steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
@@ -104,5 +104,5 @@ pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<i32> {
             s.last_built.as_deref().unwrap_or("-")
         );
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

@@ -1,11 +1,8 @@
 //! `dsmake worker JOB`: build one target from its serialised job and print its manifest.
 
-use super::EXIT_OK;
-
-/// EX_TEMPFAIL: the work failed for a reason that may pass (remote drivers retry the task).
-pub const EXIT_TRANSIENT: i32 = 75;
+use super::Error;
 use crate::exec::worker;
-use crate::kinds::Cancel;
+use crate::kind::Cancel;
 use anyhow::Context;
 use clap::Args;
 use std::io::Read;
@@ -19,7 +16,7 @@ pub struct WorkerArgs {
     store: Option<String>,
 }
 
-pub fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let text = if args.job == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).context("cannot read the job from standard input")?;
@@ -40,11 +37,11 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
         Ok(outcome) => outcome,
         // Remote schedulers retry a task that exits with EX_TEMPFAIL (a network or store hiccup).
         Err(e) if crate::exec::failure::is_transient(&e) => {
-            eprintln!("error: target {} failed with a transient error: {e:#}", job.target);
-            return Ok(EXIT_TRANSIENT);
+            let e = e.context(format!("target {} failed with a transient error", job.target));
+            return Err(Error::Transient(e).into());
         }
         Err(e) => return Err(e.context(format!("target {} failed", job.target))),
     };
     println!("{}", serde_json::to_string_pretty(&outcome.manifest)?);
-    Ok(EXIT_OK)
+    Ok(())
 }

@@ -1,12 +1,13 @@
 //! Finding pipeline and remote files, and opening what a command needs: the parsed pipeline, the store, the
 //! stat cache.
 
-use super::{PipelineArgs, UsageError};
+use super::PipelineArgs;
 use crate::pipeline::{self, Pipeline};
-use crate::plan::{PlanOptions, stat_cache::StatCache};
+use crate::plan::PlanOptions;
 use crate::remote::Remote;
 use crate::store::{self, Store, s3::S3Options};
-use std::path::{Path, PathBuf};
+use crate::util::stat_cache::StatCache;
+use crate::util::{cache_dir, find_named_file};
 use std::sync::Arc;
 
 /// Where outputs go when neither `--store`, `DSMAKE_STORE` nor a remote says.
@@ -52,51 +53,4 @@ impl Workspace {
         }
         Ok(plan)
     }
-}
-
-/// `$DSMAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/dsmake`, else `~/.cache/dsmake`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DSMAKE_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("dsmake")
-}
-
-/// A path to a file, or a name looked up as `FOLDER/NAME.toml` here and in each parent folder (as cargo
-/// finds Cargo.toml).
-pub fn find_named_file(folder: &str, what: &str, arg: &str) -> anyhow::Result<PathBuf> {
-    let as_path = Path::new(arg);
-    if as_path.is_file() {
-        return Ok(as_path.to_path_buf());
-    }
-    if arg.contains('/') || arg.ends_with(".toml") {
-        return Err(UsageError(format!("{what} file `{arg}` does not exist")).into());
-    }
-    let cwd = std::env::current_dir()?;
-    let mut searched = Vec::new();
-    for dir in cwd.ancestors() {
-        let candidate = dir.join(folder).join(format!("{arg}.toml"));
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        if dir.join(folder).is_dir() {
-            searched.push(dir.join(folder));
-        }
-    }
-    let known: Vec<String> = searched
-        .iter()
-        .flat_map(|f| std::fs::read_dir(f).into_iter().flatten().flatten())
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".toml").map(str::to_string))
-        .collect();
-    let known_refs: Vec<&str> = known.iter().map(String::as_str).collect();
-    let hint = if known.is_empty() {
-        format!("no {folder}/ folder here or above; pass a path to a .toml file")
-    } else {
-        crate::pipeline::suggest::help_for(arg, what, &known_refs)
-    };
-    Err(UsageError(format!("no {what} `{arg}` ({hint})")).into())
 }

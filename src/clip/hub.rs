@@ -37,7 +37,7 @@ pub fn repo_for(name: &str) -> Result<String, String> {
         return Ok(repo.to_string());
     }
     let supported = NAMES.iter().map(|(n, _)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-    let hint = crate::pipeline::suggest::closest(name, NAMES.iter().map(|(n, _)| *n))
+    let hint = crate::util::suggest::closest(name, NAMES.iter().map(|(n, _)| *n))
         .map(|best| format!("did you mean \"{best}\"? "))
         .unwrap_or_default();
     Err(format!(

@@ -15,16 +15,7 @@ impl fmt::Display for Transient {
 }
 impl std::error::Error for Transient {}
 
-/// The build was interrupted while this target ran; nothing was published.
-#[derive(Debug)]
-pub struct Cancelled;
-
-impl fmt::Display for Cancelled {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("interrupted")
-    }
-}
-impl std::error::Error for Cancelled {}
+pub use crate::kind::cancel::{Cancelled, is_cancelled};
 
 pub fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
@@ -41,10 +32,6 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
                 )
             })
     })
-}
-
-pub fn is_cancelled(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.is::<Cancelled>())
 }
 
 /// Exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s, … capped at 30 s.

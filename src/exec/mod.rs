@@ -7,11 +7,12 @@ mod progress;
 pub mod remote;
 pub mod worker;
 
-use crate::kinds::{Cancel, Resource};
+use crate::kind::{Cancel, Resource};
 use crate::pipeline::Pipeline;
-use crate::plan::{self, Plan, PlanOptions, stat_cache::StatCache};
+use crate::plan::{self, Plan, PlanOptions};
 use crate::store::Store;
 use crate::store::step_state::Record;
+use crate::util::stat_cache::StatCache;
 use failure::{backoff, is_cancelled, is_transient};
 use job::Job;
 use progress::Progress;
@@ -166,7 +167,7 @@ async fn run_round(
             let Some(t) = ready.pop() else { break };
             let job = Job::for_target(pipeline, plan, &**store, t, &built);
             let step = &pipeline.steps[plan.targets[t].step];
-            let limit = limits[&step.kind.resource(&step.settings)].clone();
+            let limit = limits[&step.traits.resource].clone();
             tasks.spawn(run_target(t, job, store.clone(), limit, cancel.clone(), options.retries, progress.clone()));
         }
         let Some(joined) = tasks.join_next().await else {

@@ -6,11 +6,12 @@
 use super::job::{Job, PendingInput};
 use super::progress::Progress;
 use super::{BuildOptions, FailedTarget, Summary, save_indexes, watch_signals};
-use crate::kinds::{Cancel, Resource};
+use crate::kind::{Cancel, Resource};
 use crate::pipeline::Pipeline;
-use crate::plan::{Plan, PlanOptions, stat_cache::StatCache};
+use crate::plan::{Plan, PlanOptions};
 use crate::store::manifest::Manifest;
 use crate::store::{Store, join, manifest_path};
+use crate::util::stat_cache::StatCache;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -123,7 +124,7 @@ pub fn remote_plan(
         waves[l].push(RemoteJob {
             target: target.name.clone(),
             step: step.name.clone(),
-            resource: resource_name(step.kind.resource(&step.settings)).to_string(),
+            resource: resource_name(step.traits.resource).to_string(),
             after,
             task: String::new(),
             job,

@@ -3,10 +3,11 @@
 
 use super::failure::Cancelled;
 use super::job::{FORMAT, Job, JobFile};
-use crate::kinds::{self, BuildCx, Cancel, LocalInput};
-use crate::plan::stat_cache::hash_file;
+use crate::kind::{BuildCx, Cancel, LocalInput};
+use crate::kinds;
 use crate::store::manifest::{self, Manifest, OutputFile};
 use crate::store::{ObjectMeta, Store, join, manifest_path};
+use crate::util::hash_file;
 use anyhow::{Context, anyhow, bail};
 use rayon::prelude::*;
 use std::path::Path;
@@ -81,8 +82,21 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
         None => Vec::new(),
     };
 
-    let cx = BuildCx { job, inputs, out_dir: &out_dir, work_dir: &work_dir, cancel, previous };
-    let built = kind.build(&cx)?;
+    let cx = BuildCx {
+        pipeline: &job.pipeline,
+        step: &job.step,
+        shard: &job.shard,
+        target: &job.target,
+        coords: &job.key_parts.coords,
+        base_dir: &job.base_dir,
+        allow_hosts: &job.allow_hosts,
+        inputs,
+        out_dir: &out_dir,
+        work_dir: &work_dir,
+        cancel,
+        previous,
+    };
+    let built = kind.build(&job.key_parts.settings, &cx)?;
     if cancel.is_cancelled() {
         return Err(Cancelled.into());
     }

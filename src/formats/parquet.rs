@@ -7,14 +7,16 @@
 //! missing or null cell is null) unless named required, which every row must then have.
 
 use crate::formats::columns::ColumnType;
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
 use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::{SerializedFileWriter, SerializedRowGroupWriter};
 use parquet::schema::types::Type;
+use serde_json::json;
 use serde_json::{Map, Value};
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -151,6 +153,87 @@ fn write_column(
     }
     col.close()?;
     Ok(())
+}
+
+/// The row count of a parquet file, from its footer.
+pub fn row_count(path: &Path) -> anyhow::Result<u64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// Rows `range` of a parquet file (img2dataset's input shards), the `wanted` columns of each as JSON values.
+pub fn read_rows(path: &Path, range: Range<u64>, wanted: &[String]) -> anyhow::Result<Vec<Map<String, Value>>> {
+    let (start, end) = (range.start, range.end);
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let root = schema.root_schema();
+    let mut fields = Vec::new();
+    let mut seen = Vec::new();
+    for name in wanted {
+        if seen.contains(name) {
+            continue;
+        }
+        seen.push(name.clone());
+        let field = root.get_fields().iter().find(|f| f.name() == name).ok_or_else(|| {
+            let have: Vec<&str> = root.get_fields().iter().map(|f| f.name()).collect();
+            anyhow!("{} has no column `{name}` (columns: {})", path.display(), have.join(", "))
+        })?;
+        fields.push(field.clone());
+    }
+    let projection = parquet::schema::types::Type::group_type_builder("schema").with_fields(fields).build()?;
+    let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+    let mut first = 0u64;
+    for g in 0..reader.num_row_groups() {
+        let n = reader.metadata().row_group(g).num_rows().max(0) as u64;
+        let group_range = first..first + n;
+        first += n;
+        if group_range.end <= start || group_range.start >= end {
+            continue;
+        }
+        let group = reader.get_row_group(g)?;
+        let iter = group.get_row_iter(Some(projection.clone()))?;
+        let skip = start.saturating_sub(group_range.start) as usize;
+        let take = (end.min(group_range.end) - group_range.start.max(start)) as usize;
+        for row in iter.skip(skip).take(take) {
+            let row = row.with_context(|| format!("{}: unreadable row", path.display()))?;
+            let mut map = Map::new();
+            for (name, field) in row.get_column_iter() {
+                map.insert(name.clone(), field_json(field));
+            }
+            out.push(map);
+        }
+    }
+    if out.len() as u64 != end - start {
+        bail!("{} has {} rows in [{start}, {end}): the file changed since it was planned", path.display(), out.len());
+    }
+    Ok(out)
+}
+
+/// A parquet cell as JSON: numbers, strings and booleans as such, anything else as its text.
+fn field_json(field: &parquet::record::Field) -> Value {
+    use parquet::record::Field as F;
+    match field {
+        F::Null => Value::Null,
+        F::Bool(b) => json!(b),
+        F::Byte(n) => json!(n),
+        F::Short(n) => json!(n),
+        F::Int(n) => json!(n),
+        F::Long(n) => json!(n),
+        F::UByte(n) => json!(n),
+        F::UShort(n) => json!(n),
+        F::UInt(n) => json!(n),
+        F::ULong(n) => json!(n),
+        F::Float(x) => serde_json::Number::from_f64(f64::from(*x)).map_or(Value::Null, Value::Number),
+        F::Double(x) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
+        F::Str(s) => json!(s),
+        other => json!(other.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -3,13 +3,8 @@
 
 mod template;
 
-use super::{BuildCx, Built, Cancel, Inputs, Kind, ShardCx};
-use crate::exec::failure::Cancelled;
-use crate::pipeline::settings::{Setting, SettingError, SettingType};
-use crate::plan::shard::{Mapping, Shards};
+use crate::kind::{BuildCx, Built, Cancel, Cancelled, Inputs, Kind, Mapping, SettingError, ShardCx, Shards};
 use anyhow::{Context, anyhow, bail};
-use serde::Deserialize;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -20,58 +15,44 @@ use template::{expand, shell_quote};
 
 pub struct Command;
 
-const SETTINGS: &[Setting] = &[
-    Setting::required(
-        "run",
-        SettingType::String,
-        "the shell command; {input}, {output}, {outputs}, {out_dir}, {shard}, {stem}, {step} and {pipeline} are filled in",
-    ),
-    Setting::default(
-        "outputs",
-        SettingType::StringList,
-        r#"["{shard}"]"#,
-        "the files the command writes, relative to the step's folder; may use {shard}, {stem}, {step}",
-    ),
-    Setting::optional(
-        "per",
-        SettingType::String,
-        "\"shard\" (one target per input shard), \"group\" (per `group_size` shards), \"all\" or \"once\"; \
-         default: \"shard\" with `from`, \"once\" without",
-    ),
-    Setting::optional("group_size", SettingType::Integer, "input shards per target when per = \"group\""),
-    Setting::optional("env", SettingType::StringTable, "environment variables for the command"),
-    Setting::default(
-        "shell",
-        SettingType::String,
-        r#""bash""#,
-        "the shell that runs `run` with -c; bash runs with -e -o pipefail, so a failing stage fails the target",
-    ),
-    Setting::optional("timeout", SettingType::Float, "seconds before the command is killed and the target fails"),
-];
+crate::setting_enum! {
+    /// What one target of the step covers.
+    pub enum Per {
+        Shard = "shard",
+        Group = "group",
+        All = "all",
+        Once = "once",
+    }
+}
+
+crate::settings! {
+    pub struct Settings {
+        /// the shell command; {input}, {output}, {outputs}, {out_dir}, {shard}, {stem}, {step} and {pipeline}
+        /// are filled in
+        run: String,
+        /// the files the command writes, relative to the step's folder; may use {shard}, {stem}, {step}
+        outputs: Vec<String> = vec!["{shard}".into()],
+        /// "shard" (one target per input shard), "group" (per `group_size` shards), "all" or "once"; default:
+        /// "shard" with `from`, "once" without
+        per: Option<Per>,
+        /// input shards per target when per = "group"
+        group_size: Option<i64>,
+        /// environment variables for the command
+        env: Option<BTreeMap<String, String>>,
+        /// the shell that runs `run` with -c; bash runs with -e -o pipefail, so a failing stage fails the target
+        shell: String = "bash".into(),
+        /// seconds before the command is killed and the target fails
+        timeout: Option<f64>,
+    }
+}
 
 const RUN_VARS: &[&str] = &["input", "inputs", "output", "outputs", "out_dir", "shard", "stem", "step", "pipeline"];
 const OUTPUT_VARS: &[&str] = &["shard", "stem", "step", "pipeline"];
 /// Lines of stderr shown when a command fails.
 const STDERR_TAIL_LINES: usize = 20;
 
-#[derive(Debug, Deserialize)]
-struct Settings {
-    run: String,
-    outputs: Vec<String>,
-    per: Option<String>,
-    /// Signed, so that a negative value is reported at `group_size` rather than failing deserialisation.
-    group_size: Option<i64>,
-    env: Option<BTreeMap<String, String>>,
-    shell: String,
-    timeout: Option<f64>,
-}
-
-fn settings(value: &Value) -> anyhow::Result<Settings> {
-    serde_json::from_value(value.clone()).context("command settings")
-}
-
 fn mapping(s: &Settings, has_inputs: bool) -> Result<Mapping, SettingError> {
-    let per = s.per.as_deref().unwrap_or(if has_inputs { "shard" } else { "once" });
+    let per = s.per.unwrap_or(if has_inputs { Per::Shard } else { Per::Once });
     let needs_inputs = |m| {
         if has_inputs {
             Ok(m)
@@ -80,9 +61,9 @@ fn mapping(s: &Settings, has_inputs: bool) -> Result<Mapping, SettingError> {
         }
     };
     match per {
-        "shard" => needs_inputs(Mapping::OneToOne),
-        "all" => needs_inputs(Mapping::All),
-        "group" => match s.group_size {
+        Per::Shard => needs_inputs(Mapping::OneToOne),
+        Per::All => needs_inputs(Mapping::All),
+        Per::Group => match s.group_size {
             Some(k) if k > 0 => needs_inputs(Mapping::Group(k as usize)),
             Some(k) => {
                 Err(SettingError::new("group_size", format!("`group_size` must be a positive integer, found {k}")))
@@ -90,11 +71,11 @@ fn mapping(s: &Settings, has_inputs: bool) -> Result<Mapping, SettingError> {
             None => Err(SettingError::new("per", "per = \"group\" needs `group_size` (a positive integer)")
                 .help("add e.g. `group_size = 2`: the number of input shards per target")),
         },
-        "once" if has_inputs => Err(SettingError::new("per", "per = \"once\" reads no input, but the step has `from`")
-            .help("use per = \"all\" for one target over every input shard")),
-        "once" => Ok(Mapping::Once),
-        other => Err(SettingError::new("per", format!("unknown per = \"{other}\""))
-            .help("expected \"shard\", \"group\", \"all\" or \"once\"")),
+        Per::Once if has_inputs => {
+            Err(SettingError::new("per", "per = \"once\" reads no input, but the step has `from`")
+                .help("use per = \"all\" for one target over every input shard"))
+        }
+        Per::Once => Ok(Mapping::Once),
     }
 }
 
@@ -117,7 +98,7 @@ fn check_placeholders(key: &str, template: &str, known: &[&str]) -> Result<(), S
             format!("a step without `from` has no {{{name}}}")
         } else if RUN_VARS.contains(&name.as_str()) {
             format!("`{key}` may use only {}", listed())
-        } else if let Some(best) = crate::pipeline::suggest::closest(&name, known.iter().copied()) {
+        } else if let Some(best) = crate::util::suggest::closest(&name, known.iter().copied()) {
             format!("did you mean `{{{best}}}`?")
         } else {
             format!("expected one of {}; write {{{{{name}}}}} for a literal {{{name}}}", listed())
@@ -144,7 +125,7 @@ fn output_names(s: &Settings, shard: &str, step: &str, pipeline: &str) -> Result
         let name = expand(template, &vars)?;
         let bad = name.is_empty()
             || name.starts_with('/')
-            || name.starts_with(crate::store::META_DIR)
+            || name.starts_with(crate::kind::META_DIR)
             || name.split('/').any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(".dsmake-tmp-"));
         if bad {
             return Err(format!("output `{name}` must be a plain relative path in the step's folder"));
@@ -158,25 +139,14 @@ fn output_names(s: &Settings, shard: &str, step: &str, pipeline: &str) -> Result
 }
 
 impl Kind for Command {
-    fn name(&self) -> &'static str {
-        "command"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "a shell command per input shard, per group of shards, over all of them, or once"
-    }
-    fn settings(&self) -> &'static [Setting] {
-        SETTINGS
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::Optional
-    }
+    type Settings = Settings;
+    const NAME: &'static str = "command";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "a shell command per input shard, per group of shards, over all of them, or once";
+    const INPUTS: Inputs = Inputs::Optional;
 
-    fn check(&self, value: &Value, has_inputs: bool) -> Result<(), SettingError> {
-        let s = settings(value).map_err(|e| SettingError::new("run", format!("{e:#}")))?;
-        mapping(&s, has_inputs)?;
+    fn check(&self, s: &Settings, has_inputs: bool) -> Result<(), SettingError> {
+        mapping(s, has_inputs)?;
         let run_vars: Vec<&str> =
             RUN_VARS.iter().copied().filter(|v| has_inputs || !matches!(*v, "input" | "inputs")).collect();
         check_placeholders("run", &s.run, &run_vars)?;
@@ -186,23 +156,20 @@ impl Kind for Command {
         for template in &s.outputs {
             check_placeholders("outputs", template, OUTPUT_VARS)?;
         }
-        output_names(&s, "x", "x", "x").map_err(|e| SettingError::new("outputs", e))?;
+        output_names(s, "x", "x", "x").map_err(|e| SettingError::new("outputs", e))?;
         if s.timeout.is_some_and(|t| t <= 0.0) {
             return Err(SettingError::new("timeout", "`timeout` must be positive (seconds)"));
         }
         Ok(())
     }
 
-    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
-        let s = settings(&cx.step.settings)?;
-        let mapping = mapping(&s, !cx.inputs.is_empty()).map_err(|e| anyhow!(e.message))?;
+    fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let mapping = mapping(s, !cx.inputs.is_empty()).map_err(|e| anyhow!(e.message))?;
         mapping.shards(&cx.inputs).map_err(|e| anyhow!(e))
     }
 
-    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
-        let s = settings(cx.job.settings())?;
-        let job = cx.job;
-        let outputs = output_names(&s, &job.shard, &job.step, &job.pipeline).map_err(|e| anyhow!(e))?;
+    fn build(&self, s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
+        let outputs = output_names(s, cx.shard, cx.step, cx.pipeline).map_err(|e| anyhow!(e))?;
         for name in &outputs {
             if let Some(parent) = cx.out_dir.join(name).parent() {
                 std::fs::create_dir_all(parent)?;
@@ -219,10 +186,10 @@ impl Kind for Command {
                 "output" => quoted(&mut output_paths.iter().take(1).map(|p| p.as_path())),
                 "outputs" => quoted(&mut output_paths.iter().map(|p| p.as_path())),
                 "out_dir" => shell_quote(&cx.out_dir.to_string_lossy()),
-                "shard" => shell_quote(&job.shard),
-                "stem" => shell_quote(stem(&job.shard)),
-                "step" => job.step.clone(),
-                "pipeline" => job.pipeline.clone(),
+                "shard" => shell_quote(cx.shard),
+                "stem" => shell_quote(stem(cx.shard)),
+                "step" => cx.step.to_string(),
+                "pipeline" => cx.pipeline.to_string(),
                 _ => return None,
             })
         };
@@ -239,8 +206,8 @@ impl Kind for Command {
             .arg(&script)
             .current_dir(cx.work_dir)
             .envs(s.env.iter().flatten())
-            .env("DSMAKE_TARGET", &job.target)
-            .env("DSMAKE_SHARD", &job.shard)
+            .env("DSMAKE_TARGET", cx.target)
+            .env("DSMAKE_SHARD", cx.shard)
             .env("DSMAKE_OUT_DIR", cx.out_dir)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_log)?)
@@ -319,7 +286,13 @@ fn stderr_tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::kind::DynKind;
+    use crate::kind::settings::Settings as _;
+    use serde_json::{Value, json};
+
+    fn settings(value: &Value) -> Result<Settings, SettingError> {
+        Settings::from_effective(value.as_object().unwrap())
+    }
 
     fn with(extra: Value) -> Value {
         let mut base = json!({"run": "cat {input} > {output}", "outputs": ["{shard}"], "per": null,
@@ -339,7 +312,7 @@ mod tests {
 
     #[test]
     fn checks_templates_and_combinations() {
-        let cmd = Command;
+        let cmd: &dyn DynKind = &Command;
         assert_eq!(cmd.check(&with(json!({})), false).unwrap_err().key, "run");
         let e = cmd.check(&with(json!({"per": "group"})), true).unwrap_err();
         assert_eq!(e.message, "per = \"group\" needs `group_size` (a positive integer)");

@@ -1,24 +1,20 @@
 //! `files`: local files matched by paths or globs, one shard per file, identified by the blake3 of their
 //! content. A source: nothing is built, downstream steps read the files where they are.
 
-use super::{BuildCx, Built, Inputs, ShardCx};
-use crate::pipeline::settings::{Setting, SettingError, SettingType};
-use crate::plan::shard::{ShardSpec, Shards, SourceFile};
+use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards, SourceFile};
+use crate::util::glob;
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub struct Files;
 
-const SETTINGS: &[Setting] = &[Setting::required(
-    "paths",
-    SettingType::StringList,
-    "files or globs relative to the pipeline file's folder, e.g. \"data/*.csv\" or [\"a.txt\", \"raw/**/*.json\"]",
-)];
-
-fn patterns(settings: &Value) -> Vec<&str> {
-    settings["paths"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+crate::settings! {
+    pub struct Settings {
+        /// files or globs relative to the pipeline file's folder, e.g. "data/*.csv" or ["a.txt", "raw/**/*.json"]
+        paths: Vec<String>,
+    }
 }
 
 /// The folder a pattern's matches are named relative to: its components before the first wildcard.
@@ -35,32 +31,19 @@ fn literal_base(pattern: &Path) -> PathBuf {
     pattern.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-impl super::Kind for Files {
-    fn name(&self) -> &'static str {
-        "files"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "local files matched by paths or globs, one shard per file"
-    }
-    fn settings(&self) -> &'static [Setting] {
-        SETTINGS
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::None
-    }
-    fn is_source(&self) -> bool {
-        true
-    }
+impl Kind for Files {
+    type Settings = Settings;
+    const NAME: &'static str = "files";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "local files matched by paths or globs, one shard per file";
+    const INPUTS: Inputs = Inputs::None;
+    const IS_SOURCE: bool = true;
 
-    fn check(&self, settings: &Value, _has_inputs: bool) -> Result<(), SettingError> {
-        let list = patterns(settings);
-        if list.is_empty() {
+    fn check(&self, s: &Settings, _has_inputs: bool) -> Result<(), SettingError> {
+        if s.paths.is_empty() {
             return Err(SettingError::new("paths", "`paths` is empty").help("name at least one file or glob"));
         }
-        for pattern in list {
+        for pattern in &s.paths {
             if let Err(e) = glob(pattern) {
                 return Err(SettingError::new("paths", format!("invalid glob `{pattern}`: {}", e.kind())));
             }
@@ -68,10 +51,10 @@ impl super::Kind for Files {
         Ok(())
     }
 
-    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
-        let base_dir = &cx.pipeline.base_dir;
+    fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let base_dir = cx.base_dir;
         let mut found: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
-        for pattern in patterns(&cx.step.settings) {
+        for pattern in &s.paths {
             let full = base_dir.join(pattern);
             let base = literal_base(&full);
             let mut matched = 0;
@@ -112,16 +95,9 @@ impl super::Kind for Files {
         ))
     }
 
-    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
-        bail!("{} is a source file: `files` targets are never built", cx.job.target)
+    fn build(&self, _: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
+        bail!("{} is a source file: `files` targets are never built", cx.target)
     }
-}
-
-/// A glob as every kind that takes globs reads it (`files` paths, `hf-dataset` includes): ripgrep's matcher,
-/// where `*`, `?` and `[...]` stay within one folder, `**` crosses folders (`**/*.csv` also matches a top-level
-/// `a.csv`) and `{a,b}` is either.
-pub(crate) fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
-    globset::GlobBuilder::new(pattern).literal_separator(true).build()
 }
 
 /// Files under `base` that the pattern `full` matches. A walk of the folder (entry types come with the

@@ -5,10 +5,8 @@ mod dag;
 pub mod diagnostic;
 pub mod params;
 mod parse;
-pub mod settings;
-pub mod suggest;
 
-use crate::kinds::Kind;
+use crate::kind::{DynKind, StepTraits};
 pub use diagnostic::Diagnostic;
 pub use parse::{load, parse};
 use serde_json::Value;
@@ -35,10 +33,12 @@ pub struct Pipeline {
 
 pub struct Step {
     pub name: String,
-    pub kind: &'static dyn Kind,
+    pub kind: &'static dyn DynKind,
     pub from: Vec<String>,
     /// Effective settings: the file's values after params, with the kind's defaults filled in.
     pub settings: Value,
+    /// What the settings tell the engine (resource class, rows per shard).
+    pub traits: StepTraits,
     /// Store-relative folder of the step's outputs and manifests.
     pub dir: String,
     pub description: Option<String>,

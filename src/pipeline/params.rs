@@ -57,7 +57,7 @@ pub fn parse_override(raw: &str, like: &Value) -> Result<Value, String> {
         Value::Number(_) => raw.parse::<i64>().ok().map(Value::from),
         _ => serde_json::from_str(raw).ok(),
     };
-    parsed.ok_or_else(|| format!("expected {}, found `{raw}`", super::settings::describe_value(like)))
+    parsed.ok_or_else(|| format!("expected {}, found `{raw}`", crate::kind::settings::describe_value(like)))
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 
 use super::diagnostic::Diagnostic;
 use super::params::{self, ParamError, Params};
-use super::settings::Setting;
-use super::suggest::help_for;
 use super::{Pipeline, Step, dag, is_valid_name};
-use crate::kinds::{self, Inputs};
+use crate::kind::Inputs;
+use crate::kind::settings::{Setting, SettingType, describe_value, quoted_list};
+use crate::kinds;
+use crate::util::suggest::{self, help_for};
 use serde_json::{Map, Value};
 use std::ops::Range;
 use std::path::Path;
@@ -157,7 +158,7 @@ impl<'a> Parser<'a> {
             };
             let value = params::parse_override(raw, current).map_err(|why| {
                 Diagnostic::whole_file(self.file, format!("--set {key}={raw}: {why}"))
-                    .with_help(format!("`{key}` is {} in [params]", super::settings::describe_value(current)))
+                    .with_help(format!("`{key}` is {} in [params]", describe_value(current)))
             })?;
             params.insert(key.clone(), value);
         }
@@ -214,7 +215,7 @@ impl<'a> Parser<'a> {
                 .with_help(help_for(kind_name, "kind", &all)));
         };
 
-        let schema = kind.settings();
+        let schema = kind.schema();
         let mut allowed: Vec<&str> = STEP_KEYS.to_vec();
         allowed.extend(schema.iter().map(|s| s.name));
         self.check_keys(table, &allowed, &format!("step `{name}` (kind `{kind_name}`)"))?;
@@ -240,7 +241,7 @@ impl<'a> Parser<'a> {
             settings.insert(setting.name.to_string(), value);
         }
         let settings = Value::Object(settings);
-        kind.check(&settings, !from.is_empty()).map_err(|e| {
+        let traits = kind.check(&settings, !from.is_empty()).map_err(|e| {
             let span = Self::item_span(table, &e.key).or(raw.header.clone());
             let d = self.error(span, format!("step `{name}`: {}", e.message));
             match e.help {
@@ -265,7 +266,7 @@ impl<'a> Parser<'a> {
             }
         };
         let description = self.plain_string(table, "description")?;
-        Ok(Step { name: name.clone(), kind, from, settings, dir, description })
+        Ok(Step { name: name.clone(), kind, from, settings, traits, dir, description })
     }
 
     fn from(&self, table: &dyn TableLike, name: &str, names: &[String]) -> Result<Vec<String>, Diagnostic> {
@@ -307,6 +308,16 @@ impl<'a> Parser<'a> {
         };
         let span = Self::item_span(table, setting.name);
         let value = self.value(item, span.clone(), Some(params))?;
+        if let (SettingType::Enum(names), Value::String(found)) = (setting.ty, &value)
+            && !names.contains(&found.as_str())
+        {
+            let message = format!("step `{}`: unknown {} \"{found}\"", raw.name, setting.name);
+            let help = match suggest::closest(found, names.iter().copied()) {
+                Some(best) => format!("did you mean \"{best}\"? expected {}", quoted_list(names)),
+                None => format!("expected {}", quoted_list(names)),
+            };
+            return Err(self.error(span, message).with_help(help));
+        }
         setting.ty.coerce(value).map_err(|why| {
             self.error(span, format!("wrong type for `{}` in step `{}`: {why}", setting.name, raw.name))
                 .with_help(format!("`{}`: {}", setting.name, setting.help))
@@ -348,7 +359,7 @@ impl<'a> Parser<'a> {
                     ParamError::Undefined(name) => {
                         let known: Vec<&str> = params.keys().map(String::as_str).collect();
                         self.error(value.span(), format!("param `{name}` is used but not defined in [params]"))
-                            .with_help(match super::suggest::closest(&name, known.iter().copied()) {
+                            .with_help(match suggest::closest(&name, known.iter().copied()) {
                                 Some(best) => format!("did you mean `{best}`?"),
                                 None => format!("add `{name} = …` under [params]"),
                             })

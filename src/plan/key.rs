@@ -1,28 +1,9 @@
 //! Target keys: blake3 over a canonical encoding of everything that determines a target's work.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
-/// Everything that goes into a key. The manifest keeps it, so that a changed key can be explained.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyParts {
-    pub kind: String,
-    pub kind_version: u32,
-    /// Effective settings (objects have sorted keys, so the encoding is canonical).
-    pub settings: Value,
-    pub shard: String,
-    pub coords: Value,
-    pub inputs: Vec<InputKey>,
-    /// A source's content identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputKey {
-    pub target: String,
-    pub key: String,
-}
+pub use crate::store::manifest::{InputKey, KeyParts};
 
 /// Changing this string changes every key: do it only when the encoding itself changes.
 const DOMAIN: &[u8] = b"dsmake key v1\n";

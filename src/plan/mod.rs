@@ -3,39 +3,27 @@
 pub mod key;
 pub mod reason;
 pub mod render;
-pub mod shard;
-pub mod stat_cache;
 
-use crate::kinds::ShardCx;
+use crate::error::UsageError;
+use crate::kind::{InputShard, InputShards, ShardCx, Shards, SourceFile};
 use crate::pipeline::Pipeline;
-use crate::pipeline::suggest::help_for;
 use crate::store::manifest::{Manifest, RetryOf};
 use crate::store::step_state::{Record, StepState};
 use crate::store::{Store, manifest_path};
+use crate::util::stat_cache::StatCache;
+use crate::util::suggest::help_for;
 use anyhow::{Context, bail};
 use key::{InputKey, KeyParts, SourceIdentity, StepKeyer};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
-use shard::{InputShard, InputShards, Shards, SourceFile};
-use stat_cache::StatCache;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// A `--target` or `--force` that names nothing in the pipeline: a usage error, not a build failure.
-#[derive(Debug)]
-pub struct SelectionError(pub String);
-
-impl std::fmt::Display for SelectionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for SelectionError {}
-
 macro_rules! selection_error {
-    ($($arg:tt)*) => { return Err(SelectionError(format!($($arg)*)).into()) };
+    ($($arg:tt)*) => { return Err(UsageError(format!($($arg)*)).into()) };
 }
 
 #[derive(Debug, Default, Clone)]
@@ -204,15 +192,19 @@ pub fn make(
             Some(&i) => Shards::Unknown(format!("waits for the shards of {}", pipeline.steps[i].name)),
             None => {
                 let cx = ShardCx {
-                    pipeline,
-                    step,
+                    step: &step.name,
+                    base_dir: &pipeline.base_dir,
                     inputs: inputs
                         .iter()
-                        .map(|&i| InputShards { step: &pipeline.steps[i].name, shards: &views[i] })
+                        .map(|&i| InputShards {
+                            step: &pipeline.steps[i].name,
+                            shards: &views[i],
+                            rows_per_shard: pipeline.steps[i].traits.rows_per_shard,
+                        })
                         .collect(),
                     stat_cache,
                 };
-                let shards = step.kind.shards(&cx).with_context(|| format!("step `{}`", step.name))?;
+                let shards = step.kind.shards(&step.settings, &cx).with_context(|| format!("step `{}`", step.name))?;
                 timings.lap(&format!("shards of {}", step.name));
                 shards
             }
@@ -295,6 +287,7 @@ pub fn make(
                 .clone()
                 .map(|t| InputShard {
                     id: plan.targets[t].shard.clone(),
+                    file: plan.targets[t].source.as_ref().map(|s| s.path.clone()),
                     rows: if plan.targets[t].action == Action::Fresh {
                         plan.record(t).and_then(|r| r.rows)
                     } else {
@@ -357,7 +350,7 @@ fn step_plan(step: &crate::pipeline::Step, targets: Range<usize>, unknown: Optio
 fn is_valid_shard_id(id: &str) -> bool {
     !id.is_empty()
         && id.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(".dsmake-tmp-"))
-        && !id.starts_with(crate::store::META_DIR)
+        && !id.starts_with(crate::kind::META_DIR)
 }
 
 /// Fresh when the store's manifest has the wanted key and every output it lists is there with its size.

@@ -42,45 +42,77 @@ impl StoreSection {
     }
 }
 
+/// `[executor]`: where the targets run, by `kind`; each executor takes its own settings and no other's.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ExecutorSection {
+    /// This machine (the default).
+    Local(LocalSection),
+    /// A Spark cluster (`local[N]` too).
+    Spark(SparkSection),
+    /// One Databricks job run.
+    Databricks(DatabricksSection),
+}
+
+impl Default for ExecutorSection {
+    fn default() -> Self {
+        ExecutorSection::Local(LocalSection {})
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExecutorSection {
-    /// `local` (the default) runs targets on this machine; `spark` on a Spark cluster (`local[N]` too);
-    /// `databricks` as one Databricks job run.
-    #[serde(default = "local")]
-    pub kind: String,
-    /// spark: the master URL (`local[2]`, `spark://host:7077`, `yarn`).
+pub struct LocalSection {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkSection {
+    /// The master URL (`local[2]`, `spark://host:7077`, `yarn`).
     pub master: Option<String>,
-    /// spark: the `spark-submit` to run (default: the one beside `python`, else on PATH).
+    /// The `spark-submit` to run (default: the one beside `python`, else on PATH).
     pub spark_submit: Option<String>,
-    /// spark: the Python with pyspark, for the driver and the workers (PYSPARK_PYTHON).
+    /// The Python with pyspark, for the driver and the workers (PYSPARK_PYTHON).
     pub python: Option<String>,
-    /// spark: Spark settings passed with `--conf` (`spark.task.maxFailures`, …).
+    /// Spark settings passed with `--conf` (`spark.task.maxFailures`, …).
     #[serde(default)]
     pub conf: BTreeMap<String, String>,
-    /// spark: non-secret environment for the tasks (spark.executorEnv.*).
+    /// Non-secret environment for the tasks (spark.executorEnv.*).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// spark: `files` ships this dsmake with `--files`; `store` uploads it to the store and tasks fetch it.
-    pub ship_binary: Option<String>,
-    /// databricks: the workspace URL; otherwise DATABRICKS_HOST or the profile's `host`.
+    /// `files` ships this dsmake with `--files`; `store` uploads it to the store and tasks fetch it.
+    #[serde(default)]
+    pub ship_binary: ShipBinary,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShipBinary {
+    #[default]
+    Files,
+    Store,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabricksSection {
+    /// The workspace URL; otherwise DATABRICKS_HOST or the profile's `host`.
     pub host: Option<String>,
-    /// databricks: the ~/.databrickscfg profile used when neither `-p` nor DATABRICKS_HOST says.
+    /// The ~/.databrickscfg profile used when neither `-p` nor DATABRICKS_HOST says.
     pub profile: Option<String>,
-    /// databricks: a dsmake binary for the clusters (`s3://…`, Linux x86_64); default: upload this one.
+    /// A dsmake binary for the clusters (`s3://…`, Linux x86_64); default: upload this one.
     pub binary: Option<String>,
-    /// databricks: where uploaded binaries go, by content hash (default: `<store>/.dsmake/bin`).
+    /// Where uploaded binaries go, by content hash (default: `<store>/.dsmake/bin`).
     pub binary_dir: Option<String>,
-    /// databricks: the cluster for steps that `steps` does not name (default `cpu`; GPU steps: `gpu`).
+    /// The cluster for steps that `steps` does not name (default `cpu`; GPU steps: `gpu`).
     pub default_cluster: Option<String>,
-    /// databricks: seconds between `runs/get` polls (default 10).
+    /// Seconds between `runs/get` polls (default 10).
     pub poll_seconds: Option<f64>,
-    /// databricks: the run's timeout in seconds (0: none).
+    /// The run's timeout in seconds (0: none).
     pub timeout_seconds: Option<u64>,
-    /// databricks: clusters by name; each task of the run gets a new cluster of its kind.
+    /// Clusters by name; each task of the run gets a new cluster of its kind.
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterSection>,
-    /// databricks: step name → cluster name.
+    /// Step name → cluster name.
     #[serde(default)]
     pub steps: BTreeMap<String, String>,
 }
@@ -121,122 +153,38 @@ pub struct AutoScale {
     pub max_workers: u32,
 }
 
-fn local() -> String {
-    "local".to_string()
-}
-
-impl Default for ExecutorSection {
-    fn default() -> Self {
-        ExecutorSection {
-            kind: local(),
-            master: None,
-            spark_submit: None,
-            python: None,
-            conf: BTreeMap::new(),
-            env: BTreeMap::new(),
-            ship_binary: None,
-            host: None,
-            profile: None,
-            binary: None,
-            binary_dir: None,
-            default_cluster: None,
-            poll_seconds: None,
-            timeout_seconds: None,
-            clusters: BTreeMap::new(),
-            steps: BTreeMap::new(),
-        }
-    }
-}
-
-const EXECUTORS: &[&str] = &["local", "spark", "databricks"];
-const SPARK_ONLY: &[&str] = &["master", "spark_submit", "python", "conf", "env", "ship_binary"];
-const DATABRICKS_ONLY: &[&str] = &[
-    "host",
-    "profile",
-    "binary",
-    "binary_dir",
-    "default_cluster",
-    "poll_seconds",
-    "timeout_seconds",
-    "clusters",
-    "steps",
-];
-
-impl ExecutorSection {
-    /// Names of the settings that are set (for checking them against the kind).
-    fn set_fields(&self) -> Vec<&'static str> {
-        let mut set = Vec::new();
-        let mut mark = |name: &'static str, is: bool| {
-            if is {
-                set.push(name)
-            }
-        };
-        mark("master", self.master.is_some());
-        mark("spark_submit", self.spark_submit.is_some());
-        mark("python", self.python.is_some());
-        mark("conf", !self.conf.is_empty());
-        mark("env", !self.env.is_empty());
-        mark("ship_binary", self.ship_binary.is_some());
-        mark("host", self.host.is_some());
-        mark("profile", self.profile.is_some());
-        mark("binary", self.binary.is_some());
-        mark("binary_dir", self.binary_dir.is_some());
-        mark("default_cluster", self.default_cluster.is_some());
-        mark("poll_seconds", self.poll_seconds.is_some());
-        mark("timeout_seconds", self.timeout_seconds.is_some());
-        mark("clusters", !self.clusters.is_empty());
-        mark("steps", !self.steps.is_empty());
-        set
-    }
-
+impl DatabricksSection {
     fn check(&self) -> Result<(), String> {
-        let wrong: &[&str] = match self.kind.as_str() {
-            "local" => &[SPARK_ONLY, DATABRICKS_ONLY].concat(),
-            "spark" => DATABRICKS_ONLY,
-            _ => SPARK_ONLY,
-        };
-        if let Some(field) = self.set_fields().into_iter().find(|f| wrong.contains(f)) {
-            let owner = if SPARK_ONLY.contains(&field) { "spark" } else { "databricks" };
-            return Err(format!("[executor] `{field}` is a setting of the {owner} executor, not `{}`", self.kind));
+        if self.clusters.is_empty() {
+            return Err("a databricks executor needs at least one [executor.clusters.NAME] table".into());
         }
-        if let Some(ship) = &self.ship_binary
-            && ship != "files"
-            && ship != "store"
-        {
-            return Err(format!("[executor] ship_binary = `{ship}`: expected `files` or `store`"));
+        let default = self.default_cluster.as_deref().unwrap_or("cpu");
+        if !self.clusters.contains_key(default) {
+            return Err(format!(
+                "default_cluster `{default}` is not one of the clusters ({})",
+                self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
-        if self.kind == "databricks" {
-            if self.clusters.is_empty() {
-                return Err("a databricks executor needs at least one [executor.clusters.NAME] table".into());
+        for (step, cluster) in &self.steps {
+            if !self.clusters.contains_key(cluster) {
+                return Err(format!("[executor.steps] {step} = `{cluster}` names no cluster"));
             }
-            let default = self.default_cluster.as_deref().unwrap_or("cpu");
-            if !self.clusters.contains_key(default) {
+        }
+        for (name, c) in &self.clusters {
+            if c.num_workers.is_some() == c.autoscale.is_some() {
+                return Err(format!("cluster `{name}` needs exactly one of `num_workers` and `autoscale`"));
+            }
+            if let Some(a) = &c.availability
+                && !["SPOT", "ON_DEMAND", "SPOT_WITH_FALLBACK"].contains(&a.as_str())
+            {
                 return Err(format!(
-                    "default_cluster `{default}` is not one of the clusters ({})",
-                    self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                    "cluster `{name}`: availability `{a}` is not SPOT, ON_DEMAND or SPOT_WITH_FALLBACK"
                 ));
             }
-            for (step, cluster) in &self.steps {
-                if !self.clusters.contains_key(cluster) {
-                    return Err(format!("[executor.steps] {step} = `{cluster}` names no cluster"));
-                }
-            }
-            for (name, c) in &self.clusters {
-                if c.num_workers.is_some() == c.autoscale.is_some() {
-                    return Err(format!("cluster `{name}` needs exactly one of `num_workers` and `autoscale`"));
-                }
-                if let Some(a) = &c.availability
-                    && !["SPOT", "ON_DEMAND", "SPOT_WITH_FALLBACK"].contains(&a.as_str())
-                {
-                    return Err(format!(
-                        "cluster `{name}`: availability `{a}` is not SPOT, ON_DEMAND or SPOT_WITH_FALLBACK"
-                    ));
-                }
-                if let Some(a) = &c.autoscale
-                    && a.max_workers <= a.min_workers
-                {
-                    return Err(format!("cluster `{name}`: autoscale max_workers must be above min_workers"));
-                }
+            if let Some(a) = &c.autoscale
+                && a.max_workers <= a.min_workers
+            {
+                return Err(format!("cluster `{name}`: autoscale max_workers must be above min_workers"));
             }
         }
         Ok(())
@@ -249,14 +197,17 @@ impl Remote {
             .map_err(|e| Diagnostic::whole_file(file, format!("cannot read remote file: {e}")))?;
         let remote: Remote = toml_edit::de::from_str(&text).map_err(|e| {
             let message = e.message().trim_end().to_string();
-            Diagnostic::at(file, &text, e.span(), format!("invalid remote file: {message}"))
-                .with_help("a remote file has [store] with `url` (and `profile`, `endpoint`, `region`) and optionally [executor] with `kind`")
+            Diagnostic::at(file, &text, e.span(), format!("invalid remote file: {message}")).with_help(
+                "a remote file has [store] with `url` (and `profile`, `endpoint`, `region`) and optionally \
+                            [executor] with `kind` (\"local\", \"spark\" or \"databricks\") and that executor's \
+                            settings (README.md, \"Run on Spark and Databricks\")",
+            )
         })?;
-        if !EXECUTORS.contains(&remote.executor.kind.as_str()) {
-            return Err(Diagnostic::whole_file(file, format!("unknown executor `{}`", remote.executor.kind))
-                .with_help(format!("this dsmake runs executors {}", EXECUTORS.join(", "))));
-        }
-        remote.executor.check().map_err(|message| {
+        let checked = match &remote.executor {
+            ExecutorSection::Databricks(d) => d.check(),
+            ExecutorSection::Local(_) | ExecutorSection::Spark(_) => Ok(()),
+        };
+        checked.map_err(|message| {
             Diagnostic::whole_file(file, format!("invalid remote file: {message}"))
                 .with_help("README.md, section \"Run on Spark and Databricks\", lists the executors' settings")
         })?;
@@ -268,7 +219,7 @@ impl Remote {
 
 /// A path to a file, or a name looked up as `remotes/NAME.toml` here and in each parent folder.
 pub fn find(name: &str) -> anyhow::Result<PathBuf> {
-    crate::cli::find_named_file("remotes", "remote", name)
+    crate::util::find_named_file("remotes", "remote", name)
 }
 
 impl Remote {
@@ -325,7 +276,7 @@ pub fn upload_binary(
             "remote workers fetch dsmake from S3: the store (or binary_dir) must be an s3:// URL, not `{base}`"
         );
     }
-    let hash = crate::plan::stat_cache::hash_file(exe)?;
+    let hash = crate::util::hash_file(exe)?;
     let size = std::fs::metadata(exe)?.len();
     let rel = format!("{}/dsmake", &hash[..32]);
     let present = target.list(&hash[..32])?.iter().any(|m| m.path == rel && m.size == size);

@@ -2,9 +2,9 @@
 //! binary so that driver and worker always match) on the remote plan; the driver runs one Spark task per
 //! target, each calling `dsmake worker`, and prints a JSON line per result, which is read here as it comes.
 
-use super::Remote;
+use super::{Remote, ShipBinary, SparkSection};
 use crate::exec::remote::{Executor, RemotePlan, Reporter, TargetResult};
-use crate::kinds::Cancel;
+use crate::kind::Cancel;
 use crate::store::Store;
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -18,6 +18,7 @@ pub const DRIVER: &str = include_str!("../../remotes/spark_driver.py");
 
 pub struct SparkExecutor {
     remote: Remote,
+    settings: SparkSection,
     master: String,
     spark_submit: PathBuf,
     python: Option<PathBuf>,
@@ -25,8 +26,8 @@ pub struct SparkExecutor {
 }
 
 impl SparkExecutor {
-    pub fn new(remote: &Remote) -> anyhow::Result<SparkExecutor> {
-        let e = &remote.executor;
+    pub fn new(remote: &Remote, settings: &SparkSection) -> anyhow::Result<SparkExecutor> {
+        let e = settings;
         let python = e.python.as_deref().map(|p| remote.resolve(p));
         let spark_submit = match (&e.spark_submit, &python) {
             (Some(s), _) => remote.resolve(s),
@@ -35,10 +36,11 @@ impl SparkExecutor {
         };
         Ok(SparkExecutor {
             remote: remote.clone(),
+            settings: settings.clone(),
             master: master_with_retries(e.master.as_deref().unwrap_or("local[*]"), &e.conf),
             spark_submit,
             python,
-            ship_via_store: e.ship_binary.as_deref() == Some("store"),
+            ship_via_store: e.ship_binary == ShipBinary::Store,
         })
     }
 }
@@ -55,7 +57,7 @@ fn master_with_retries(master: &str, conf: &std::collections::BTreeMap<String, S
 
 /// Where run files go: plans, results and the Spark log.
 fn run_dir() -> anyhow::Result<PathBuf> {
-    let dir = crate::cli::cache_dir().join("remote-runs");
+    let dir = crate::util::cache_dir().join("remote-runs");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
@@ -74,7 +76,7 @@ impl Executor for SparkExecutor {
     ) -> anyhow::Result<Vec<TargetResult>> {
         let mut plan = plan.clone();
         plan.env.extend(self.remote.store_env());
-        plan.env.extend(self.remote.executor.env.clone());
+        plan.env.extend(self.settings.env.clone());
         let dir = tempfile::Builder::new().prefix("spark-").tempdir_in(run_dir()?)?;
         let plan_file = dir.path().join("plan.json");
         std::fs::write(&plan_file, serde_json::to_vec(&plan)?)?;
@@ -85,7 +87,7 @@ impl Executor for SparkExecutor {
 
         let mut cmd = Command::new(&self.spark_submit);
         cmd.arg("--master").arg(&self.master).arg("--name").arg(format!("dsmake {}", plan.pipeline));
-        let mut conf = self.remote.executor.conf.clone();
+        let mut conf = self.settings.conf.clone();
         conf.entry("spark.ui.enabled".into()).or_insert_with(|| "false".into());
         for (k, v) in &plan.env {
             conf.insert(format!("spark.executorEnv.{k}"), v.clone());
@@ -94,7 +96,7 @@ impl Executor for SparkExecutor {
             cmd.arg("--conf").arg(format!("{k}={v}"));
         }
         let binary = if self.ship_via_store {
-            super::upload_binary(store, self.remote.executor.binary_dir.as_deref(), &self.remote, &exe)?
+            super::upload_binary(store, None, &self.remote, &exe)?
         } else {
             cmd.arg("--files").arg(&exe);
             exe.file_name().and_then(|n| n.to_str()).unwrap_or("dsmake").to_string()

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Files being written start with this; listings of outputs skip them and `gc` removes them.
-pub const TEMP_PREFIX: &str = ".dsmake-tmp-";
+pub use crate::util::files::TEMP_PREFIX;
+use crate::util::files::{sync_dir, temp_beside, write_atomically};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -30,37 +31,6 @@ impl LocalStore {
 fn meta_of(path: String, meta: &fs::Metadata) -> ObjectMeta {
     let version = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
     ObjectMeta { path, size: meta.size(), version }
-}
-
-fn temp_beside(dest: &Path) -> PathBuf {
-    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("object");
-    dest.with_file_name(format!("{TEMP_PREFIX}{}-{name}", fastrand::u64(..)))
-}
-
-fn sync_dir(dir: &Path) {
-    // Makes the rename durable. Some file systems refuse fsync on a directory: that loses nothing here.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Writes `bytes` to `dest` so that a crash leaves the old file or the new one, never a mix.
-pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let temp = temp_beside(dest);
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result?;
-    sync_dir(dir);
-    Ok(())
 }
 
 impl Store for LocalStore {

@@ -1,6 +1,5 @@
 //! A target's manifest: the commit marker, written after every output is in place.
 
-use crate::plan::key::KeyParts;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -54,4 +53,25 @@ impl Manifest {
     pub fn parse(bytes: &[u8], path: &str) -> anyhow::Result<Manifest> {
         serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("corrupt manifest {path}: {e}"))
     }
+}
+
+/// Everything that goes into a key. The manifest keeps it, so that a changed key can be explained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyParts {
+    pub kind: String,
+    pub kind_version: u32,
+    /// Effective settings (objects have sorted keys, so the encoding is canonical).
+    pub settings: Value,
+    pub shard: String,
+    pub coords: Value,
+    pub inputs: Vec<InputKey>,
+    /// A source's content identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputKey {
+    pub target: String,
+    pub key: String,
 }

@@ -75,7 +75,7 @@ pub fn join(dir: &str, name: &str) -> String {
 }
 
 /// Folder (inside a step's folder) that holds manifests and the step index.
-pub const META_DIR: &str = "_dsmake";
+pub use crate::kind::META_DIR;
 
 pub fn manifest_path(step_dir: &str, shard: &str) -> String {
     format!("{step_dir}/{META_DIR}/{shard}.json")

@@ -10,16 +10,12 @@ mod metadata;
 mod model;
 mod webdataset;
 
-use super::{BuildCx, Built, Inputs, Kind, Resource, ShardCx};
 use crate::clip::{self, Clip, npy};
-use crate::exec::failure::Cancelled;
-use crate::pipeline::settings::{Setting, SettingError, SettingType};
-use crate::plan::shard::{Mapping, Shards};
+use crate::kind::{BuildCx, Built, Cancelled, Inputs, Kind, Mapping, Resource, SettingError, ShardCx, Shards};
 use anyhow::{Context, anyhow, bail};
 use metadata::Metadata;
 use model::ModelSource;
 use rayon::prelude::*;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,58 +23,36 @@ use std::time::Instant;
 
 pub struct ClipEmbed;
 
-const SETTINGS: &[Setting] = &[
-    Setting::optional(
-        "model",
-        SettingType::String,
-        "all-clip model name: \"ViT-L/14@336px\" (when neither this nor `model_path` is set), \"ViT-L/14\", \
-         \"ViT-B/32\", \"open_clip:ViT-L-14-336/openai\", \"hf_clip:ORG/NAME\", …; weights from the Hugging Face cache",
-    ),
-    Setting::optional(
-        "model_path",
-        SettingType::String,
-        "a local CLIP folder in Hugging Face format (config.json, tokenizer.json, model.safetensors), relative to \
-         the pipeline file; instead of `model`",
-    ),
-    Setting::default(
-        "device",
-        SettingType::String,
-        r#""auto""#,
-        "\"auto\", \"cpu\" or \"cuda\" (fp16; needs the `cuda` build)",
-    ),
-    Setting::default("batch_size", SettingType::Integer, "64", "images per model call"),
-    Setting::optional(
-        "shards_per_part",
-        SettingType::Integer,
-        "input shards per output part (default 1); new shards add parts and never change complete ones",
-    ),
-    Setting::optional(
-        "write_batch_size",
-        SettingType::Integer,
-        "images per part, as clip-retrieval says it: a multiple of the images per input shard (`samples_per_shard`, \
-         or the input step's `number_sample_per_shard`); instead of `shards_per_part`",
-    ),
-    Setting::optional(
-        "samples_per_shard",
-        SettingType::Integer,
-        "images per input shard, to turn `write_batch_size` into shards",
-    ),
-];
-
-#[derive(Debug, Deserialize)]
-struct Settings {
-    model: Option<String>,
-    model_path: Option<String>,
-    device: String,
-    // Signed, so that a negative value is reported at its key rather than failing deserialisation.
-    batch_size: i64,
-    shards_per_part: Option<i64>,
-    write_batch_size: Option<i64>,
-    samples_per_shard: Option<i64>,
+crate::setting_enum! {
+    /// Where the model runs.
+    pub enum Device {
+        Auto = "auto",
+        Cpu = "cpu",
+        Cuda = "cuda",
+    }
 }
 
-fn settings(value: &Value) -> anyhow::Result<Settings> {
-    serde_json::from_value(value.clone()).context("clip-embed settings")
+crate::settings! {
+    pub struct Settings {
+        /// all-clip model name: "ViT-L/14@336px" (when neither this nor `model_path` is set), "ViT-L/14",
+        /// "ViT-B/32", "open_clip:ViT-L-14-336/openai", "hf_clip:ORG/NAME", …; weights from the Hugging Face cache
+        model: Option<String>,
+        /// a local CLIP folder in Hugging Face format (config.json, tokenizer.json, model.safetensors), relative to
+        /// the pipeline file; instead of `model`
+        model_path: Option<String>,
+        /// "auto", "cpu" or "cuda" (fp16; needs the `cuda` build)
+        device: Device = Device::Auto,
+        /// images per model call
+        batch_size: i64 = 64,
+        /// input shards per output part (default 1); new shards add parts and never change complete ones
+        shards_per_part: Option<i64>,
+        /// images per part, as clip-retrieval says it: a multiple of the images per input shard
+        /// (`samples_per_shard`, or what the input step fixes, such as img2dataset's `number_sample_per_shard`);
+        /// instead of `shards_per_part`
+        write_batch_size: Option<i64>,
+        /// images per input shard, to turn `write_batch_size` into shards
+        samples_per_shard: Option<i64>,
+    }
 }
 
 /// Keeps the first few failure messages of a part for its manifest.
@@ -107,12 +81,7 @@ impl ClipEmbed {
         let Some(images) = s.write_batch_size else {
             return Ok(s.shards_per_part.unwrap_or(1) as usize);
         };
-        let from_input = || {
-            cx.step.from.iter().find_map(|name| {
-                let i = cx.pipeline.step_index(name)?;
-                cx.pipeline.steps[i].settings.get("number_sample_per_shard")?.as_i64()
-            })
-        };
+        let from_input = || cx.inputs.iter().find_map(|i| i64::try_from(i.rows_per_shard?).ok());
         let Some(per_shard) = s.samples_per_shard.or_else(from_input) else {
             bail!(
                 "`write_batch_size` = {images} images needs the number of images per input shard: set \
@@ -130,28 +99,19 @@ impl ClipEmbed {
 }
 
 impl Kind for ClipEmbed {
-    fn name(&self) -> &'static str {
-        "clip-embed"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "CLIP image and text embeddings of WebDataset shards, in clip-retrieval's layout (npy + parquet)"
-    }
-    fn settings(&self) -> &'static [Setting] {
-        SETTINGS
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::Required
-    }
+    type Settings = Settings;
+    const NAME: &'static str = "clip-embed";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "CLIP image and text embeddings of WebDataset shards, in clip-retrieval's layout (npy + parquet)";
+    const INPUTS: Inputs = Inputs::Required;
+
     /// One model run at a time: on a GPU it holds the device, on a CPU its matmuls use every core already.
-    fn resource(&self, _settings: &Value) -> Resource {
+    fn resource(&self, _: &Settings) -> Resource {
         Resource::Gpu
     }
 
-    fn check(&self, value: &Value, has_inputs: bool) -> Result<(), SettingError> {
-        let s = settings(value).map_err(|e| SettingError::new("model", format!("{e:#}")))?;
+    fn check(&self, s: &Settings, has_inputs: bool) -> Result<(), SettingError> {
         if !has_inputs {
             return Err(SettingError::new("model", "clip-embed reads WebDataset shards: the step needs `from`"));
         }
@@ -161,10 +121,6 @@ impl Kind for ClipEmbed {
         }
         if let Some(name) = &s.model {
             clip::hub::repo_for(name).map_err(|e| SettingError::new("model", e))?;
-        }
-        if !matches!(s.device.as_str(), "auto" | "cpu" | "cuda") {
-            return Err(SettingError::new("device", format!("unknown device \"{}\"", s.device))
-                .help("expected \"auto\", \"cpu\" or \"cuda\""));
         }
         positive("batch_size", Some(s.batch_size))?;
         positive("shards_per_part", s.shards_per_part)?;
@@ -179,10 +135,9 @@ impl Kind for ClipEmbed {
         Ok(())
     }
 
-    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
-        let s = settings(&cx.step.settings)?;
-        let per_part = Self::shards_per_part(&s, cx)?;
-        let source = ModelSource::from_settings(s.model.as_deref(), s.model_path.as_deref(), &cx.pipeline.base_dir)?;
+    fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let per_part = Self::shards_per_part(s, cx)?;
+        let source = ModelSource::from_settings(s.model.as_deref(), s.model_path.as_deref(), cx.base_dir)?;
         let shards = Mapping::Group(per_part).shards(&cx.inputs).map_err(|e| anyhow!(e))?;
         let Shards::Known(mut specs) = shards else {
             return Ok(shards);
@@ -199,13 +154,12 @@ impl Kind for ClipEmbed {
         Ok(Shards::Known(specs))
     }
 
-    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
-        let s = settings(cx.job.settings())?;
-        let job = cx.job;
-        let source = ModelSource::from_settings(s.model.as_deref(), s.model_path.as_deref(), &job.base_dir)?;
-        let identity = &job.key_parts.coords["model"];
+    fn build(&self, s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
+        let source = ModelSource::from_settings(s.model.as_deref(), s.model_path.as_deref(), cx.base_dir)?;
+        let identity =
+            cx.coords.get("model").ok_or_else(|| anyhow!("{} has no model in its coordinates", cx.target))?;
         let dir = source.folder_for(identity)?;
-        let device = clip::device(&s.device)?;
+        let device = clip::device(s.device.as_str())?;
         let model = load_cached(&dir, identity, &device)?;
 
         let mut tars = Vec::new();
@@ -217,7 +171,7 @@ impl Kind for ClipEmbed {
             }
             tars.extend(found.into_iter().map(|f| (input.target.clone(), f.clone())));
         }
-        let names = output_names(&job.shard);
+        let names = output_names(cx.shard);
         let run = embed_part(&model, &tars, cx.out_dir, &names, s.batch_size as usize, cx.cancel)?;
         Ok(Built {
             outputs: names.to_vec(),
@@ -282,7 +236,7 @@ fn embed_part(
     out_dir: &Path,
     names: &[String; 3],
     batch_size: usize,
-    cancel: &super::Cancel,
+    cancel: &crate::kind::Cancel,
 ) -> anyhow::Result<PartRun> {
     let dim = model.config.projection_dim;
     let mut img = npy::RowWriter::create(&out_dir.join(&names[0]), npy::Dtype::F16, dim)?;
@@ -337,7 +291,7 @@ fn produce(
     model: &Clip,
     tars: &[(String, PathBuf)],
     batch_size: usize,
-    cancel: &super::Cancel,
+    cancel: &crate::kind::Cancel,
     tx: &std::sync::mpsc::SyncSender<anyhow::Result<Prepared>>,
 ) -> anyhow::Result<()> {
     // Each sample travels with the input target it came from, so that a failure names its shard.

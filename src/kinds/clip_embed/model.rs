@@ -3,7 +3,8 @@
 //! cache, so an unchanged model is not read again) and checked again by the worker before it loads.
 
 use crate::clip::{self, hub};
-use crate::plan::stat_cache::{StatCache, hash_file};
+use crate::util::hash_file;
+use crate::util::stat_cache::StatCache;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};

@@ -292,7 +292,7 @@ impl Hub {
         commit: &str,
         file: &HubFile,
         partial: &Path,
-        cancel: &crate::kinds::Cancel,
+        cancel: &crate::kind::Cancel,
     ) -> anyhow::Result<u64> {
         let url = format!("{}/datasets/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(&file.path));
         let mut fetched = 0u64;
@@ -344,7 +344,7 @@ impl Hub {
         commit: &str,
         partial: &Path,
         have: u64,
-        cancel: &crate::kinds::Cancel,
+        cancel: &crate::kind::Cancel,
     ) -> anyhow::Result<u64> {
         let (mut response, answered) = self.send(url, (have > 0).then_some(have))?;
         let status = response.status().as_u16();

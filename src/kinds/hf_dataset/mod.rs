@@ -12,43 +12,26 @@
 
 pub mod hub;
 
-use super::{BuildCx, Built, Inputs, Kind, Resource, ShardCx};
-use crate::pipeline::settings::{Setting, SettingError, SettingType};
-use crate::plan::shard::{ShardSpec, Shards};
+use crate::formats::parquet;
+use crate::kind::{BuildCx, Built, Inputs, Kind, Resource, SettingError, ShardCx, ShardSpec, Shards};
 use anyhow::{Context, bail};
 use hub::{Hub, HubFile};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use serde_json::json;
+use std::path::PathBuf;
 
 pub struct HfDataset;
 
-const SETTINGS: &[Setting] = &[
-    Setting::required("repo", SettingType::String, "the dataset repo on the Hub, e.g. \"laion/relaion-pop\""),
-    Setting::default(
-        "revision",
-        SettingType::String,
-        r#""main""#,
-        "a branch, tag or commit; the plan pins it to a commit",
-    ),
-    Setting::default(
-        "include",
-        SettingType::StringList,
-        r#"["**/*.parquet"]"#,
-        "globs over the repo's file paths, read as `files` reads its paths (`*` within a folder, `**` across \
-         folders, `**/*.parquet` at the top too); each match is one target",
-    ),
-];
-
-#[derive(Debug, Deserialize)]
-struct Settings {
-    repo: String,
-    revision: String,
-    include: Vec<String>,
-}
-
-fn settings(value: &Value) -> anyhow::Result<Settings> {
-    serde_json::from_value(value.clone()).context("hf-dataset settings")
+crate::settings! {
+    pub struct Settings {
+        /// the dataset repo on the Hub, e.g. "laion/relaion-pop"
+        repo: String,
+        /// a branch, tag or commit; the plan pins it to a commit
+        revision: String = "main".into(),
+        /// globs over the repo's file paths, read as `files` reads its paths (`*` within a folder, `**` across
+        /// folders, `**/*.parquet` at the top too); each match is one target
+        include: Vec<String> = vec!["**/*.parquet".into()],
+    }
 }
 
 /// What a target's coordinates hold: everything its download needs and its identity.
@@ -74,26 +57,18 @@ struct Listing {
     files: Vec<HubFile>,
 }
 
-/// `$DSMAKE_CACHE_DIR`, else `$XDG_CACHE_HOME/dsmake`, else `~/.cache/dsmake` (as the CLI finds it).
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DSMAKE_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("dsmake")
-}
-
 fn listing_path(endpoint: &str, repo: &str, revision: &str) -> PathBuf {
     let id = blake3::hash(format!("{endpoint}\n{repo}\n{revision}").as_bytes()).to_hex();
-    cache_dir().join("hf-dataset").join("listings").join(format!("{}-{}.json", repo.replace('/', "--"), &id[..16]))
+    crate::util::cache_dir().join("hf-dataset").join("listings").join(format!(
+        "{}-{}.json",
+        repo.replace('/', "--"),
+        &id[..16]
+    ))
 }
 
 fn partial_path(oid: &str) -> PathBuf {
     let safe: String = oid.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    cache_dir().join("hf-dataset").join("partial").join(format!("{safe}.part"))
+    crate::util::cache_dir().join("hf-dataset").join("partial").join(format!("{safe}.part"))
 }
 
 /// Says once per process which commit a revision was pinned to (plans run again during a build).
@@ -166,7 +141,7 @@ fn resolve(s: &Settings, step: &str) -> anyhow::Result<Listing> {
 fn includes(patterns: &[String]) -> Result<globset::GlobSet, SettingError> {
     let mut set = globset::GlobSetBuilder::new();
     for p in patterns {
-        let glob = super::files::glob(p)
+        let glob = crate::util::glob(p)
             .map_err(|e| SettingError::new("include", format!("invalid glob `{p}`: {}", e.kind())))?;
         set.add(glob);
     }
@@ -174,27 +149,18 @@ fn includes(patterns: &[String]) -> Result<globset::GlobSet, SettingError> {
 }
 
 impl Kind for HfDataset {
-    fn name(&self) -> &'static str {
-        "hf-dataset"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "the parquet files of a Hugging Face dataset, one target per file, pinned to a commit and sha256-verified"
-    }
-    fn settings(&self) -> &'static [Setting] {
-        SETTINGS
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::None
-    }
-    fn resource(&self, _settings: &Value) -> Resource {
+    type Settings = Settings;
+    const NAME: &'static str = "hf-dataset";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "the parquet files of a Hugging Face dataset, one target per file, pinned to a commit and sha256-verified";
+    const INPUTS: Inputs = Inputs::None;
+
+    fn resource(&self, _: &Settings) -> Resource {
         Resource::Net
     }
 
-    fn check(&self, value: &Value, _has_inputs: bool) -> Result<(), SettingError> {
-        let s = settings(value).map_err(|e| SettingError::new("repo", format!("{e:#}")))?;
+    fn check(&self, s: &Settings, _has_inputs: bool) -> Result<(), SettingError> {
         let parts: Vec<&str> = s.repo.split('/').collect();
         let valid = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         let ok = (parts.len() == 2 && parts.iter().all(|p| valid(p))) || (parts.len() == 1 && valid(parts[0]));
@@ -211,11 +177,9 @@ impl Kind for HfDataset {
         includes(&s.include).map(drop)
     }
 
-    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
-        let s = settings(&cx.step.settings)?;
-        let include =
-            includes(&s.include).map_err(|e| anyhow::anyhow!("hf-dataset `{}`: {}", cx.step.name, e.message))?;
-        let listing = match resolve(&s, &cx.step.name) {
+    fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let include = includes(&s.include).map_err(|e| anyhow::anyhow!("hf-dataset `{}`: {}", cx.step, e.message))?;
+        let listing = match resolve(s, cx.step) {
             Ok(listing) => listing,
             Err(e) => match e.downcast::<NotKnown>() {
                 Ok(why) => return Ok(Shards::Unknown(why.0)),
@@ -255,9 +219,8 @@ impl Kind for HfDataset {
         Ok(Shards::Known(specs))
     }
 
-    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
-        let c: Coords =
-            serde_json::from_value(cx.job.key_parts.coords.clone()).context("hf-dataset target coordinates")?;
+    fn build(&self, _: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
+        let c: Coords = cx.coords()?;
         if hub::offline() {
             bail!(
                 "HF_HUB_OFFLINE is set: cannot download {} of dataset `{}` (targets already in the store stay fresh \
@@ -289,7 +252,7 @@ impl Kind for HfDataset {
                 .with_context(|| format!("cannot copy {} to {}", partial.display(), out.display()))?;
             std::fs::remove_file(&partial).ok();
         }
-        let rows = parquet_rows(&out).with_context(|| format!("{} of dataset `{}`", c.path, c.repo))?;
+        let rows = parquet::row_count(&out).with_context(|| format!("{} of dataset `{}`", c.path, c.repo))?;
         Ok(Built {
             outputs: vec![c.path.clone()],
             rows: Some(rows),
@@ -305,15 +268,6 @@ impl Kind for HfDataset {
             }),
         })
     }
-}
-
-/// The row count of a parquet file, from its footer.
-pub fn parquet_rows(path: &Path) -> anyhow::Result<u64> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader =
-        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
-    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
 }
 
 #[cfg(test)]

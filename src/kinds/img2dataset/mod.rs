@@ -21,158 +21,25 @@ mod jpeg;
 mod output;
 mod previous;
 mod process;
+mod settings;
 mod webp;
 
-use super::{BuildCx, Built, Inputs, Kind, Resource, ShardCx};
-use crate::exec::failure::Cancelled;
-use crate::pipeline::settings::{Setting, SettingError, SettingType};
-use crate::plan::shard::{InputShard, InputShards, Mapping, Shards};
-use anyhow::{Context, anyhow, bail};
+use crate::formats::parquet;
+use crate::kind::{
+    BuildCx, Built, Cancelled, InputShard, InputShards, Inputs, Kind, Mapping, Resource, SettingError, ShardCx, Shards,
+};
+use anyhow::{Context, anyhow};
 use fetch::{FetchOptions, Fetcher};
 use output::{ColumnType, TarOut};
-use process::{Encode, ProcessOptions, ResizeMode};
-use serde::Deserialize;
+use process::{Encode, ProcessOptions};
 use serde_json::{Map, Value, json};
+use settings::Settings;
 use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub struct Img2Dataset;
-
-const SETTINGS: &[Setting] = &[
-    Setting::default("url_col", SettingType::String, r#""url""#, "the column of image URLs"),
-    Setting::optional("caption_col", SettingType::String, "the column of captions, written as KEY.txt"),
-    Setting::default(
-        "save_additional_columns",
-        SettingType::StringList,
-        "[]",
-        "input columns copied to KEY.json and the shard's parquet",
-    ),
-    Setting::default(
-        "number_sample_per_shard",
-        SettingType::Integer,
-        "10000",
-        "rows per shard; shard i of a file always covers rows [i·n, (i+1)·n)",
-    ),
-    Setting::default("image_size", SettingType::Integer, "256", "the target size in pixels"),
-    Setting::default(
-        "resize_mode",
-        SettingType::String,
-        r#""border""#,
-        "\"no\", \"keep_ratio\" (smaller side = image_size), \"keep_ratio_largest\" (larger side), \"center_crop\", \
-         \"border\" (larger side, padded white to a square)",
-    ),
-    Setting::default("resize_only_if_bigger", SettingType::Bool, "false", "never upscale"),
-    Setting::default(
-        "skip_reencode",
-        SettingType::Bool,
-        "false",
-        "keep the downloaded bytes when no resize is needed and the format is already encode_format",
-    ),
-    Setting::default("encode_format", SettingType::String, r#""jpg""#, "\"jpg\", \"png\" or \"webp\" (lossless)"),
-    Setting::default(
-        "encode_quality",
-        SettingType::Integer,
-        "95",
-        "JPEG quality 0–100; for png the compression level 0–9",
-    ),
-    Setting::default("min_image_size", SettingType::Integer, "0", "smaller side below this fails the row"),
-    Setting::optional("max_image_area", SettingType::Float, "width × height above this fails the row"),
-    Setting::optional("max_aspect_ratio", SettingType::Float, "larger side / smaller side above this fails the row"),
-    Setting::default("timeout", SettingType::Float, "10", "seconds per download"),
-    Setting::default(
-        "retries",
-        SettingType::Integer,
-        "0",
-        "extra attempts after a timeout, a broken connection, 429 or 5xx (Retry-After is honoured)",
-    ),
-    Setting::optional(
-        "user_agent_token",
-        SettingType::String,
-        "a token added to the User-Agent, and matched against agent-specific X-Robots-Tag directives",
-    ),
-    Setting::default(
-        "disallowed_header_directives",
-        SettingType::StringList,
-        r#"["noai", "noimageai", "noindex", "noimageindex"]"#,
-        "X-Robots-Tag directives that forbid using the image",
-    ),
-    Setting::default(
-        "extract_exif",
-        SettingType::Bool,
-        "true",
-        "an `exif` column: the image's EXIF tags as JSON text (exifread's names)",
-    ),
-    Setting::default(
-        "compute_hash",
-        SettingType::String,
-        r#""sha256""#,
-        "\"sha256\" of the downloaded bytes, or \"none\"",
-    ),
-    Setting::optional(
-        "verify_hash",
-        SettingType::StringList,
-        "[COLUMN, \"sha256\"]: rows whose download does not hash to COLUMN fail with \"hash mismatch\"",
-    ),
-    Setting::default(
-        "concurrency",
-        SettingType::Integer,
-        "64",
-        "downloads in flight per shard (img2dataset's processes × threads)",
-    ),
-    Setting::default("per_host_connections", SettingType::Integer, "16", "downloads in flight per host"),
-    Setting::default(
-        "allow_hosts",
-        SettingType::StringList,
-        "[]",
-        "hosts allowed even though they are loopback, private or link-local (\"*\" for all); \
-         DSMAKE_ALLOW_HOSTS (comma-separated) adds to it",
-    ),
-    Setting::default("max_redirects", SettingType::Integer, "10", "redirects followed per image"),
-    Setting::default("max_image_bytes", SettingType::Integer, "33554432", "bytes downloaded per image at most"),
-    Setting::default(
-        "max_pixels",
-        SettingType::Integer,
-        "89478485",
-        "decoded pixels per image at most, checked from the header before decoding (Pillow's limit)",
-    ),
-];
-
-#[derive(Debug, Deserialize)]
-struct Settings {
-    url_col: String,
-    caption_col: Option<String>,
-    save_additional_columns: Vec<String>,
-    number_sample_per_shard: i64,
-    image_size: i64,
-    resize_mode: String,
-    resize_only_if_bigger: bool,
-    skip_reencode: bool,
-    encode_format: String,
-    encode_quality: i64,
-    min_image_size: i64,
-    max_image_area: Option<f64>,
-    max_aspect_ratio: Option<f64>,
-    timeout: f64,
-    retries: i64,
-    user_agent_token: Option<String>,
-    disallowed_header_directives: Vec<String>,
-    extract_exif: bool,
-    compute_hash: String,
-    verify_hash: Option<Vec<String>>,
-    concurrency: i64,
-    per_host_connections: i64,
-    allow_hosts: Vec<String>,
-    max_redirects: i64,
-    max_image_bytes: i64,
-    max_pixels: i64,
-}
-
-fn settings(value: &Value) -> anyhow::Result<Settings> {
-    serde_json::from_value(value.clone()).context("img2dataset settings")
-}
 
 /// Shard `NAME`'s outputs.
 fn output_names(shard: &str) -> [String; 3] {
@@ -190,40 +57,28 @@ fn key(shard: &str, index: u64, digits: usize) -> String {
 }
 
 impl Kind for Img2Dataset {
-    fn name(&self) -> &'static str {
-        "img2dataset"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "downloads and resizes the images of URL rows into img2dataset's webdataset shards (tar + parquet + stats)"
-    }
-    fn settings(&self) -> &'static [Setting] {
-        SETTINGS
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::Required
-    }
-    fn resource(&self, _settings: &Value) -> Resource {
+    type Settings = Settings;
+    const NAME: &'static str = "img2dataset";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str =
+        "downloads and resizes the images of URL rows into img2dataset's webdataset shards (tar + parquet + stats)";
+    const INPUTS: Inputs = Inputs::Required;
+    const RETRIES_FAILED_ROWS: bool = true;
+
+    fn resource(&self, _: &Settings) -> Resource {
         Resource::Net
     }
 
-    fn check(&self, value: &Value, has_inputs: bool) -> Result<(), SettingError> {
-        let s = settings(value).map_err(|e| SettingError::new("url_col", format!("{e:#}")))?;
+    fn rows_per_shard(&self, s: &Settings) -> Option<u64> {
+        u64::try_from(s.number_sample_per_shard).ok()
+    }
+
+    fn check(&self, s: &Settings, has_inputs: bool) -> Result<(), SettingError> {
         if !has_inputs {
             return Err(SettingError::new("url_col", "img2dataset reads URL rows: the step needs `from`")
                 .help("e.g. from = \"metadata\", a `hf-dataset` or `files` step of parquet files"));
         }
-        if ResizeMode::parse(&s.resize_mode).is_none() {
-            return Err(SettingError::new("resize_mode", format!("unknown resize_mode \"{}\"", s.resize_mode))
-                .help("expected \"no\", \"keep_ratio\", \"keep_ratio_largest\", \"center_crop\" or \"border\""));
-        }
-        let Some(encode) = Encode::parse(&s.encode_format) else {
-            return Err(SettingError::new("encode_format", format!("unknown encode_format \"{}\"", s.encode_format))
-                .help("expected \"jpg\", \"png\" or \"webp\""));
-        };
-        let range = if encode == Encode::Png { 0..=9 } else { 0..=100 };
+        let range = if s.encode_format == Encode::Png { 0..=9 } else { 0..=100 };
         if !range.contains(&s.encode_quality) {
             return Err(SettingError::new(
                 "encode_quality",
@@ -258,10 +113,6 @@ impl Kind for Img2Dataset {
         if s.timeout <= 0.0 {
             return Err(SettingError::new("timeout", "`timeout` must be positive (seconds)"));
         }
-        if !matches!(s.compute_hash.as_str(), "sha256" | "none") {
-            return Err(SettingError::new("compute_hash", format!("unknown compute_hash \"{}\"", s.compute_hash))
-                .help("expected \"sha256\" or \"none\""));
-        }
         if let Some(v) = &s.verify_hash
             && !(v.len() == 2 && v[1] == "sha256")
         {
@@ -270,134 +121,45 @@ impl Kind for Img2Dataset {
         Ok(())
     }
 
-    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
-        let s = settings(&cx.step.settings)?;
+    fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         // Sources (`files`) are never built, so their row counts come from their parquet footers here.
         let mut owned: Vec<Vec<InputShard>> = Vec::with_capacity(cx.inputs.len());
         for input in &cx.inputs {
-            let step = cx.pipeline.step_index(input.step).map(|i| &cx.pipeline.steps[i]);
-            match step {
-                Some(step) if step.kind.is_source() => {
-                    let inner = ShardCx { pipeline: cx.pipeline, step, inputs: Vec::new(), stat_cache: cx.stat_cache };
-                    let Shards::Known(specs) = step.kind.shards(&inner)? else {
-                        bail!("the files of `{}` are not known", input.step);
-                    };
-                    let mut shards = Vec::with_capacity(specs.len());
-                    for (spec, shard) in specs.iter().zip(input.shards) {
-                        let rows = match &spec.source {
-                            Some(file) => Some(
-                                super::hf_dataset::parquet_rows(&file.path)
-                                    .with_context(|| format!("input {}/{}", input.step, spec.id))?,
-                            ),
-                            None => None,
-                        };
-                        shards.push(InputShard { id: shard.id.clone(), rows });
+            let mut shards = Vec::with_capacity(input.shards.len());
+            for shard in input.shards {
+                let rows = match (&shard.file, shard.rows) {
+                    (Some(file), None) => {
+                        Some(parquet::row_count(file).with_context(|| format!("input {}/{}", input.step, shard.id))?)
                     }
-                    owned.push(shards);
-                }
-                _ => owned.push(input.shards.to_vec()),
+                    (_, rows) => rows,
+                };
+                shards.push(InputShard { rows, ..shard.clone() });
             }
+            owned.push(shards);
         }
         let views: Vec<InputShards> =
-            cx.inputs.iter().zip(&owned).map(|(i, shards)| InputShards { step: i.step, shards }).collect();
+            cx.inputs.iter().zip(&owned).map(|(i, shards)| InputShards { shards, ..*i }).collect();
         Mapping::Rows(s.number_sample_per_shard as u64).shards(&views).map_err(|e| anyhow!(e))
     }
 
-    fn retries_failed_rows(&self) -> bool {
-        true
-    }
-
-    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
-        let s = settings(cx.job.settings())?;
-        let input = cx.inputs.first().ok_or_else(|| anyhow!("{} has no input", cx.job.target))?;
+    fn build(&self, s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
+        let input = cx.inputs.first().ok_or_else(|| anyhow!("{} has no input", cx.target))?;
         let file = input
             .files
             .iter()
             .find(|f| f.extension().is_some_and(|e| e == "parquet"))
             .or(input.files.first())
             .ok_or_else(|| anyhow!("input {} has no file", input.target))?;
-        let range = &cx.job.key_parts.coords["rows"];
-        let (start, end) = (range[0].as_u64().unwrap_or(0), range[1].as_u64().unwrap_or(0));
+        let range = cx.rows()?;
         let mut wanted = vec![s.url_col.clone()];
         wanted.extend(s.caption_col.iter().cloned());
         wanted.extend(s.save_additional_columns.iter().cloned());
         if let Some(v) = &s.verify_hash {
             wanted.push(v[0].clone());
         }
-        let rows = read_rows(file, start, end, &wanted)
+        let rows = parquet::read_rows(file, range, &wanted)
             .with_context(|| format!("input {} ({})", input.target, file.display()))?;
-        run_shard(cx, &s, &rows, start)
-    }
-}
-
-/// Rows [start, end) of a parquet file, the `wanted` columns of each as JSON values.
-fn read_rows(path: &Path, start: u64, end: u64, wanted: &[String]) -> anyhow::Result<Vec<Map<String, Value>>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader =
-        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
-    let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let root = schema.root_schema();
-    let mut fields = Vec::new();
-    let mut seen = Vec::new();
-    for name in wanted {
-        if seen.contains(name) {
-            continue;
-        }
-        seen.push(name.clone());
-        let field = root.get_fields().iter().find(|f| f.name() == name).ok_or_else(|| {
-            let have: Vec<&str> = root.get_fields().iter().map(|f| f.name()).collect();
-            anyhow!("{} has no column `{name}` (columns: {})", path.display(), have.join(", "))
-        })?;
-        fields.push(field.clone());
-    }
-    let projection = parquet::schema::types::Type::group_type_builder("schema").with_fields(fields).build()?;
-    let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
-    let mut first = 0u64;
-    for g in 0..reader.num_row_groups() {
-        let n = reader.metadata().row_group(g).num_rows().max(0) as u64;
-        let group_range = first..first + n;
-        first += n;
-        if group_range.end <= start || group_range.start >= end {
-            continue;
-        }
-        let group = reader.get_row_group(g)?;
-        let iter = group.get_row_iter(Some(projection.clone()))?;
-        let skip = start.saturating_sub(group_range.start) as usize;
-        let take = (end.min(group_range.end) - group_range.start.max(start)) as usize;
-        for row in iter.skip(skip).take(take) {
-            let row = row.with_context(|| format!("{}: unreadable row", path.display()))?;
-            let mut map = Map::new();
-            for (name, field) in row.get_column_iter() {
-                map.insert(name.clone(), field_json(field));
-            }
-            out.push(map);
-        }
-    }
-    if out.len() as u64 != end - start {
-        bail!("{} has {} rows in [{start}, {end}): the file changed since it was planned", path.display(), out.len());
-    }
-    Ok(out)
-}
-
-/// A parquet cell as JSON: numbers, strings and booleans as such, anything else as its text.
-fn field_json(field: &parquet::record::Field) -> Value {
-    use parquet::record::Field as F;
-    match field {
-        F::Null => Value::Null,
-        F::Bool(b) => json!(b),
-        F::Byte(n) => json!(n),
-        F::Short(n) => json!(n),
-        F::Int(n) => json!(n),
-        F::Long(n) => json!(n),
-        F::UByte(n) => json!(n),
-        F::UShort(n) => json!(n),
-        F::UInt(n) => json!(n),
-        F::ULong(n) => json!(n),
-        F::Float(x) => serde_json::Number::from_f64(f64::from(*x)).map_or(Value::Null, Value::Number),
-        F::Double(x) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
-        F::Str(s) => json!(s),
-        other => json!(other.to_string()),
+        run_shard(cx, s, &rows)
     }
 }
 
@@ -442,14 +204,14 @@ impl Permits {
     }
 }
 
-fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u64) -> anyhow::Result<Built> {
+fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>]) -> anyhow::Result<Built> {
     let started = Instant::now();
     let start_time = SystemTime::now();
-    let shard = cx.job.shard.clone();
+    let shard = cx.shard.to_string();
     let names = output_names(&shard);
     let digits = index_digits(s.number_sample_per_shard as u64);
     let mut allow = s.allow_hosts.clone();
-    allow.extend(cx.job.allow_hosts.iter().cloned());
+    allow.extend(cx.allow_hosts.iter().cloned());
     if let Ok(extra) = std::env::var("DSMAKE_ALLOW_HOSTS") {
         allow.extend(extra.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string));
     }
@@ -472,10 +234,10 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
     });
     let popts = ProcessOptions {
         image_size: s.image_size as u32,
-        mode: ResizeMode::parse(&s.resize_mode).unwrap_or(ResizeMode::Border),
+        mode: s.resize_mode,
         resize_only_if_bigger: s.resize_only_if_bigger,
         skip_reencode: s.skip_reencode,
-        encode: Encode::parse(&s.encode_format).unwrap_or(Encode::Jpg),
+        encode: s.encode_format,
         quality: s.encode_quality.clamp(0, 100) as u8,
         min_image_size: s.min_image_size as u32,
         max_image_area: s.max_image_area.unwrap_or(f64::INFINITY),
@@ -489,12 +251,12 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
     let ext = popts.encode.ext();
     // --retry-failed: what the last build got right is kept as it was; only its failed downloads are tried.
     if !cx.previous.is_empty() {
-        let optional: Vec<&str> = [(s.extract_exif, "exif"), (s.compute_hash == "sha256", "sha256")]
+        let optional: Vec<&str> = [(s.extract_exif, "exif"), (s.hashing(), "sha256")]
             .into_iter()
             .filter_map(|(on, c)| on.then_some(c))
             .collect();
         let kept = previous::load(&cx.previous, &names, rows, &s.url_col, &optional)
-            .with_context(|| format!("the last build of {}", cx.job.target))?;
+            .with_context(|| format!("the last build of {}", cx.target))?;
         for (index, k) in kept {
             if !k.members.is_empty() {
                 let mut members: Vec<(&str, &[u8])> =
@@ -508,7 +270,7 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
     let todo: Vec<usize> = (0..rows.len()).filter(|&i| outcomes[i].is_none()).collect();
     let next = AtomicUsize::new(0);
     let threads = (s.concurrency as usize).min(todo.len()).max(1);
-    let hashing = s.compute_hash == "sha256" || s.verify_hash.is_some();
+    let hashing = s.hashing() || s.verify_hash.is_some();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Outcome>(threads * 2);
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -597,7 +359,7 @@ fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>], _start: u6
     if s.extract_exif {
         add("exif", ColumnType::Text);
     }
-    if s.compute_hash == "sha256" {
+    if s.hashing() {
         add("sha256", ColumnType::Text);
     }
     crate::formats::parquet::write(&cx.out_dir.join(&names[1]), &columns, &metas)?;
@@ -717,7 +479,7 @@ fn sample_meta(row: &Map<String, Value>, s: &Settings, key: &str, o: &Outcome) -
     if s.extract_exif {
         m.insert("exif".into(), o.exif.as_ref().map_or(Value::Null, |e| json!(e)));
     }
-    if s.compute_hash == "sha256" {
+    if s.hashing() {
         m.insert("sha256".into(), o.sha256.as_ref().map_or(Value::Null, |h| json!(h)));
     }
     m

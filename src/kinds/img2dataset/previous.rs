@@ -2,7 +2,8 @@
 //! (img2dataset's issue #358). Successes keep their tar members byte for byte, and images that downloaded
 //! but could not be decoded keep their verdict: the same bytes would fail the same way.
 
-use super::{Outcome, process::Processed, read_rows};
+use super::{Outcome, process::Processed};
+use crate::formats::parquet::read_rows;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ pub fn load(
             .map(String::from)
             .to_vec();
     wanted.extend(optional.iter().map(|c| c.to_string()));
-    let last = read_rows(parquet, 0, rows.len() as u64, &wanted)?;
+    let last = read_rows(parquet, 0..rows.len() as u64, &wanted)?;
     let mut members = read_tar(tar)?;
     let mut kept = Vec::new();
     for (index, (old, row)) in last.iter().zip(rows).enumerate() {

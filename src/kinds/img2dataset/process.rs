@@ -9,44 +9,27 @@ use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 use std::io::Cursor;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResizeMode {
-    No,
-    KeepRatio,
-    KeepRatioLargest,
-    CenterCrop,
-    Border,
-}
-
-impl ResizeMode {
-    pub fn parse(s: &str) -> Option<ResizeMode> {
-        Some(match s {
-            "no" => ResizeMode::No,
-            "keep_ratio" => ResizeMode::KeepRatio,
-            "keep_ratio_largest" => ResizeMode::KeepRatioLargest,
-            "center_crop" => ResizeMode::CenterCrop,
-            "border" => ResizeMode::Border,
-            _ => return None,
-        })
+crate::setting_enum! {
+    /// img2dataset's resize modes.
+    pub enum ResizeMode {
+        No = "no",
+        KeepRatio = "keep_ratio",
+        KeepRatioLargest = "keep_ratio_largest",
+        CenterCrop = "center_crop",
+        Border = "border",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encode {
-    Jpg,
-    Png,
-    Webp,
+crate::setting_enum! {
+    /// The format images are written in.
+    pub enum Encode {
+        Jpg = "jpg",
+        Png = "png",
+        Webp = "webp",
+    }
 }
 
 impl Encode {
-    pub fn parse(s: &str) -> Option<Encode> {
-        Some(match s {
-            "jpg" => Encode::Jpg,
-            "png" => Encode::Png,
-            "webp" => Encode::Webp,
-            _ => return None,
-        })
-    }
     pub fn ext(self) -> &'static str {
         match self {
             Encode::Jpg => "jpg",

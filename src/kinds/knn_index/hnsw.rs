@@ -9,37 +9,17 @@ use rayon::prelude::*;
 use std::path::Path;
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-/// How vectors are stored in the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quantization {
-    F32,
-    F16,
-    Bf16,
-    I8,
+crate::setting_enum! {
+    /// How vectors are stored in the index.
+    pub enum Quantization {
+        F16 = "f16",
+        Bf16 = "bf16",
+        F32 = "f32",
+        I8 = "i8",
+    }
 }
 
 impl Quantization {
-    pub const NAMES: [&'static str; 4] = ["f16", "f32", "bf16", "i8"];
-
-    pub fn parse(name: &str) -> Option<Quantization> {
-        Some(match name {
-            "f32" => Quantization::F32,
-            "f16" => Quantization::F16,
-            "bf16" => Quantization::Bf16,
-            "i8" => Quantization::I8,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Quantization::F32 => "f32",
-            Quantization::F16 => "f16",
-            Quantization::Bf16 => "bf16",
-            Quantization::I8 => "i8",
-        }
-    }
-
     pub fn bytes(self) -> usize {
         match self {
             Quantization::F32 => 4,

@@ -18,12 +18,10 @@ pub mod hnsw;
 pub mod meta;
 pub mod vectors;
 
-use super::{BuildCx, Built, Inputs, Kind, LocalInput, Resource, ShardCx};
-use crate::exec::failure::Cancelled;
-use crate::pipeline::settings::{Setting, SettingError, SettingType};
-use crate::plan::shard::{Mapping, Shards};
+use crate::kind::settings::Settings as _;
+use crate::kind::{BuildCx, Built, Cancelled, Inputs, Kind, LocalInput, Mapping, SettingError, ShardCx, Shards};
 use anyhow::{Context, anyhow, bail};
-use serde::Deserialize;
+use hnsw::Quantization;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -43,123 +41,88 @@ const PROBES: usize = 100;
 /// Multiply-adds the brute-force side of the recall estimate may spend.
 const RECALL_BUDGET: f64 = 1e10;
 
-const SETTINGS: &[Setting] = &[
-    Setting::default(
-        "embeddings",
-        SettingType::String,
-        r#""image""#,
-        "which embeddings to index: \"image\" (img_emb/) or \"text\" (text_emb/)",
-    ),
-    Setting::default(
-        "metric",
-        SettingType::String,
-        r#""ip""#,
-        "\"ip\" (inner product: cosine similarity for clip-embed's normalised vectors)",
-    ),
-    Setting::default("connectivity", SettingType::Integer, "16", "HNSW neighbours per node (M)"),
-    Setting::default("expansion_add", SettingType::Integer, "128", "HNSW candidates while building (efConstruction)"),
-    Setting::default(
-        "expansion_search",
-        SettingType::Integer,
-        "768",
-        "HNSW candidates per query (efSearch; recall@10 ≥ 0.95 even on uniformly random vectors); `dsmake search` \
-         uses at least k",
-    ),
-    Setting::default(
-        "quantization",
-        SettingType::String,
-        r#""f16""#,
-        "how the index stores vectors: \"f16\", \"bf16\", \"f32\" or \"i8\" (a quarter of f32's memory)",
-    ),
-    Setting::optional(
-        "exact_faiss",
-        SettingType::Bool,
-        "also write an exact faiss IndexFlatIP (`knn.index`, float32); default: when there are at most 1,000,000 \
-         vectors",
-    ),
-];
-
-#[derive(Debug, Deserialize)]
-pub struct Settings {
-    pub embeddings: String,
-    pub metric: String,
-    pub connectivity: i64,
-    pub expansion_add: i64,
-    pub expansion_search: i64,
-    pub quantization: String,
-    pub exact_faiss: Option<bool>,
+crate::setting_enum! {
+    /// Which embeddings of the clip-embed parts are indexed.
+    pub enum Embeddings {
+        Image = "image",
+        Text = "text",
+    }
 }
 
+crate::setting_enum! {
+    /// The similarity the index ranks by.
+    pub enum Metric {
+        /// Inner product: cosine similarity for clip-embed's L2-normalised vectors.
+        Ip = "ip",
+    }
+}
+
+crate::settings! {
+    pub struct Settings {
+        /// which embeddings to index: "image" (img_emb/) or "text" (text_emb/)
+        embeddings: Embeddings = Embeddings::Image,
+        /// "ip" (inner product: cosine similarity for clip-embed's normalised vectors)
+        metric: Metric = Metric::Ip,
+        /// HNSW neighbours per node (M)
+        connectivity: i64 = 16,
+        /// HNSW candidates while building (efConstruction)
+        expansion_add: i64 = 128,
+        /// HNSW candidates per query (efSearch; recall@10 ≥ 0.95 even on uniformly random vectors); `dsmake
+        /// search` uses at least k
+        expansion_search: i64 = 768,
+        /// how the index stores vectors: "f16", "bf16", "f32" or "i8" (a quarter of f32's memory)
+        quantization: Quantization = Quantization::F16,
+        /// also write an exact faiss IndexFlatIP (`knn.index`, float32); default: when there are at most
+        /// 1,000,000 vectors
+        exact_faiss: Option<bool>,
+    }
+}
+
+/// A knn-index step's settings, from its effective settings (for `dsmake search`).
 pub fn settings(value: &Value) -> anyhow::Result<Settings> {
-    serde_json::from_value(value.clone()).context("knn-index settings")
+    let map = value.as_object().ok_or_else(|| anyhow!("knn-index settings are not a table"))?;
+    Ok(Settings::from_effective(map)?)
 }
 
 impl Settings {
     /// `img_emb` or `text_emb`: the folder and file prefix of the parts' embeddings.
     pub fn prefix(&self) -> &'static str {
-        if self.embeddings == "text" { "text_emb" } else { "img_emb" }
+        match self.embeddings {
+            Embeddings::Image => "img_emb",
+            Embeddings::Text => "text_emb",
+        }
     }
 
     /// The usearch file's name: `image.usearch` or `text.usearch`, as clip-retrieval names its indices.
     pub fn index_file(&self) -> String {
-        format!("{}.usearch", if self.embeddings == "text" { "text" } else { "image" })
+        format!("{}.usearch", self.embeddings)
     }
 
-    pub fn params(&self) -> anyhow::Result<hnsw::Params> {
-        Ok(hnsw::Params {
+    pub fn params(&self) -> hnsw::Params {
+        hnsw::Params {
             connectivity: self.connectivity as usize,
             expansion_add: self.expansion_add as usize,
             expansion_search: self.expansion_search as usize,
-            quantization: hnsw::Quantization::parse(&self.quantization)
-                .ok_or_else(|| anyhow!("unknown quantization \"{}\"", self.quantization))?,
-        })
+            quantization: self.quantization,
+        }
     }
 }
 
 impl Kind for KnnIndex {
-    fn name(&self) -> &'static str {
-        "knn-index"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn about(&self) -> &'static str {
-        "an inner-product nearest-neighbour index over every part of a clip-embed step (usearch HNSW, an exact \
-         faiss IndexFlatIP, metadata.parquet); query it with `dsmake search`"
-    }
-    fn settings(&self) -> &'static [Setting] {
-        SETTINGS
-    }
-    fn inputs(&self) -> Inputs {
-        Inputs::Required
-    }
-    fn resource(&self, _settings: &Value) -> Resource {
-        Resource::Cpu
-    }
+    type Settings = Settings;
+    const NAME: &'static str = "knn-index";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "an inner-product nearest-neighbour index over every part of a clip-embed step \
+                                 (usearch HNSW, an exact faiss IndexFlatIP, metadata.parquet); query it with \
+                                 `dsmake search`";
+    const INPUTS: Inputs = Inputs::Required;
 
-    fn check(&self, value: &Value, has_inputs: bool) -> Result<(), SettingError> {
-        let s = settings(value).map_err(|e| SettingError::new("embeddings", format!("{e:#}")))?;
+    fn check(&self, s: &Settings, has_inputs: bool) -> Result<(), SettingError> {
         if !has_inputs {
             return Err(SettingError::new(
                 "embeddings",
                 "knn-index reads a clip-embed step's parts: the step needs `from`",
             ));
-        }
-        if !matches!(s.embeddings.as_str(), "image" | "text") {
-            return Err(SettingError::new("embeddings", format!("unknown embeddings \"{}\"", s.embeddings))
-                .help("expected \"image\" or \"text\""));
-        }
-        if s.metric != "ip" {
-            return Err(SettingError::new("metric", format!("metric \"{}\" is not supported", s.metric)).help(
-                "only \"ip\" (inner product); clip-embed's vectors are L2-normalised, so this is cosine similarity",
-            ));
-        }
-        if hnsw::Quantization::parse(&s.quantization).is_none() {
-            return Err(SettingError::new("quantization", format!("unknown quantization \"{}\"", s.quantization))
-                .help(format!(
-                    "expected one of {}",
-                    hnsw::Quantization::NAMES.map(|n| format!("\"{n}\"")).join(", ")
-                )));
         }
         for (key, v, min) in [
             ("connectivity", s.connectivity, 2),
@@ -173,7 +136,7 @@ impl Kind for KnnIndex {
         Ok(())
     }
 
-    fn shards(&self, cx: &ShardCx) -> anyhow::Result<Shards> {
+    fn shards(&self, _: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         // No parts yet: nothing to index (a target with no input would fail on every build).
         if cx.inputs.iter().all(|i| i.shards.is_empty()) {
             return Ok(Shards::Known(Vec::new()));
@@ -181,9 +144,8 @@ impl Kind for KnnIndex {
         Mapping::All.shards(&cx.inputs).map_err(|e| anyhow!(e))
     }
 
-    fn build(&self, cx: &BuildCx) -> anyhow::Result<Built> {
-        let s = settings(cx.job.settings())?;
-        let params = s.params()?;
+    fn build(&self, s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
+        let params = s.params();
         let parts = collect_parts(&cx.inputs, s.prefix())?;
         let started = Instant::now();
 
@@ -287,8 +249,7 @@ impl Kind for KnnIndex {
         };
         let size =
             std::fs::metadata(cx.out_dir.join(&index_file)).with_context(|| format!("cannot stat {index_file}"))?.len();
-        let index_key =
-            format!("HNSW{},{} (usearch {})", params.connectivity, params.quantization.name(), usearch::version());
+        let index_key = format!("HNSW{},{} (usearch {})", params.connectivity, params.quantization, usearch::version());
         let infos = json!({
             "index_key": index_key,
             "index_param": format!("efSearch={},efConstruction={}", params.expansion_search, params.expansion_add),
@@ -304,7 +265,7 @@ impl Kind for KnnIndex {
             "recall queries": recall.map(|_| recall_queries),
             "exact_index_path": exact.then_some(FAISS_FILE),
             "metadata_path": METADATA_FILE,
-            "embeddings": s.embeddings,
+            "embeddings": s.embeddings.as_str(),
             "build_seconds": build_seconds,
             "threads": threads,
         });

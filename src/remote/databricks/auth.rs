@@ -91,7 +91,7 @@ pub fn resolve(profile: Option<&str>, remote_profile: Option<&str>, remote_host:
     let profiles = parse_config(&text);
     let Some(settings) = profiles.get(&name) else {
         let known: Vec<&str> = profiles.keys().map(String::as_str).collect();
-        let hint = crate::pipeline::suggest::help_for(&name, "profile", &known);
+        let hint = crate::util::suggest::help_for(&name, "profile", &known);
         bail!(
             "Databricks profile `{name}` not found in {} ({hint}); run `dsmake remote login --host https://… -p {name}` to add it",
             file.display()

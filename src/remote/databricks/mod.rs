@@ -6,9 +6,9 @@
 
 pub mod auth;
 
-use super::Remote;
+use super::{DatabricksSection, Remote};
 use crate::exec::remote::{Executor, RemotePlan, Reporter, TargetResult};
-use crate::kinds::Cancel;
+use crate::kind::Cancel;
 use crate::store::{META_DIR, Store, manifest_path};
 use anyhow::{Context, anyhow, bail};
 use auth::Auth;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub struct DatabricksExecutor {
     remote: Remote,
+    settings: DatabricksSection,
     auth: Auth,
     agent: ureq::Agent,
     poll: Duration,
@@ -35,8 +36,12 @@ impl std::fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 impl DatabricksExecutor {
-    pub fn new(remote: &Remote, profile: Option<&str>) -> anyhow::Result<DatabricksExecutor> {
-        let e = &remote.executor;
+    pub fn new(
+        remote: &Remote,
+        settings: &DatabricksSection,
+        profile: Option<&str>,
+    ) -> anyhow::Result<DatabricksExecutor> {
+        let e = settings;
         let auth = auth::resolve(profile, e.profile.as_deref(), e.host.as_deref())?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -44,7 +49,7 @@ impl DatabricksExecutor {
             .build()
             .into();
         let poll = Duration::from_secs_f64(e.poll_seconds.unwrap_or(10.0).max(0.05));
-        Ok(DatabricksExecutor { remote: remote.clone(), auth, agent, poll })
+        Ok(DatabricksExecutor { remote: remote.clone(), settings: settings.clone(), auth, agent, poll })
     }
 
     pub fn with_auth(auth: Auth) -> DatabricksExecutor {
@@ -53,7 +58,13 @@ impl DatabricksExecutor {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        DatabricksExecutor { remote: Remote::empty(), auth, agent, poll: Duration::from_secs(10) }
+        DatabricksExecutor {
+            remote: Remote::empty(),
+            settings: DatabricksSection::default(),
+            auth,
+            agent,
+            poll: Duration::from_secs(10),
+        }
     }
 
     /// One API call; 429 and 5xx are retried a few times. Never logs the token.
@@ -110,7 +121,7 @@ impl DatabricksExecutor {
     }
 
     fn cluster_for(&self, step: &str, resource: &str) -> String {
-        let e = &self.remote.executor;
+        let e = &self.settings;
         if let Some(cluster) = e.steps.get(step) {
             return cluster.clone();
         }
@@ -155,7 +166,7 @@ impl DatabricksExecutor {
     }
 
     fn cluster_json(&self, name: &str, env: &BTreeMap<String, String>) -> anyhow::Result<Value> {
-        let c = self.remote.executor.clusters.get(name).ok_or_else(|| anyhow!("no cluster `{name}`"))?;
+        let c = self.settings.clusters.get(name).ok_or_else(|| anyhow!("no cluster `{name}`"))?;
         let mut cluster = json!({ "spark_version": c.spark_version, "node_type_id": c.node_type_id });
         if let Some(d) = &c.driver_node_type_id {
             cluster["driver_node_type_id"] = json!(d);
@@ -265,11 +276,11 @@ impl Executor for DatabricksExecutor {
         let run_dir = format!(".dsmake/runs/{}", &digest[..16]);
         store.write(&format!("{run_dir}/plan.json"), &serde_json::to_vec(&plan)?)?;
         store.write(&format!("{run_dir}/spark_driver.py"), super::spark::DRIVER.as_bytes())?;
-        let binary = match &self.remote.executor.binary {
+        let binary = match &self.settings.binary {
             Some(b) => b.clone(),
             None => {
                 let exe = std::env::current_exe().context("cannot find this dsmake binary to upload")?;
-                super::upload_binary(store, self.remote.executor.binary_dir.as_deref(), &self.remote, &exe)?
+                super::upload_binary(store, self.settings.binary_dir.as_deref(), &self.remote, &exe)?
             }
         };
         let mut task_bodies = Vec::new();
@@ -290,7 +301,7 @@ impl Executor for DatabricksExecutor {
             if i > 0 {
                 task["depends_on"] = json!([{ "task_key": tasks[i - 1].0 }]);
             }
-            if let Some(t) = self.remote.executor.timeout_seconds.filter(|t| *t > 0) {
+            if let Some(t) = self.settings.timeout_seconds.filter(|t| *t > 0) {
                 task["timeout_seconds"] = json!(t);
             }
             task_bodies.push(task);
@@ -300,7 +311,7 @@ impl Executor for DatabricksExecutor {
             "tasks": task_bodies,
             "idempotency_token": idempotency_token(&digest),
         });
-        if let Some(t) = self.remote.executor.timeout_seconds.filter(|t| *t > 0) {
+        if let Some(t) = self.settings.timeout_seconds.filter(|t| *t > 0) {
             body["timeout_seconds"] = json!(t);
         }
 

@@ -117,7 +117,7 @@ impl StatCache {
             return Ok(Some(Identity { size, blake3: blake3::Hash::from_bytes(hit.blake3).to_hex().to_string() }));
         }
         let started = SystemTime::now();
-        let digest = hash(path)?;
+        let digest = super::files::hash(path)?;
         let blake3 = digest.to_hex().to_string();
         self.hashed_files.fetch_add(1, Ordering::Relaxed);
         self.hashed_bytes.fetch_add(size, Ordering::Relaxed);
@@ -140,24 +140,13 @@ impl StatCache {
             return Ok(());
         }
         let bytes = encode(&self.lock());
-        crate::store::local::write_atomically(file, &bytes)
+        super::files::write_atomically(file, &bytes)
             .with_context(|| format!("cannot write the stat cache {}", file.display()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-pub fn hash_file(path: &Path) -> anyhow::Result<String> {
-    Ok(hash(path)?.to_hex().to_string())
-}
-
-fn hash(path: &Path) -> anyhow::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    hasher.update_reader(file).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hasher.finalize())
 }
 
 #[cfg(test)]

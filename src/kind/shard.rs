@@ -36,6 +36,8 @@ pub enum Shards {
 pub struct InputShards<'a> {
     pub step: &'a str,
     pub shards: &'a [InputShard],
+    /// The most rows one of its shards holds, when the input step's settings fix it.
+    pub rows_per_shard: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct InputShard {
     pub id: String,
     /// Row count when the input target is built and recorded one.
     pub rows: Option<u64>,
+    /// For a source's shard: the file it is, which the reading kind may open (a parquet footer, say).
+    pub file: Option<PathBuf>,
 }
 
 /// The ways a kind's shards can map to its inputs' shards.
@@ -152,7 +156,7 @@ mod tests {
     use super::*;
 
     fn shards(ids: &[(&str, Option<u64>)]) -> Vec<InputShard> {
-        ids.iter().map(|(id, rows)| InputShard { id: id.to_string(), rows: *rows }).collect()
+        ids.iter().map(|(id, rows)| InputShard { id: id.to_string(), rows: *rows, file: None }).collect()
     }
 
     fn ids(s: Shards) -> Vec<String> {
@@ -165,7 +169,7 @@ mod tests {
     #[test]
     fn groups_are_consecutive() {
         let a = shards(&[("a", None), ("b", None), ("c", None)]);
-        let input = [InputShards { step: "raw", shards: &a }];
+        let input = [InputShards { step: "raw", shards: &a, rows_per_shard: None }];
         let Shards::Known(groups) = Mapping::Group(2).shards(&input).unwrap() else { panic!() };
         assert_eq!(
             groups.iter().map(|g| g.inputs.clone()).collect::<Vec<_>>(),
@@ -177,10 +181,10 @@ mod tests {
     #[test]
     fn rows_split_per_input_and_wait_for_counts() {
         let a = shards(&[("a.parquet", Some(25)), ("b.parquet", Some(10))]);
-        let input = [InputShards { step: "meta", shards: &a }];
+        let input = [InputShards { step: "meta", shards: &a, rows_per_shard: None }];
         assert_eq!(ids(Mapping::Rows(10).shards(&input).unwrap()), vec!["a_00000", "a_00001", "a_00002", "b_00000"]);
         let b = shards(&[("a.parquet", None)]);
-        let input = [InputShards { step: "meta", shards: &b }];
+        let input = [InputShards { step: "meta", shards: &b, rows_per_shard: None }];
         assert_eq!(
             ids(Mapping::Rows(10).shards(&input).unwrap()),
             vec!["row counts are known once meta/a.parquet is built"]
@@ -191,11 +195,17 @@ mod tests {
     fn one_to_one_joins_on_ids() {
         let a = shards(&[("x", None), ("y", None)]);
         let b = shards(&[("y", None), ("x", None)]);
-        let inputs = [InputShards { step: "a", shards: &a }, InputShards { step: "b", shards: &b }];
+        let inputs = [
+            InputShards { step: "a", shards: &a, rows_per_shard: None },
+            InputShards { step: "b", shards: &b, rows_per_shard: None },
+        ];
         let Shards::Known(out) = Mapping::OneToOne.shards(&inputs).unwrap() else { panic!() };
         assert_eq!(out[0].inputs, vec![(0, 0), (1, 1)]);
         let c = shards(&[("z", None)]);
-        let inputs = [InputShards { step: "a", shards: &a }, InputShards { step: "c", shards: &c }];
+        let inputs = [
+            InputShards { step: "a", shards: &a, rows_per_shard: None },
+            InputShards { step: "c", shards: &c, rows_per_shard: None },
+        ];
         assert!(Mapping::OneToOne.shards(&inputs).is_err());
     }
 }
