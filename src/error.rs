@@ -1,5 +1,5 @@
 //! The error markers lower layers raise where the category matters to the exit code; `cli::error` turns
-//! every error into one [`cli::Error`](crate::cli::Error) with its code.
+//! every error into one `cli::Error` with its code.
 
 use std::fmt;
 

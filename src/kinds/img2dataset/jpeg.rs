@@ -6,7 +6,7 @@
 //! the pixels. The area filter that follows sees a slightly different input than a full decode would give
 //! it (the IDCT's own averaging), which is invisible at the output size.
 
-use super::process::{Decoded, Pixels, ProcessOptions};
+use super::options::{Decoded, Pixels, ProcessOptions};
 use image::ImageFormat;
 use image::metadata::Orientation;
 use turbojpeg::{Colorspace, Compressor, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp};
@@ -43,15 +43,15 @@ pub fn decode(
     }
     let (w, h) = (header.width as u32, header.height as u32);
     if u64::from(w) * u64::from(h) > o.max_pixels {
-        return Some(Err(super::process::over_pixel_limit(w, h, o)));
+        return Some(Err(super::options::over_pixel_limit(w, h, o)));
     }
     let orientation = orientation(bytes);
     let transposed = transposes(orientation);
     let (ow, oh) = if transposed { (h, w) } else { (w, h) };
-    if let Err(e) = super::process::check_size(o, ow, oh) {
+    if let Err(e) = super::options::check_size(o, ow, oh) {
         return Some(Err(e));
     }
-    let scale = match super::process::resized_size(o, ow, oh) {
+    let scale = match super::options::resized_size(o, ow, oh) {
         Some((tw, th, _)) => {
             let (tw, th) = if transposed { (th, tw) } else { (tw, th) };
             largest_reduction(w, h, tw, th)

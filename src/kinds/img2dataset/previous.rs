@@ -2,7 +2,8 @@
 //! (img2dataset's issue #358). Successes keep their tar members byte for byte, and images that downloaded
 //! but could not be decoded keep their verdict: the same bytes would fail the same way.
 
-use super::{Outcome, process::Processed};
+use super::process::Processed;
+use super::shard::Outcome;
 use crate::formats::parquet::read_rows;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value};

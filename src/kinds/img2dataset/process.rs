@@ -4,62 +4,11 @@
 //! decoded; EXIF orientation is applied; a JPEG is decoded scaled in the DCT when the output is much smaller
 //! (`jpeg.rs`); WebP is written lossless (the `image` crate has no lossy encoder).
 
+use super::options::{Decoded, Encode, Pixels, ProcessOptions, ResizeMode, check_size, over_pixel_limit, resized_size};
 use super::{jpeg, webp};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 use std::io::Cursor;
-
-crate::setting_enum! {
-    /// img2dataset's resize modes.
-    pub enum ResizeMode {
-        No = "no",
-        KeepRatio = "keep_ratio",
-        KeepRatioLargest = "keep_ratio_largest",
-        CenterCrop = "center_crop",
-        Border = "border",
-    }
-}
-
-crate::setting_enum! {
-    /// The format images are written in.
-    pub enum Encode {
-        Jpg = "jpg",
-        Png = "png",
-        Webp = "webp",
-    }
-}
-
-impl Encode {
-    pub fn ext(self) -> &'static str {
-        match self {
-            Encode::Jpg => "jpg",
-            Encode::Png => "png",
-            Encode::Webp => "webp",
-        }
-    }
-    fn format(self) -> ImageFormat {
-        match self {
-            Encode::Jpg => ImageFormat::Jpeg,
-            Encode::Png => ImageFormat::Png,
-            Encode::Webp => ImageFormat::WebP,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ProcessOptions {
-    pub image_size: u32,
-    pub mode: ResizeMode,
-    pub resize_only_if_bigger: bool,
-    pub skip_reencode: bool,
-    pub encode: Encode,
-    pub quality: u8,
-    pub min_image_size: u32,
-    pub max_image_area: f64,
-    pub max_aspect_ratio: f64,
-    /// Decoded pixels allowed; checked from the header before decoding.
-    pub max_pixels: u64,
-}
 
 pub struct Processed {
     pub bytes: Vec<u8>,
@@ -67,11 +16,6 @@ pub struct Processed {
     pub height: u32,
     pub original_width: u32,
     pub original_height: u32,
-}
-
-/// Python's round(): halves to even, as albumentations' sizes are computed.
-fn py_round(x: f64) -> u32 {
-    x.round_ties_even().max(1.0) as u32
 }
 
 /// Per-thread state reused across images (a pool per shard): fresh multi-megabyte pixel buffers per image
@@ -89,66 +33,6 @@ impl Scratch {
             self.pixels = Vec::new();
         }
     }
-}
-
-/// Where decoded RGB pixels are: the first bytes of the scratch buffer, or a buffer of their own.
-pub enum Pixels {
-    Scratch(usize),
-    Owned(Vec<u8>),
-}
-
-/// An image decoded to RGB, upright; `width`×`height` may be a DCT-scaled version of the original.
-pub struct Decoded {
-    pub pixels: Pixels,
-    pub width: u32,
-    pub height: u32,
-    pub original_width: u32,
-    pub original_height: u32,
-    pub upright: bool,
-    /// Alpha was composited on white, so the original bytes cannot be kept.
-    pub composited: bool,
-}
-
-impl ProcessOptions {
-    /// Whether an image that needs no resizing is kept byte for byte (`skip_reencode`).
-    pub fn keeps_original(&self, format: ImageFormat, upright: bool) -> bool {
-        self.skip_reencode && format == self.encode.format() && upright
-    }
-}
-
-pub fn over_pixel_limit(w: u32, h: u32, o: &ProcessOptions) -> String {
-    format!("image is {w}x{h} pixels, over the {}-pixel limit", o.max_pixels)
-}
-
-/// img2dataset's checks on the (upright) original size, with its messages.
-pub fn check_size(o: &ProcessOptions, w: u32, h: u32) -> Result<(), String> {
-    if w.min(h) < o.min_image_size {
-        return Err("image too small".to_string());
-    }
-    if f64::from(w) * f64::from(h) > o.max_image_area {
-        return Err("image area too large".to_string());
-    }
-    if f64::from(w.max(h)) / f64::from(w.min(h).max(1)) > o.max_aspect_ratio {
-        return Err("aspect ratio too large".to_string());
-    }
-    Ok(())
-}
-
-/// The size img2dataset resizes a `w`×`h` image to before cropping or padding, and whether that shrinks
-/// it; `None` when it is not resized.
-pub fn resized_size(o: &ProcessOptions, w: u32, h: u32) -> Option<(u32, u32, bool)> {
-    let size = o.image_size;
-    let side = match o.mode {
-        ResizeMode::No => return None,
-        ResizeMode::KeepRatio | ResizeMode::CenterCrop => w.min(h),
-        ResizeMode::KeepRatioLargest | ResizeMode::Border => w.max(h),
-    };
-    let downscale = side > size;
-    if o.resize_only_if_bigger && !downscale {
-        return None;
-    }
-    let scale = f64::from(size) / f64::from(side);
-    Some((py_round(f64::from(w) * scale), py_round(f64::from(h) * scale), downscale))
 }
 
 /// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,

@@ -1,6 +1,6 @@
 //! img2dataset's settings: its options, names and defaults, so that its users change nothing.
 
-use super::process::{Encode, ResizeMode};
+use super::options::{Encode, ResizeMode};
 
 crate::setting_enum! {
     /// Whether the downloaded bytes are hashed into the `sha256` column.

@@ -3,7 +3,7 @@
 //! 256 px never exists at full size in RGB. Animated, alpha and EXIF-carrying files go to the general
 //! decoder, which animates, composites and orients them.
 
-use super::process::{Decoded, Pixels, ProcessOptions, check_size, over_pixel_limit, resized_size};
+use super::options::{Decoded, Pixels, ProcessOptions, check_size, over_pixel_limit, resized_size};
 use libwebp_sys as webp;
 
 /// `None` hands the image to the general decoder, also for a file libwebp rejects (it words the error).
