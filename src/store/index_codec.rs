@@ -6,7 +6,7 @@
 //! (f64), manifest version, manifest size. Strings are a u32 length + UTF-8; integers little-endian.
 
 use super::manifest::{OutputFile, RetryOf};
-use super::step_state::Record;
+use super::record::Record;
 use std::collections::HashMap;
 
 const MAGIC: &[u8; 8] = b"DSMKIX03";

@@ -3,6 +3,7 @@
 mod index_codec;
 pub mod local;
 pub mod manifest;
+mod record;
 pub mod s3;
 pub mod step_state;
 

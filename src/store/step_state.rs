@@ -3,59 +3,14 @@
 //! size match the cached ones. Only manifests written since the index (a build that was killed, another
 //! machine) are read.
 
-use super::manifest::{Manifest, OutputFile, RetryOf};
+use super::manifest::Manifest;
+pub use super::record::Record;
 use super::{META_DIR, ObjectMeta, Store, is_temporary};
 use anyhow::Context;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 const INDEX_NAME: &str = "index.dsmake";
-
-/// What one manifest says, as far as freshness and status need it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    pub key: String,
-    pub outputs: Vec<OutputFile>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rows: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failures: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retryable: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry: Option<RetryOf>,
-    pub started_at: String,
-    pub duration_s: f64,
-    pub(super) manifest_version: String,
-    pub(super) manifest_size: u64,
-}
-
-impl Record {
-    pub fn new(manifest: &Manifest, meta: &ObjectMeta) -> Self {
-        Record {
-            key: manifest.key.clone(),
-            // Freshness needs names and sizes; digests stay in the manifest, keeping the index small.
-            outputs: manifest
-                .outputs
-                .iter()
-                .map(|o| OutputFile { name: o.name.clone(), size: o.size, blake3: String::new() })
-                .collect(),
-            rows: manifest.rows,
-            failures: manifest.failures,
-            retryable: manifest.retryable,
-            retry: manifest.retry.clone(),
-            started_at: manifest.started_at.clone(),
-            duration_s: manifest.duration_s,
-            manifest_version: meta.version.clone(),
-            manifest_size: meta.size,
-        }
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.outputs.iter().map(|o| o.size).sum()
-    }
-}
 
 /// An object as a listing shows it.
 #[derive(Debug, Clone)]

@@ -1,0 +1,50 @@
+//! What one manifest says, as far as freshness and status need it: a row of a step's index.
+
+use super::ObjectMeta;
+use super::manifest::{Manifest, OutputFile, RetryOf};
+use serde::{Deserialize, Serialize};
+
+/// What one manifest says, as far as freshness and status need it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub key: String,
+    pub outputs: Vec<OutputFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryOf>,
+    pub started_at: String,
+    pub duration_s: f64,
+    pub(crate) manifest_version: String,
+    pub(crate) manifest_size: u64,
+}
+
+impl Record {
+    pub fn new(manifest: &Manifest, meta: &ObjectMeta) -> Self {
+        Record {
+            key: manifest.key.clone(),
+            // Freshness needs names and sizes; digests stay in the manifest, keeping the index small.
+            outputs: manifest
+                .outputs
+                .iter()
+                .map(|o| OutputFile { name: o.name.clone(), size: o.size, blake3: String::new() })
+                .collect(),
+            rows: manifest.rows,
+            failures: manifest.failures,
+            retryable: manifest.retryable,
+            retry: manifest.retry.clone(),
+            started_at: manifest.started_at.clone(),
+            duration_s: manifest.duration_s,
+            manifest_version: meta.version.clone(),
+            manifest_size: meta.size,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.outputs.iter().map(|o| o.size).sum()
+    }
+}
