@@ -11,7 +11,6 @@ mod status;
 mod worker;
 mod workspace;
 
-pub(crate) use build::human_bytes;
 pub(crate) use workspace::{cache_dir, find_named_file};
 
 use crate::pipeline::Diagnostic;
