@@ -5,6 +5,7 @@ use super::{Error, Format, Output, PipelineArgs};
 use crate::exec::{self, BuildOptions, Summary};
 use crate::plan::render;
 use clap::Args;
+use indicatif::HumanBytes;
 use std::io::Write;
 
 #[derive(Args, Debug)]
@@ -121,7 +122,7 @@ fn describe(s: &Summary) -> String {
     if s.not_run > 0 {
         text.push_str(&format!(", {} not run", s.not_run));
     }
-    text.push_str(&format!(" in {:.2}s ({} written", s.seconds, human_bytes(s.bytes_written)));
+    text.push_str(&format!(" in {:.2}s ({} written", s.seconds, HumanBytes(s.bytes_written)));
     text.push_str(&format!(", {} source files hashed)", s.sources_hashed));
     if !s.failed.is_empty() {
         text.push_str("\nFailed:");
@@ -131,15 +132,4 @@ fn describe(s: &Summary) -> String {
         text.push_str("\nFixed the cause? Run the same command again: finished targets are kept.");
     }
     text
-}
-
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }

@@ -2,13 +2,13 @@
 //! local, bucket → bucket) without rebuilding: for every target fresh in the source store and not fresh
 //! in the destination, its outputs are copied, then its manifest, last, as a build would publish them.
 
-use super::build::human_bytes;
 use super::workspace::Workspace;
 use super::{Output, PipelineArgs};
 use crate::plan::{self, Action};
 use crate::store::{self, Store, join, manifest_path};
 use anyhow::Context;
 use clap::Args;
+use indicatif::HumanBytes;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -59,7 +59,7 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
         eprintln!(
             "Copied {} targets ({}) to {}; {fresh} were fresh there already.",
             wanted.len(),
-            human_bytes(bytes.load(Ordering::Relaxed)),
+            HumanBytes(bytes.load(Ordering::Relaxed)),
             to.url()
         );
     }

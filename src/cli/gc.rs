@@ -1,12 +1,12 @@
 //! `dsmake gc`: files in the pipeline's store folders that no target of the current plan owns (outputs of
 //! shards that no longer exist, steps that were removed, temporaries of killed builds). Deletes only with --yes.
 
-use super::build::human_bytes;
 use super::workspace::Workspace;
 use super::{Output, PipelineArgs};
 use crate::store::step_state::StepState;
 use crate::store::{META_DIR, join, manifest_path};
 use clap::Args;
+use indicatif::HumanBytes;
 use std::collections::HashSet;
 
 #[derive(Args, Debug)]
@@ -85,9 +85,9 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<()> {
     }
     match (orphans.len(), args.yes) {
         (0, _) => eprintln!("Nothing to collect: every file belongs to a target of the plan."),
-        (n, true) => eprintln!("Deleted {n} files ({}).", human_bytes(bytes)),
+        (n, true) => eprintln!("Deleted {n} files ({}).", HumanBytes(bytes)),
         (n, false) => {
-            eprintln!("{n} files ({}) belong to no target; run again with --yes to delete them.", human_bytes(bytes))
+            eprintln!("{n} files ({}) belong to no target; run again with --yes to delete them.", HumanBytes(bytes))
         }
     }
     Ok(())

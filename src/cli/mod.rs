@@ -12,8 +12,6 @@ mod status;
 mod worker;
 mod workspace;
 
-pub(crate) use build::human_bytes;
-
 pub use crate::error::UsageError;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;

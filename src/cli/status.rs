@@ -1,11 +1,11 @@
 //! `dsmake status`: per step, what the store holds — fresh, stale, missing, sizes, rows and failures.
 
-use super::build::human_bytes;
 use super::workspace::Workspace;
 use super::{Format, Output, PipelineArgs};
 use crate::plan::render::step_counts;
 use crate::plan::{Action, Plan};
 use clap::Args;
+use indicatif::HumanBytes;
 use serde::Serialize;
 
 #[derive(Args, Debug)]
@@ -100,7 +100,7 @@ pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<()> {
             s.fresh,
             s.stale,
             s.missing,
-            human_bytes(s.bytes),
+            HumanBytes(s.bytes).to_string(),
             s.last_built.as_deref().unwrap_or("-")
         );
     }

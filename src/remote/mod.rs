@@ -281,7 +281,7 @@ pub fn upload_binary(
     let rel = format!("{}/dsmake", &hash[..32]);
     let present = target.list(&hash[..32])?.iter().any(|m| m.path == rel && m.size == size);
     if !present {
-        eprintln!("Uploading dsmake ({}) to {base}/{rel}", crate::cli::human_bytes(size));
+        eprintln!("Uploading dsmake ({}) to {base}/{rel}", indicatif::HumanBytes(size));
         let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
         let copy = scratch.path().join("dsmake");
         std::fs::copy(exe, &copy).with_context(|| format!("cannot copy {}", exe.display()))?;

@@ -7,6 +7,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::BoxError;
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -44,8 +46,20 @@ pub struct S3Options {
 /// Attempts per request inside the SDK (jittered exponential backoff on throttling, 5xx and resets).
 const ATTEMPTS: u32 = 6;
 
+/// The SDK's own hyper 1 client (its timeouts, sleeps and `HTTPS_PROXY`/`NO_PROXY`), on rustls with ring, the crypto
+/// library ureq uses too (see Cargo.toml); plain http for custom endpoints works as before.
+fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        connector.set_sleep_impl(components.and_then(|c| c.sleep_impl()));
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
+
 pub async fn client(bucket: &str, options: &S3Options, counter: &RequestCounter) -> anyhow::Result<Client> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
     if let Some(profile) = &options.profile {
         loader = loader.profile_name(profile);
     }
