@@ -15,8 +15,9 @@
 //! **Work.** `concurrency` threads download (a per-host connection limit, one DNS cache per shard that is also
 //! the HTTP client's resolver); decoding and resizing run on at most one thread per core; a writer appends
 //! successes to the tar as they finish. Destinations are checked before every request and after every
-//! redirect (see `fetch`).
+//! redirect (see `destination` and `fetch`).
 
+mod destination;
 mod exif;
 mod fetch;
 mod jpeg;
