@@ -53,7 +53,7 @@ impl Error {
     /// Puts an error in its category by what it carries.
     pub fn classify(e: anyhow::Error) -> Error {
         if e.is::<Error>() {
-            return e.downcast::<Error>().unwrap_or_else(|e| Error::Environment(e));
+            return e.downcast::<Error>().unwrap_or_else(Error::Environment);
         }
         let chain = || e.chain();
         if chain().any(|c| c.is::<Bug>()) {

@@ -1,6 +1,7 @@
 //! Shards: how a step's targets are derived from its inputs' targets.
 
 use serde_json::{Value, json};
+use std::fmt::Write;
 use std::path::PathBuf;
 
 /// One shard of a step, before keys are computed.
@@ -60,8 +61,9 @@ pub enum Mapping {
     All,
     /// A single shard reading nothing.
     Once,
-    /// Each input shard's rows split into fixed-size shards: `<input>_00000`, … Shard i of an input always
-    /// covers rows [i·n, (i+1)·n), so a new input adds shards and never moves existing ones.
+    /// Each input shard's rows split into fixed-size shards: `<stem>_00000`, … with the stem of
+    /// [`row_stem`]. Shard i of an input always covers rows [i·n, (i+1)·n), so a new input adds shards and
+    /// never moves existing ones.
     Rows(u64),
 }
 
@@ -129,6 +131,46 @@ fn one_to_one(inputs: &[InputShards]) -> Result<Vec<ShardSpec>, String> {
     Ok(out)
 }
 
+/// The part of a row-split shard's id that names its input shard: distinct for distinct input shards, made
+/// from the input's id alone (so it never changes when other files come or go), and free of `.` and `/`
+/// (a shard's id names its output files and starts the keys inside them, which webdataset readers cut at
+/// the first dot).
+///
+/// - `name.parquet`, where `name` has only ASCII letters, digits, `_` and `-`: `name`, as it always was.
+/// - any other id: its `.parquet` ending dropped, then every byte but those ASCII letters, digits, `_` and
+///   `-` written as `~` and two hex digits, as in URL escapes: `part.0.parquet` → `part~2E0`,
+///   `data/train.parquet` → `data~2Ftrain`, `a.csv` → `a~2Ecsv`, `00000` → `00000`. Until this rule, ids
+///   kept the text before their first dot and turned `/` into `_`, so `part.0.parquet` and `part.1.parquet`
+///   were one shard, as were `a/b.parquet` and `a_b.parquet`; their shards now have new ids and are rebuilt
+///   once. The one pair left alike, `name` and `name.parquet` side by side in one step, is refused when the
+///   plan is made.
+/// - the shards of a second or later input step (`from = ["a", "b"]`) are prefixed with that step's name
+///   and `~~`, which no escaped id contains: the first input's ids never change when an input is added.
+pub fn row_stem(input_step: Option<&str>, id: &str) -> String {
+    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let escape = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                out.push(char::from(b));
+            } else {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "~{b:02X}");
+            }
+        }
+        out
+    };
+    let stem = match id.strip_suffix(".parquet") {
+        Some(name) if plain(name) => name.to_string(),
+        Some(name) if !name.is_empty() => escape(name),
+        _ => escape(id),
+    };
+    match input_step {
+        Some(step) => format!("{}~~{stem}", escape(step)),
+        None => stem,
+    }
+}
+
 fn rows(inputs: &[InputShards], per_shard: u64) -> Shards {
     let mut out = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
@@ -136,7 +178,7 @@ fn rows(inputs: &[InputShards], per_shard: u64) -> Shards {
             let Some(rows) = shard.rows else {
                 return Shards::Unknown(format!("row counts are known once {}/{} is built", input.step, shard.id));
             };
-            let stem = shard.id.split('.').next().unwrap_or(&shard.id).replace('/', "_");
+            let stem = row_stem((i > 0).then_some(input.step), &shard.id);
             for part in 0..rows.div_ceil(per_shard) {
                 let start = part * per_shard;
                 out.push(ShardSpec {
@@ -189,6 +231,58 @@ mod tests {
             ids(Mapping::Rows(10).shards(&input).unwrap()),
             vec!["row counts are known once meta/a.parquet is built"]
         );
+    }
+
+    #[test]
+    fn row_ids_are_distinct_stable_and_plain_names_unchanged() {
+        let cases = [
+            ("name.parquet", "name"),
+            ("train-00000-of-00004.parquet", "train-00000-of-00004"),
+            ("a_b.parquet", "a_b"),
+            ("a/b.parquet", "a~2Fb"),
+            ("part.0.parquet", "part~2E0"),
+            ("part.1.parquet", "part~2E1"),
+            ("data/train.parquet", "data~2Ftrain"),
+            ("a.csv", "a~2Ecsv"),
+            ("a.b.parquet", "a~2Eb"),
+            ("a~2Eb.parquet", "a~7E2Eb"),
+            (".parquet", "~2Eparquet"),
+            ("00000", "00000"),
+            ("all", "all"),
+            ("été.parquet", "~C3~A9t~C3~A9"),
+        ];
+        for (id, stem) in cases {
+            assert_eq!(row_stem(None, id), stem, "{id}");
+        }
+        let stems: std::collections::HashSet<String> = cases.iter().map(|(id, _)| row_stem(None, id)).collect();
+        assert_eq!(stems.len(), cases.len());
+        assert_eq!(row_stem(Some("more"), "a.parquet"), "more~~a");
+        assert_eq!(row_stem(Some("my.step"), "a/b.parquet"), "my~2Estep~~a~2Fb");
+
+        // The collisions, through the mapping: distinct ids, and a file's ids do not depend on
+        // which other files exist.
+        let a = shards(&[("part.0.parquet", Some(3)), ("part.1.parquet", Some(3)), ("a/b.parquet", Some(1))]);
+        let b = shards(&[("a_b.parquet", Some(1)), ("part.0.parquet", Some(1))]);
+        let inputs = [
+            InputShards { step: "meta", shards: &a, rows_per_shard: None },
+            InputShards { step: "more", shards: &b, rows_per_shard: None },
+        ];
+        let all = ids(Mapping::Rows(2).shards(&inputs).unwrap());
+        assert_eq!(
+            all,
+            [
+                "part~2E0_00000",
+                "part~2E0_00001",
+                "part~2E1_00000",
+                "part~2E1_00001",
+                "a~2Fb_00000",
+                "more~~a_b_00000",
+                "more~~part~2E0_00000"
+            ]
+        );
+        let alone = shards(&[("part.1.parquet", Some(3))]);
+        let input = [InputShards { step: "meta", shards: &alone, rows_per_shard: None }];
+        assert_eq!(ids(Mapping::Rows(2).shards(&input).unwrap()), ["part~2E1_00000", "part~2E1_00001"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ pub mod reason;
 pub mod render;
 
 use crate::error::UsageError;
-use crate::kind::{InputShard, InputShards, ShardCx, Shards, SourceFile};
+use crate::kind::{InputShard, InputShards, ShardCx, ShardSpec, Shards, SourceFile};
 use crate::pipeline::Pipeline;
 use crate::store::manifest::{Manifest, RetryOf};
 use crate::store::step_state::{Record, StepState};
@@ -17,6 +17,7 @@ use key::{InputKey, KeyParts, SourceIdentity, StepKeyer};
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -217,6 +218,9 @@ pub fn make(
                 continue;
             }
         };
+        check_unique_ids(&step.name, step.kind.name(), &specs, |spec| {
+            describe_spec(spec, |from, shard| &plan.targets[plan.steps[inputs[from]].targets.start + shard])
+        })?;
         let state = plan.states[s].as_ref();
         let forced = options.force.contains(&step.name);
         let retrying = options.retry_failed.contains(&step.name);
@@ -344,6 +348,51 @@ fn step_plan(step: &crate::pipeline::Step, targets: Range<usize>, unknown: Optio
         targets,
         unknown,
     }
+}
+
+/// Two shards of one step with one id would publish to the same outputs and manifest, each replacing the
+/// other's: refused whatever mapping made them, naming what each reads.
+fn check_unique_ids(
+    step: &str,
+    kind: &str,
+    specs: &[ShardSpec],
+    describe: impl Fn(&ShardSpec) -> String,
+) -> anyhow::Result<()> {
+    let mut first: HashMap<&str, &ShardSpec> = HashMap::with_capacity(specs.len());
+    for spec in specs {
+        if let Some(other) = first.insert(&spec.id, spec) {
+            bail!(
+                "step `{step}` has two shards named `{}`: one {}, the other {}; each would replace the other's \
+                 outputs. Rename one of them: `{kind}` names its shards after what they read",
+                spec.id,
+                describe(other),
+                describe(spec)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a shard reads, for messages: its source file or its input targets (with their files).
+fn describe_spec<'a>(spec: &ShardSpec, input: impl Fn(usize, usize) -> &'a Target) -> String {
+    if let Some(file) = &spec.source {
+        return format!("is the file {}", file.display);
+    }
+    if spec.inputs.is_empty() {
+        return "reads nothing".to_string();
+    }
+    let reads: Vec<String> = spec
+        .inputs
+        .iter()
+        .map(|&(from, shard)| {
+            let t = input(from, shard);
+            match &t.source {
+                Some(file) => format!("{} (file {})", t.name, file.display),
+                None => t.name.clone(),
+            }
+        })
+        .collect();
+    format!("reads {}", reads.join(", "))
 }
 
 /// Shard ids become paths in the store: no empty, hidden or parent components.
@@ -474,4 +523,64 @@ fn select(plan: &mut Plan, options: &PlanOptions) -> anyhow::Result<()> {
         target.selected = keep;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn file(path: &str) -> SourceFile {
+        SourceFile { path: PathBuf::from(path), display: path.to_string(), size: 1, blake3: "b".into() }
+    }
+
+    fn target(name: &str, source: Option<&str>) -> Target {
+        Target {
+            step: 0,
+            shard: name.split_once('/').map_or(name, |(_, s)| s).to_string(),
+            name: name.to_string(),
+            key: "k".into(),
+            coords: json!({}),
+            inputs: vec![],
+            source: source.map(|p| Box::new(file(p))),
+            action: Action::Source,
+            reason: None,
+            selected: true,
+            retry: None,
+        }
+    }
+
+    #[test]
+    fn two_shards_with_one_id_are_refused_naming_both() {
+        let inputs = [
+            target("meta/part.0.parquet", Some("data/part.0.parquet")),
+            target("meta/part.1.parquet", Some("data/part.1.parquet")),
+            target("listing/00000", None),
+        ];
+        let reads =
+            |id: &str, shard| ShardSpec { id: id.into(), coords: json!({}), inputs: vec![(0, shard)], source: None };
+        let describe = |s: &ShardSpec| describe_spec(s, |_, i| &inputs[i]);
+        let specs = [reads("part_00000", 0), reads("part_00001", 0), reads("part_00000", 1)];
+        let err = check_unique_ids("images", "img2dataset", &specs, describe).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "step `images` has two shards named `part_00000`: one reads meta/part.0.parquet (file \
+             data/part.0.parquet), the other reads meta/part.1.parquet (file data/part.1.parquet); each would \
+             replace the other's outputs. Rename one of them: `img2dataset` names its shards after what they read"
+        );
+
+        let is = |id: &str, path: &str| ShardSpec {
+            id: id.into(),
+            coords: json!({}),
+            inputs: vec![],
+            source: Some(file(path)),
+        };
+        let err = check_unique_ids("raw", "files", &[is("a", "x/a"), is("a", "y/a")], describe).unwrap_err();
+        assert!(err.to_string().contains("one is the file x/a, the other is the file y/a"), "{err}");
+        let err = check_unique_ids("all", "command", &[reads("x", 2), reads("x", 2)], describe).unwrap_err();
+        assert!(err.to_string().contains("one reads listing/00000, the other reads listing/00000"), "{err}");
+
+        let distinct = [reads("part~2E0_00000", 0), reads("part~2E1_00000", 1), is("a", "x/a")];
+        assert!(check_unique_ids("images", "img2dataset", &distinct, describe).is_ok());
+    }
 }

@@ -156,6 +156,9 @@ impl Hub {
             .ok()
             .filter(|t| !t.trim().is_empty());
         let config = ureq::Agent::config_builder()
+            // Unlike image downloads, the Hub's addresses come from HF_ENDPOINT and the Hub's own redirects, not
+            // from dataset rows: the environment's proxy settings apply, as in huggingface_hub.
+            .proxy(ureq::Proxy::try_from_env())
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))

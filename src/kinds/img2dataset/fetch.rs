@@ -1,17 +1,15 @@
 //! Downloading one image safely: destinations checked before every request and after every redirect
-//! (loopback, private, link-local and non-http(s) refused unless allow-listed), a DNS cache shared by the
-//! shard's threads that is also the only resolver the HTTP client uses (so a name cannot resolve to a
-//! public address for the check and a private one for the connection), a connection limit per host, a
-//! cap on bytes, and retries with backoff that honour Retry-After on 429 and 503.
+//! (non-http(s) schemes, and the addresses `destination` refuses, unless allow-listed) through the shard's
+//! DNS cache, which is also the only resolver the HTTP client uses; no proxy but `DSMAKE_PROXY`; a
+//! connection limit per host, a cap on bytes, and retries with backoff that honour Retry-After on 429 and 503.
 //!
 //! Error messages are stable: they land in the shard's parquet, and people group rows by them.
 
+use super::destination::{Dns, SharedDns};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::DefaultConnector;
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -26,133 +24,8 @@ pub struct FetchOptions {
     pub per_host: usize,
     /// Longest wait a Retry-After may ask for.
     pub max_retry_after: Duration,
-}
-
-/// Why a destination is refused, or None when it may be fetched.
-pub fn refused_ip(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if v4.is_loopback() {
-                Some("a loopback address")
-            } else if v4.is_private() {
-                Some("a private address")
-            } else if v4.is_link_local() {
-                Some("a link-local address")
-            } else if v4.is_unspecified() || o[0] == 0 {
-                Some("an unspecified address")
-            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
-                Some("a shared (carrier-grade NAT) address")
-            } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
-                Some("a multicast or reserved address")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return refused_ip(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            if v6.is_loopback() {
-                Some("a loopback address")
-            } else if v6.is_unspecified() {
-                Some("an unspecified address")
-            } else if (s[0] & 0xfe00) == 0xfc00 {
-                Some("a private address")
-            } else if (s[0] & 0xffc0) == 0xfe80 {
-                Some("a link-local address")
-            } else if v6.is_multicast() {
-                Some("a multicast or reserved address")
-            } else {
-                None
-            }
-        }
-    }
-}
-
-/// A name's usable addresses, or why there are none.
-type Resolved = Result<Vec<SocketAddr>, String>;
-
-/// Resolutions of the shard's host names, shared by its threads; also the HTTP client's resolver.
-#[derive(Debug, Default)]
-pub struct Dns {
-    cache: Mutex<HashMap<(String, u16), Resolved>>,
-    allow: Vec<String>,
-    pub lookups: std::sync::atomic::AtomicU64,
-}
-
-impl Dns {
-    pub fn new(allow: Vec<String>) -> Dns {
-        Dns { allow: allow.into_iter().map(|h| h.to_ascii_lowercase()).collect(), ..Default::default() }
-    }
-
-    fn allowed(&self, host: &str) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        self.allow.iter().any(|a| a == "*" || *a == host)
-    }
-
-    /// The addresses that `host` may be reached at, or the message for the row.
-    pub fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let key = (bare.to_ascii_lowercase(), port);
-        if let Some(hit) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return hit.clone();
-        }
-        let result = self.lookup(bare, port);
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, result.clone());
-        result
-    }
-
-    fn lookup(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-        let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => {
-                self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                (host, port).to_socket_addrs().map_err(|_| "host not found".to_string())?.collect()
-            }
-        };
-        if addrs.is_empty() {
-            return Err("host not found".to_string());
-        }
-        if self.allowed(host) {
-            return Ok(addrs);
-        }
-        if let Some(why) = addrs.iter().find_map(|a| refused_ip(a.ip())) {
-            let ip = addrs.iter().find(|a| refused_ip(a.ip()).is_some()).map(|a| a.ip().to_string());
-            let shown = if host.parse::<IpAddr>().is_ok() {
-                host.to_string()
-            } else {
-                format!("{host} ({})", ip.unwrap_or_default())
-            };
-            return Err(format!("refused destination: {shown} is {why} (allow it with allow_hosts or --allow-host)"));
-        }
-        Ok(addrs)
-    }
-}
-
-#[derive(Debug)]
-struct SharedDns(Arc<Dns>);
-
-impl Resolver for SharedDns {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        _config: &ureq::config::Config,
-        _timeout: NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
-        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-        let addrs = self
-            .0
-            .resolve(host, port)
-            .map_err(|e| ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e)))?;
-        let mut out = self.empty();
-        for a in addrs.into_iter().take(16) {
-            out.push(a);
-        }
-        Ok(out)
-    }
+    /// `DSMAKE_PROXY`; never one from the environment's `HTTP_PROXY` and the like.
+    pub proxy: Option<ureq::Proxy>,
 }
 
 /// At most `max` connections per host at once.
@@ -212,8 +85,10 @@ fn reason(status: u16) -> &'static str {
 
 impl Fetcher {
     pub fn new(opts: FetchOptions) -> Fetcher {
-        let dns = Arc::new(Dns::new(opts.allow_hosts.clone()));
+        let dns = Arc::new(Dns::new(opts.allow_hosts.clone(), opts.proxy.as_ref()));
         let config = ureq::Agent::config_builder()
+            // Set whether or not there is one: ureq's default reads the environment's proxy variables.
+            .proxy(opts.proxy.clone())
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
@@ -319,7 +194,7 @@ impl Fetcher {
             return Err("malformed URL: no host".to_string());
         };
         let port = url.port_or_known_default().unwrap_or(80);
-        self.dns.resolve(host, port).map(drop)
+        self.dns.check(host, port)
     }
 
     fn transport(&self, e: ureq::Error, started: Instant) -> Attempt {
@@ -372,27 +247,5 @@ impl Fetcher {
                     .map(|d| d.trim().to_ascii_lowercase())
                     .any(|d| self.opts.disallowed_directives.contains(&d))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_destinations() {
-        let refused = |s: &str| refused_ip(s.parse().unwrap());
-        assert_eq!(refused("169.254.169.254"), Some("a link-local address"));
-        assert_eq!(refused("127.0.0.1"), Some("a loopback address"));
-        assert_eq!(refused("10.1.2.3"), Some("a private address"));
-        assert_eq!(refused("::ffff:192.168.0.1"), Some("a private address"));
-        assert_eq!(refused("fd00::1"), Some("a private address"));
-        assert_eq!(refused("8.8.8.8"), None);
-        let dns = Dns::new(vec!["127.0.0.1".into()]);
-        assert!(dns.resolve("127.0.0.1", 80).is_ok());
-        assert_eq!(
-            dns.resolve("[::1]", 80).unwrap_err(),
-            "refused destination: ::1 is a loopback address (allow it with allow_hosts or --allow-host)"
-        );
     }
 }

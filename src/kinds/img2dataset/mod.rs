@@ -4,7 +4,8 @@
 //! img2dataset's, so that its readers change nothing downstream.
 //!
 //! **Names.** img2dataset numbers shards `00000`, `00001`, … across one run. Our shards are fixed row ranges
-//! of fixed input files (`<file stem>_<part>`, part zero-padded to five digits), so that a new input file
+//! of fixed input files (`<file stem>_<part>`, part zero-padded to five digits; the stem is
+//! [`row_stem`](crate::kind::shard::row_stem), which escapes dots and slashes), so that a new input file
 //! adds shards and never renames old ones. A shard's files are `<file stem>_<part>.tar`, `.parquet` and
 //! `_stats.json`: readers that glob `*.tar` (webdataset, clip-retrieval) find them; brace ranges such as
 //! `{00000..00099}.tar` do not apply. A key is img2dataset's (shard number zero-padded to five digits, then
@@ -14,8 +15,9 @@
 //! **Work.** `concurrency` threads download (a per-host connection limit, one DNS cache per shard that is also
 //! the HTTP client's resolver); decoding and resizing run on at most one thread per core; a writer appends
 //! successes to the tar as they finish. Destinations are checked before every request and after every
-//! redirect (see `fetch`).
+//! redirect (see `destination` and `fetch`).
 
+mod destination;
 mod exif;
 mod fetch;
 mod jpeg;

@@ -2,6 +2,7 @@
 //! checked before every request and redirect), decode and resize them on at most one thread per core, and
 //! write the tar as successes finish, then the parquet and the stats, in img2dataset's formats.
 
+use super::destination;
 use super::exif::exif_json;
 use super::fetch::{FetchOptions, Fetcher};
 use super::options::ProcessOptions;
@@ -55,6 +56,7 @@ pub fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>]) -> any
         max_bytes: s.max_image_bytes as u64,
         per_host: s.per_host_connections as usize,
         max_retry_after: Duration::from_secs(60),
+        proxy: destination::proxy_from_env()?,
     });
     let popts = ProcessOptions {
         image_size: s.image_size as u32,

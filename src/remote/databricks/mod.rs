@@ -35,6 +35,17 @@ impl std::fmt::Display for ApiError {
 }
 impl std::error::Error for ApiError {}
 
+/// The Jobs API client. Its one destination is the workspace the user configured, so the environment's proxy
+/// settings apply (`HTTPS_PROXY`, `NO_PROXY`), as in the Databricks CLI and SDKs.
+fn api_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(ureq::Proxy::try_from_env())
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
 impl DatabricksExecutor {
     pub fn new(
         remote: &Remote,
@@ -43,21 +54,13 @@ impl DatabricksExecutor {
     ) -> anyhow::Result<DatabricksExecutor> {
         let e = settings;
         let auth = auth::resolve(profile, e.profile.as_deref(), e.host.as_deref())?;
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = api_agent();
         let poll = Duration::from_secs_f64(e.poll_seconds.unwrap_or(10.0).max(0.05));
         Ok(DatabricksExecutor { remote: remote.clone(), settings: settings.clone(), auth, agent, poll })
     }
 
     pub fn with_auth(auth: Auth) -> DatabricksExecutor {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = api_agent();
         DatabricksExecutor {
             remote: Remote::empty(),
             settings: DatabricksSection::default(),
