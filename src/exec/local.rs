@@ -1,13 +1,14 @@
 //! A local build's rounds: the targets run on this machine, each through the worker, in dependency order, with
-//! a limit per resource class and retries for transient errors.
+//! a limit per resource class and retries for transient errors (one budget per target: `crate::retry`).
 
 use super::build_loop::{Round, RoundCx, RoundRunner};
-use super::failure::{backoff, is_cancelled, is_transient};
+use super::failure::is_cancelled;
 use super::job::Job;
 use super::progress::Progress;
 use super::{BuildOptions, FailedTarget, failure, worker};
 use crate::kinds::{Cancel, Resource};
 use crate::plan::Plan;
+use crate::retry::{Budget, RetryPolicy};
 use crate::store::Store;
 use crate::store::step_state::Record;
 use std::collections::{HashMap, HashSet};
@@ -142,19 +143,29 @@ async fn run_target(
         Ok(s) => Arc::new(s),
         Err(e) => return (index, Err(e.into())),
     };
+    // The target's one retry budget: the store requests and downloads made while building it draw on it too.
+    let budget = Budget::new(RetryPolicy::DEFAULT.with_retries(retries));
     let mut attempt = 0;
     loop {
-        let (serialized, store, cancel_for_worker) = (serialized.clone(), store.clone(), cancel.clone());
-        let result =
-            tokio::task::spawn_blocking(move || worker::run_json(&serialized, &*store, &cancel_for_worker)).await;
+        let (serialized, store, cancel_for_worker, budget_for_worker) =
+            (serialized.clone(), store.clone(), cancel.clone(), budget.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let _entered = budget_for_worker.enter();
+            worker::run_json(&serialized, &*store, &cancel_for_worker)
+        })
+        .await;
         let result = result.unwrap_or_else(|panic| Err(anyhow::anyhow!("worker panicked: {panic}")));
-        match result {
-            Err(e) if is_transient(&e) && attempt < retries && !cancel.is_cancelled() => {
+        let wait = match &result {
+            Err(e) if !cancel.is_cancelled() => budget.should_retry(e),
+            _ => None,
+        };
+        match (result, wait) {
+            (Err(e), Some(wait)) => {
                 progress.retry(&job.target, attempt + 1, &format!("{e:#}"));
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
-            other => return (index, other),
+            (other, _) => return (index, other),
         }
     }
 }

@@ -22,7 +22,7 @@ pub struct BuildOptions {
     /// Network-bound targets at once.
     pub net_jobs: usize,
     pub keep_going: bool,
-    /// Extra attempts for a target that failed with a transient error.
+    /// Each target's retry budget: transient failures retried in all, at every layer (`crate::retry`).
     pub retries: u32,
     pub progress: bool,
     pub verbose: bool,

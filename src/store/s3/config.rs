@@ -41,9 +41,6 @@ pub struct S3Options {
     pub region: Option<String>,
 }
 
-/// Attempts per request inside the SDK (jittered exponential backoff on throttling, 5xx and resets).
-const ATTEMPTS: u32 = 6;
-
 pub async fn client(bucket: &str, options: &S3Options, counter: &RequestCounter) -> anyhow::Result<Client> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(profile) = &options.profile {
@@ -62,9 +59,9 @@ pub async fn client(bucket: &str, options: &S3Options, counter: &RequestCounter)
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(custom_endpoint)
             .interceptor(counter.clone())
-            .retry_config(
-                RetryConfig::standard().with_max_attempts(ATTEMPTS).with_initial_backoff(Duration::from_millis(200)),
-            )
+            // The store retries whole requests itself, on the budget of the operation in progress
+            // (`crate::retry`); the SDK's own attempts would multiply with those.
+            .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
