@@ -15,5 +15,6 @@ pub mod kinds;
 pub mod pipeline;
 pub mod plan;
 pub mod remote;
+pub mod retry;
 pub mod store;
 pub mod util;

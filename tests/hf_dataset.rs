@@ -295,17 +295,31 @@ fn a_next_page_on_another_server_is_refused_and_never_sees_the_token() {
     assert!(!run.stderr.contains("hf_secret_token"));
 }
 
-#[test]
-fn a_refusal_from_the_cdn_is_not_blamed_on_the_token() {
+/// A one-file repo whose downloads go to a CDN that always answers `status`; the build's run and the CDN.
+fn build_through_a_cdn_answering(status: u16, body: &'static str, args: &[&str]) -> (common::Run, http::Server) {
     let hub = HubMock::start("laion/tiny");
     hub.commit(&[("part-0.parquet", Some(file(3, "a")))]);
-    let cdn = http::Server::start(|_| http::Reply::status(404, "NoSuchKey"));
+    let cdn = http::Server::start(move |_| http::Reply::status(status, body));
     hub.state.lock().unwrap().cdn = Some(cdn.url(""));
-    let sb = sandbox(&hub);
-    let run = sb.run(&["build"]);
+    let run = sandbox(&hub).run(&[&["build"], args].concat());
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    (run, cdn)
+}
+
+#[test]
+fn a_refusal_from_the_cdn_is_not_blamed_on_the_token() {
+    let (run, cdn) = build_through_a_cdn_answering(404, "NoSuchKey", &[]);
     let said = format!("{}{}", run.stdout, run.stderr);
     let expected = format!("HTTP 404 from {}, where the Hub redirected the download", cdn.url(""));
     assert!(said.contains(&expected), "{said}");
     assert!(!said.contains("HF_TOKEN") && !said.contains("signed-for-one-hour"), "{said}");
+}
+
+#[test]
+fn a_download_that_keeps_failing_is_tried_once_per_retry_of_the_target_budget() {
+    // Every layer draws on the target's one budget: with --retries 2, three requests in all, not the
+    // downloader's attempts times the target's.
+    let (run, cdn) = build_through_a_cdn_answering(503, "SlowDown", &["--retries", "2"]);
+    assert!(run.stderr.contains("HTTP 503 from"), "{}", run.stderr);
+    assert_eq!(cdn.requests().len(), 3, "{:?}", cdn.requests());
 }

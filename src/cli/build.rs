@@ -8,6 +8,17 @@ use clap::Args;
 use indicatif::HumanBytes;
 use std::io::Write;
 
+const RETRIES_HELP: &str = "Each target's retry budget: how many times, in all, transient errors (a reset \
+connection, a timeout, HTTP 429 or 5xx, S3 SlowDown) are retried while it is built.
+
+Every layer that retries draws on this one count: each store request, each part of an upload, each Hub \
+download, and the target as a whole. A target retried after a store failure gets no fresh store retries, so \
+no request is sent more than N + 1 times per target. Waits double from 0.25 s up to 30 s, with jitter. \
+Errors that another attempt cannot fix (a 404, a refused token, a corrupt file) are not retried. Store \
+requests made outside a target (planning, the build lease) get a default budget each. With --remote, each \
+worker task has a default budget, and the scheduler's task retries come on top. img2dataset's `retries` \
+setting is per image, apart from this budget.";
+
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     #[command(flatten)]
@@ -21,8 +32,8 @@ pub struct BuildArgs {
     /// Keep building what does not depend on a failed target.
     #[arg(short, long)]
     keep_going: bool,
-    /// Extra attempts for a target that fails with a transient error (network, store).
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    /// Each target's retry budget: transient errors (network, store, Hub) retried at most N times in all.
+    #[arg(long, value_name = "N", default_value_t = crate::retry::RetryPolicy::DEFAULT.retries, long_help = RETRIES_HELP)]
     retries: u32,
     /// Print the plan and build nothing (same as `dsmake plan`).
     #[arg(short = 'n', long)]

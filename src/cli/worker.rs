@@ -25,6 +25,8 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         std::fs::read_to_string(&args.job).with_context(|| format!("cannot read job file {}", args.job))?
     };
     let mut job: crate::exec::job::Job = serde_json::from_str(&text).context("invalid job description")?;
+    // One retry budget for this target's store requests and downloads; the scheduler's task retries come on top.
+    let _budget = crate::retry::Budget::new(crate::retry::RetryPolicy::DEFAULT).enter();
     let store = crate::store::open(args.store.as_deref().unwrap_or(&job.store), &Default::default())?;
     // A remote run's job may name inputs that the same run built first: read them from their manifests.
     let text = if job.inputs.iter().any(|i| i.pending.is_some()) {
@@ -36,7 +38,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let outcome = match worker::run_json(&text, &*store, &Cancel::default()) {
         Ok(outcome) => outcome,
         // Remote schedulers retry a task that exits with EX_TEMPFAIL (a network or store hiccup).
-        Err(e) if crate::exec::failure::is_transient(&e) => {
+        Err(e) if crate::retry::is_transient(&e) => {
             let e = e.context(format!("target {} failed with a transient error", job.target));
             return Err(Error::Transient(e).into());
         }

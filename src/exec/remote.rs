@@ -3,9 +3,10 @@
 //! executor (Spark, Databricks), whose workers run `dsmake worker` and publish manifests to the store. Then
 //! the coordinator lists the store again: what is fresh there is what was built.
 
+use super::build_loop::{self, Round, RoundCx, RoundRunner};
 use super::job::{Job, PendingInput};
 use super::progress::Progress;
-use super::{BuildOptions, FailedTarget, Summary, save_indexes, watch_signals};
+use super::{BuildOptions, FailedTarget, Summary};
 use crate::kind::{Cancel, Resource};
 use crate::pipeline::Pipeline;
 use crate::plan::{Plan, PlanOptions};
@@ -16,7 +17,6 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 pub const PLAN_FORMAT: u32 = 1;
 
@@ -222,60 +222,53 @@ pub fn build(
     options: &BuildOptions,
     executor: &mut dyn Executor,
 ) -> anyhow::Result<Summary> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let _lock = store.lock(&pipeline.name)?;
-    let started = Instant::now();
-    let mut summary = Summary::default();
-    let mut rounds = super::Rounds::new(plan_options);
-    let cancel = Cancel::default();
-    let _signals = watch_signals(&runtime, cancel.clone());
+    build_loop::build(pipeline, store, stat_cache, plan_options, &mut Remote { options, executor })
+}
 
-    loop {
-        let (mut plan, to_run) = rounds.plan(pipeline, &*store, stat_cache, &mut summary)?;
-        save_indexes(&mut plan, &*store);
-        if to_run.is_empty() {
-            super::dispose(plan);
-            break;
-        }
-        let remote = remote_plan(pipeline, &plan, &*store, &to_run, options.keep_going);
+/// A remote build's rounds: each is one remote plan, run to the end by the executor.
+struct Remote<'a> {
+    options: &'a BuildOptions,
+    executor: &'a mut dyn Executor,
+}
+
+impl RoundRunner for Remote<'_> {
+    /// The runtime only watches for Ctrl-C: the executor does the work.
+    fn worker_threads(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    /// The workers publish manifests to the store; the plan's step states never see them.
+    fn records_built(&self) -> bool {
+        false
+    }
+
+    fn run_round(&mut self, cx: &RoundCx, plan: &mut Plan, to_run: &[usize]) -> anyhow::Result<Round> {
+        let options = self.options;
+        let remote = remote_plan(cx.pipeline, plan, &**cx.store, to_run, options.keep_going);
         let progress = Progress::new(remote.len() as u64, options.progress, options.verbose);
         let reporter = Reporter { progress: progress.clone() };
         if !options.progress || options.verbose {
-            eprintln!("Running {} targets in {} waves on {}", remote.len(), remote.waves.len(), executor.describe());
+            let (targets, waves, on) = (remote.len(), remote.waves.len(), self.executor.describe());
+            eprintln!("Running {targets} targets in {waves} waves on {on}");
         }
-        let results = executor.run(&remote, &*store, &cancel, &reporter);
+        let results = self.executor.run(&remote, &**cx.store, cx.cancel, &reporter);
         progress.finish();
         let results = results?;
         let known: HashSet<&str> = results.iter().map(|r| r.target.as_str()).collect();
-        let mut built = 0;
+        let mut round = Round::default();
         for r in &results {
             if r.ok {
-                built += 1;
-                summary.built += 1;
-                summary.built_targets.push(r.target.clone());
-                rounds.built(&r.target);
-                summary.bytes_written += r.bytes;
+                round.built.push(r.target.clone());
+                round.bytes += r.bytes;
             } else {
-                summary.failed.push(FailedTarget {
+                round.failed.push(FailedTarget {
                     target: r.target.clone(),
                     error: r.error.clone().unwrap_or_else(|| "failed".into()),
                 });
             }
         }
-        summary.not_run += remote.jobs().filter(|j| !known.contains(j.target.as_str())).count();
-        summary.interrupted |= cancel.is_cancelled();
-        super::dispose(plan);
-        if !summary.failed.is_empty() || summary.interrupted || built == 0 {
-            break;
-        }
-        // Only steps whose shard counts were unknown can add targets now; otherwise the build is done.
-        if !rounds.waiting() {
-            break;
-        }
+        round.not_run = remote.jobs().filter(|j| !known.contains(j.target.as_str())).count();
+        round.interrupted = cx.cancel.is_cancelled();
+        Ok(round)
     }
-    summary.seconds = started.elapsed().as_secs_f64();
-    if let Err(e) = stat_cache.save() {
-        eprintln!("warning: {e:#}");
-    }
-    Ok(summary)
 }

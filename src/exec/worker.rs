@@ -1,8 +1,8 @@
 //! `dsmake worker`: builds one target from its job, in a scratch folder, then publishes the outputs and,
 //! last, the manifest. Local and remote builds both come through here.
 
-use super::failure::Cancelled;
 use super::job::{FORMAT, Job, JobFile};
+use crate::kind::Cancelled;
 use crate::kind::{BuildCx, Cancel, LocalInput};
 use crate::kinds;
 use crate::store::manifest::{self, Manifest, OutputFile};

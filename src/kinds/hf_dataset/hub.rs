@@ -7,7 +7,7 @@
 //! its own resolver (DNS cache and destination checks). reqwest's blocking client would start a tokio
 //! runtime per client and pull in hyper for the same requests.
 
-use crate::exec::failure::Transient;
+use crate::retry::{Budget, Transient};
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -299,8 +299,9 @@ impl Hub {
     ) -> anyhow::Result<u64> {
         let url = format!("{}/datasets/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(&file.path));
         let mut fetched = 0u64;
-        // Cut connections resume from what arrived: a few attempts, each continuing the last.
-        let mut attempts = 0;
+        // Cut connections resume from what arrived, each attempt continuing the last, on the retry budget of
+        // the target being built (`crate::retry`).
+        let budget = Budget::current_or_default();
         loop {
             let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
             if have > file.size {
@@ -312,12 +313,15 @@ impl Hub {
             }
             match self.fetch_from(&url, repo, commit, partial, have, cancel) {
                 Ok(n) => fetched += n,
-                Err(e) if crate::exec::failure::is_transient(&e) && attempts < 5 => {
+                Err(e) => {
                     fetched += std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0).saturating_sub(have);
-                    attempts += 1;
-                    std::thread::sleep(crate::exec::failure::backoff(attempts).min(Duration::from_secs(2)));
+                    let Some(wait) = budget.should_retry(&e) else { return Err(e) };
+                    // In slices: waits grow to 30 s, and Ctrl-C should not wait for them.
+                    let until = std::time::Instant::now() + wait;
+                    while !cancel.is_cancelled() && std::time::Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(100).min(until - std::time::Instant::now()));
+                    }
                 }
-                Err(e) => return Err(e),
             }
         }
         if file.lfs {
@@ -382,7 +386,7 @@ impl Hub {
         let mut n = 0u64;
         loop {
             if cancel.is_cancelled() {
-                return Err(crate::exec::failure::Cancelled.into());
+                return Err(crate::kind::Cancelled.into());
             }
             let got = match body.read(&mut buf) {
                 Ok(0) => break,

@@ -109,7 +109,7 @@ impl Fetcher {
                 Attempt::Fail(message) => return Err(message),
                 Attempt::Retry(message, _) if attempt >= self.opts.retries => return Err(message),
                 Attempt::Retry(_, wait) => {
-                    let wait = wait.unwrap_or_else(|| crate::exec::failure::backoff(attempt));
+                    let wait = wait.unwrap_or_else(|| crate::retry::backoff(attempt));
                     std::thread::sleep(wait.min(self.opts.max_retry_after));
                     attempt += 1;
                 }

@@ -43,9 +43,6 @@ pub struct S3Options {
     pub region: Option<String>,
 }
 
-/// Attempts per request inside the SDK (jittered exponential backoff on throttling, 5xx and resets).
-const ATTEMPTS: u32 = 6;
-
 /// The SDK's own hyper 1 client (its timeouts, sleeps and `HTTPS_PROXY`/`NO_PROXY`), on rustls with ring, the crypto
 /// library ureq uses too (see Cargo.toml); plain http for custom endpoints works as before.
 fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
@@ -76,9 +73,9 @@ pub async fn client(bucket: &str, options: &S3Options, counter: &RequestCounter)
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(custom_endpoint)
             .interceptor(counter.clone())
-            .retry_config(
-                RetryConfig::standard().with_max_attempts(ATTEMPTS).with_initial_backoff(Duration::from_millis(200)),
-            )
+            // The store retries whole requests itself, on the budget of the operation in progress
+            // (`crate::retry`); the SDK's own attempts would multiply with those.
+            .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))

@@ -45,8 +45,8 @@ enum Put {
 impl S3Store {
     fn put_lease(&self, key: &str, holder: &Holder, condition: Condition) -> anyhow::Result<Put> {
         let body = serde_json::to_vec(holder)?;
-        self.block_on(async {
-            let mut put = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+        self.retrying(|| async {
+            let mut put = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body.clone()));
             put = match condition {
                 Condition::Absent => put.if_none_match("*"),
                 Condition::Matches(etag) => put.if_match(etag),
@@ -60,7 +60,7 @@ impl S3Store {
     }
 
     fn get_lease(&self, key: &str) -> anyhow::Result<Option<(Holder, String)>> {
-        self.block_on(async {
+        self.retrying(|| async {
             match self.client.get_object().bucket(&self.bucket).key(key).send().await {
                 Ok(out) => {
                     let etag = out.e_tag().unwrap_or_default().to_string();
@@ -99,6 +99,8 @@ pub fn acquire(store: Arc<S3Store>, pipeline: &str) -> anyhow::Result<Lease> {
         }
         match store.get_lease(&key)? {
             None => continue,
+            // A retried put whose first try took the lease, but whose answer was lost.
+            Some((other, etag)) if other.id == id => break etag,
             Some((other, etag)) if other.expires_unix < now() => {
                 if let Put::Done(etag) = store.put_lease(&key, &holder(), Condition::Matches(&etag))? {
                     eprintln!("Took over the expired build lease of {} (pid {}).", other.host, other.pid);
@@ -123,7 +125,7 @@ pub fn acquire(store: Arc<S3Store>, pipeline: &str) -> anyhow::Result<Lease> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let renewal = {
-        let (stop, store, key, holder) = (stop.clone(), store.clone(), key.clone(), holder);
+        let (stop, store, key, holder, id) = (stop.clone(), store.clone(), key.clone(), holder, id.clone());
         std::thread::spawn(move || {
             let mut etag = etag;
             loop {
@@ -137,12 +139,17 @@ pub fn acquire(store: Arc<S3Store>, pipeline: &str) -> anyhow::Result<Lease> {
                 }
                 match store.put_lease(&key, &holder(), Condition::Matches(&etag)) {
                     Ok(Put::Done(next)) => etag = next,
-                    Ok(Put::Conflict) => {
-                        eprintln!(
-                            "warning: the build lease was taken over by another build (this one was too slow to renew it)"
-                        );
-                        return;
-                    }
+                    Ok(Put::Conflict) => match store.get_lease(&key) {
+                        // A retried renewal whose first try went through, but whose answer was lost.
+                        Ok(Some((ours, next))) if ours.id == id => etag = next,
+                        _ => {
+                            eprintln!(
+                                "warning: the build lease was taken over by another build (this one was too slow to \
+                                 renew it)"
+                            );
+                            return;
+                        }
+                    },
                     Err(e) => eprintln!("warning: cannot renew the build lease: {e:#}"),
                 }
             }

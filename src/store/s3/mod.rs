@@ -7,7 +7,7 @@ mod lease;
 mod multipart;
 
 use super::{ObjectMeta, Store};
-use crate::exec::failure::{Transient, backoff, is_transient};
+use crate::retry::{Budget, Transient};
 use anyhow::{Context, bail};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
@@ -44,26 +44,6 @@ fn version(etag: Option<&str>, modified: Option<&aws_sdk_s3::primitives::DateTim
 /// Where running multipart uploads leave their notes (store-relative).
 const UPLOAD_NOTES: &str = ".dsmake/uploads";
 
-/// Whole requests (a listing with all its pages, a read with its body) retried on transient errors, on top
-/// of the SDK's own retries, which do not cover a body cut in the middle.
-async fn retrying<T, F, Fut>(request: F) -> anyhow::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    const ATTEMPTS: u32 = 5;
-    let mut attempt = 0;
-    loop {
-        match request().await {
-            Err(e) if is_transient(&e) && attempt + 1 < ATTEMPTS => {
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Splits `s3://bucket/prefix`.
 pub fn parse_url(url: &str) -> anyhow::Result<(String, String)> {
     let rest = url.strip_prefix("s3://").context("an S3 store URL starts with s3://")?;
@@ -92,6 +72,17 @@ impl S3Store {
 
     fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
+    }
+
+    /// Runs a whole request (a listing with all its pages, a read with its body) until it succeeds, fails for
+    /// good, or the retry budget of the operation in progress is spent: the target's that this thread builds,
+    /// or a fresh one (`crate::retry`). The only retries of S3 requests: the SDK makes none of its own.
+    fn retrying<T, F, Fut>(&self, request: F) -> anyhow::Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        self.block_on(Budget::current_or_default().run_async(request))
     }
 
     fn key(&self, path: &str) -> String {
@@ -141,7 +132,7 @@ impl Store for S3Store {
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
         let key_prefix = format!("{}/", self.key(prefix.trim_end_matches('/')));
-        self.block_on(retrying(|| async {
+        self.retrying(|| async {
             let mut out = Vec::new();
             let mut pages =
                 self.client.list_objects_v2().bucket(&self.bucket).prefix(&key_prefix).into_paginator().send();
@@ -160,11 +151,11 @@ impl Store for S3Store {
                 }
             }
             Ok(out)
-        }))
+        })
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        self.block_on(retrying(|| async {
+        self.retrying(|| async {
             match self.client.get_object().bucket(&self.bucket).key(self.key(path)).send().await {
                 Ok(out) => {
                     let bytes = out
@@ -177,25 +168,27 @@ impl Store for S3Store {
                 Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(describe(e, &format!("reading {}", self.where_(path)))),
             }
-        }))
+        })
     }
 
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
-        let meta = self.block_on(retrying(|| self.put(path, bytes.to_vec(), false)))?;
+        let meta = self.retrying(|| self.put(path, bytes.to_vec(), false))?;
         meta.with_context(|| format!("writing {}", self.where_(path)))
     }
 
     fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
-        self.block_on(retrying(|| self.put(path, bytes.to_vec(), true)))
+        self.retrying(|| self.put(path, bytes.to_vec(), true))
     }
 
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
         let size = std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?.len();
         let key = self.key(path);
-        self.block_on(retrying(|| async {
+        // Taken here, not in `retrying`: the parts of a multipart upload, sent from other threads, draw on it too.
+        let budget = Budget::current_or_default();
+        self.block_on(budget.run_async(|| async {
             if size > multipart::THRESHOLD {
                 let notes = format!("{}/", self.key(UPLOAD_NOTES));
-                return multipart::upload(&self.client, &self.bucket, &key, local, size, &notes).await;
+                return multipart::upload(&self.client, &self.bucket, &key, local, size, &notes, &budget).await;
             }
             let body =
                 ByteStream::from_path(local).await.with_context(|| format!("cannot read {}", local.display()))?;
@@ -213,7 +206,7 @@ impl Store for S3Store {
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.block_on(async {
+        self.retrying(|| async {
             match self.client.delete_object().bucket(&self.bucket).key(self.key(path)).send().await {
                 Ok(_) => Ok(()),
                 Err(e) if is_not_found(&e) => Ok(()),
@@ -228,7 +221,7 @@ impl Store for S3Store {
 
     fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
         let partial = dest.with_extension("partial");
-        self.block_on(retrying(|| async {
+        self.retrying(|| async {
             let out = self
                 .client
                 .get_object()
@@ -243,7 +236,7 @@ impl Store for S3Store {
                 .await
                 .map_err(|e| Transient(format!("downloading {}: {e}", self.where_(path))))?;
             anyhow::Ok(())
-        }))?;
+        })?;
         std::fs::rename(&partial, dest)?;
         Ok(())
     }
@@ -274,38 +267,39 @@ impl Store for S3Store {
                 self.delete(&note.path)?;
             }
         }
-        self.block_on(async {
-            // …and whatever S3 lists, where the server can (s3s-fs answers 501 Not Implemented).
-            let listed = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(&key_prefix).send().await;
-            match listed {
-                Ok(listed) => {
-                    for upload in listed.uploads() {
-                        let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
-                        if started.is_some_and(|t| t > cutoff) {
-                            continue;
-                        }
-                        if let (Some(key), Some(id)) = (upload.key(), upload.upload_id())
-                            && !found.iter().any(|(_, known)| known == id)
-                        {
-                            found.push((key.to_string(), id.to_string()));
-                        }
-                    }
-                }
-                Err(e) if errors::status(&e) == Some(501) => {}
-                Err(e) => return Err(describe(e, &format!("listing uploads under s3://{}/{key_prefix}", self.bucket))),
+        // …and whatever S3 lists, where the server can (s3s-fs answers 501 Not Implemented).
+        let listed = self.retrying(|| async {
+            match self.client.list_multipart_uploads().bucket(&self.bucket).prefix(&key_prefix).send().await {
+                Ok(listed) => Ok(Some(listed)),
+                Err(e) if errors::status(&e) == Some(501) => Ok(None),
+                Err(e) => Err(describe(e, &format!("listing uploads under s3://{}/{key_prefix}", self.bucket))),
             }
-            let mut aborted = Vec::new();
-            for (key, id) in found {
+        })?;
+        for upload in listed.iter().flat_map(|l| l.uploads()) {
+            let started = upload.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+            if started.is_some_and(|t| t > cutoff) {
+                continue;
+            }
+            if let (Some(key), Some(id)) = (upload.key(), upload.upload_id())
+                && !found.iter().any(|(_, known)| known == id)
+            {
+                found.push((key.to_string(), id.to_string()));
+            }
+        }
+        let mut aborted = Vec::new();
+        for (key, id) in found {
+            let gone = self.retrying(|| async {
                 match self.client.abort_multipart_upload().bucket(&self.bucket).key(&key).upload_id(&id).send().await {
-                    Ok(_) => aborted.push(self.unkey(&key)),
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => {
-                        return Err(describe(e, &format!("aborting the upload of s3://{}/{key}", self.bucket)));
-                    }
+                    Ok(_) => Ok(true),
+                    Err(e) if is_not_found(&e) => Ok(false),
+                    Err(e) => Err(describe(e, &format!("aborting the upload of s3://{}/{key}", self.bucket))),
                 }
+            })?;
+            if gone {
+                aborted.push(self.unkey(&key));
             }
-            Ok(aborted)
-        })
+        }
+        Ok(aborted)
     }
 }
 

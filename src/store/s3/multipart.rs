@@ -3,6 +3,7 @@
 //! until the upload completes).
 
 use super::errors::describe;
+use crate::retry::Budget;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -32,7 +33,8 @@ pub struct UploadNote {
     pub started_unix: u64,
 }
 
-/// `notes` is the key prefix (ending in `/`) under which upload notes are kept.
+/// `notes` is the key prefix (ending in `/`) under which upload notes are kept. A part that fails is sent
+/// again on `budget` (the operation's: see `crate::retry`); the caller retries the rest.
 pub async fn upload(
     client: &Client,
     bucket: &str,
@@ -40,6 +42,7 @@ pub async fn upload(
     file: &Path,
     size: u64,
     notes: &str,
+    budget: &Budget,
 ) -> anyhow::Result<()> {
     let created = client
         .create_multipart_upload()
@@ -59,7 +62,7 @@ pub async fn upload(
         .body(ByteStream::from(serde_json::to_vec(&note)?))
         .send()
         .await;
-    let result = upload_parts(client, bucket, key, file, size, &upload_id).await;
+    let result = upload_parts(client, bucket, key, file, size, &upload_id, budget).await;
     if result.is_err() {
         // Best effort: `dsmake gc --uploads` cleans whatever this misses (a killed process, say).
         let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
@@ -75,6 +78,7 @@ async fn upload_parts(
     file: &Path,
     size: u64,
     upload_id: &str,
+    budget: &Budget,
 ) -> anyhow::Result<()> {
     let part = part_size(size);
     let count = size.div_ceil(part).max(1);
@@ -82,26 +86,35 @@ async fn upload_parts(
     let mut tasks = JoinSet::new();
     for n in 0..count {
         let permit = limit.clone().acquire_owned().await?;
-        let (client, bucket, key, upload_id) =
-            (client.clone(), bucket.to_string(), key.to_string(), upload_id.to_string());
+        let (client, bucket, key, upload_id, budget) =
+            (client.clone(), bucket.to_string(), key.to_string(), upload_id.to_string(), budget.clone());
         let offset = n * part;
         let length = part.min(size - offset);
         let file = file.to_path_buf();
         tasks.spawn(async move {
             let _permit = permit;
-            let body = ByteStream::read_from().path(&file).offset(offset).length(Length::Exact(length)).build().await?;
             let number = (n + 1) as i32;
-            let done = client
-                .upload_part()
-                .bucket(&bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .content_length(length as i64)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| describe(e, &format!("uploading part {number} of s3://{bucket}/{key}")))?;
+            let done = budget
+                .run_async(|| async {
+                    let body = ByteStream::read_from()
+                        .path(&file)
+                        .offset(offset)
+                        .length(Length::Exact(length))
+                        .build()
+                        .await?;
+                    client
+                        .upload_part()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .content_length(length as i64)
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| describe(e, &format!("uploading part {number} of s3://{bucket}/{key}")))
+                })
+                .await?;
             anyhow::Ok(CompletedPart::builder().part_number(number).set_e_tag(done.e_tag().map(str::to_string)).build())
         });
     }
