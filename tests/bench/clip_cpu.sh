@@ -17,7 +17,7 @@
 # The PyTorch side lives in a venv of its own under ~/.cache/dsmake/bench-clip, made here from PyPI with
 # pinned versions (PyPI's torch is the CUDA build, a large download once; it runs on the CPU here). Random
 # weights are made once with transformers' initialisation (seed 0) and saved there as a Hugging Face CLIP
-# folder, which dsmake loads as the `model_path` setting does (tests/clip_bench.rs).
+# folder, which dsmake loads as the `model_path` setting does (tests/it/clip_bench.rs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
@@ -45,8 +45,9 @@ TORCH_BENCH="$PWD/tests/bench/clip_torch.py"
 TOKENIZER="$PWD/tests/fixtures/clip-golden/tiny-clip/tokenizer.json"
 
 echo "== building the candle benchmark (release)" >&2
-BENCH=$(cargo test --release --quiet --test clip_bench --no-run --message-format=json |
-  jq -r 'select(.executable != null and .target.name == "clip_bench") | .executable')
+# The integration-test binary (tests/it/), of which the benchmark is one ignored test.
+BENCH=$(cargo test --release --quiet --test it --no-run --message-format=json |
+  jq -r 'select(.executable != null and .target.name == "it") | .executable')
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -67,7 +68,7 @@ for model in "${models[@]}"; do
   "$PY" "$TORCH_BENCH" pixels "$dir" "$batch" "$WORK/pixels.npy"
   for round in $(seq "$ROUNDS"); do
     CLIP_BENCH_MODEL="$dir" CLIP_BENCH_PIXELS="$WORK/pixels.npy" CLIP_BENCH_EMBEDDINGS="$WORK/dsmake.npy" \
-      CLIP_BENCH_ITERS=$iters "$BENCH" --ignored --nocapture --exact image_tower_throughput 2>"$WORK/dsmake.log" |
+      CLIP_BENCH_ITERS=$iters "$BENCH" --ignored --nocapture --exact clip_bench::image_tower_throughput 2>"$WORK/dsmake.log" |
       grep '^{' >>"$WORK/$model.dsmake.jsonl" || { cat "$WORK/dsmake.log" >&2; exit 1; }
     "$PY" "$TORCH_BENCH" bench "$dir" "$WORK/pixels.npy" "$iters" "$THREADS" "$WORK/dsmake.npy" \
       >>"$WORK/$model.torch.jsonl"

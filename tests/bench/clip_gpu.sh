@@ -3,7 +3,8 @@
 # (candle, CUDA) against transformers (SDPA and eager attention) on the same card in the same run, where
 # torch is importable there. Two halves, because the GPU machine has no compiler and no network:
 #
-#   tests/bench/clip_gpu.sh build     # here: builds the CUDA benchmark binary into gpu-bench/ (gitignored)
+#   tests/bench/clip_gpu.sh build     # here: builds the CUDA benchmark binary into gpu-bench/ (gitignored): the
+#                                     # integration-test binary (tests/it/), whose ignored clip_bench test it runs
 #   tests/bench/clip_gpu.sh run       # on the GPU machine, with gpu-bench/ carried: prints one JSON line per run
 #
 # `build` needs nvcc (README: Debian's non-free nvidia-cuda-toolkit, CUDA 11.8, kernels as compute_80 PTX that
@@ -16,11 +17,11 @@ case "${1:-}" in
 build)
   export CARGO_TARGET_DIR="${CUDA_TARGET_DIR:-$HOME/.cache/dsmake-cuda-target}"
   export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
-  bin=$(cargo test --release --features cuda --test clip_bench --no-run --message-format json 2>/dev/null |
+  bin=$(cargo test --release --features cuda --test it --no-run --message-format json 2>/dev/null |
     python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "clip_bench" and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "it" and m.get("executable"):
         print(m["executable"])')
   mkdir -p "$OUT_DIR"
   cp "$bin" "$OUT_DIR/clip_bench"
@@ -33,7 +34,7 @@ run)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   for batch in 64 128 256; do
     CLIP_BENCH_FIXTURE=$OUT_DIR/tiny-clip CLIP_BENCH_MODEL=l14-336 CLIP_BENCH_DEVICE=cuda CLIP_BENCH_BATCH=$batch CLIP_BENCH_ITERS=${ITERS:-10} \
-      "$OUT_DIR/clip_bench" --ignored --nocapture --test-threads 1 2>&1 | grep '^{' || echo "{\"impl\": \"dsmake\", \"batch\": $batch, \"error\": \"failed\"}"
+      "$OUT_DIR/clip_bench" --ignored --nocapture --test-threads 1 --exact clip_bench::image_tower_throughput 2>&1 | grep '^{' || echo "{\"impl\": \"dsmake\", \"batch\": $batch, \"error\": \"failed\"}"
   done
   if python3 -c 'import torch, transformers' 2>/dev/null; then
     python3 - <<'EOF'

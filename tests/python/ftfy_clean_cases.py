@@ -1,4 +1,4 @@
-"""Captions and open_clip's cleaning of each, for tests/clip_parity.rs: prints a JSON list of [caption, cleaned]
+"""Captions and open_clip's cleaning of each, for tests/it/clip_parity.rs: prints a JSON list of [caption, cleaned]
 where cleaned is open_clip's `_clean_lower`, i.e. `whitespace_clean(basic_clean(caption)).lower()` with
 `basic_clean` = `html.unescape(html.unescape(ftfy.fix_text(caption))).strip()`.
 

@@ -1,9 +1,7 @@
 //! Kills and interrupts in the middle of a build: nothing half-written is ever visible, and the next build
 //! runs only what did not finish.
 
-mod common;
-
-use common::{Sandbox, built};
+use crate::common::{Sandbox, built};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};

@@ -3,9 +3,7 @@
 //! the submitted driver with local Spark) and the S3 server: the whole path from the plan to outputs in S3,
 //! and the errors a user meets on the way.
 
-mod common;
-
-use common::{Backend, Sandbox, built, s3, work};
+use crate::common::{self, Backend, Sandbox, built, s3, work};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,5 @@
 //! The engine against the real binary on the local store: incremental builds, reasons, failures, gc, kills.
 
-#[macro_use]
-mod common;
-
 on_every_store!(
     first_build_builds_everything_and_the_second_is_a_noop_that_reads_no_source,
     changing_one_setting_rebuilds_exactly_what_is_downstream_and_the_plan_says_why,
@@ -16,7 +13,7 @@ on_every_store!(
     status_reports_counts_and_sizes_from_the_store
 );
 
-use common::{Backend, Sandbox, built, strings, work};
+use crate::common::{self, Backend, Sandbox, built, strings, work};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

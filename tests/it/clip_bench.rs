@@ -16,10 +16,7 @@ use dsmake::clip::{Clip, device};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-// The allocator the dsmake binary runs clip-embed with (src/main.rs): each op's output is a fresh buffer,
-// and the system allocator hands large ones back to the kernel, to be page-faulted in again on the next pass.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// Runs with mimalloc, the allocator the dsmake binary runs clip-embed with: see main.rs.
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

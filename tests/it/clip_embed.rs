@@ -6,9 +6,7 @@
 //! with numpy, pyarrow and webdataset (`tests/python/check_clip_embed.py`, in the `.venv` that tests/run.sh
 //! makes).
 
-mod common;
-
-use common::{Sandbox, built, venv_python, work};
+use crate::common::{Sandbox, built, venv_python, work};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

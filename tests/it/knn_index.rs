@@ -6,9 +6,7 @@
 //! - Python reads what it wrote: `knn.index` with faiss-cpu, the usearch file with `usearch`, the metadata
 //!   with pyarrow (`tests/python/check_knn.py`, in the `.venv` that tests/run.sh makes).
 
-mod common;
-
-use common::{Sandbox, built, venv_python};
+use crate::common::{Sandbox, built, venv_python};
 use dsmake::kinds::knn_index::hnsw;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};

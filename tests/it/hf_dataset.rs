@@ -2,16 +2,7 @@
 //! cut connection, sha256 mismatch, tokens (sent to the Hub only: not to its CDN, not to a next page elsewhere),
 //! error messages, offline mode, paged listings, renamed repos.
 
-#[macro_use]
-mod common;
-#[path = "common/http.rs"]
-mod http;
-#[path = "common/hub_mock.rs"]
-mod hub_mock;
-#[path = "common/parquet_rows.rs"]
-mod parquet_rows;
-
-use common::{Backend, Sandbox, actions, built, work};
+use crate::common::{Backend, Sandbox, actions, built, http, hub_mock, parquet_rows, work};
 
 on_every_store!(
     pins_the_commit_downloads_verified_files_and_records_rows,

@@ -16,6 +16,9 @@ macro_rules! on_every_store {
     };
 }
 
+pub mod http;
+pub mod hub_mock;
+pub mod parquet_rows;
 pub mod proxy;
 pub mod s3;
 

@@ -2,15 +2,7 @@
 //! meets. Each row's status and message are checked exactly, the stats add up, and Python's webdataset and
 //! pyarrow read the output.
 
-mod common;
-#[path = "common/http.rs"]
-mod http;
-#[path = "common/hub_mock.rs"]
-mod hub_mock;
-#[path = "common/parquet_rows.rs"]
-mod parquet_rows;
-
-use common::{Backend, Sandbox, built, venv_python, work};
+use crate::common::{Backend, Sandbox, built, http, hub_mock, parquet_rows, venv_python, work};
 
 /// Row shards must not depend on the store: this runs on a local folder and on S3.
 mod local {

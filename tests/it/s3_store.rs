@@ -1,10 +1,8 @@
 //! The S3 store against a real S3-compatible server (s3s-fs), with a fault-injecting proxy in front of it:
 //! throttling, cut connections and kills never leave a half-written object or manifest visible.
 
-mod common;
-
-use common::proxy::Proxy;
-use common::{Backend, Sandbox, built, s3, work};
+use crate::common::proxy::Proxy;
+use crate::common::{self, Backend, Sandbox, built, s3, work};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

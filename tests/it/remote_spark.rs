@@ -2,9 +2,7 @@
 //! tests/run.sh makes, local[2]) into the S3 server, byte for byte what a local build makes; a worker killed
 //! mid-run is retried by Spark. One Spark run (about 10 s to start) serves the whole test.
 
-mod common;
-
-use common::{Backend, Sandbox, built};
+use crate::common::{Backend, Sandbox, built};
 use std::collections::BTreeMap;
 use std::path::Path;
 
