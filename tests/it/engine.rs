@@ -10,7 +10,8 @@ on_every_store!(
     target_and_force_select_part_of_the_dag,
     a_failed_command_publishes_nothing_and_names_its_stderr,
     gc_lists_files_no_target_owns_and_deletes_only_with_yes,
-    status_reports_counts_and_sizes_from_the_store
+    status_reports_counts_and_sizes_from_the_store,
+    plan_check_exits_4_while_there_is_work_and_0_after
 );
 
 use crate::common::{self, Backend, Sandbox, built, strings, work};
@@ -333,4 +334,20 @@ fn the_sample_pipeline_builds_offline() {
     assert_eq!(run.json()["built"], 9);
     let top = s.read_store("sample/report/top-words.txt");
     assert_eq!(top.lines().next(), Some("10 A"));
+}
+
+/// `plan --check` has an exit code of its own, so a script can tell "work to do" from a failed build (1) and
+/// from a bad pipeline (2).
+fn plan_check_exits_4_while_there_is_work_and_0_after(backend: Backend) {
+    let s = sandbox(backend);
+    let run = s.run(&["plan", "--check"]);
+    assert_eq!(run.code, 4, "{}", run.stderr);
+    assert!(run.stdout.contains("7 targets to build"), "the plan is still printed: {}", run.stdout);
+    assert_eq!(run.stderr, "", "an outcome, not an error");
+    s.build(&[]);
+    assert_eq!(s.run(&["plan", "--check"]).code, 0);
+    assert_eq!(s.run(&["plan"]).code, 0, "without --check, work to do is not an error");
+    assert_eq!(s.run(&["plan", "--check", "--set", "mode=lower"]).code, 4);
+    let bad = s.run(&["plan", "--check", "--target", "nope"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
 }

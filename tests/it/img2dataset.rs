@@ -496,17 +496,17 @@ fn row_shards_over_hf_dataset_files_are_stable_when_files_are_added(backend: Bac
     let summary = sb.build(&[]);
     assert_eq!(
         built(&summary),
-        ["images/data_a_00000", "images/data_a_00001", "images/data_a_00002", "meta/data/a.parquet"]
+        ["images/data~2Fa_00000", "images/data~2Fa_00001", "images/data~2Fa_00002", "meta/data/a.parquet"]
     );
     let m: serde_json::Value =
-        serde_json::from_str(&sb.read_store("pipeline/images/_dsmake/data_a_00002.json")).unwrap();
+        serde_json::from_str(&sb.read_store("pipeline/images/_dsmake/data~2Fa_00002.json")).unwrap();
     assert_eq!((m["rows"].as_u64(), m["failures"].as_u64()), (Some(1), Some(0)));
-    let (_, got) = read_parquet(&sb.store().join("pipeline/images/data_a_00001.parquet"));
-    assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["data_a_000010", "data_a_000011"]);
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/data~2Fa_00001.parquet"));
+    assert_eq!(got.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["data~2Fa_000010", "data~2Fa_000011"]);
 
     hub.commit(&[("data/b.parquet", Some(file(2)))]);
     let summary = sb.build(&[]);
-    assert_eq!(built(&summary), ["images/data_b_00000", "meta/data/b.parquet"]);
+    assert_eq!(built(&summary), ["images/data~2Fb_00000", "meta/data/b.parquet"]);
 }
 
 #[test]
@@ -627,4 +627,256 @@ fn retry_failed_attempts_only_the_failed_downloads_and_rebuilds_what_reads_them(
         "{}",
         run.stderr
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Item 1: the EXIF memory bomb.
+
+/// A 1×1 PNG whose EXIF has `entries` invented tags all pointing at one `blob_len`-byte BYTE value, after a
+/// camera's Make. Written by hand: a little-endian TIFF, IFD0 only.
+fn exif_bomb_png(entries: u16, blob_len: u32) -> Vec<u8> {
+    let make = b"Canon\0";
+    let ifd_len = 2 + 12 * (usize::from(entries) + 1) + 4;
+    let make_at = (8 + ifd_len) as u32;
+    let blob_at = make_at + make.len() as u32;
+    let mut tiff = b"II\x2a\x00\x08\x00\x00\x00".to_vec();
+    tiff.extend((entries + 1).to_le_bytes());
+    let mut entry = |tag: u16, typ: u16, count: u32, at: u32| {
+        for part in [&tag.to_le_bytes()[..], &typ.to_le_bytes(), &count.to_le_bytes(), &at.to_le_bytes()] {
+            tiff.extend_from_slice(part);
+        }
+    };
+    entry(0x010f, 2, make.len() as u32, make_at);
+    for i in 0..entries {
+        entry(0xc000 + i, 1, blob_len, blob_at);
+    }
+    tiff.extend(0u32.to_le_bytes());
+    tiff.extend(make);
+    tiff.extend(std::iter::repeat_n(b'A', blob_len as usize));
+
+    use image::ImageEncoder;
+    let mut png = Vec::new();
+    let mut encoder = image::codecs::png::PngEncoder::new(&mut png);
+    encoder.set_exif_metadata(tiff).unwrap();
+    encoder.write_image(&[200, 100, 50], 1, 1, image::ExtendedColorType::Rgb8).unwrap();
+    png
+}
+
+#[test]
+fn hostile_exif_is_rendered_within_its_budget_and_the_row_succeeds() {
+    // The issue's file: 300 entries sharing one 200 KB value (1.5 GB of RSS and a 241 MB tar before).
+    let png = exif_bomb_png(300, 200_000);
+    let host = Server::start(move |_| Reply::ok("image/png", png.clone()));
+    let url = host.url("/bomb.png");
+    let sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\nimage_size = 16\nallow_hosts = [\"127.0.0.1\"]\n",
+    );
+    write_binary(&sb, "urls.parquet", &urls_parquet(&[row(&url, "a"), row(&url, "b")]));
+    assert_eq!(built(&sb.build(&[])), ["images/urls_00000"]);
+
+    let dir = sb.store().join("pipeline/images");
+    let (_, got) = read_parquet(&dir.join("urls_00000.parquet"));
+    for (key, (status, error, ..), cells) in &got {
+        assert_eq!((status.as_str(), error), ("success", &None), "{key}");
+        let exif = &cells["exif"];
+        assert!(exif.len() <= 17 * 1024, "{key}: {} bytes of EXIF", exif.len());
+        // Normal tags still render; the budget's note says what it left out.
+        assert!(exif.contains("Image Make"), "{exif:.300}");
+        assert!(exif.contains("dsmake left out"), "{exif:.300}");
+    }
+    let tar = std::fs::metadata(dir.join("urls_00000.tar")).unwrap().len();
+    assert!(tar < 200_000, "the tar holds {tar} bytes for two 1×1 images");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Item 2: shard ids that collide.
+
+#[test]
+fn input_files_whose_names_differ_only_in_dots_and_slashes_get_their_own_shards() {
+    let host = Server::start(|_| Reply::status(404, "not found"));
+    let sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"data/**/*.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\nallow_hosts = [\"127.0.0.1\"]\nretries = 0\n",
+    );
+    // Dask's part.N.parquet, and a file in a folder beside one with an underscore: each pair was one shard.
+    let files = ["part.0.parquet", "part.1.parquet", "a/b.parquet", "a_b.parquet", "plain.parquet"];
+    for name in files {
+        let url = host.url(&format!("/{name}"));
+        write_binary(&sb, &format!("data/{name}"), &urls_parquet(&[row(&url, name)]));
+    }
+    let summary = sb.build(&[]);
+    assert_eq!(
+        built(&summary),
+        [
+            "images/a_b_00000",
+            "images/a~2Fb_00000",
+            "images/part~2E0_00000",
+            "images/part~2E1_00000",
+            "images/plain_00000"
+        ]
+    );
+    // Each shard holds its own file's row, and a second plan finds everything fresh (no shard keeps
+    // replacing another's).
+    for (shard, name) in [
+        ("a_b_00000", "a_b.parquet"),
+        ("a~2Fb_00000", "a/b.parquet"),
+        ("part~2E0_00000", "part.0.parquet"),
+        ("part~2E1_00000", "part.1.parquet"),
+        ("plain_00000", "plain.parquet"),
+    ] {
+        let (_, got) = read_parquet(&sb.store().join(format!("pipeline/images/{shard}.parquet")));
+        assert_eq!(got.len(), 1, "{shard}");
+        assert_eq!(got[0].2["url"], host.url(&format!("/{name}")), "{shard}");
+        assert_eq!(got[0].0, format!("{shard}0000"), "{shard}: the key starts with the shard id");
+    }
+    assert!(work(&sb.plan(&[])).is_empty(), "{:?}", work(&sb.plan(&[])));
+}
+
+#[test]
+fn two_shards_with_one_id_are_refused_at_plan_time_naming_both_files() {
+    // `x` and `x.parquet` both give shards `x_…`: the one pair the id scheme leaves alike.
+    let sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"data/*\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\nallow_hosts = [\"127.0.0.1\"]\n",
+    );
+    for name in ["x", "x.parquet"] {
+        write_binary(&sb, &format!("data/{name}"), &urls_parquet(&[row("http://127.0.0.1:9/x.jpg", name)]));
+    }
+    let run = sb.run(&["plan"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("step `images` has two shards named `x_00000`"), "{}", run.stderr);
+    assert!(run.stderr.contains("urls/x (file data/x)"), "{}", run.stderr);
+    assert!(run.stderr.contains("urls/x.parquet (file data/x.parquet)"), "{}", run.stderr);
+    // Nothing was built or published.
+    assert!(!sb.store().join("pipeline/images").exists());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Item 8: proxies around the destination checks. Every socket here is on 127.0.0.1.
+
+/// A CONNECT proxy on 127.0.0.1 that records what it was asked for and tunnels only to 127.0.0.1 (a name
+/// it resolves itself: `localhost`), never anywhere else.
+struct ConnectProxy {
+    url: String,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ConnectProxy {
+    fn start() -> ConnectProxy {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let log = asked.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                            break;
+                        }
+                    }
+                    log.lock().unwrap().push(line.trim().to_string());
+                    let mut client = client;
+                    let target = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                    let port = target.rsplit_once(':').and_then(|(host, port)| {
+                        matches!(host, "localhost" | "127.0.0.1").then(|| port.parse::<u16>().ok()).flatten()
+                    });
+                    let Some(port) = port.filter(|_| line.starts_with("CONNECT ")) else {
+                        let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+                        return;
+                    };
+                    let upstream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").unwrap();
+                    let (mut up_read, mut up_write) = (upstream.try_clone().unwrap(), upstream);
+                    let mut down_write = client.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut up_read, &mut down_write);
+                    });
+                    // Bytes the client sent after its CONNECT head may sit in the reader's buffer.
+                    let _ = up_write.write_all(reader.buffer());
+                    let _ = std::io::copy(reader.get_mut(), &mut up_write);
+                });
+            }
+        });
+        ConnectProxy { url, asked }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+fn coffee() -> Vec<u8> {
+    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip-golden/images/coffee.jpg")).unwrap()
+}
+
+#[test]
+fn downloads_ignore_the_environment_s_proxy_variables() {
+    let photo = coffee();
+    let host = Server::start(move |_| Reply::ok("image/jpeg", photo.clone()));
+    let proxy = ConnectProxy::start();
+    let mut sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\nimage_size = 16\nallow_hosts = [\"127.0.0.1\"]\n",
+    );
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        sb.env.push((var.into(), proxy.url.clone()));
+    }
+    sb.env.push(("NO_PROXY".into(), String::new()));
+    sb.env.push(("no_proxy".into(), String::new()));
+    write_binary(&sb, "urls.parquet", &urls_parquet(&[row(&host.url("/coffee.jpg"), "c")]));
+    sb.build(&[]);
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    assert_eq!((got[0].1.0.as_str(), &got[0].1.1), ("success", &None));
+    assert_eq!(host.requests().len(), 1);
+    assert!(proxy.asked().is_empty(), "{:?}", proxy.asked());
+}
+
+#[test]
+fn dsmake_proxy_takes_every_download_and_the_destination_checks() {
+    let photo = coffee();
+    let host = Server::start(move |_| Reply::ok("image/jpeg", photo.clone()));
+    let proxy = ConnectProxy::start();
+    // No allow-list: without the proxy, `localhost` is refused as a loopback address.
+    let mut sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\nimage_size = 16\nretries = 0\n",
+    );
+    let by_name = format!("http://localhost:{}/coffee.jpg", host.addr.port());
+    // An IP literal dsmake refuses is still refused here, before any request: the proxy never sees it.
+    let literal = "http://[::ffff:10.0.0.1]/x.jpg";
+    write_binary(&sb, "urls.parquet", &urls_parquet(&[row(&by_name, "by name"), row(literal, "literal")]));
+    let before = sb.build(&[]);
+    assert_eq!(built(&before), ["images/urls_00000"]);
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    assert!(got[0].1.1.as_deref().unwrap_or_default().contains("is a loopback address"), "{:?}", got[0].1);
+    assert!(proxy.asked().is_empty());
+
+    sb.env.push(("DSMAKE_PROXY".into(), proxy.url.clone()));
+    sb.build(&["--retry-failed", "images"]);
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    assert_eq!((got[0].1.0.as_str(), &got[0].1.1), ("success", &None), "{:?}", got[0]);
+    assert_eq!(
+        got[1].1.1.as_deref(),
+        Some(
+            "refused destination: ::ffff:10.0.0.1 is a private address (10.0.0.1 in IPv4-mapped form) (allow it \
+             with allow_hosts or --allow-host)"
+        )
+    );
+    assert_eq!(proxy.asked(), [format!("CONNECT localhost:{} HTTP/1.1", host.addr.port())]);
+    assert_eq!(host.requests().len(), 1);
+
+    // A proxy dsmake cannot use is an error that names the variable and hides the password.
+    sb.env.push(("DSMAKE_PROXY".into(), "socks5://user:hunter2@127.0.0.1:1080".into()));
+    let run = sb.run(&["build", "--force", "images"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("DSMAKE_PROXY `127.0.0.1:1080` is a Socks5 proxy"), "{}", run.stderr);
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
 }

@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[macro_use]
 mod common;
 
+mod architecture;
 mod clip_bench;
 mod clip_embed;
 mod clip_parity;
