@@ -68,7 +68,11 @@ pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<()> {
     stdout.flush()?;
     let targets = plan.to_run().count();
     let pending = targets > 0 || plan.has_unknown();
+    let unavailable: Vec<String> = plan.unavailable().into_iter().map(|(step, _)| step.to_string()).collect();
     crate::exec::dispose((plan, workspace));
+    if !unavailable.is_empty() {
+        return Err(Error::Unavailable { steps: unavailable }.into());
+    }
     if args.check && pending {
         return Err(Error::WouldBuild { targets }.into());
     }
@@ -108,7 +112,7 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<()> {
     crate::exec::dispose(workspace);
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
-        Format::Human if !out.quiet || !summary.failed.is_empty() => {
+        Format::Human if !out.quiet || !summary.failed.is_empty() || !summary.unavailable.is_empty() => {
             eprintln!("{}", describe(&summary))
         }
         Format::Human => {}
@@ -117,6 +121,8 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<()> {
         Err(Error::Interrupted.into())
     } else if !summary.failed.is_empty() {
         Err(Error::TargetsFailed { failed: summary.failed.len() }.into())
+    } else if !summary.unavailable.is_empty() {
+        Err(Error::Unavailable { steps: summary.unavailable.iter().map(|u| u.step.clone()).collect() }.into())
     } else {
         Ok(())
     }
@@ -135,6 +141,12 @@ fn describe(s: &Summary) -> String {
     }
     text.push_str(&format!(" in {:.2}s ({} written", s.seconds, HumanBytes(s.bytes_written)));
     text.push_str(&format!(", {} source files hashed)", s.sources_hashed));
+    if !s.unavailable.is_empty() {
+        text.push_str("\nUnavailable (nothing that reads them was built):");
+        for u in &s.unavailable {
+            text.push_str(&format!("\n  {}: {}", u.step, u.reason));
+        }
+    }
     if !s.failed.is_empty() {
         text.push_str("\nFailed:");
         for f in &s.failed {

@@ -13,7 +13,7 @@ Exit codes:
   0    success (for `plan --check`: nothing to build)
   1    one or more targets failed
   2    bad command line, pipeline file or remote file
-  3    store, file system, network or other environment error
+  3    store, file system, network or other environment error; a step that cannot be planned (unavailable)
   4    `plan --check`: targets would be built
   75   `dsmake worker`: the target failed with a transient error (EX_TEMPFAIL: a scheduler may retry it)
   101  an internal error (a bug in dsmake: please report it)
@@ -25,6 +25,8 @@ pub enum Error {
     TargetsFailed { failed: usize },
     /// `plan --check`: this many targets would be built (or the plan waits on unknown shard counts).
     WouldBuild { targets: usize },
+    /// Steps that what was asked for needs could not be planned (the plan or summary said which and why).
+    Unavailable { steps: Vec<String> },
     /// Ctrl-C or SIGTERM stopped the work.
     Interrupted,
     /// `dsmake worker`: the target failed for a reason that may pass.
@@ -42,7 +44,7 @@ impl Error {
         match self {
             Error::TargetsFailed { .. } => 1,
             Error::BadInput(_) => 2,
-            Error::Environment(_) => 3,
+            Error::Environment(_) | Error::Unavailable { .. } => 3,
             Error::WouldBuild { .. } => 4,
             Error::Transient(_) => 75,
             Error::Internal(_) => 101,
@@ -81,6 +83,12 @@ impl Error {
                 },
             }),
             Error::Transient(e) | Error::Environment(e) => Some(format!("error: {e:#}")),
+            Error::Unavailable { steps } => Some(format!(
+                "error: {} cannot be planned now: {} (the reasons are above; everything else was {})",
+                if steps.len() == 1 { "a step" } else { "steps" },
+                steps.join(", "),
+                "planned"
+            )),
             Error::Internal(what) => Some(format!(
                 "error: internal error: {what}\nThis is a bug in dsmake, not in your pipeline or data: please report \
                  it with the command you ran and this message."
@@ -95,6 +103,7 @@ impl fmt::Display for Error {
             Error::TargetsFailed { failed } => write!(f, "{failed} targets failed"),
             Error::WouldBuild { targets } => write!(f, "{targets} targets would be built"),
             Error::Interrupted => f.write_str("interrupted"),
+            Error::Unavailable { steps } => write!(f, "unavailable steps: {}", steps.join(", ")),
             Error::Transient(e) | Error::BadInput(e) | Error::Environment(e) => write!(f, "{e:#}"),
             Error::Internal(what) => write!(f, "internal error: {what}"),
         }

@@ -23,6 +23,8 @@ struct StepStatus {
     dir: String,
     targets: Option<usize>,
     unknown: Option<String>,
+    /// Its shards cannot be found from what is here (see `unknown`).
+    unavailable: bool,
     fresh: usize,
     stale: usize,
     missing: usize,
@@ -62,6 +64,7 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
                 dir: step.dir.clone(),
                 targets: step.unknown.is_none().then(|| counts.source + counts.fresh + counts.run()),
                 unknown: step.unknown.clone(),
+                unavailable: step.unavailable,
                 fresh: counts.fresh + counts.source,
                 stale: counts.stale + blocked.iter().filter(|&&t| plan.record(t).is_some()).count(),
                 missing: counts.missing + blocked.iter().filter(|&&t| plan.record(t).is_none()).count(),
@@ -76,7 +79,10 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
 }
 
 pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<()> {
-    let workspace = Workspace::open(&args.pipeline)?;
+    let mut workspace = Workspace::open(&args.pipeline)?;
+    // What the store holds needs neither the network nor a model: steps that cannot be planned from what is
+    // here are shown as such.
+    workspace.plan_options.local_only = true;
     let plan = workspace.plan()?;
     let steps = summarize(&plan);
     if args.format == Format::Json {
@@ -103,6 +109,10 @@ pub fn status(args: StatusArgs, _out: Output) -> anyhow::Result<()> {
             HumanBytes(s.bytes).to_string(),
             s.last_built.as_deref().unwrap_or("-")
         );
+    }
+    for s in steps.iter().filter(|s| s.unknown.is_some()) {
+        let state = if s.unavailable { "unavailable" } else { "not known yet" };
+        println!("  {}: {state}: {}", s.step, s.unknown.as_deref().unwrap_or_default());
     }
     Ok(())
 }

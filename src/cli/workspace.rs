@@ -42,6 +42,7 @@ impl Workspace {
             retry_failed: args.retry_failed.clone(),
             allow_hosts: args.allow_host.clone(),
             built_this_run: Default::default(),
+            local_only: false,
         };
         Ok(Workspace { pipeline, store, stat_cache, plan_options, remote })
     }

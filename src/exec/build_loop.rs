@@ -151,6 +151,12 @@ impl Rounds {
     ) -> anyhow::Result<(Plan, Vec<usize>)> {
         let plan = plan::make(pipeline, store, stat_cache, &self.options)?;
         summary.sources_hashed += plan.stats.sources_hashed;
+        // The last round's plan says what stayed unavailable.
+        summary.unavailable = plan
+            .unavailable()
+            .into_iter()
+            .map(|(step, reason)| super::UnavailableStep { step: step.to_string(), reason: reason.to_string() })
+            .collect();
         summary.fresh += self.fresh.count(&plan);
         let to_run = plan.to_run().collect();
         Ok((plan, to_run))

@@ -42,6 +42,14 @@ pub struct Summary {
     pub interrupted: bool,
     /// Source files whose content was read (hashed) while planning.
     pub sources_hashed: u64,
+    /// Steps that could not be planned, which what was asked for needs: nothing that reads them was built.
+    pub unavailable: Vec<UnavailableStep>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnavailableStep {
+    pub step: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -19,6 +19,9 @@ pub struct ShardCx<'a> {
     pub inputs: Vec<InputShards<'a>>,
     /// Content identities of local files (a source's files, a model folder's).
     pub stat_cache: &'a StatCache,
+    /// Plan from what is on this machine only (`dsmake status`): a kind that would ask a remote service uses
+    /// what it saved last time, or says the shards are not known.
+    pub local_only: bool,
 }
 
 /// What a worker hands a kind to build one target.

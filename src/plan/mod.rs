@@ -12,7 +12,7 @@ use crate::store::step_state::{Record, StepState};
 use crate::store::{Store, manifest_path};
 use crate::util::stat_cache::StatCache;
 use crate::util::suggest::help_for;
-use anyhow::{Context, bail};
+use anyhow::bail;
 use key::{InputKey, KeyParts, SourceIdentity, StepKeyer};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -41,6 +41,8 @@ pub struct PlanOptions {
     /// `--allow-host`: destinations this run may reach beyond the pipeline's allow-lists. Not part of any
     /// key: it permits work, it does not change what the work is.
     pub allow_hosts: Vec<String>,
+    /// Plan from what is on this machine and in the store only, asking no remote service (`dsmake status`).
+    pub local_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,6 +91,13 @@ pub struct StepPlan {
     pub targets: Range<usize>,
     /// Why the shard count is not known yet.
     pub unknown: Option<String>,
+    /// Its shards could not be found (an unreachable Hub, a model not at hand, a missing file): `unknown`
+    /// says why. Building more will not change that; the rest of the plan goes on without it.
+    pub unavailable: bool,
+    /// It reads, directly or not, an unavailable step.
+    pub after_unavailable: bool,
+    /// What `--target` asks for, or what that needs (every step without `--target`).
+    pub wanted: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -121,8 +130,18 @@ impl Plan {
         (0..self.targets.len()).filter(|&i| self.targets[i].selected && self.targets[i].action.runs())
     }
 
+    /// Whether a step waits for shards that building its inputs will tell (not an unavailable one).
     pub fn has_unknown(&self) -> bool {
-        self.steps.iter().any(|s| s.unknown.is_some())
+        self.steps.iter().any(|s| s.unknown.is_some() && !s.unavailable && !s.after_unavailable)
+    }
+
+    /// The unavailable steps that what was asked for needs, with why.
+    pub fn unavailable(&self) -> Vec<(&str, &str)> {
+        self.steps
+            .iter()
+            .filter(|s| s.unavailable && s.wanted)
+            .map(|s| (s.name.as_str(), s.unknown.as_deref().unwrap_or("")))
+            .collect()
     }
 
     /// What the store holds for target `t` (its current manifest, fresh or not).
@@ -189,7 +208,13 @@ pub fn make(
         let inputs = pipeline.inputs_of(s);
         let first = plan.targets.len();
         let waiting = inputs.iter().find(|&&i| plan.steps[i].unknown.is_some());
+        let mut unavailable = false;
+        let after_unavailable = inputs.iter().any(|&i| plan.steps[i].unavailable || plan.steps[i].after_unavailable);
         let shards = match waiting {
+            Some(&i) if plan.steps[i].unavailable || plan.steps[i].after_unavailable => {
+                let root = inputs.iter().find(|&&i| plan.steps[i].unavailable).map_or(i, |&r| r);
+                Shards::Unknown(format!("waits on `{}`, which is unavailable", pipeline.steps[root].name))
+            }
             Some(&i) => Shards::Unknown(format!("waits for the shards of {}", pipeline.steps[i].name)),
             None => {
                 let cx = ShardCx {
@@ -204,8 +229,17 @@ pub fn make(
                         })
                         .collect(),
                     stat_cache,
+                    local_only: options.local_only,
                 };
-                let shards = step.kind.shards(&step.settings, &cx).with_context(|| format!("step `{}`", step.name))?;
+                // A step that cannot be planned (an unreachable Hub, a model not at hand, a missing file) is
+                // reported as unavailable; what does not read it is planned as usual.
+                let shards = match step.kind.shards(&step.settings, &cx) {
+                    Ok(shards) => shards,
+                    Err(e) => {
+                        unavailable = true;
+                        Shards::Unknown(format!("{e:#}"))
+                    }
+                };
                 timings.lap(&format!("shards of {}", step.name));
                 shards
             }
@@ -213,7 +247,9 @@ pub fn make(
         let specs = match shards {
             Shards::Known(specs) => specs,
             Shards::Unknown(why) => {
-                plan.steps.push(step_plan(step, first..first, Some(why)));
+                let mut unknown = step_plan(step, first..first, Some(why));
+                (unknown.unavailable, unknown.after_unavailable) = (unavailable, after_unavailable);
+                plan.steps.push(unknown);
                 views.push(Vec::new());
                 continue;
             }
@@ -306,7 +342,7 @@ pub fn make(
     timings.lap("keys and freshness");
     explain_stale(&mut plan, pipeline, store, &stale_to_explain);
     mark_blocked(&mut plan);
-    select(&mut plan, options)?;
+    select(&mut plan, pipeline, options)?;
 
     plan.stats = PlanStats {
         sources_checked: plan.targets.iter().filter(|t| t.action == Action::Source).count(),
@@ -347,6 +383,9 @@ fn step_plan(step: &crate::pipeline::Step, targets: Range<usize>, unknown: Optio
         source: step.kind.is_source(),
         targets,
         unknown,
+        unavailable: false,
+        after_unavailable: false,
+        wanted: true,
     }
 }
 
@@ -491,28 +530,54 @@ fn check_step_names(pipeline: &Pipeline, options: &PlanOptions) -> anyhow::Resul
     Ok(())
 }
 
-/// `--target`: keep the named targets and, transitively, what they read.
-fn select(plan: &mut Plan, options: &PlanOptions) -> anyhow::Result<()> {
+/// `--target`: keep the named targets and, transitively, what they read. A step whose shards are not known
+/// yet keeps what it reads, so that this build's rounds learn its shards and then build it.
+fn select(plan: &mut Plan, pipeline: &Pipeline, options: &PlanOptions) -> anyhow::Result<()> {
     if options.targets.is_empty() {
         return Ok(());
     }
     let mut wanted = vec![false; plan.targets.len()];
+    let mut wanted_steps = vec![false; plan.steps.len()];
     let mut stack = Vec::new();
     for spec in &options.targets {
         let (step, shard) = spec.split_once('/').map_or((spec.as_str(), None), |(s, t)| (s, Some(t)));
-        let Some(step_plan) = plan.steps.iter().find(|s| s.name == step) else {
+        let Some(s) = plan.steps.iter().position(|p| p.name == step) else {
             continue;
         };
-        if let Some(why) = &step_plan.unknown {
-            selection_error!(
-                "--target {spec}: the shards of `{step}` are not known yet ({why}); build its inputs first"
-            );
+        // The step and everything it reads, step by step: those are wanted whether their shards are known or
+        // not; an unknown step's known inputs are built whole, so that the next round learns its shards.
+        let mut closure = Vec::new();
+        let mut steps = vec![s];
+        while let Some(x) = steps.pop() {
+            if !std::mem::replace(&mut wanted_steps[x], true) {
+                closure.push(x);
+                steps.extend(pipeline.inputs_of(x));
+            }
+        }
+        if plan.steps[s].unknown.is_some() {
+            for &x in &closure {
+                stack.extend(plan.steps[x].targets.clone());
+            }
+        }
+        let step_plan = &plan.steps[s];
+        if step_plan.unknown.is_some() {
+            if shard.is_some() && !step_plan.unavailable && !step_plan.after_unavailable {
+                let why = step_plan.unknown.as_deref().unwrap_or_default();
+                selection_error!(
+                    "--target {spec}: the shards of `{step}` are not known yet ({why}); build --target {step} \
+                     first"
+                );
+            }
+            continue;
         }
         let before = stack.len();
         stack.extend(step_plan.targets.clone().filter(|&t| shard.is_none_or(|id| plan.targets[t].shard == id)));
-        if stack.len() == before {
+        if stack.len() == before && shard.is_some() {
             selection_error!("--target {spec}: step `{step}` has no shard `{}`", shard.unwrap_or_default());
         }
+    }
+    for (step, keep) in plan.steps.iter_mut().zip(wanted_steps) {
+        step.wanted = keep;
     }
     while let Some(t) = stack.pop() {
         if !std::mem::replace(&mut wanted[t], true) {

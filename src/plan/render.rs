@@ -58,6 +58,10 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
     let mut total = Counts::default();
     for (s, step) in plan.steps.iter().enumerate() {
         let c = step_counts(plan, s);
+        if step.unavailable {
+            let _ = writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  unavailable (below)", step.name, step.kind, "?");
+            continue;
+        }
         if let Some(why) = &step.unknown {
             let _ = writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  {why}", step.name, step.kind, "?");
             continue;
@@ -104,10 +108,17 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
             let _ = writeln!(out, "  … and {} more (all with -v)", listed.len() - shown);
         }
     }
-    let unknown = plan.steps.iter().filter(|s| s.unknown.is_some()).count();
+    let unavailable: Vec<_> = plan.steps.iter().filter(|s| s.unavailable).collect();
+    if !unavailable.is_empty() {
+        let _ = writeln!(out, "\nUnavailable (the steps that read them wait; everything else is planned):");
+        for step in &unavailable {
+            let _ = writeln!(out, "  {}: {}", step.name, step.unknown.as_deref().unwrap_or_default());
+        }
+    }
+    let unknown = plan.steps.iter().filter(|s| s.unknown.is_some() && !s.unavailable && !s.after_unavailable).count();
     out.push('\n');
     match total.run() {
-        0 if unknown == 0 => {
+        0 if unknown == 0 && unavailable.is_empty() => {
             let _ = writeln!(out, "Nothing to do: {} targets are fresh.", total.fresh);
         }
         n => {
@@ -118,6 +129,9 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
             );
             if unknown > 0 {
                 let _ = write!(out, ", and {unknown} steps whose targets are known once their inputs are built");
+            }
+            if !unavailable.is_empty() {
+                let _ = write!(out, ", and {} unavailable steps", unavailable.len());
             }
             let _ = writeln!(out, "; {} fresh.", total.fresh);
         }
@@ -142,6 +156,8 @@ struct StepJson<'a> {
     dir: &'a str,
     targets: Option<usize>,
     unknown: Option<&'a str>,
+    /// The step cannot be planned now (`unknown` says why); see `Plan::unavailable`.
+    unavailable: bool,
     source: usize,
     fresh: usize,
     missing: usize,
@@ -185,6 +201,7 @@ impl Serialize for PlanJson<'_> {
                     dir: &step.dir,
                     targets: step.unknown.is_none().then(|| c.source + c.fresh + c.run()),
                     unknown: step.unknown.as_deref(),
+                    unavailable: step.unavailable,
                     source: c.source,
                     fresh: c.fresh,
                     missing: c.missing,

@@ -92,9 +92,19 @@ impl std::fmt::Display for NotKnown {
 }
 impl std::error::Error for NotKnown {}
 
-fn resolve(s: &Settings, step: &str) -> anyhow::Result<Listing> {
+fn resolve(s: &Settings, step: &str, local_only: bool) -> anyhow::Result<Listing> {
     let hub = Hub::from_env()?;
     let saved = listing_path(&hub.endpoint, &s.repo, &s.revision);
+    if local_only && !hub::offline() {
+        let bytes = std::fs::read(&saved).map_err(|_| {
+            anyhow::Error::new(NotKnown(format!(
+                "no listing of dataset `{}` at `{}` is saved yet (this command does not ask the Hub): run `dsmake \
+                 plan` once",
+                s.repo, s.revision
+            )))
+        })?;
+        return serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()));
+    }
     if hub::offline() {
         let bytes = std::fs::read(&saved).map_err(|_| {
             anyhow::Error::new(NotKnown(format!(
@@ -179,7 +189,7 @@ impl Kind for HfDataset {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let include = includes(&s.include).map_err(|e| anyhow::anyhow!("hf-dataset `{}`: {}", cx.step, e.message))?;
-        let listing = match resolve(s, cx.step) {
+        let listing = match resolve(s, cx.step, cx.local_only) {
             Ok(listing) => listing,
             Err(e) => match e.downcast::<NotKnown>() {
                 Ok(why) => return Ok(Shards::Unknown(why.0)),
