@@ -287,7 +287,7 @@ fn a_next_page_on_another_server_is_refused_and_never_sees_the_token() {
 }
 
 /// A one-file repo whose downloads go to a CDN that always answers `status`; the build's run and the CDN.
-fn build_through_a_cdn_answering(status: u16, body: &'static str, args: &[&str]) -> (common::Run, http::Server) {
+fn build_through_a_cdn_answering(status: u16, body: &'static str, args: &[&str]) -> (crate::common::Run, http::Server) {
     let hub = HubMock::start("laion/tiny");
     hub.commit(&[("part-0.parquet", Some(file(3, "a")))]);
     let cdn = http::Server::start(move |_| http::Reply::status(status, body));
