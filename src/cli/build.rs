@@ -68,7 +68,8 @@ pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<()> {
     stdout.flush()?;
     let targets = plan.to_run().count();
     let pending = targets > 0 || plan.has_unknown();
-    let unavailable: Vec<String> = plan.unavailable().into_iter().map(|(step, _)| step.to_string()).collect();
+    let unavailable: Vec<(String, String)> =
+        plan.unavailable().into_iter().map(|(step, why)| (step.to_string(), why.to_string())).collect();
     crate::exec::dispose((plan, workspace));
     if !unavailable.is_empty() {
         return Err(Error::Unavailable { steps: unavailable }.into());
@@ -122,7 +123,8 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<()> {
     } else if !summary.failed.is_empty() {
         Err(Error::TargetsFailed { failed: summary.failed.len() }.into())
     } else if !summary.unavailable.is_empty() {
-        Err(Error::Unavailable { steps: summary.unavailable.iter().map(|u| u.step.clone()).collect() }.into())
+        let steps = summary.unavailable.iter().map(|u| (u.step.clone(), u.reason.clone())).collect();
+        Err(Error::Unavailable { steps }.into())
     } else {
         Ok(())
     }

@@ -26,7 +26,7 @@ pub enum Error {
     /// `plan --check`: this many targets would be built (or the plan waits on unknown shard counts).
     WouldBuild { targets: usize },
     /// Steps that what was asked for needs could not be planned (the plan or summary said which and why).
-    Unavailable { steps: Vec<String> },
+    Unavailable { steps: Vec<(String, String)> },
     /// Ctrl-C or SIGTERM stopped the work.
     Interrupted,
     /// `dsmake worker`: the target failed for a reason that may pass.
@@ -83,12 +83,14 @@ impl Error {
                 },
             }),
             Error::Transient(e) | Error::Environment(e) => Some(format!("error: {e:#}")),
-            Error::Unavailable { steps } => Some(format!(
-                "error: {} cannot be planned now: {} (the reasons are above; everything else was {})",
-                if steps.len() == 1 { "a step" } else { "steps" },
-                steps.join(", "),
-                "planned"
-            )),
+            Error::Unavailable { steps } => Some(
+                steps
+                    .iter()
+                    .map(|(step, why)| format!("error: step `{step}` cannot be planned now: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n(everything that does not read it was planned)",
+            ),
             Error::Internal(what) => Some(format!(
                 "error: internal error: {what}\nThis is a bug in dsmake, not in your pipeline or data: please report \
                  it with the command you ran and this message."
@@ -103,7 +105,9 @@ impl fmt::Display for Error {
             Error::TargetsFailed { failed } => write!(f, "{failed} targets failed"),
             Error::WouldBuild { targets } => write!(f, "{targets} targets would be built"),
             Error::Interrupted => f.write_str("interrupted"),
-            Error::Unavailable { steps } => write!(f, "unavailable steps: {}", steps.join(", ")),
+            Error::Unavailable { steps } => {
+                write!(f, "unavailable steps: {}", steps.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(", "))
+            }
             Error::Transient(e) | Error::BadInput(e) | Error::Environment(e) => write!(f, "{e:#}"),
             Error::Internal(what) => write!(f, "internal error: {what}"),
         }

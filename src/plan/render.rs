@@ -59,7 +59,8 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
     for (s, step) in plan.steps.iter().enumerate() {
         let c = step_counts(plan, s);
         if step.unavailable {
-            let _ = writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  unavailable (below)", step.name, step.kind, "?");
+            let _ =
+                writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  unavailable (below)", step.name, step.kind, "?");
             continue;
         }
         if let Some(why) = &step.unknown {

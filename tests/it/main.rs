@@ -25,3 +25,4 @@ mod malformed_pipelines;
 mod remote_databricks;
 mod remote_spark;
 mod s3_store;
+mod unavailable;
