@@ -96,12 +96,14 @@ fn resolve(s: &Settings, step: &str, local_only: bool) -> anyhow::Result<Listing
     let hub = Hub::from_env()?;
     let saved = listing_path(&hub.endpoint, &s.repo, &s.revision);
     if local_only && !hub::offline() {
+        // Unavailable here rather than "not known yet": building other steps would not tell it.
         let bytes = std::fs::read(&saved).map_err(|_| {
-            anyhow::Error::new(NotKnown(format!(
+            anyhow::anyhow!(
                 "no listing of dataset `{}` at `{}` is saved yet (this command does not ask the Hub): run `dsmake \
                  plan` once",
-                s.repo, s.revision
-            )))
+                s.repo,
+                s.revision
+            )
         })?;
         return serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()));
     }
