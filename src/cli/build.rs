@@ -144,10 +144,11 @@ fn describe(s: &Summary) -> String {
     text.push_str(&format!(" in {:.2}s ({} written", s.seconds, HumanBytes(s.bytes_written)));
     text.push_str(&format!(", {} source files hashed)", s.sources_hashed));
     if !s.unavailable.is_empty() {
-        text.push_str("\nUnavailable (nothing that reads them was built):");
+        text.push_str("\nUnavailable:");
         for u in &s.unavailable {
             text.push_str(&format!("\n  {}: {}", u.step, u.reason));
         }
+        text.push_str("\nWith --keep-going, everything that does not read them is built; --target builds one part.");
     }
     if !s.failed.is_empty() {
         text.push_str("\nFailed:");

@@ -15,7 +15,7 @@
 //! - else C1 controls are read as Windows-1252;
 //! - and all of this again until nothing changes, so doubly encoded text comes back too.
 //!
-//! Checked against ftfy itself by tests/clip_parity.rs (`cleaning_equals_open_clips_with_ftfy`). The one known
+//! Checked against ftfy itself by tests/it/clip_parity.rs (`cleaning_equals_open_clips_with_ftfy`). The one known
 //! difference: Python's `\w`, in one badness rule, is approximated by `char::is_alphanumeric`, which also
 //! counts the combining vowel signs of some scripts as word characters; that rule can then call text bad that
 //! ftfy does not, which changes the text only where that text also decodes as mojibake.

@@ -42,6 +42,8 @@ pub trait RoundRunner {
     /// Whether `run_round` records what it built in the plan's step states. Then the step indexes are saved
     /// after the round, so that they include it; otherwise before it (what the plan read is all they learn).
     fn records_built(&self) -> bool;
+    /// `--keep-going`: build what does not depend on a failure, or on an unavailable step.
+    fn keep_going(&self) -> bool;
     /// Runs `to_run` (targets of `plan`, in plan order). An error ends the build (the executor could not run).
     fn run_round(&mut self, cx: &RoundCx, plan: &mut Plan, to_run: &[usize]) -> anyhow::Result<Round>;
 }
@@ -71,10 +73,13 @@ pub fn build(
     loop {
         let (mut plan, to_run) = rounds.plan(pipeline, &*store, stat_cache, &mut summary)?;
         // Even with nothing to build, manifests this plan had to read go into the index for next time.
-        if to_run.is_empty() || !runner.records_built() {
+        // Without --keep-going, a build that needs an unavailable step stops before any work, as make stops at
+        // its first error; with it, everything that does not read the step is built.
+        let stop = to_run.is_empty() || (!summary.unavailable.is_empty() && !runner.keep_going());
+        if stop || !runner.records_built() {
             save_indexes(&mut plan, &*store);
         }
-        if to_run.is_empty() {
+        if stop {
             dispose(plan);
             break;
         }

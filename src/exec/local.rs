@@ -33,6 +33,10 @@ impl RoundRunner for Local<'_> {
         true
     }
 
+    fn keep_going(&self) -> bool {
+        self.options.keep_going
+    }
+
     fn run_round(&mut self, cx: &RoundCx, plan: &mut Plan, to_run: &[usize]) -> anyhow::Result<Round> {
         Ok(cx.runtime.block_on(run_round(cx, plan, to_run, self.options)))
     }

@@ -41,7 +41,7 @@ pub struct RemoteJob {
     pub target: String,
     pub step: String,
     /// `cpu`, `net` or `gpu`: GPU jobs ask the scheduler for a GPU.
-    pub resource: String,
+    pub resource: Resource,
     /// Targets of this plan that must be built first.
     pub after: Vec<String>,
     /// Which remote task runs it (Databricks: one task per cluster kind); empty for any.
@@ -66,14 +66,6 @@ impl RemotePlan {
     /// A digest of the work: the same plan gives the same digest (idempotent submissions).
     pub fn digest(&self) -> anyhow::Result<String> {
         Ok(blake3::hash(&serde_json::to_vec(self)?).to_hex().to_string())
-    }
-}
-
-pub fn resource_name(resource: Resource) -> &'static str {
-    match resource {
-        Resource::Cpu => "cpu",
-        Resource::Net => "net",
-        Resource::Gpu => "gpu",
     }
 }
 
@@ -124,7 +116,7 @@ pub fn remote_plan(
         waves[l].push(RemoteJob {
             target: target.name.clone(),
             step: step.name.clone(),
-            resource: resource_name(step.traits.resource).to_string(),
+            resource: step.traits.resource,
             after,
             task: String::new(),
             job,
@@ -240,6 +232,10 @@ impl RoundRunner for Remote<'_> {
     /// The workers publish manifests to the store; the plan's step states never see them.
     fn records_built(&self) -> bool {
         false
+    }
+
+    fn keep_going(&self) -> bool {
+        self.options.keep_going
     }
 
     fn run_round(&mut self, cx: &RoundCx, plan: &mut Plan, to_run: &[usize]) -> anyhow::Result<Round> {

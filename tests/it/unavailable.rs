@@ -67,9 +67,15 @@ fn unavailable_leaves_the_rest(s: &Sandbox, bad: &str, after: &str, why: &str) {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(built(&json(&run)), strings(&["up/a.txt"]));
 
-    // The whole pipeline: what can be built is (already is), then the unavailable step is reported.
+    // The whole pipeline stops before any work, as make does at its first error, naming the step; with
+    // --keep-going, everything that does not read it is built, then it is named.
     s.write("data/b.txt", "bravo\n");
-    let run = s.run(&["build", "--format", "json"]);
+    let run = s.run(&["build"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("Unavailable:\n  {bad}: ")), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("error: step `{bad}` cannot be planned now: ")), "{}", run.stderr);
+    assert!(!s.store().join("pipeline/up/b.txt").exists(), "nothing was built without --keep-going");
+    let run = s.run(&["build", "--keep-going", "--format", "json"]);
     assert_eq!(run.code, 3, "{}", run.stderr);
     let summary = json(&run);
     assert_eq!(built(&summary), strings(&["up/b.txt"]));

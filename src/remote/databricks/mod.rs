@@ -8,7 +8,7 @@ pub mod auth;
 
 use super::{DatabricksSection, Remote};
 use crate::exec::remote::{Executor, RemotePlan, Reporter, TargetResult};
-use crate::kind::Cancel;
+use crate::kind::{Cancel, Resource};
 use crate::store::{META_DIR, Store, manifest_path};
 use anyhow::{Context, anyhow, bail};
 use auth::Auth;
@@ -123,12 +123,12 @@ impl DatabricksExecutor {
         }
     }
 
-    fn cluster_for(&self, step: &str, resource: &str) -> String {
+    fn cluster_for(&self, step: &str, resource: Resource) -> String {
         let e = &self.settings;
         if let Some(cluster) = e.steps.get(step) {
             return cluster.clone();
         }
-        if resource == "gpu" && e.clusters.contains_key("gpu") {
+        if resource == Resource::Gpu && e.clusters.contains_key("gpu") {
             return "gpu".to_string();
         }
         e.default_cluster.clone().unwrap_or_else(|| "cpu".to_string())
@@ -139,7 +139,7 @@ impl DatabricksExecutor {
     fn assign_tasks(&self, plan: &mut RemotePlan) -> Vec<(String, String)> {
         let mut tasks: Vec<(String, String)> = Vec::new();
         for wave in &mut plan.waves {
-            let mut clusters: Vec<String> = wave.iter().map(|j| self.cluster_for(&j.step, &j.resource)).collect();
+            let mut clusters: Vec<String> = wave.iter().map(|j| self.cluster_for(&j.step, j.resource)).collect();
             let mut order = clusters.clone();
             order.sort();
             order.dedup();
