@@ -42,8 +42,8 @@ pub fn decode(
         return None;
     }
     let (w, h) = (header.width as u32, header.height as u32);
-    if u64::from(w) * u64::from(h) > o.max_pixels {
-        return Some(Err(super::options::over_pixel_limit(w, h, o)));
+    if let Err(e) = super::options::check_dimensions(o, w, h) {
+        return Some(Err(e));
     }
     let orientation = orientation(bytes);
     let transposed = transposes(orientation);
@@ -51,7 +51,11 @@ pub fn decode(
     if let Err(e) = super::options::check_size(o, ow, oh) {
         return Some(Err(e));
     }
-    let scale = match super::options::resized_size(o, ow, oh) {
+    let target = match super::options::resized_size(o, ow, oh) {
+        Ok(target) => target,
+        Err(e) => return Some(Err(e)),
+    };
+    let scale = match target {
         Some((tw, th, _)) => {
             let (tw, th) = if transposed { (th, tw) } else { (tw, th) };
             largest_reduction(w, h, tw, th)

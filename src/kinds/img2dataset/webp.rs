@@ -3,7 +3,7 @@
 //! 256 px never exists at full size in RGB. Animated, alpha and EXIF-carrying files go to the general
 //! decoder, which animates, composites and orients them.
 
-use super::options::{Decoded, Pixels, ProcessOptions, check_size, over_pixel_limit, resized_size};
+use super::options::{Decoded, Pixels, ProcessOptions, check_dimensions, check_size, resized_size};
 use libwebp_sys as webp;
 
 /// `None` hands the image to the general decoder, also for a file libwebp rejects (it words the error).
@@ -18,16 +18,17 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<
         return None;
     }
     let (w, h) = (u32::try_from(config.input.width).ok()?, u32::try_from(config.input.height).ok()?);
-    if u64::from(w) * u64::from(h) > o.max_pixels {
-        return Some(Err(over_pixel_limit(w, h, o)));
+    if let Err(e) = check_dimensions(o, w, h) {
+        return Some(Err(e));
     }
     if let Err(e) = check_size(o, w, h) {
         return Some(Err(e));
     }
     // Only shrinking is left to libwebp; growing is the resizer's (Lanczos, as img2dataset).
     let (tw, th) = match resized_size(o, w, h) {
-        Some((nw, nh, true)) => (nw, nh),
-        _ => (w, h),
+        Ok(Some((nw, nh, true))) => (nw, nh),
+        Ok(_) => (w, h),
+        Err(e) => return Some(Err(e)),
     };
     if (tw, th) != (w, h) {
         config.options.use_scaling = 1;
