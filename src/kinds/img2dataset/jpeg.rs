@@ -18,10 +18,18 @@ pub struct Codec {
     compressor: Option<Compressor>,
 }
 
+/// Scans a progressive JPEG may have. Each scan walks every block of the image, so a small file of many
+/// near-empty scans costs scans × pixels (libjpeg-turbo's "two issues with the JPEG standard"); real
+/// encoders write about 10. 100 is what the general decoder (zune-jpeg) allows by default, so both paths
+/// refuse the same files.
+pub const SCAN_LIMIT: u32 = 100;
+
 impl Codec {
     fn decompressor(&mut self) -> Option<&mut Decompressor> {
         if self.decompressor.is_none() {
-            self.decompressor = Decompressor::new().ok();
+            let mut d = Decompressor::new().ok()?;
+            d.set_scan_limit(SCAN_LIMIT).ok()?;
+            self.decompressor = Some(d);
         }
         self.decompressor.as_mut()
     }
@@ -73,7 +81,9 @@ pub fn decode(
     }
     decompressor.set_scaling_factor(scale).ok()?;
     let image = Image { pixels: &mut pixels[..n], width: sw, pitch: sw * 3, height: sh, format: PixelFormat::RGB };
-    decompressor.decompress(bytes, image).ok()?;
+    if let Err(e) = decompressor.decompress(bytes, image) {
+        return refused(&e);
+    }
     let (sw, sh) = (sw as u32, sh as u32);
     let (pixels, width, height) = if orientation == Orientation::NoTransforms {
         (Pixels::Scratch(n), sw, sh)
@@ -94,6 +104,16 @@ pub fn decode(
         upright: orientation == Orientation::NoTransforms,
         composited: false,
     }))
+}
+
+/// What to make of libjpeg-turbo's error (or warning, which TurboJPEG reports the same way): a verdict for
+/// a file the general decoder must not retry (it would redo the work the limit refused), `None` otherwise.
+fn refused(e: &turbojpeg::Error) -> Option<Result<Decoded, String>> {
+    let turbojpeg::Error::TurboJpegError(message) = e else { return None };
+    if message.starts_with("Progressive JPEG image has more than") {
+        return Some(Err(format!("image decoding error: progressive JPEG with over {SCAN_LIMIT} scans")));
+    }
+    None
 }
 
 /// The smallest of 1/8, 1/4, 1/2 that keeps both sides at least the target's (scaling up never shrinks).
@@ -148,5 +168,32 @@ mod tests {
         assert_eq!(largest_reduction(600, 400, 256, 171), ScalingFactor::ONE_HALF);
         assert_eq!(largest_reduction(300, 200, 256, 171), ScalingFactor::ONE);
         assert_eq!(largest_reduction(100, 80, 256, 205), ScalingFactor::ONE);
+    }
+
+    /// A progressive JPEG, its last scan repeated `extra` times before the end-of-image marker.
+    pub fn with_extra_scans(extra: usize) -> Vec<u8> {
+        let img = Image::mandelbrot(16, 16, PixelFormat::RGB);
+        let mut c = Compressor::new().unwrap();
+        c.set_progressive(true).unwrap();
+        let jpeg = c.compress_to_vec(img.as_deref()).unwrap();
+        let eoi = jpeg.len() - 2;
+        assert_eq!(&jpeg[eoi..], [0xff, 0xd9]);
+        let last_sos = jpeg.windows(2).rposition(|w| w == [0xff, 0xda]).unwrap();
+        let mut out = jpeg[..eoi].to_vec();
+        for _ in 0..extra {
+            out.extend_from_slice(&jpeg[last_sos..eoi]);
+        }
+        out.extend_from_slice(&jpeg[eoi..]);
+        out
+    }
+
+    /// The scan limit stops libjpeg-turbo at scan 101, and the general decoder is not tried after it.
+    #[test]
+    fn scans_are_limited() {
+        use super::super::process::{Scratch, process, tests::options};
+        let o = options(super::super::options::ResizeMode::Border);
+        assert!(process(&with_extra_scans(10), &o, &mut Scratch::default()).is_ok());
+        let err = process(&with_extra_scans(200), &o, &mut Scratch::default()).err();
+        assert_eq!(err.as_deref(), Some("image decoding error: progressive JPEG with over 100 scans"));
     }
 }

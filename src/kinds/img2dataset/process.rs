@@ -3,6 +3,15 @@
 //! purpose: the dimensions are read from the header and checked against a pixel cap before anything is
 //! decoded; EXIF orientation is applied; a JPEG is decoded scaled in the DCT when the output is much smaller
 //! (`jpeg.rs`); WebP is written lossless (the `image` crate has no lossy encoder).
+//!
+//! The work per image is bounded by counts, not by a clock: the body by the download cap, the decoded
+//! pixels and the resize target by `max_pixels` (from the header, before allocating), a progressive JPEG's
+//! scans by `jpeg::SCAN_LIMIT` (each scan walks the whole image), an animation by its first frame (the only
+//! one decoded). There is no deadline per decode because nothing long could be stopped by one: each costly
+//! step is a single call that cannot be interrupted (libjpeg-turbo's decompress, the `image` crate's
+//! decoders, libwebp's `WebPDecode`, the resizer, the encoders), and the loops of our own (compositing,
+//! walking RIFF chunks) are linear in those bounded sizes. A clock checked between steps would only fail a
+//! row after paying for it, and would make its status depend on the machine's load.
 
 use super::options::{Decoded, Encode, Pixels, ProcessOptions, ResizeMode, check_dimensions, check_size, resized_size};
 use super::{jpeg, webp};
@@ -202,10 +211,10 @@ fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions, codec: &mut jpeg::C
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn options(mode: ResizeMode) -> ProcessOptions {
+    pub(in super::super) fn options(mode: ResizeMode) -> ProcessOptions {
         ProcessOptions {
             image_size: 64,
             mode,
