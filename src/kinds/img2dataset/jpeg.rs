@@ -36,8 +36,8 @@ impl Codec {
 }
 
 /// Decodes a JPEG, scaled when the output allows it. `None` hands the image to the general decoder: CMYK
-/// and lossless JPEGs, and files libjpeg-turbo rejects or warns about (a truncated scan, which the general
-/// decoder fills in as OpenCV does).
+/// and lossless JPEGs, and files libjpeg-turbo rejects or warns about (stray bytes before a marker, which
+/// the general decoder tolerates), except a cut file and one over the scan limit, which fail here.
 pub fn decode(
     bytes: &[u8],
     o: &ProcessOptions,
@@ -113,7 +113,57 @@ fn refused(e: &turbojpeg::Error) -> Option<Result<Decoded, String>> {
     if message.starts_with("Progressive JPEG image has more than") {
         return Some(Err(format!("image decoding error: progressive JPEG with over {SCAN_LIMIT} scans")));
     }
+    // A warning libjpeg-turbo fills in grey for; `ends_early` catches it first unless a marker lies about
+    // a length.
+    if message.contains("Premature end of JPEG file") {
+        return Some(Err("image decoding error: truncated file: the JPEG data ends early".to_string()));
+    }
     None
+}
+
+/// Where the next 0xFF from `at` is; the end when there is none.
+fn next_ff(bytes: &[u8], at: usize) -> usize {
+    bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0xff)).map_or(bytes.len(), |p| at + p)
+}
+
+/// Why a JPEG's data ends before its end-of-image marker, walking its markers as libjpeg reads them:
+/// segments by their lengths, entropy-coded data up to the next marker (0xFF then neither a stuffed zero nor
+/// a restart), stray bytes between markers skipped. What follows the first EOI (a second image, a motion
+/// photo's video) is not looked at.
+pub fn ends_early(bytes: &[u8]) -> Option<&'static str> {
+    const EARLY: Option<&str> = Some("the JPEG ends before its end-of-image marker");
+    let mut at = 2; // after SOI
+    loop {
+        // The next marker: skip stray bytes up to an 0xFF, then fill bytes (more 0xFF).
+        at = next_ff(bytes, at);
+        while bytes.get(at) == Some(&0xff) {
+            at += 1;
+        }
+        let Some(&marker) = bytes.get(at) else { return EARLY };
+        at += 1;
+        match marker {
+            0xd9 => return None,
+            // Standalone markers: no length.
+            0x00 | 0x01 | 0xd0..=0xd7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(at..at + 2) else { return EARLY };
+        at += usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if at > bytes.len() {
+            return EARLY;
+        }
+        if marker == 0xda {
+            // Entropy-coded data runs to the next 0xFF that is not followed by 0x00 or a restart marker.
+            loop {
+                at = next_ff(bytes, at);
+                match bytes.get(at + 1) {
+                    None => return EARLY,
+                    Some(0x00 | 0xd0..=0xd7) => at += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 /// The smallest of 1/8, 1/4, 1/2 that keeps both sides at least the target's (scaling up never shrinks).
@@ -195,5 +245,22 @@ mod tests {
         assert!(process(&with_extra_scans(10), &o, &mut Scratch::default()).is_ok());
         let err = process(&with_extra_scans(200), &o, &mut Scratch::default()).err();
         assert_eq!(err.as_deref(), Some("image decoding error: progressive JPEG with over 100 scans"));
+    }
+
+    /// libjpeg-turbo's warning about a cut file is a failure too, for a file whose markers `ends_early`
+    /// cannot see through; the marker walk itself stops at the first EOI.
+    #[test]
+    fn a_cut_file_is_truncated_to_both_checks() {
+        use super::super::process::tests::options;
+        let jpeg = with_extra_scans(0);
+        assert_eq!(ends_early(&jpeg), None);
+        let cut = &jpeg[..jpeg.len() - 40];
+        assert_eq!(ends_early(cut), Some("the JPEG ends before its end-of-image marker"));
+        let o = options(super::super::options::ResizeMode::No);
+        let err = decode(cut, &o, &mut Codec::default(), &mut Vec::new()).map(|r| r.err());
+        assert_eq!(err, Some(Some("image decoding error: truncated file: the JPEG data ends early".to_string())));
+        let mut two = jpeg.clone();
+        two.extend_from_slice(cut);
+        assert_eq!(ends_early(&two), None);
     }
 }

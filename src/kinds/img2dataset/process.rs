@@ -51,6 +51,16 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
         return Err("image decoding error: empty body".to_string());
     }
     let format = image::guess_format(bytes).map_err(|_| "image decoding error: not an image format".to_string())?;
+    // A complete response may carry a cut file; decoders fill in what is missing, img2dataset fails it.
+    let truncated = match format {
+        ImageFormat::Jpeg => jpeg::ends_early(bytes),
+        ImageFormat::Png => png_ends_early(bytes),
+        ImageFormat::WebP => webp::ends_early(bytes),
+        _ => None,
+    };
+    if let Some(why) = truncated {
+        return Err(format!("image decoding error: truncated file: {why}"));
+    }
     let turbo = match format {
         ImageFormat::Jpeg => jpeg::decode(bytes, o, &mut scratch.codec, &mut scratch.pixels),
         ImageFormat::WebP => webp::decode(bytes, o, &mut scratch.pixels),
@@ -141,6 +151,25 @@ fn decode_any(bytes: &[u8], format: ImageFormat, o: &ProcessOptions, scratch: &m
     };
     check_size(o, decoded.original_width, decoded.original_height)?;
     Ok(decoded)
+}
+
+/// Why a PNG's data ends before its IEND chunk, walking the chunks by their lengths (as libpng reads them;
+/// bytes after IEND are ignored).
+fn png_ends_early(bytes: &[u8]) -> Option<&'static str> {
+    let mut at = 8usize;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        // Length, type, data and CRC.
+        let end = at.saturating_add(12).saturating_add(len);
+        if end > bytes.len() {
+            break;
+        }
+        if &header[4..8] == b"IEND" {
+            return None;
+        }
+        at = end;
+    }
+    Some("the PNG ends before its IEND chunk")
 }
 
 /// img2dataset's alpha matting: alpha/255·colour + 255 − alpha, rounded.
@@ -426,5 +455,57 @@ pub(super) mod tests {
         assert_eq!((p.width, p.height), (64, 64));
         o.max_pixels = 64 * 64 - 1;
         assert_eq!(process_(&gif, &o).err().unwrap(), "image is 64x64 pixels, over the 4095-pixel limit");
+    }
+
+    /// A file cut short inside a complete response fails with a message that says so, wherever the cut
+    /// falls: in the middle, or in the last bytes (a JPEG's EOI, a PNG's IEND, a WebP's last pixels), and
+    /// whichever decoder would have taken it (an RGBA WebP goes to the general decoder).
+    #[test]
+    fn truncated_files_fail() {
+        let rgb = image::DynamicImage::ImageRgb8(card(300, 200));
+        let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(120, 80, |x, y| {
+            image::Rgba([x as u8, y as u8, 7, (x + y) as u8])
+        }));
+        let mut progressive = turbojpeg::Compressor::new().unwrap();
+        progressive.set_progressive(true).unwrap();
+        let progressive = progressive
+            .compress_to_vec(turbojpeg::Image {
+                pixels: rgb.as_bytes(),
+                width: 300,
+                pitch: 900,
+                height: 200,
+                format: turbojpeg::PixelFormat::RGB,
+            })
+            .unwrap();
+        let files = [
+            ("JPEG", encode_as(&rgb, ImageFormat::Jpeg), "the JPEG ends before its end-of-image marker"),
+            ("progressive JPEG", progressive, "the JPEG ends before its end-of-image marker"),
+            ("PNG", encode_as(&rgb, ImageFormat::Png), "the PNG ends before its IEND chunk"),
+            ("WebP", encode_as(&rgb, ImageFormat::WebP), "the WebP ends before the size its RIFF header gives"),
+            ("RGBA WebP", encode_as(&rgba, ImageFormat::WebP), "the WebP ends before the size its RIFF header gives"),
+        ];
+        for (name, bytes, why) in files {
+            assert!(process_(&bytes, &options(ResizeMode::Border)).is_ok(), "{name} whole");
+            for cut in [bytes.len() / 3, bytes.len() * 2 / 3, bytes.len() - 1] {
+                let err = process_(&bytes[..cut], &options(ResizeMode::Border)).err();
+                let want = format!("image decoding error: truncated file: {why}");
+                assert_eq!(err, Some(want), "{name} cut at {cut} of {}", bytes.len());
+            }
+        }
+    }
+
+    /// Bytes after a complete image are not a truncation: a JPEG followed by another (a multi-picture file)
+    /// or by a motion photo's video, a PNG or WebP with trailing bytes.
+    #[test]
+    fn trailing_bytes_are_not_a_truncation() {
+        let rgb = image::DynamicImage::ImageRgb8(card(64, 48));
+        let jpeg = encode_as(&rgb, ImageFormat::Jpeg);
+        let mut tail = jpeg[..jpeg.len() / 2].to_vec(); // a marker-rich tail that itself ends early
+        tail.extend_from_slice(b"\xff\xda\x00\x08junk");
+        for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+            let mut bytes = encode_as(&rgb, format);
+            bytes.extend_from_slice(&tail);
+            assert!(process_(&bytes, &options(ResizeMode::Border)).is_ok(), "{format:?}");
+        }
     }
 }

@@ -46,6 +46,9 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<
     // SAFETY: the output buffer is `pixels`, at least `n` bytes, rows of `stride` bytes as declared; libwebp
     // writes only within it (external memory) and keeps no pointer after WebPDecode returns.
     let status = unsafe { webp::WebPDecode(bytes.as_ptr(), bytes.len(), &mut config) };
+    if status == webp::VP8StatusCode::VP8_STATUS_NOT_ENOUGH_DATA {
+        return Some(Err("image decoding error: truncated file: the WebP bitstream ends early".to_string()));
+    }
     if status != webp::VP8StatusCode::VP8_STATUS_OK {
         return None;
     }
@@ -58,6 +61,14 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<
         upright: true,
         composited: false,
     }))
+}
+
+/// Why a WebP's data ends before its RIFF header says it does (libwebp's own test, applied to the files
+/// the general decoder gets too).
+pub fn ends_early(bytes: &[u8]) -> Option<&'static str> {
+    let size = bytes.get(4..8)?;
+    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+    (size.saturating_add(8) > bytes.len()).then_some("the WebP ends before the size its RIFF header gives")
 }
 
 /// Whether the RIFF container holds any of `fourccs` among its chunks.
