@@ -18,18 +18,26 @@ pub struct Codec {
     compressor: Option<Compressor>,
 }
 
+/// Scans a progressive JPEG may have. Each scan walks every block of the image, so a small file of many
+/// near-empty scans costs scans × pixels (libjpeg-turbo's "two issues with the JPEG standard"); real
+/// encoders write about 10. 100 is what the general decoder (zune-jpeg) allows by default, so both paths
+/// refuse the same files.
+pub const SCAN_LIMIT: u32 = 100;
+
 impl Codec {
     fn decompressor(&mut self) -> Option<&mut Decompressor> {
         if self.decompressor.is_none() {
-            self.decompressor = Decompressor::new().ok();
+            let mut d = Decompressor::new().ok()?;
+            d.set_scan_limit(SCAN_LIMIT).ok()?;
+            self.decompressor = Some(d);
         }
         self.decompressor.as_mut()
     }
 }
 
 /// Decodes a JPEG, scaled when the output allows it. `None` hands the image to the general decoder: CMYK
-/// and lossless JPEGs, and files libjpeg-turbo rejects or warns about (a truncated scan, which the general
-/// decoder fills in as OpenCV does).
+/// and lossless JPEGs, and files libjpeg-turbo rejects or warns about (stray bytes before a marker, which
+/// the general decoder tolerates), except a cut file and one over the scan limit, which fail here.
 pub fn decode(
     bytes: &[u8],
     o: &ProcessOptions,
@@ -42,8 +50,8 @@ pub fn decode(
         return None;
     }
     let (w, h) = (header.width as u32, header.height as u32);
-    if u64::from(w) * u64::from(h) > o.max_pixels {
-        return Some(Err(super::options::over_pixel_limit(w, h, o)));
+    if let Err(e) = super::options::check_dimensions(o, w, h) {
+        return Some(Err(e));
     }
     let orientation = orientation(bytes);
     let transposed = transposes(orientation);
@@ -51,7 +59,11 @@ pub fn decode(
     if let Err(e) = super::options::check_size(o, ow, oh) {
         return Some(Err(e));
     }
-    let scale = match super::options::resized_size(o, ow, oh) {
+    let target = match super::options::resized_size(o, ow, oh) {
+        Ok(target) => target,
+        Err(e) => return Some(Err(e)),
+    };
+    let scale = match target {
         Some((tw, th, _)) => {
             let (tw, th) = if transposed { (th, tw) } else { (tw, th) };
             largest_reduction(w, h, tw, th)
@@ -69,7 +81,9 @@ pub fn decode(
     }
     decompressor.set_scaling_factor(scale).ok()?;
     let image = Image { pixels: &mut pixels[..n], width: sw, pitch: sw * 3, height: sh, format: PixelFormat::RGB };
-    decompressor.decompress(bytes, image).ok()?;
+    if let Err(e) = decompressor.decompress(bytes, image) {
+        return refused(&e);
+    }
     let (sw, sh) = (sw as u32, sh as u32);
     let (pixels, width, height) = if orientation == Orientation::NoTransforms {
         (Pixels::Scratch(n), sw, sh)
@@ -90,6 +104,66 @@ pub fn decode(
         upright: orientation == Orientation::NoTransforms,
         composited: false,
     }))
+}
+
+/// What to make of libjpeg-turbo's error (or warning, which TurboJPEG reports the same way): a verdict for
+/// a file the general decoder must not retry (it would redo the work the limit refused), `None` otherwise.
+fn refused(e: &turbojpeg::Error) -> Option<Result<Decoded, String>> {
+    let turbojpeg::Error::TurboJpegError(message) = e else { return None };
+    if message.starts_with("Progressive JPEG image has more than") {
+        return Some(Err(format!("image decoding error: progressive JPEG with over {SCAN_LIMIT} scans")));
+    }
+    // A warning libjpeg-turbo fills in grey for; `ends_early` catches it first unless a marker lies about
+    // a length.
+    if message.contains("Premature end of JPEG file") {
+        return Some(Err("image decoding error: truncated file: the JPEG data ends early".to_string()));
+    }
+    None
+}
+
+/// Where the next 0xFF from `at` is; the end when there is none.
+fn next_ff(bytes: &[u8], at: usize) -> usize {
+    bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0xff)).map_or(bytes.len(), |p| at + p)
+}
+
+/// Why a JPEG's data ends before its end-of-image marker, walking its markers as libjpeg reads them:
+/// segments by their lengths, entropy-coded data up to the next marker (0xFF then neither a stuffed zero nor
+/// a restart), stray bytes between markers skipped. What follows the first EOI (a second image, a motion
+/// photo's video) is not looked at.
+pub fn ends_early(bytes: &[u8]) -> Option<&'static str> {
+    const EARLY: Option<&str> = Some("the JPEG ends before its end-of-image marker");
+    let mut at = 2; // after SOI
+    loop {
+        // The next marker: skip stray bytes up to an 0xFF, then fill bytes (more 0xFF).
+        at = next_ff(bytes, at);
+        while bytes.get(at) == Some(&0xff) {
+            at += 1;
+        }
+        let Some(&marker) = bytes.get(at) else { return EARLY };
+        at += 1;
+        match marker {
+            0xd9 => return None,
+            // Standalone markers: no length.
+            0x00 | 0x01 | 0xd0..=0xd7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(at..at + 2) else { return EARLY };
+        at += usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if at > bytes.len() {
+            return EARLY;
+        }
+        if marker == 0xda {
+            // Entropy-coded data runs to the next 0xFF that is not followed by 0x00 or a restart marker.
+            loop {
+                at = next_ff(bytes, at);
+                match bytes.get(at + 1) {
+                    None => return EARLY,
+                    Some(0x00 | 0xd0..=0xd7) => at += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 /// The smallest of 1/8, 1/4, 1/2 that keeps both sides at least the target's (scaling up never shrinks).
@@ -144,5 +218,49 @@ mod tests {
         assert_eq!(largest_reduction(600, 400, 256, 171), ScalingFactor::ONE_HALF);
         assert_eq!(largest_reduction(300, 200, 256, 171), ScalingFactor::ONE);
         assert_eq!(largest_reduction(100, 80, 256, 205), ScalingFactor::ONE);
+    }
+
+    /// A progressive JPEG, its last scan repeated `extra` times before the end-of-image marker.
+    pub fn with_extra_scans(extra: usize) -> Vec<u8> {
+        let img = Image::mandelbrot(16, 16, PixelFormat::RGB);
+        let mut c = Compressor::new().unwrap();
+        c.set_progressive(true).unwrap();
+        let jpeg = c.compress_to_vec(img.as_deref()).unwrap();
+        let eoi = jpeg.len() - 2;
+        assert_eq!(&jpeg[eoi..], [0xff, 0xd9]);
+        let last_sos = jpeg.windows(2).rposition(|w| w == [0xff, 0xda]).unwrap();
+        let mut out = jpeg[..eoi].to_vec();
+        for _ in 0..extra {
+            out.extend_from_slice(&jpeg[last_sos..eoi]);
+        }
+        out.extend_from_slice(&jpeg[eoi..]);
+        out
+    }
+
+    /// The scan limit stops libjpeg-turbo at scan 101, and the general decoder is not tried after it.
+    #[test]
+    fn scans_are_limited() {
+        use super::super::process::{Scratch, process, tests::options};
+        let o = options(super::super::options::ResizeMode::Border);
+        assert!(process(&with_extra_scans(10), &o, &mut Scratch::default()).is_ok());
+        let err = process(&with_extra_scans(200), &o, &mut Scratch::default()).err();
+        assert_eq!(err.as_deref(), Some("image decoding error: progressive JPEG with over 100 scans"));
+    }
+
+    /// libjpeg-turbo's warning about a cut file is a failure too, for a file whose markers `ends_early`
+    /// cannot see through; the marker walk itself stops at the first EOI.
+    #[test]
+    fn a_cut_file_is_truncated_to_both_checks() {
+        use super::super::process::tests::options;
+        let jpeg = with_extra_scans(0);
+        assert_eq!(ends_early(&jpeg), None);
+        let cut = &jpeg[..jpeg.len() - 40];
+        assert_eq!(ends_early(cut), Some("the JPEG ends before its end-of-image marker"));
+        let o = options(super::super::options::ResizeMode::No);
+        let err = decode(cut, &o, &mut Codec::default(), &mut Vec::new()).map(|r| r.err());
+        assert_eq!(err, Some(Some("image decoding error: truncated file: the JPEG data ends early".to_string())));
+        let mut two = jpeg.clone();
+        two.extend_from_slice(cut);
+        assert_eq!(ends_early(&two), None);
     }
 }

@@ -90,6 +90,18 @@ pub fn over_pixel_limit(w: u32, h: u32, o: &ProcessOptions) -> String {
     format!("image is {w}x{h} pixels, over the {}-pixel limit", o.max_pixels)
 }
 
+/// The checks on a header's dimensions, before any pixel is allocated: no side may be zero (a 0×9000 GIF
+/// screen would make an infinite resize scale), and the decoded pixels must fit the cap.
+pub fn check_dimensions(o: &ProcessOptions, w: u32, h: u32) -> Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("image is {w}x{h} pixels: a side is zero"));
+    }
+    if u64::from(w) * u64::from(h) > o.max_pixels {
+        return Err(over_pixel_limit(w, h, o));
+    }
+    Ok(())
+}
+
 /// img2dataset's checks on the (upright) original size, with its messages.
 pub fn check_size(o: &ProcessOptions, w: u32, h: u32) -> Result<(), String> {
     if w.min(h) < o.min_image_size {
@@ -105,18 +117,31 @@ pub fn check_size(o: &ProcessOptions, w: u32, h: u32) -> Result<(), String> {
 }
 
 /// The size img2dataset resizes a `w`×`h` image to before cropping or padding, and whether that shrinks
-/// it; `None` when it is not resized.
-pub fn resized_size(o: &ProcessOptions, w: u32, h: u32) -> Option<(u32, u32, bool)> {
+/// it; `None` when it is not resized. An error when that size is absurd: a zero side, or more pixels than the
+/// cap allows (a 1×9000 strip under `center_crop` to 256 px would be 256×2,304,000), so that nothing of that
+/// size is ever allocated.
+pub fn resized_size(o: &ProcessOptions, w: u32, h: u32) -> Result<Option<(u32, u32, bool)>, String> {
     let size = o.image_size;
     let side = match o.mode {
-        ResizeMode::No => return None,
+        ResizeMode::No => return Ok(None),
         ResizeMode::KeepRatio | ResizeMode::CenterCrop => w.min(h),
         ResizeMode::KeepRatioLargest | ResizeMode::Border => w.max(h),
     };
     let downscale = side > size;
     if o.resize_only_if_bigger && !downscale {
-        return None;
+        return Ok(None);
+    }
+    if w == 0 || h == 0 {
+        return Err(format!("image is {w}x{h} pixels: a side is zero"));
     }
     let scale = f64::from(size) / f64::from(side);
-    Some((py_round(f64::from(w) * scale), py_round(f64::from(h) * scale), downscale))
+    let (nw, nh) = (f64::from(w) * scale, f64::from(h) * scale);
+    // Checked as floats: the u32 casts below saturate, which would hide an overflow.
+    if !scale.is_finite() || nw.round() * nh.round() > o.max_pixels as f64 {
+        return Err(format!(
+            "resizing {w}x{h} to {size} px ({}) would make {nw:.0}x{nh:.0} pixels, over the {}-pixel limit",
+            o.mode, o.max_pixels
+        ));
+    }
+    Ok(Some((py_round(nw), py_round(nh), downscale)))
 }

@@ -3,8 +3,17 @@
 //! purpose: the dimensions are read from the header and checked against a pixel cap before anything is
 //! decoded; EXIF orientation is applied; a JPEG is decoded scaled in the DCT when the output is much smaller
 //! (`jpeg.rs`); WebP is written lossless (the `image` crate has no lossy encoder).
+//!
+//! The work per image is bounded by counts, not by a clock: the body by the download cap, the decoded
+//! pixels and the resize target by `max_pixels` (from the header, before allocating), a progressive JPEG's
+//! scans by `jpeg::SCAN_LIMIT` (each scan walks the whole image), an animation by its first frame (the only
+//! one decoded). There is no deadline per decode because nothing long could be stopped by one: each costly
+//! step is a single call that cannot be interrupted (libjpeg-turbo's decompress, the `image` crate's
+//! decoders, libwebp's `WebPDecode`, the resizer, the encoders), and the loops of our own (compositing,
+//! walking RIFF chunks) are linear in those bounded sizes. A clock checked between steps would only fail a
+//! row after paying for it, and would make its status depend on the machine's load.
 
-use super::options::{Decoded, Encode, Pixels, ProcessOptions, ResizeMode, check_size, over_pixel_limit, resized_size};
+use super::options::{Decoded, Encode, Pixels, ProcessOptions, ResizeMode, check_dimensions, check_size, resized_size};
 use super::{jpeg, webp};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
@@ -42,6 +51,16 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
         return Err("image decoding error: empty body".to_string());
     }
     let format = image::guess_format(bytes).map_err(|_| "image decoding error: not an image format".to_string())?;
+    // A complete response may carry a cut file; decoders fill in what is missing, img2dataset fails it.
+    let truncated = match format {
+        ImageFormat::Jpeg => jpeg::ends_early(bytes),
+        ImageFormat::Png => png_ends_early(bytes),
+        ImageFormat::WebP => webp::ends_early(bytes),
+        _ => None,
+    };
+    if let Some(why) = truncated {
+        return Err(format!("image decoding error: truncated file: {why}"));
+    }
     let turbo = match format {
         ImageFormat::Jpeg => jpeg::decode(bytes, o, &mut scratch.codec, &mut scratch.pixels),
         ImageFormat::WebP => webp::decode(bytes, o, &mut scratch.pixels),
@@ -56,7 +75,7 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
         Pixels::Scratch(n) => &scratch.pixels[..*n],
         Pixels::Owned(v) => v,
     };
-    let out: Option<RgbImage> = match resized_size(o, original_width, original_height) {
+    let out: Option<RgbImage> = match resized_size(o, original_width, original_height)? {
         None => None,
         Some((nw, nh, downscale)) => {
             let resized = resize((pixels, width, height), nw, nh, downscale)?;
@@ -94,9 +113,9 @@ fn decode_any(bytes: &[u8], format: ImageFormat, o: &ProcessOptions, scratch: &m
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| format!("image decoding error: {e}"))?;
     let (w, h) = decoder.dimensions();
-    if u64::from(w) * u64::from(h) > o.max_pixels {
-        return Err(over_pixel_limit(w, h, o));
-    }
+    check_dimensions(o, w, h)?;
+    // The resize target checked now, not after decoding (orientation swaps the sides, not their product).
+    resized_size(o, w, h)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let upright = orientation == image::metadata::Orientation::NoTransforms;
     let decoded = if decoder.color_type() == image::ColorType::Rgb8 && upright {
@@ -132,6 +151,25 @@ fn decode_any(bytes: &[u8], format: ImageFormat, o: &ProcessOptions, scratch: &m
     };
     check_size(o, decoded.original_width, decoded.original_height)?;
     Ok(decoded)
+}
+
+/// Why a PNG's data ends before its IEND chunk, walking the chunks by their lengths (as libpng reads them;
+/// bytes after IEND are ignored).
+fn png_ends_early(bytes: &[u8]) -> Option<&'static str> {
+    let mut at = 8usize;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        // Length, type, data and CRC.
+        let end = at.saturating_add(12).saturating_add(len);
+        if end > bytes.len() {
+            break;
+        }
+        if &header[4..8] == b"IEND" {
+            return None;
+        }
+        at = end;
+    }
+    Some("the PNG ends before its IEND chunk")
 }
 
 /// img2dataset's alpha matting: alpha/255·colour + 255 − alpha, rounded.
@@ -202,10 +240,10 @@ fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions, codec: &mut jpeg::C
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn options(mode: ResizeMode) -> ProcessOptions {
+    pub(in super::super) fn options(mode: ResizeMode) -> ProcessOptions {
         ProcessOptions {
             image_size: 64,
             mode,
@@ -329,5 +367,145 @@ mod tests {
         assert_eq!(process_(&png(20, 40), &o).err().unwrap(), "image too small");
         assert_eq!(process_(b"", &o).err().unwrap(), "image decoding error: empty body");
         assert_eq!(process_(b"<html></html>", &o).err().unwrap(), "image decoding error: not an image format");
+    }
+
+    /// A GIF of `w`×`h` logical screen with one 1×1 frame, written by hand: 35 bytes.
+    fn gif_screen(w: u16, h: u16) -> Vec<u8> {
+        let mut g = b"GIF89a".to_vec();
+        g.extend(w.to_le_bytes());
+        g.extend(h.to_le_bytes());
+        g.extend([0x80, 0, 0, 0, 0, 0, 255, 255, 255]); // a global table of two colours
+        g.extend([0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // a 1×1 frame at 0,0
+        g.extend([2, 2, 0x44, 0x01, 0, 0x3b]); // its LZW data, the trailer
+        g
+    }
+
+    /// Zero or absurd dimensions fail in every mode from the header and the resize target, before any pixel
+    /// buffer of that size exists (the cap is 2^24 pixels, the scratch buffer stays empty).
+    #[test]
+    fn absurd_dimensions_fail_before_anything_is_allocated() {
+        let zero = gif_screen(0, 9000);
+        assert_eq!(zero.len(), 35);
+        let modes = [
+            ResizeMode::No,
+            ResizeMode::KeepRatio,
+            ResizeMode::KeepRatioLargest,
+            ResizeMode::CenterCrop,
+            ResizeMode::Border,
+        ];
+        for mode in modes {
+            let mut scratch = Scratch::default();
+            let err = process(&zero, &options(mode), &mut scratch).err();
+            assert_eq!(err.as_deref(), Some("image is 0x9000 pixels: a side is zero"), "{mode:?}");
+            assert_eq!(scratch.pixels.capacity(), 0, "{mode:?}");
+        }
+        // A 1×9000 strip is fine as it is, but scaled so its short side is 64 px it would be 64×576,000.
+        let strip = gif_screen(1, 9000);
+        for mode in [ResizeMode::KeepRatio, ResizeMode::CenterCrop] {
+            let mut scratch = Scratch::default();
+            let err = process(&strip, &options(mode), &mut scratch).err();
+            let want =
+                format!("resizing 1x9000 to 64 px ({mode}) would make 64x576000 pixels, over the 16777216-pixel limit");
+            assert_eq!(err, Some(want));
+            assert_eq!(scratch.pixels.capacity(), 0, "{mode:?}");
+        }
+        for mode in [ResizeMode::No, ResizeMode::Border, ResizeMode::KeepRatioLargest] {
+            let p = process_(&strip, &options(mode)).unwrap();
+            assert_eq!((p.original_width, p.original_height), (1, 9000), "{mode:?}");
+        }
+        // The same checks on the fast paths' headers.
+        let jpeg = encode_as(&image::DynamicImage::ImageRgb8(card(1, 3000)), ImageFormat::Jpeg);
+        let webp = encode_as(&image::DynamicImage::ImageRgb8(card(1, 3000)), ImageFormat::WebP);
+        let mut o = options(ResizeMode::CenterCrop);
+        o.max_pixels = 1 << 20;
+        for (name, bytes) in [("jpeg", jpeg), ("webp", webp)] {
+            let mut scratch = Scratch::default();
+            let err = process(&bytes, &o, &mut scratch).err();
+            let want =
+                "resizing 1x3000 to 64 px (center_crop) would make 64x192000 pixels, over the 1048576-pixel limit";
+            assert_eq!(err.as_deref(), Some(want), "{name}");
+            assert_eq!(scratch.pixels.capacity(), 0, "{name}");
+        }
+    }
+
+    fn encode_as(img: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), format).unwrap();
+        out
+    }
+
+    /// An animation decodes its first frame only, as OpenCV's `imdecode` does, so its other frames cost no
+    /// pixels: 400 frames of 64×64 under a cap of two frames' pixels succeed, and a frame is checked against
+    /// the cap like a still image.
+    #[test]
+    fn animations_decode_their_first_frame_only() {
+        use image::codecs::gif::GifEncoder;
+        let mut gif = Vec::new();
+        {
+            let mut encoder = GifEncoder::new(&mut gif);
+            let frames = (0..400u32).map(|i| {
+                let px = image::Rgba([(i % 256) as u8, 0, 0, 255]);
+                image::Frame::new(image::RgbaImage::from_pixel(64, 64, px))
+            });
+            encoder.encode_frames(frames).unwrap();
+        }
+        let mut o = options(ResizeMode::No);
+        o.max_pixels = 2 * 64 * 64;
+        let p = process_(&gif, &o).unwrap();
+        assert_eq!((p.width, p.height), (64, 64));
+        o.max_pixels = 64 * 64 - 1;
+        assert_eq!(process_(&gif, &o).err().unwrap(), "image is 64x64 pixels, over the 4095-pixel limit");
+    }
+
+    /// A file cut short inside a complete response fails with a message that says so, wherever the cut
+    /// falls: in the middle, or in the last bytes (a JPEG's EOI, a PNG's IEND, a WebP's last pixels), and
+    /// whichever decoder would have taken it (an RGBA WebP goes to the general decoder).
+    #[test]
+    fn truncated_files_fail() {
+        let rgb = image::DynamicImage::ImageRgb8(card(300, 200));
+        let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(120, 80, |x, y| {
+            image::Rgba([x as u8, y as u8, 7, (x + y) as u8])
+        }));
+        let mut progressive = turbojpeg::Compressor::new().unwrap();
+        progressive.set_progressive(true).unwrap();
+        let progressive = progressive
+            .compress_to_vec(turbojpeg::Image {
+                pixels: rgb.as_bytes(),
+                width: 300,
+                pitch: 900,
+                height: 200,
+                format: turbojpeg::PixelFormat::RGB,
+            })
+            .unwrap();
+        let files = [
+            ("JPEG", encode_as(&rgb, ImageFormat::Jpeg), "the JPEG ends before its end-of-image marker"),
+            ("progressive JPEG", progressive, "the JPEG ends before its end-of-image marker"),
+            ("PNG", encode_as(&rgb, ImageFormat::Png), "the PNG ends before its IEND chunk"),
+            ("WebP", encode_as(&rgb, ImageFormat::WebP), "the WebP ends before the size its RIFF header gives"),
+            ("RGBA WebP", encode_as(&rgba, ImageFormat::WebP), "the WebP ends before the size its RIFF header gives"),
+        ];
+        for (name, bytes, why) in files {
+            assert!(process_(&bytes, &options(ResizeMode::Border)).is_ok(), "{name} whole");
+            for cut in [bytes.len() / 3, bytes.len() * 2 / 3, bytes.len() - 1] {
+                let err = process_(&bytes[..cut], &options(ResizeMode::Border)).err();
+                let want = format!("image decoding error: truncated file: {why}");
+                assert_eq!(err, Some(want), "{name} cut at {cut} of {}", bytes.len());
+            }
+        }
+    }
+
+    /// Bytes after a complete image are not a truncation: a JPEG followed by another (a multi-picture file)
+    /// or by a motion photo's video, a PNG or WebP with trailing bytes.
+    #[test]
+    fn trailing_bytes_are_not_a_truncation() {
+        let rgb = image::DynamicImage::ImageRgb8(card(64, 48));
+        let jpeg = encode_as(&rgb, ImageFormat::Jpeg);
+        let mut tail = jpeg[..jpeg.len() / 2].to_vec(); // a marker-rich tail that itself ends early
+        tail.extend_from_slice(b"\xff\xda\x00\x08junk");
+        for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+            let mut bytes = encode_as(&rgb, format);
+            bytes.extend_from_slice(&tail);
+            assert!(process_(&bytes, &options(ResizeMode::Border)).is_ok(), "{format:?}");
+        }
     }
 }

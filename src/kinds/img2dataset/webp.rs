@@ -3,7 +3,7 @@
 //! 256 px never exists at full size in RGB. Animated, alpha and EXIF-carrying files go to the general
 //! decoder, which animates, composites and orients them.
 
-use super::options::{Decoded, Pixels, ProcessOptions, check_size, over_pixel_limit, resized_size};
+use super::options::{Decoded, Pixels, ProcessOptions, check_dimensions, check_size, resized_size};
 use libwebp_sys as webp;
 
 /// `None` hands the image to the general decoder, also for a file libwebp rejects (it words the error).
@@ -18,16 +18,17 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<
         return None;
     }
     let (w, h) = (u32::try_from(config.input.width).ok()?, u32::try_from(config.input.height).ok()?);
-    if u64::from(w) * u64::from(h) > o.max_pixels {
-        return Some(Err(over_pixel_limit(w, h, o)));
+    if let Err(e) = check_dimensions(o, w, h) {
+        return Some(Err(e));
     }
     if let Err(e) = check_size(o, w, h) {
         return Some(Err(e));
     }
     // Only shrinking is left to libwebp; growing is the resizer's (Lanczos, as img2dataset).
     let (tw, th) = match resized_size(o, w, h) {
-        Some((nw, nh, true)) => (nw, nh),
-        _ => (w, h),
+        Ok(Some((nw, nh, true))) => (nw, nh),
+        Ok(_) => (w, h),
+        Err(e) => return Some(Err(e)),
     };
     if (tw, th) != (w, h) {
         config.options.use_scaling = 1;
@@ -45,6 +46,9 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<
     // SAFETY: the output buffer is `pixels`, at least `n` bytes, rows of `stride` bytes as declared; libwebp
     // writes only within it (external memory) and keeps no pointer after WebPDecode returns.
     let status = unsafe { webp::WebPDecode(bytes.as_ptr(), bytes.len(), &mut config) };
+    if status == webp::VP8StatusCode::VP8_STATUS_NOT_ENOUGH_DATA {
+        return Some(Err("image decoding error: truncated file: the WebP bitstream ends early".to_string()));
+    }
     if status != webp::VP8StatusCode::VP8_STATUS_OK {
         return None;
     }
@@ -57,6 +61,14 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<
         upright: true,
         composited: false,
     }))
+}
+
+/// Why a WebP's data ends before its RIFF header says it does (libwebp's own test, applied to the files
+/// the general decoder gets too).
+pub fn ends_early(bytes: &[u8]) -> Option<&'static str> {
+    let size = bytes.get(4..8)?;
+    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+    (size.saturating_add(8) > bytes.len()).then_some("the WebP ends before the size its RIFF header gives")
 }
 
 /// Whether the RIFF container holds any of `fourccs` among its chunks.
