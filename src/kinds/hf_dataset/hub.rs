@@ -251,7 +251,9 @@ impl Hub {
     pub fn list_files(&self, repo: &str, commit: &str) -> anyhow::Result<Vec<HubFile>> {
         let mut url = Some(format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint));
         let mut files = Vec::new();
+        let mut visited = std::collections::HashSet::new();
         while let Some(page) = url.take() {
+            visited.insert(page.clone());
             let (mut response, answered) = self.send(&page, None)?;
             self.check(&response, repo, Some(commit))?;
             if let Some(next) = next_page(&response, &answered)? {
@@ -275,6 +277,9 @@ impl Hub {
                 .map_err(|e| transport(e, &format!("GET {page}")))?;
             let entries: Vec<TreeEntry> =
                 serde_json::from_str(&text).with_context(|| format!("GET {page}: not a tree listing"))?;
+            if let Some(next) = &url {
+                follow(&visited, entries.len(), next).map_err(|why| anyhow!("GET {page}: {why}"))?;
+            }
             for e in entries.into_iter().filter(|e| e.kind == "file") {
                 let (oid, size, lfs) = match e.lfs {
                     Some(l) => (l.oid, l.size, true),
@@ -454,6 +459,18 @@ impl Hub {
         out.sync_all().ok();
         Ok(n)
     }
+}
+
+/// Whether a listing's next page may be followed: paging that names a page already read, or goes on from a page
+/// with no entries, would loop for ever.
+fn follow(visited: &std::collections::HashSet<String>, entries: usize, next: &str) -> Result<(), String> {
+    if visited.contains(next) {
+        return Err(format!("the listing's next page is {next}, which was already read: its paging loops"));
+    }
+    if entries == 0 {
+        return Err(format!("a listing page with no entries names a next page ({next}): its paging would not end"));
+    }
+    Ok(())
 }
 
 /// Whether an attempt that ended without an error moved the download on: from `before` bytes held to `after`,
@@ -661,6 +678,14 @@ mod tests {
         assert!(empty.contains("added nothing"), "{empty}");
         // A 200 that rewrote the file from the start and stopped below what was held: nothing gained.
         assert!(progress(url, 6, 3, 10).unwrap_err().contains("added nothing"));
+    }
+
+    #[test]
+    fn listing_pages_that_loop_are_not_followed() {
+        let visited: std::collections::HashSet<String> = ["http://hub/p1".to_string()].into();
+        assert_eq!(follow(&visited, 10, "http://hub/p2"), Ok(()));
+        assert!(follow(&visited, 10, "http://hub/p1").unwrap_err().contains("already read"));
+        assert!(follow(&visited, 0, "http://hub/p2").unwrap_err().contains("no entries"));
     }
 
     #[test]
