@@ -251,7 +251,9 @@ impl Hub {
     pub fn list_files(&self, repo: &str, commit: &str) -> anyhow::Result<Vec<HubFile>> {
         let mut url = Some(format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint));
         let mut files = Vec::new();
+        let mut visited = std::collections::HashSet::new();
         while let Some(page) = url.take() {
+            visited.insert(page.clone());
             let (mut response, answered) = self.send(&page, None)?;
             self.check(&response, repo, Some(commit))?;
             if let Some(next) = next_page(&response, &answered)? {
@@ -275,6 +277,9 @@ impl Hub {
                 .map_err(|e| transport(e, &format!("GET {page}")))?;
             let entries: Vec<TreeEntry> =
                 serde_json::from_str(&text).with_context(|| format!("GET {page}: not a tree listing"))?;
+            if let Some(next) = &url {
+                follow(&visited, entries.len(), next).map_err(|why| anyhow!("GET {page}: {why}"))?;
+            }
             for e in entries.into_iter().filter(|e| e.kind == "file") {
                 let (oid, size, lfs) = match e.lfs {
                     Some(l) => (l.oid, l.size, true),
@@ -299,29 +304,52 @@ impl Hub {
     ) -> anyhow::Result<u64> {
         let url = format!("{}/datasets/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(&file.path));
         let mut fetched = 0u64;
-        // Cut connections resume from what arrived, each attempt continuing the last, on the retry budget of
-        // the target being built (`crate::retry`).
+        let mut attempts = 0u32;
+        // Every attempt that leaves the file incomplete (a cut connection, a short body, a 416, an empty 206)
+        // draws on the retry budget of the target being built (`crate::retry`) and waits its backoff, so no
+        // answer can keep this loop going; each attempt resumes from what arrived.
         let budget = Budget::current_or_default();
         loop {
-            let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+            if cancel.is_cancelled() {
+                return Err(crate::kind::Cancelled.into());
+            }
+            let mut have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
             if have > file.size {
+                // Left by something else (the body limit keeps downloads within the size): start again.
                 std::fs::remove_file(partial).ok();
-                continue;
+                have = 0;
             }
             if have == file.size {
                 break;
             }
-            match self.fetch_from(&url, repo, commit, partial, have, cancel) {
-                Ok(n) => fetched += n,
-                Err(e) => {
-                    fetched += std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0).saturating_sub(have);
-                    let Some(wait) = budget.should_retry(&e) else { return Err(e) };
-                    // In slices: waits grow to 30 s, and Ctrl-C should not wait for them.
-                    let until = std::time::Instant::now() + wait;
-                    while !cancel.is_cancelled() && std::time::Instant::now() < until {
-                        std::thread::sleep(Duration::from_millis(100).min(until - std::time::Instant::now()));
-                    }
+            attempts += 1;
+            let result = self.fetch_from(&url, repo, commit, partial, have..file.size, cancel);
+            let now = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+            fetched += match &result {
+                Ok(n) => *n,
+                Err(_) => now.saturating_sub(have),
+            };
+            let error = match result {
+                Ok(_) => match progress(&url, have, now, file.size) {
+                    Ok(()) => continue,
+                    Err(message) => anyhow::Error::new(Transient(message)),
+                },
+                Err(e) => e,
+            };
+            let Some(wait) = budget.should_retry(&error) else {
+                if attempts > 1 && crate::retry::is_transient(&error) {
+                    return Err(error.context(format!(
+                        "downloading {} of dataset `{repo}`: gave up after {attempts} attempts (the retry budget \
+                         is spent; --retries sets it)",
+                        file.path
+                    )));
                 }
+                return Err(error);
+            };
+            // In slices: waits grow to 30 s, and Ctrl-C should not wait for them.
+            let until = std::time::Instant::now() + wait;
+            while !cancel.is_cancelled() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100).min(until - std::time::Instant::now()));
             }
         }
         if file.lfs {
@@ -350,15 +378,22 @@ impl Hub {
         repo: &str,
         commit: &str,
         partial: &Path,
-        have: u64,
+        wanted: std::ops::Range<u64>,
         cancel: &crate::kind::Cancel,
     ) -> anyhow::Result<u64> {
+        // The bytes still wanted: from what `partial` holds to the listing's size.
+        let (have, size) = (wanted.start, wanted.end);
         let (mut response, answered) = self.send(url, (have > 0).then_some(have))?;
         let status = response.status().as_u16();
         if status == 416 {
-            // What we hold does not fit the file: start again.
+            // What we hold does not fit the file: start again, as a failed attempt (with its backoff), so that a
+            // server answering 416 to everything cannot keep the download going.
             std::fs::remove_file(partial).ok();
-            return Ok(0);
+            return Err(Transient(format!(
+                "GET {url}: HTTP 416 (range not satisfiable) for bytes {have}- of a {size}-byte file; the partial \
+                 download was discarded"
+            ))
+            .into());
         }
         if answered.origin() != self.origin && !response.status().is_success() {
             // The CDN the Hub redirected to, not the Hub: its refusals say nothing about the token or the repo. Its
@@ -374,6 +409,18 @@ impl Hub {
         }
         self.check(&response, repo, Some(commit)).with_context(|| format!("GET {url}"))?;
         let append = status == 206 && have > 0;
+        if append && let Some(range) = header(&response, "Content-Range") {
+            // A part from elsewhere in the file would corrupt it; sha256 would catch that only at the end.
+            if content_range_start(&range) != Some(have) {
+                return Err(Transient(format!(
+                    "GET {url}: asked for bytes {have}- and got `Content-Range: {}`",
+                    excerpt(&range)
+                ))
+                .into());
+            }
+        }
+        // The listing's size bounds the body: a longer one is not this file, and must not fill the disk.
+        let room = if append { size - have } else { size };
         let mut out = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -381,7 +428,8 @@ impl Hub {
             .truncate(!append)
             .open(partial)
             .with_context(|| format!("cannot write {}", partial.display()))?;
-        let mut body = response.body_mut().with_config().limit(u64::MAX).reader();
+        // ureq's own limit is set past `room` so that the check below, which names the URL, is the one that trips.
+        let mut body = response.body_mut().with_config().limit(room.saturating_add(1)).reader();
         let mut buf = vec![0u8; 1 << 16];
         let mut n = 0u64;
         loop {
@@ -390,6 +438,15 @@ impl Hub {
             }
             let got = match body.read(&mut buf) {
                 Ok(0) => break,
+                Ok(got) if n + got as u64 > room => {
+                    drop(out);
+                    std::fs::remove_file(partial).ok();
+                    bail!(
+                        "GET {url}: the body is longer than the {room} bytes expected (HTTP {status}, a {size}-byte \
+                         file per the listing, {} bytes held before); it is not this file, and was discarded",
+                        if append { have } else { 0 }
+                    );
+                }
                 Ok(got) => got,
                 Err(e) => {
                     out.flush().ok();
@@ -402,6 +459,49 @@ impl Hub {
         out.sync_all().ok();
         Ok(n)
     }
+}
+
+/// Whether a listing's next page may be followed: paging that names a page already read, or goes on from a page
+/// with no entries, would loop for ever.
+fn follow(visited: &std::collections::HashSet<String>, entries: usize, next: &str) -> Result<(), String> {
+    if visited.contains(next) {
+        return Err(format!("the listing's next page is {next}, which was already read: its paging loops"));
+    }
+    if entries == 0 {
+        return Err(format!("a listing page with no entries names a next page ({next}): its paging would not end"));
+    }
+    Ok(())
+}
+
+/// Whether an attempt that ended without an error moved the download on: from `before` bytes held to `after`,
+/// of `size`. Anything short of the whole file is a failed attempt (the caller draws on the retry budget): a
+/// body that ended early (a mirror's error page served as 200, a proxy's cut) or one that added nothing (an
+/// empty 206).
+fn progress(url: &str, before: u64, after: u64, size: u64) -> Result<(), String> {
+    if after == size {
+        return Ok(());
+    }
+    if after <= before {
+        return Err(format!(
+            "GET {url}: the answer added nothing (holding {after} of {size} bytes, {before} before this request)"
+        ));
+    }
+    Err(format!("GET {url}: the body ended early, at byte {after} of {size} (the listing's size); resuming from there"))
+}
+
+/// The first byte of a `Content-Range: bytes first-last/total` header.
+fn content_range_start(value: &str) -> Option<u64> {
+    let spec = value.trim().strip_prefix("bytes")?.trim_start();
+    spec.split_once('-')?.0.trim().parse().ok()
+}
+
+/// A header value as errors show it: at most 80 characters, control characters escaped.
+fn excerpt(value: &str) -> String {
+    let mut out: String = value.chars().take(80).flat_map(char::escape_debug).collect();
+    if value.chars().count() > 80 {
+        out.push('…');
+    }
+    out
 }
 
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -565,6 +665,37 @@ mod tests {
         assert!(next(r#"<https://hf.co/n>; rel="next"#).unwrap_err().contains("no closing quote"));
         assert!(next("<https://hf.co/n> rel=next").unwrap_err().contains("unexpected `rel=next`"));
         assert!(next("<http://[::1>; rel=next").unwrap_err().contains("is not a URL"));
+    }
+
+    #[test]
+    fn an_attempt_counts_as_progress_only_when_it_completes_the_file() {
+        let url = "http://hub/f";
+        assert_eq!(progress(url, 0, 10, 10), Ok(()));
+        assert_eq!(progress(url, 4, 10, 10), Ok(()));
+        let short = progress(url, 0, 4, 10).unwrap_err();
+        assert!(short.contains("GET http://hub/f") && short.contains("ended early, at byte 4 of 10"), "{short}");
+        let empty = progress(url, 4, 4, 10).unwrap_err();
+        assert!(empty.contains("added nothing"), "{empty}");
+        // A 200 that rewrote the file from the start and stopped below what was held: nothing gained.
+        assert!(progress(url, 6, 3, 10).unwrap_err().contains("added nothing"));
+    }
+
+    #[test]
+    fn listing_pages_that_loop_are_not_followed() {
+        let visited: std::collections::HashSet<String> = ["http://hub/p1".to_string()].into();
+        assert_eq!(follow(&visited, 10, "http://hub/p2"), Ok(()));
+        assert!(follow(&visited, 10, "http://hub/p1").unwrap_err().contains("already read"));
+        assert!(follow(&visited, 0, "http://hub/p2").unwrap_err().contains("no entries"));
+    }
+
+    #[test]
+    fn content_ranges_and_excerpts() {
+        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
+        assert_eq!(content_range_start("bytes 0-0/*"), Some(0));
+        assert_eq!(content_range_start("bytes */200"), None);
+        assert_eq!(content_range_start("items 1-2/3"), None);
+        assert_eq!(excerpt("a\nb"), "a\\nb");
+        assert_eq!(excerpt(&"x".repeat(100)).chars().count(), 81);
     }
 
     #[test]

@@ -156,9 +156,9 @@ impl Kind for Img2Dataset {
         if let Some(v) = &s.verify_hash {
             wanted.push(v[0].clone());
         }
-        let rows = parquet::read_rows(file, range, &wanted)
+        let table = parquet::read_rows(file, range, &wanted)
             .with_context(|| format!("input {} ({})", input.target, file.display()))?;
-        shard::run_shard(cx, s, &rows)
+        shard::run_shard(cx, s, &table.rows, &table.invalid_text)
     }
 }
 

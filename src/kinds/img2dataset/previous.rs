@@ -37,7 +37,7 @@ pub fn load(
             .map(String::from)
             .to_vec();
     wanted.extend(optional.iter().map(|c| c.to_string()));
-    let last = read_rows(parquet, 0..rows.len() as u64, &wanted)?;
+    let last = read_rows(parquet, 0..rows.len() as u64, &wanted)?.rows;
     let mut members = read_tar(tar)?;
     let mut kept = Vec::new();
     for (index, (old, row)) in last.iter().zip(rows).enumerate() {

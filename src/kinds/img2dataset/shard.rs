@@ -11,6 +11,7 @@ use super::permits::Permits;
 use super::process::{self, Processed};
 use super::settings::Settings;
 use super::{index_digits, key, output_names, previous};
+use crate::formats::parquet::InvalidText;
 use crate::kind::{BuildCx, Built, Cancelled};
 use anyhow::{Context, anyhow};
 use serde_json::{Map, Value, json};
@@ -29,7 +30,14 @@ pub struct Outcome {
     pub image: Option<Processed>,
 }
 
-pub fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>]) -> anyhow::Result<Built> {
+/// `invalid_text` names the input's text cells that were not UTF-8 (read with U+FFFD in their place): a URL
+/// among them fails its row; any other (a caption) is kept as read and noted in the stats.
+pub fn run_shard(
+    cx: &BuildCx,
+    s: &Settings,
+    rows: &[Map<String, Value>],
+    invalid_text: &[InvalidText],
+) -> anyhow::Result<Built> {
     let started = Instant::now();
     let start_time = SystemTime::now();
     let shard = cx.shard.to_string();
@@ -91,6 +99,20 @@ pub fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>]) -> any
                     .with_context(|| format!("cannot write {}", names[0]))?;
             }
             outcomes[index] = Some(k.outcome);
+        }
+    }
+    // A URL that is not UTF-8 has no one right reading: fetching its lossy form would pair the row's caption with
+    // some other resource. Its row fails alone, as a download that could not be made.
+    for bad in invalid_text.iter().filter(|b| b.column == s.url_col) {
+        if let Some(slot @ None) = outcomes.get_mut(bad.row) {
+            *slot = Some(Outcome {
+                index: bad.row,
+                status: "failed_to_download",
+                error: Some(format!("the URL is not valid UTF-8 (at byte {})", bad.offset)),
+                sha256: None,
+                exif: None,
+                image: None,
+            });
         }
     }
     let todo: Vec<usize> = (0..rows.len()).filter(|&i| outcomes[i].is_none()).collect();
@@ -193,7 +215,7 @@ pub fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>]) -> any
     let count = rows.len() as u64;
     let end_time = SystemTime::now();
     let epoch = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let stats = json!({
+    let mut stats = json!({
         "count": count,
         "successes": successes,
         "failed_to_download": failed_download,
@@ -203,6 +225,23 @@ pub fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>]) -> any
         "end_time": epoch(end_time),
         "status_dict": status_dict,
     });
+    // The note on text read lossily: where, never the bytes. Only when there is some, so that every other
+    // shard's stats stay as img2dataset writes them.
+    if !invalid_text.is_empty() {
+        let cells: Vec<Value> = invalid_text
+            .iter()
+            .take(MAX_NOTED)
+            .map(|b| {
+                json!({"key": key(&shard, b.row as u64, digits), "column": b.column, "byte": b.offset,
+                       "excerpt": b.excerpt})
+            })
+            .collect();
+        stats["invalid_utf8"] = json!({
+            "cells": invalid_text.len(),
+            "read_as": "U+FFFD in place of each invalid sequence; a URL fails its row",
+            "first": cells,
+        });
+    }
     std::fs::write(cx.out_dir.join(&names[2]), pretty4(&stats)?)
         .with_context(|| format!("cannot write {}", names[2]))?;
     Ok(Built {
@@ -219,6 +258,9 @@ pub fn run_shard(cx: &BuildCx, s: &Settings, rows: &[Map<String, Value>]) -> any
         }),
     })
 }
+
+/// Cells noted by name in a shard's stats when their text is not UTF-8; the count covers the rest.
+const MAX_NOTED: usize = 20;
 
 fn one_row(
     index: usize,
