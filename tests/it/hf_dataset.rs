@@ -314,3 +314,95 @@ fn a_download_that_keeps_failing_is_tried_once_per_retry_of_the_target_budget() 
     assert!(run.stderr.contains("HTTP 503 from"), "{}", run.stderr);
     assert_eq!(cdn.requests().len(), 3, "{:?}", cdn.requests());
 }
+
+/// A one-file repo whose downloads go to a CDN that answers `reply` to every request; the run, the CDN, and
+/// the file's size.
+fn build_through_a_cdn_replying(
+    reply: impl Fn() -> http::Reply + Send + Sync + 'static,
+    args: &[&str],
+) -> (crate::common::Run, http::Server, usize) {
+    let hub = HubMock::start("laion/tiny");
+    let bytes = file(50, "a");
+    let size = bytes.len();
+    hub.commit(&[("part-0.parquet", Some(bytes))]);
+    let cdn = http::Server::start(move |_| reply());
+    hub.state.lock().unwrap().cdn = Some(cdn.url(""));
+    let started = std::time::Instant::now();
+    let run = sandbox(&hub).run(&[&["build"], args].concat());
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "the download gave up in time");
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    (run, cdn, size)
+}
+
+#[test]
+fn a_short_2xx_body_is_a_failed_attempt_and_the_budget_ends_it() {
+    // A mirror's HTML error page served as 200: before, the loop asked again at once, forever.
+    let (run, cdn, size) = build_through_a_cdn_replying(
+        || http::Reply::Full { status: 200, headers: vec![], body: b"<html>mirror error</html>".to_vec() },
+        &["--retries", "2"],
+    );
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(cdn.requests().len(), 3, "one attempt and two retries: {:?}", cdn.requests());
+    assert!(said.contains("GET ") && said.contains("/datasets/laion/tiny/resolve/"), "names the URL: {said}");
+    assert!(said.contains(&format!("of {size}")), "says how far it got of the file's size: {said}");
+    assert!(said.contains("gave up after 3 attempts"), "{said}");
+    assert!(!said.contains("<html>"), "{said}");
+}
+
+#[test]
+fn a_repeated_416_is_a_failed_attempt_with_backoff() {
+    let (run, cdn, _) =
+        build_through_a_cdn_replying(|| http::Reply::status(416, "range not satisfiable"), &["--retries", "2"]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(cdn.requests().len(), 3, "{:?}", cdn.requests());
+    assert!(said.contains("HTTP 416"), "{said}");
+    // Backoff: the default policy waits at least 125 ms then 250 ms between the three requests.
+    let times: Vec<_> = cdn.requests().iter().map(|r| r.at).collect();
+    assert!(times[2] - times[0] >= std::time::Duration::from_millis(375), "{times:?}");
+}
+
+#[test]
+fn an_empty_206_makes_no_progress_and_counts_as_an_attempt() {
+    let (run, cdn, _) = build_through_a_cdn_replying(
+        || http::Reply::Full { status: 206, headers: vec![], body: Vec::new() },
+        &["--retries", "1"],
+    );
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(cdn.requests().len(), 2, "{:?}", cdn.requests());
+    assert!(said.contains("added nothing"), "{said}");
+}
+
+#[test]
+fn a_body_longer_than_the_lfs_size_is_an_error_naming_the_url_and_is_not_kept() {
+    // 8 MiB where the listing says a few KB: before, all of it was written (and any length would be).
+    let (run, cdn, size) = build_through_a_cdn_replying(
+        || http::Reply::Full { status: 200, headers: vec![], body: vec![b'x'; 8 << 20] },
+        &["--retries", "2"],
+    );
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(cdn.requests().len(), 1, "not retried: the server serves something else: {:?}", cdn.requests());
+    assert!(said.contains(&format!("the body is longer than the {size} bytes expected")), "{said}");
+    assert!(said.contains("/datasets/laion/tiny/resolve/"), "{said}");
+}
+
+#[test]
+fn a_listing_whose_next_page_is_itself_is_not_followed_for_ever() {
+    // A Hub (or a proxy in front of it) whose tree listing names itself as the next page: before, planning
+    // asked for it again and again.
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let hub = http::Server::start(move |r| {
+        if r.path().ends_with("/revision/main") {
+            return http::Reply::ok("application/json", format!(r#"{{"id":"laion/tiny","sha":"{sha}"}}"#).into_bytes());
+        }
+        let this = format!("http://{}{}", r.header("Host").unwrap_or_default(), r.target);
+        let entry = r#"[{"type":"file","path":"part-0.parquet","size":3,"oid":"abc"}]"#;
+        http::Reply::ok("application/json", entry.as_bytes().to_vec())
+            .with_header("Link", &format!("<{this}>; rel=\"next\""))
+    });
+    let mut sb = Sandbox::new(PIPELINE);
+    sb.env.push(("HF_ENDPOINT".into(), hub.url("")));
+    let run = sb.run(&["plan"]);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("which was already read: its paging loops"), "{said}");
+    assert_eq!(hub.requests().iter().filter(|r| r.path().contains("/tree/")).count(), 1, "{:?}", hub.requests());
+}

@@ -265,8 +265,13 @@ fn every_failure_a_crawl_meets_lands_in_the_parquet_with_its_status() {
             None,
         ),
         (u("/html"), "failed_to_resize", Some("image decoding error: not an image format"), None),
-        // zune-jpeg, like the libjpeg in img2dataset's OpenCV, decodes a truncated scan and fills the rest.
-        (u("/truncated"), "success", None, Some((64, 64, 600, 400))),
+        // A complete response carrying a cut file: img2dataset fails the row (issue 11 item 5).
+        (
+            u("/truncated"),
+            "failed_to_resize",
+            Some("image decoding error: truncated file: the JPEG ends before its end-of-image marker"),
+            None,
+        ),
         (u("/empty"), "failed_to_resize", Some("image decoding error: empty body"), None),
         (u("/reset"), "failed_to_download", Some("connection broken before the image was complete"), None),
         (u("/bomb"), "failed_to_resize", Some("image is 30000x30000 pixels, over the 89478485-pixel limit"), None),
@@ -879,4 +884,179 @@ fn dsmake_proxy_takes_every_download_and_the_destination_checks() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("DSMAKE_PROXY `127.0.0.1:1080` is a Socks5 proxy"), "{}", run.stderr);
     assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+}
+
+#[test]
+fn a_caption_or_url_that_is_not_utf8_costs_its_row_at_most_and_no_message_holds_its_bytes() {
+    let photo = coffee();
+    let host = Server::start(move |_| Reply::ok("image/jpeg", photo.clone()));
+    let (a, b) = (host.url("/a.jpg"), host.url("/b.jpg"));
+    // Latin-1 "café" (a common mis-encoding in scraped captions), and a URL with a byte that is no UTF-8.
+    let bad_url = [host.url("/").as_bytes(), b"\xff.jpg"].concat();
+    let sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\ncaption_col = \"caption\"\nimage_size = 16\nallow_hosts = [\"127.0.0.1\"]\nretries = 0\n",
+    );
+    let rows: [(&[u8], &[u8]); 3] =
+        [(a.as_bytes(), b"fine"), (b.as_bytes(), b"caf\xe9 au lait"), (&bad_url, b"lost url")];
+    write_binary(&sb, "urls.parquet", &parquet_rows::urls_parquet_bytes(&rows));
+    // `build` asserts that the build succeeds: before, the shard failed on every build.
+    assert_eq!(built(&sb.build(&[])), ["images/urls_00000"]);
+
+    let dir = sb.store().join("pipeline/images");
+    let (_, got) = read_parquet(&dir.join("urls_00000.parquet"));
+    let by_caption = |c: &str| got.iter().find(|r| r.2["caption"] == c).unwrap_or_else(|| panic!("{c}: {got:?}"));
+    assert_eq!(by_caption("fine").1.0, "success");
+    // The caption is kept as read, U+FFFD in place of the byte, and its row succeeds.
+    let lossy = by_caption("caf\u{fffd} au lait");
+    assert_eq!((lossy.1.0.as_str(), &lossy.1.1), ("success", &None));
+    // The URL's row fails alone, and nothing was fetched for it.
+    let lost = by_caption("lost url");
+    assert_eq!(lost.1.0, "failed_to_download");
+    let at = host.url("/").len();
+    assert_eq!(lost.1.1.as_deref(), Some(format!("the URL is not valid UTF-8 (at byte {at})").as_str()));
+    assert_eq!(host.requests().len(), 2, "{:?}", host.requests());
+    // The caption's .txt holds the decoded text.
+    let members = tar_members(&dir.join("urls_00000.tar"));
+    assert!(members.iter().any(|(n, d)| n.ends_with(".txt") && d == "caf\u{fffd} au lait".as_bytes()), "{members:?}");
+    // The note: where each cell was, an escaped excerpt, never the bytes.
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("urls_00000_stats.json")).unwrap()).unwrap();
+    let note = &stats["invalid_utf8"];
+    assert_eq!(note["cells"], 2, "{stats}");
+    assert_eq!(note["first"][0]["column"], "caption");
+    assert_eq!(note["first"][0]["byte"], 3);
+    assert_eq!(note["first"][0]["excerpt"], "caf\\xe9 au lait");
+    assert_eq!(note["first"][1]["column"], "url");
+    assert_eq!(stats["failed_to_download"], 1);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Items 4 and 5: absurd dimensions, many scans, cut files.
+
+/// A GIF with a `w`×`h` logical screen and one 1×1 frame, written by hand: 35 bytes.
+fn gif_screen(w: u16, h: u16) -> Vec<u8> {
+    let mut g = b"GIF89a".to_vec();
+    g.extend(w.to_le_bytes());
+    g.extend(h.to_le_bytes());
+    g.extend([0x80, 0, 0, 0, 0, 0, 255, 255, 255]); // a global table of two colours
+    g.extend([0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // a 1×1 frame at 0,0
+    g.extend([2, 2, 0x44, 0x01, 0, 0x3b]); // its LZW data, the trailer
+    g
+}
+
+/// A progressive JPEG of a photo, its last scan repeated 200 times before the end-of-image marker: a few
+/// KB that would make a decoder walk the whole image 200 more times.
+fn many_scans_jpeg() -> Vec<u8> {
+    let img = image::open(Path::new(PHOTOS).join("coffee.jpg")).unwrap().to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut c = turbojpeg::Compressor::new().unwrap();
+    c.set_progressive(true).unwrap();
+    let image = turbojpeg::Image {
+        pixels: img.as_raw().as_slice(),
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    let jpeg = c.compress_to_vec(image).unwrap();
+    let eoi = jpeg.len() - 2;
+    let last_sos = jpeg.windows(2).rposition(|p| p == [0xff, 0xda]).unwrap();
+    let mut out = jpeg[..eoi].to_vec();
+    for _ in 0..200 {
+        out.extend_from_slice(&jpeg[last_sos..eoi]);
+    }
+    out.extend_from_slice(&jpeg[eoi..]);
+    out
+}
+
+fn many_frames_gif() -> Vec<u8> {
+    use image::codecs::gif::GifEncoder;
+    let mut out = Vec::new();
+    {
+        let mut enc = GifEncoder::new(&mut out);
+        let frames = (0..400u32).map(|i| {
+            image::Frame::new(image::RgbaImage::from_pixel(64, 64, image::Rgba([(i % 256) as u8, 0, 0, 255])))
+        });
+        enc.encode_frames(frames).unwrap();
+    }
+    out
+}
+
+#[test]
+fn absurd_dimensions_many_scans_and_cut_files_fail_to_resize_with_what_is_wrong() {
+    let coffee = photo("coffee.jpg");
+    let chelsea = image::open(Path::new(PHOTOS).join("chelsea.png")).unwrap();
+    let png = encode(&chelsea, image::ImageFormat::Png);
+    let webp = encode(&chelsea, image::ImageFormat::WebP);
+    let files: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("/coffee.jpg", "image/jpeg", coffee.clone()),
+        ("/zero.gif", "image/gif", gif_screen(0, 9000)),
+        ("/strip.gif", "image/gif", gif_screen(1, 9000)),
+        ("/frames.gif", "image/gif", many_frames_gif()),
+        ("/scans.jpg", "image/jpeg", many_scans_jpeg()),
+        ("/cut.jpg", "image/jpeg", coffee[..coffee.len() / 2].to_vec()),
+        ("/cut.png", "image/png", png[..png.len() - 1].to_vec()),
+        ("/cut.webp", "image/webp", webp[..webp.len() * 2 / 3].to_vec()),
+    ];
+    let served = files.clone();
+    let host = Server::start(move |r| match served.iter().find(|(p, ..)| *p == r.path()) {
+        Some((_, kind, bytes)) => Reply::ok(kind, bytes.clone()),
+        None => Reply::status(404, "unknown path"),
+    });
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<(i64, i64, i64, i64)>);
+    let cases: Vec<Case> = vec![
+        ("/coffee.jpg", "success", None, Some((256, 256, 600, 400))),
+        ("/zero.gif", "failed_to_resize", Some("image is 0x9000 pixels: a side is zero"), None),
+        (
+            "/strip.gif",
+            "failed_to_resize",
+            Some(
+                "resizing 1x9000 to 256 px (center_crop) would make 256x2304000 pixels, over the 89478485-pixel limit",
+            ),
+            None,
+        ),
+        // Only the first frame of an animation is decoded, as OpenCV does.
+        ("/frames.gif", "success", None, Some((256, 256, 64, 64))),
+        ("/scans.jpg", "failed_to_resize", Some("image decoding error: progressive JPEG with over 100 scans"), None),
+        (
+            "/cut.jpg",
+            "failed_to_resize",
+            Some("image decoding error: truncated file: the JPEG ends before its end-of-image marker"),
+            None,
+        ),
+        (
+            "/cut.png",
+            "failed_to_resize",
+            Some("image decoding error: truncated file: the PNG ends before its IEND chunk"),
+            None,
+        ),
+        (
+            "/cut.webp",
+            "failed_to_resize",
+            Some("image decoding error: truncated file: the WebP ends before the size its RIFF header gives"),
+            None,
+        ),
+    ];
+    let urls: Vec<String> = cases.iter().map(|c| host.url(c.0)).collect();
+    let rows: Vec<Row> = urls.iter().map(|u| row(u, "c")).collect();
+    // The README's LAION example: center_crop to 256 px.
+    let sb = Sandbox::new(
+        "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\nkind = \"img2dataset\"\n\
+         from = \"urls\"\nimage_size = 256\nresize_mode = \"center_crop\"\nallow_hosts = [\"127.0.0.1\"]\n",
+    );
+    write_binary(&sb, "urls.parquet", &urls_parquet(&rows));
+    assert_eq!(built(&sb.build(&[])), ["images/urls_00000"]);
+
+    let (_, got) = read_parquet(&sb.store().join("pipeline/images/urls_00000.parquet"));
+    assert_eq!(got.len(), cases.len());
+    for ((path, status, error, dims), (_, row, cells)) in cases.iter().zip(&got) {
+        assert!(cells["url"].ends_with(path), "rows in input order");
+        let expected_dims = dims.map(|(w, h, ow, oh)| (Some(w), Some(h), Some(ow), Some(oh)));
+        assert_eq!(
+            (row.0.as_str(), row.1.as_deref(), (row.2, row.3, row.4, row.5)),
+            (*status, *error, expected_dims.unwrap_or((None, None, None, None))),
+            "{path}"
+        );
+    }
 }

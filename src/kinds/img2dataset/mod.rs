@@ -58,7 +58,9 @@ fn key(shard: &str, index: u64, digits: usize) -> String {
 impl Kind for Img2Dataset {
     type Settings = Settings;
     const NAME: &'static str = "img2dataset";
-    const VERSION: u32 = 1;
+    /// 2: cut files and absurd dimensions fail their rows (they were kept as half-grey images or failed the
+    /// shard); captions that are not UTF-8 are kept lossily instead of failing the shard.
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "downloads and resizes the images of URL rows into img2dataset's webdataset shards (tar + parquet + stats)";
     const INPUTS: Inputs = Inputs::Required;

@@ -66,3 +66,37 @@ pub fn urls_parquet(rows: &[Row]) -> Vec<u8> {
     writer.close().unwrap();
     out
 }
+
+/// `urls_parquet` with url and caption cells given as bytes, valid UTF-8 or not; similarity 0.3.
+pub fn urls_parquet_bytes(rows: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let fields = vec![
+        string("url"),
+        string("caption"),
+        Arc::new(
+            Type::primitive_type_builder("similarity", Physical::DOUBLE)
+                .with_repetition(Repetition::OPTIONAL)
+                .build()
+                .unwrap(),
+        ),
+    ];
+    let schema = Arc::new(Type::group_type_builder("schema").with_fields(fields).build().unwrap());
+    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
+    let mut out = Vec::new();
+    let mut writer = SerializedFileWriter::new(&mut out, schema, props).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let defs = vec![1i16; rows.len()];
+    for col_i in 0..3 {
+        let mut col = group.next_column().unwrap().unwrap();
+        if col_i < 2 {
+            let data: Vec<ByteArray> =
+                rows.iter().map(|r| ByteArray::from(if col_i == 0 { r.0 } else { r.1 }.to_vec())).collect();
+            col.typed::<ByteArrayType>().write_batch(&data, Some(&defs), None).unwrap();
+        } else {
+            col.typed::<DoubleType>().write_batch(&vec![0.3; rows.len()], Some(&defs), None).unwrap();
+        }
+        col.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+    out
+}
