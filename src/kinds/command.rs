@@ -1,17 +1,19 @@
 //! `command`: a shell command per input shard, per group of shards, over all of them, or once. It runs in a
 //! scratch folder; its declared outputs are published to the store only if it exits 0 and wrote them all.
 
+mod shell;
 mod template;
 
 use crate::kind::{BuildCx, Built, Cancel, Cancelled, Inputs, Kind, Mapping, SettingError, ShardCx, Shards};
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use template::{expand, shell_quote};
+use template::{Segment, expand, segments};
 
 pub struct Command;
 
@@ -28,7 +30,7 @@ crate::setting_enum! {
 crate::settings! {
     pub struct Settings {
         /// the shell command; {input}, {output}, {outputs}, {out_dir}, {shard}, {stem}, {step} and {pipeline}
-        /// are filled in
+        /// are filled in (their values pass through the environment, never parsed as shell)
         run: String,
         /// the files the command writes, relative to the step's folder; may use {shard}, {stem}, {step}
         outputs: Vec<String> = vec!["{shard}".into()],
@@ -107,6 +109,47 @@ fn check_placeholders(key: &str, template: &str, known: &[&str]) -> Result<(), S
     })
 }
 
+/// The quoting context of each placeholder of `run`; a placeholder that cannot be passed safely, or any
+/// placeholder under a shell that is not POSIX sh, is an error that says what to write instead.
+fn script_contexts(s: &Settings) -> Result<Vec<shell::Context>, SettingError> {
+    let parts = segments(&s.run);
+    let uses = parts.iter().any(|p| matches!(p, Segment::Var(_)));
+    if uses && !shell::is_posix(&s.shell) {
+        return Err(SettingError::new(
+            "run",
+            format!("dsmake places {{…}} values safely only for POSIX shells (bash, sh, dash, ksh, zsh), not `{}`", s.shell),
+        )
+        .help("read the values from the environment instead: DSMAKE_INPUT_1…DSMAKE_INPUT_COUNT, DSMAKE_OUTPUT, DSMAKE_SHARD, …"));
+    }
+    shell::contexts(&parts).map_err(|message| {
+        SettingError::new("run", message)
+            .help("write the placeholder as a word of its own, e.g. `cat {input}`, or inside \"…\"")
+    })
+}
+
+/// A shard id is a name, not a path, so a leading `-` would reach the command as an option (`tar`'s
+/// `--to-command=…` runs code): refused at plan time where `run` uses `{shard}` or `{stem}`.
+fn refuse_option_like(s: &Settings, shards: &Shards) -> anyhow::Result<()> {
+    let Shards::Known(specs) = shards else { return Ok(()) };
+    let parts = segments(&s.run);
+    for name in ["shard", "stem"] {
+        if !parts.contains(&Segment::Var(name)) {
+            continue;
+        }
+        for spec in specs {
+            let value = if name == "shard" { spec.id.as_str() } else { stem(&spec.id) };
+            if value.starts_with('-') {
+                bail!(
+                    "shard `{}` gives {{{name}}} = `{value}`, which starts with `-` and could be read as an option by \
+                     the command in `run`; rename the input file, or use {{input}} (an absolute path) instead",
+                    spec.id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn stem(shard: &str) -> &str {
     let name = shard.rsplit('/').next().unwrap_or(shard);
     name.split('.').next().filter(|s| !s.is_empty()).unwrap_or(name)
@@ -150,6 +193,7 @@ impl Kind for Command {
         let run_vars: Vec<&str> =
             RUN_VARS.iter().copied().filter(|v| has_inputs || !matches!(*v, "input" | "inputs")).collect();
         check_placeholders("run", &s.run, &run_vars)?;
+        script_contexts(s)?;
         if s.outputs.is_empty() {
             return Err(SettingError::new("outputs", "`outputs` is empty").help("declare the files the command writes"));
         }
@@ -165,7 +209,9 @@ impl Kind for Command {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let mapping = mapping(s, !cx.inputs.is_empty()).map_err(|e| anyhow!(e.message))?;
-        mapping.shards(&cx.inputs).map_err(|e| anyhow!(e))
+        let shards = mapping.shards(&cx.inputs).map_err(|e| anyhow!(e))?;
+        refuse_option_like(s, &shards)?;
+        Ok(shards)
     }
 
     fn build(&self, s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
@@ -175,25 +221,49 @@ impl Kind for Command {
                 std::fs::create_dir_all(parent)?;
             }
         }
-        let quoted = |paths: &mut dyn Iterator<Item = &Path>| {
-            paths.map(|p| shell_quote(&p.to_string_lossy())).collect::<Vec<_>>().join(" ")
-        };
-        let inputs = quoted(&mut cx.inputs.iter().flat_map(|i| i.files.iter().map(|p| p.as_path())));
+        // Values go to the shell in the environment, never spliced into the script (see `shell`).
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).into_os_string();
+        let inputs: Vec<OsString> = cx.inputs.iter().flat_map(|i| i.files.iter()).map(|p| absolute(p)).collect();
         let output_paths: Vec<_> = outputs.iter().map(|o| cx.out_dir.join(o)).collect();
-        let vars = |name: &str| {
-            Some(match name {
-                "input" | "inputs" => inputs.clone(),
-                "output" => quoted(&mut output_paths.iter().take(1).map(|p| p.as_path())),
-                "outputs" => quoted(&mut output_paths.iter().map(|p| p.as_path())),
-                "out_dir" => shell_quote(&cx.out_dir.to_string_lossy()),
-                "shard" => shell_quote(cx.shard),
-                "stem" => shell_quote(stem(cx.shard)),
-                "step" => cx.step.to_string(),
-                "pipeline" => cx.pipeline.to_string(),
-                _ => return None,
-            })
+        let outputs_os: Vec<OsString> = output_paths.iter().map(|p| absolute(p)).collect();
+        let contexts = script_contexts(s).map_err(|e| anyhow!("{}", e.message))?;
+        let mut env: Vec<(String, OsString)> = Vec::new();
+        let mut list = |prefix: &str, values: &[OsString]| {
+            let names: Vec<String> = (1..=values.len()).map(|n| format!("{prefix}_{n}")).collect();
+            env.push((format!("{prefix}_COUNT"), values.len().to_string().into()));
+            env.extend(names.iter().cloned().zip(values.iter().cloned()));
+            names
         };
-        let script = expand(&s.run, &vars).map_err(|e| anyhow!(e))?;
+        let input_vars = list("DSMAKE_INPUT", &inputs);
+        let output_vars = list("DSMAKE_OUTPUT", &outputs_os);
+        let scalars: [(&str, OsString); 6] = [
+            ("DSMAKE_OUTPUT", outputs_os.first().cloned().unwrap_or_default()),
+            ("DSMAKE_OUT_DIR", absolute(cx.out_dir)),
+            ("DSMAKE_SHARD", cx.shard.into()),
+            ("DSMAKE_STEM", stem(cx.shard).into()),
+            ("DSMAKE_STEP", cx.step.into()),
+            ("DSMAKE_PIPELINE", cx.pipeline.into()),
+        ];
+        env.extend(scalars.into_iter().map(|(k, v)| (k.to_string(), v)));
+        let vars_of = |name: &str| -> Vec<String> {
+            match name {
+                "input" | "inputs" => input_vars.clone(),
+                "outputs" => output_vars.clone(),
+                "output" => output_vars.iter().take(1).cloned().collect(),
+                other => vec![format!("DSMAKE_{}", other.to_ascii_uppercase())],
+            }
+        };
+        let mut script = String::with_capacity(s.run.len());
+        let mut contexts = contexts.into_iter();
+        for segment in segments(&s.run) {
+            match segment {
+                Segment::Text(text) => script.push_str(&text),
+                Segment::Var(name) => {
+                    let context = contexts.next().ok_or_else(|| anyhow!("bug: a placeholder without a context"))?;
+                    script.push_str(&shell::reference(&vars_of(name), context));
+                }
+            }
+        }
 
         let stdout_log = cx.work_dir.join(".dsmake-stdout.log");
         let stderr_log = cx.work_dir.join(".dsmake-stderr.log");
@@ -207,8 +277,7 @@ impl Kind for Command {
             .current_dir(cx.work_dir)
             .envs(s.env.iter().flatten())
             .env("DSMAKE_TARGET", cx.target)
-            .env("DSMAKE_SHARD", cx.shard)
-            .env("DSMAKE_OUT_DIR", cx.out_dir)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_log)?)
             .stderr(File::create(&stderr_log)?)
@@ -325,6 +394,34 @@ mod tests {
         let e = cmd.check(&with(json!({"per": "group", "group_size": -1})), true).unwrap_err();
         assert_eq!(e.key, "group_size");
         assert!(cmd.check(&with(json!({"per": "group", "group_size": 2})), true).is_ok());
+    }
+
+    #[test]
+    fn refuses_placeholders_it_cannot_pass_safely() {
+        let cmd: &dyn DynKind = &Command;
+        let e = cmd.check(&with(json!({"run": "echo $(( {shard} + 1 )) > {output}"})), true).unwrap_err();
+        assert_eq!(e.key, "run");
+        assert!(e.message.contains("`{shard}` is inside arithmetic"), "{}", e.message);
+        assert!(e.help.unwrap().contains("a word of its own"));
+        let e = cmd.check(&with(json!({"run": "cat <<'EOF' > {output}\n{input}\nEOF"})), true).unwrap_err();
+        assert!(e.message.contains("`{input}` is in a heredoc with a quoted delimiter"), "{}", e.message);
+        let e = cmd.check(&with(json!({"shell": "fish"})), true).unwrap_err();
+        assert!(e.message.contains("not `fish`") && e.help.unwrap().contains("DSMAKE_INPUT_1"));
+        assert!(cmd.check(&with(json!({"shell": "python3", "run": "print(1)"})), false).is_ok());
+        assert!(cmd.check(&with(json!({"run": "cat \"{input}\" > \"{output}\""})), true).is_ok());
+        assert!(cmd.check(&with(json!({"shell": "/bin/sh"})), true).is_ok());
+    }
+
+    #[test]
+    fn refuses_shard_ids_that_look_like_options() {
+        use crate::kind::ShardSpec;
+        let spec = |id: &str| ShardSpec { id: id.into(), coords: Value::Null, inputs: vec![], source: None };
+        let shards = Shards::Known(vec![spec("a.txt"), spec("sub/-rf.txt")]);
+        let s = settings(&with(json!({"run": "cp {input} {output}"}))).unwrap();
+        assert!(refuse_option_like(&s, &shards).is_ok());
+        let s = settings(&with(json!({"run": "touch {stem}.seen; cp {input} {output}"}))).unwrap();
+        let e = refuse_option_like(&s, &shards).unwrap_err().to_string();
+        assert!(e.contains("shard `sub/-rf.txt` gives {stem} = `-rf`"), "{e}");
     }
 
     #[test]

@@ -7,44 +7,60 @@ fn identifier_at(text: &str) -> Option<&str> {
     (!name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit())).then_some(name)
 }
 
-/// Expands `{name}` with `lookup`; an unknown name is an error that names it.
-pub fn expand(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
+/// A piece of a template: literal text (with `{{name}}` already turned into `{name}`) or a placeholder.
+#[derive(Debug, PartialEq)]
+pub enum Segment<'a> {
+    Text(String),
+    Var(&'a str),
+}
+
+/// Splits a template into literal text and placeholders.
+pub fn segments(template: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    let mut text = String::new();
     let mut rest = template;
     while let Some(at) = rest.find('{') {
         let after_dollar = at > 0 && rest.as_bytes()[at - 1] == b'$';
-        out.push_str(&rest[..at]);
+        text.push_str(&rest[..at]);
         let tail = &rest[at + 1..];
         if let Some(name) = tail.strip_prefix('{').and_then(identifier_at)
             && tail[1 + name.len()..].starts_with("}}")
         {
-            {
-                out.push('{');
-                out.push_str(name);
-                out.push('}');
-                rest = &tail[name.len() + 3..];
-                continue;
-            }
+            text.push('{');
+            text.push_str(name);
+            text.push('}');
+            rest = &tail[name.len() + 3..];
+            continue;
         }
         match identifier_at(tail) {
             Some(name) if !after_dollar && tail[name.len()..].starts_with('}') => {
-                out.push_str(&lookup(name).ok_or_else(|| format!("unknown placeholder `{{{name}}}`"))?);
+                out.push(Segment::Text(std::mem::take(&mut text)));
+                out.push(Segment::Var(name));
                 rest = &tail[name.len() + 1..];
             }
             _ => {
-                out.push('{');
+                text.push('{');
                 rest = tail;
             }
         }
     }
-    out.push_str(rest);
-    Ok(out)
+    text.push_str(rest);
+    out.push(Segment::Text(text));
+    out
 }
 
-/// Quotes a word for `sh`, leaving plain words alone.
-pub fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain { word.to_string() } else { format!("'{}'", word.replace('\'', r"'\''")) }
+/// Expands `{name}` with `lookup`; an unknown name is an error that names it.
+pub fn expand(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    for segment in segments(template) {
+        match segment {
+            Segment::Text(text) => out.push_str(&text),
+            Segment::Var(name) => {
+                out.push_str(&lookup(name).ok_or_else(|| format!("unknown placeholder `{{{name}}}`"))?)
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -75,11 +91,5 @@ mod tests {
     #[test]
     fn rejects_unknown_placeholders() {
         assert_eq!(expand("{nope}", &vars).unwrap_err(), "unknown placeholder `{nope}`");
-    }
-
-    #[test]
-    fn quotes_for_sh() {
-        assert_eq!(shell_quote("/a/b.csv"), "/a/b.csv");
-        assert_eq!(shell_quote("it's here"), r"'it'\''s here'");
     }
 }
