@@ -30,7 +30,7 @@ crate::setting_enum! {
 crate::settings! {
     pub struct Settings {
         /// the shell command; {input}, {output}, {outputs}, {out_dir}, {shard}, {stem}, {step} and {pipeline}
-        /// are filled in (their values pass through the environment, never parsed as shell)
+        /// are filled in
         run: String,
         /// the files the command writes, relative to the step's folder; may use {shard}, {stem}, {step}
         outputs: Vec<String> = vec!["{shard}".into()],
