@@ -351,3 +351,72 @@ fn plan_check_exits_4_while_there_is_work_and_0_after(backend: Backend) {
     let bad = s.run(&["plan", "--check", "--target", "nope"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
 }
+
+// For tests/it/engine.rs (issue 11, item 7): a file name is never parsed as shell, whatever the quoting
+// context of its placeholder. The injected `touch` aims at `$DSMAKE_CACHE_DIR` (inherited from the sandbox),
+// since a file name cannot hold a `/`: it would create `<sandbox>/cacheINJECTED`.
+
+const INJECTING: &str = r#"
+[steps.raw]
+kind = "files"
+paths = "data/*.txt"
+
+[steps.copied]
+kind = "command"
+from = "raw"
+run = 'cat "{input}" > "{output}"; printf %s {stem} > {stem}.seen; cp {stem}.seen "{out_dir}/{stem}.stem"'
+outputs = ["{stem}.txt", "{stem}.stem"]
+
+[steps.single]
+kind = "command"
+from = "raw"
+run = "cat '{input}' > {output}"
+outputs = "{stem}.txt"
+
+[steps.joined]
+kind = "command"
+from = "copied"
+per = "all"
+run = 'for f in {inputs}; do case "$f" in *.txt) cat "$f";; esac; done > "$(printf %s {output})"'
+outputs = "joined.txt"
+"#;
+
+#[test]
+fn a_file_name_with_shell_syntax_is_never_run() {
+    let s = Sandbox::new(INJECTING);
+    let hostile = "a$(touch \"$DSMAKE_CACHE_DIR\"INJECTED)`touch \"$DSMAKE_CACHE_DIR\"INJECTED` 'x' \".txt";
+    let stem = hostile.strip_suffix(".txt").unwrap();
+    s.write(&format!("data/{hostile}"), "hostile\n");
+    s.write("data/b.txt", "plain\n");
+    s.build(&[]);
+    assert!(!s.path("cacheINJECTED").exists(), "a file name ran as a command");
+    assert_eq!(s.read_store(&format!("pipeline/copied/{stem}.txt")), "hostile\n");
+    assert_eq!(s.read_store(&format!("pipeline/copied/{stem}.stem")), stem, "{{stem}} reaches the command intact");
+    assert_eq!(s.read_store(&format!("pipeline/single/{stem}.txt")), "hostile\n");
+    assert_eq!(s.read_store("pipeline/joined/joined.txt"), "hostile\nplain\n");
+}
+
+#[test]
+fn a_placeholder_the_shell_would_evaluate_is_refused_at_plan_time() {
+    let s = Sandbox::new(
+        "[steps.raw]\nkind = \"files\"\npaths = \"data/*.txt\"\n\n[steps.n]\nkind = \"command\"\nfrom = \"raw\"\n\
+         run = \"echo $(( {stem} + 1 )) > {output}\"\n",
+    );
+    s.write("data/1.txt", "x");
+    let run = s.run(&["plan"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("placeholder `{stem}` is inside arithmetic"), "{}", run.stderr);
+    assert!(run.stderr.contains("a word of its own"), "{}", run.stderr);
+}
+
+#[test]
+fn a_shard_id_starting_with_a_dash_is_refused_where_run_uses_it() {
+    let s = Sandbox::new(
+        "[steps.raw]\nkind = \"files\"\npaths = \"data/*.txt\"\n\n[steps.c]\nkind = \"command\"\nfrom = \"raw\"\n\
+         run = \"touch {stem}.seen; cp {input} {output}\"\n",
+    );
+    s.write("data/-rf.txt", "x");
+    let run = s.run(&["plan"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("gives {stem} = `-rf`, which starts with `-`"), "{}", run.stderr);
+}
