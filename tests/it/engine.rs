@@ -270,7 +270,16 @@ fn gc_lists_files_no_target_owns_and_deletes_only_with_yes(backend: Backend) {
     let s = sandbox(backend);
     s.build(&[]);
     std::fs::remove_file(s.path("data/c.txt")).unwrap();
-    std::fs::write(s.store().join("pipeline/shout/.dsmake-tmp-123-x.txt"), "half").unwrap();
+    let temp = s.store().join("pipeline/shout/.dsmake-tmp-123-x.txt");
+    std::fs::write(&temp, "half").unwrap();
+    // gc keeps temporaries younger than its grace period (a writer may still be filling them).
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options().write(true).open(&temp).unwrap().set_modified(old).unwrap();
+    // Only local stores have temporaries whose age gc can read (S3 puts are atomic).
+    let local = backend == Backend::Local;
+    if local {
+        std::fs::write(s.store().join("pipeline/shout/.dsmake-tmp-456-y.txt"), "in flight").unwrap();
+    }
     let run = s.run(&["gc"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let listed: Vec<&str> = run.stdout.lines().collect();
@@ -295,6 +304,7 @@ fn gc_lists_files_no_target_owns_and_deletes_only_with_yes(backend: Backend) {
     assert_eq!(run.code, 0);
     assert!(!s.store().join("pipeline/shout/c.txt").exists());
     assert!(s.store().join("pipeline/shout/a.txt").exists());
+    assert!(!local || s.store().join("pipeline/shout/.dsmake-tmp-456-y.txt").exists(), "a young temporary is kept");
     assert_eq!(s.run(&["gc"]).stdout, "");
 }
 
