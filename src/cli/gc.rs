@@ -128,3 +128,23 @@ fn young(store: &dyn Store, path: &str) -> bool {
         Err(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+
+    #[test]
+    fn temporaries_within_the_grace_period_are_young() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path().to_path_buf());
+        std::fs::write(root.path().join(".dsmake-tmp-1-new"), "x").unwrap();
+        let old = root.path().join(".dsmake-tmp-2-old");
+        std::fs::write(&old, "x").unwrap();
+        let then = SystemTime::now() - TEMP_GRACE - Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
+        assert!(young(&store, ".dsmake-tmp-1-new"));
+        assert!(!young(&store, ".dsmake-tmp-2-old"));
+        assert!(young(&store, ".dsmake-tmp-3-gone"), "an age that cannot be read keeps the file");
+    }
+}
