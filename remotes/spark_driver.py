@@ -82,6 +82,8 @@ def make_task(binary, shipped, env):
 
         from pyspark import SparkFiles, TaskContext
 
+        # The plan's environment reaches executors here, in the pickled task, not on spark-submit's argv.
+        os.environ.update(env)
         path = SparkFiles.get(binary) if shipped else local_binary(binary)
         if not os.access(path, os.X_OK):
             os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

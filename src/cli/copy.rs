@@ -25,7 +25,9 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
     let workspace = Workspace::open(&args.pipeline)?;
     let from = &*workspace.store;
     let to = store::open(&args.to, &store::s3::S3Options::default())?;
-    let _lock = to.lock(&workspace.pipeline.name)?;
+    let dirs: Vec<&str> =
+        workspace.pipeline.steps.iter().filter(|s| !s.kind.is_source()).map(|s| s.dir.as_str()).collect();
+    let _locks = store::lock_pipeline(&*to, &workspace.pipeline.name, &dirs)?;
     let source = workspace.plan()?;
     let destination = plan::make(&workspace.pipeline, &*to, &workspace.stat_cache, &workspace.plan_options)?;
 

@@ -1,13 +1,23 @@
 //! `dsmake gc`: files in the pipeline's store folders that no target of the current plan owns (outputs of
 //! shards that no longer exist, steps that were removed, temporaries of killed builds). Deletes only with --yes.
+//!
+//! gc takes the same lock (local) or lease (S3) as a build, of the pipeline and of each step folder, and waits
+//! while a build holds it: a build publishes outputs before their manifest, so a listing taken mid-build would
+//! call them orphans. Waiting (rather than refusing) means `build & gc` in a script just runs in order. As git
+//! does with loose objects, a temporary younger than [`TEMP_GRACE`] is kept anyway: a writer that takes no lock
+//! (an older dsmake) may still be filling it.
 
 use super::workspace::Workspace;
 use super::{Output, PipelineArgs};
 use crate::store::step_state::StepState;
-use crate::store::{META_DIR, join, manifest_path};
+use crate::store::{META_DIR, Store, is_temporary, join, manifest_path};
 use clap::Args;
 use indicatif::HumanBytes;
 use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+/// How long a temporary file is presumed to be in flight.
+pub const TEMP_GRACE: Duration = Duration::from_secs(3600);
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
@@ -26,8 +36,12 @@ pub struct GcArgs {
 
 pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<()> {
     let workspace = Workspace::open(&args.pipeline)?;
-    let plan = workspace.plan()?;
     let store = &*workspace.store;
+    let dirs: Vec<&str> =
+        workspace.pipeline.steps.iter().filter(|s| !s.kind.is_source()).map(|s| s.dir.as_str()).collect();
+    // Planned under the lock: a plan made before a build ended would not own that build's outputs.
+    let _locks = crate::store::lock_pipeline(store, &workspace.pipeline.name, &dirs)?;
+    let plan = workspace.plan()?;
 
     let mut owned: HashSet<String> = HashSet::new();
     let mut folders: Vec<String> = vec![plan.pipeline.clone()];
@@ -51,9 +65,14 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<()> {
 
     let mut orphans = Vec::new();
     let mut seen = HashSet::new();
+    let mut young_temps = 0;
     for folder in &folders {
         for object in store.list(folder)? {
             let kept = owned.contains(&object.path) || unknown_dirs.iter().any(|d| object.path.starts_with(d));
+            if !kept && is_temporary(&object.path) && young(store, &object.path) {
+                young_temps += 1;
+                continue;
+            }
             if !kept && seen.insert(object.path.clone()) {
                 orphans.push(object);
             }
@@ -80,6 +99,12 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<()> {
         }
         eprintln!("Aborted {aborted} unfinished uploads older than {}h.", args.older_than);
     }
+    if young_temps > 0 {
+        eprintln!(
+            "note: kept {young_temps} temporary files younger than {}s: a build may still be writing them",
+            TEMP_GRACE.as_secs()
+        );
+    }
     for dir in &unknown_dirs {
         eprintln!("note: kept everything under {dir}: its targets are not known until its inputs are built");
     }
@@ -91,4 +116,35 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a temporary file was modified within [`TEMP_GRACE`]. Only local stores have temporaries (S3 puts
+/// are atomic); one whose age cannot be read counts as young, so that doubt keeps the file.
+fn young(store: &dyn Store, path: &str) -> bool {
+    let Some(local) = store.local_path(path) else { return false };
+    let modified = std::fs::metadata(local).and_then(|m| m.modified());
+    match modified {
+        Ok(at) => SystemTime::now().duration_since(at).map_or(true, |age| age < TEMP_GRACE),
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+
+    #[test]
+    fn temporaries_within_the_grace_period_are_young() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path().to_path_buf());
+        std::fs::write(root.path().join(".dsmake-tmp-1-new"), "x").unwrap();
+        let old = root.path().join(".dsmake-tmp-2-old");
+        std::fs::write(&old, "x").unwrap();
+        let then = SystemTime::now() - TEMP_GRACE - Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
+        assert!(young(&store, ".dsmake-tmp-1-new"));
+        assert!(!young(&store, ".dsmake-tmp-2-old"));
+        assert!(young(&store, ".dsmake-tmp-3-gone"), "an age that cannot be read keeps the file");
+    }
 }

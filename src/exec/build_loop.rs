@@ -61,7 +61,8 @@ pub fn build(
         runtime.worker_threads(threads);
     }
     let runtime = runtime.enable_all().build()?;
-    let _lock = store.lock(&pipeline.name)?;
+    let dirs: Vec<&str> = pipeline.steps.iter().filter(|s| !s.kind.is_source()).map(|s| s.dir.as_str()).collect();
+    let _locks = crate::store::lock_pipeline(&*store, &pipeline.name, &dirs)?;
     runner.prepare(&*store);
     let started = Instant::now();
     let mut summary = Summary::default();

@@ -6,6 +6,7 @@ pub mod job;
 mod local;
 mod progress;
 pub mod remote;
+mod scratch;
 pub mod worker;
 
 use crate::pipeline::Pipeline;

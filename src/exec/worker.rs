@@ -43,12 +43,7 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
     }
     let started_at = SystemTime::now();
     let clock = Instant::now();
-    let scratch_root = store.scratch_root();
-    std::fs::create_dir_all(&scratch_root).with_context(|| format!("cannot create {}", scratch_root.display()))?;
-    let scratch = tempfile::Builder::new()
-        .prefix(&format!("{}-", std::process::id()))
-        .tempdir_in(&scratch_root)
-        .with_context(|| format!("cannot create a scratch folder in {}", scratch_root.display()))?;
+    let scratch = super::scratch::Scratch::new(&store.scratch_root())?;
     let (out_dir, work_dir, in_dir) =
         (scratch.path().join("out"), scratch.path().join("work"), scratch.path().join("in"));
     for dir in [&out_dir, &work_dir] {
@@ -182,18 +177,7 @@ fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> any
     }
 }
 
-/// Removes scratch folders left by processes that no longer run (a build killed with -9).
+/// Removes scratch folders left by workers that no longer run (a build killed with -9); see `exec::scratch`.
 pub fn clean_abandoned_scratch(store: &dyn Store) {
-    let Ok(entries) = std::fs::read_dir(store.scratch_root()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let pid = name.to_str().and_then(|n| n.split('-').next()).and_then(|p| p.parse::<i32>().ok());
-        // kill(pid, 0) fails with ESRCH when no such process exists.
-        let gone = pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH));
-        if gone {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
+    super::scratch::clean_abandoned(&store.scratch_root());
 }

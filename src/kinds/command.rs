@@ -41,6 +41,9 @@ crate::settings! {
         group_size: Option<i64>,
         /// environment variables for the command
         env: Option<BTreeMap<String, String>>,
+        /// names of variables of dsmake's environment the command needs (secrets: their names enter the key,
+        /// their values never); a target fails when one is unset
+        pass_env: Vec<String> = vec![],
         /// the shell that runs `run` with -c; bash runs with -e -o pipefail, so a failing stage fails the target
         shell: String = "bash".into(),
         /// seconds before the command is killed and the target fails
@@ -201,6 +204,17 @@ impl Kind for Command {
             check_placeholders("outputs", template, OUTPUT_VARS)?;
         }
         output_names(s, "x", "x", "x").map_err(|e| SettingError::new("outputs", e))?;
+        // `env` values enter keys and manifests; a secret must come from the environment instead.
+        if let Some(name) = s.env.iter().flatten().map(|(k, _)| k).find(|k| crate::util::secret::looks_secret(k)) {
+            return Err(SettingError::new(
+                "env",
+                format!("env.{name} looks like a secret: its value would be written into every manifest"),
+            )
+            .help(format!("export {name} where dsmake runs and set pass_env = [\"{name}\"]")));
+        }
+        if let Some(bad) = s.pass_env.iter().find(|n| n.is_empty() || n.contains(['=', '\0'])) {
+            return Err(SettingError::new("pass_env", format!("`{bad}` is not an environment variable name")));
+        }
         if s.timeout.is_some_and(|t| t <= 0.0) {
             return Err(SettingError::new("timeout", "`timeout` must be positive (seconds)"));
         }
@@ -265,6 +279,10 @@ impl Kind for Command {
             }
         }
 
+        // The command inherits dsmake's environment; this only makes a missing secret a clear error.
+        if let Some(name) = s.pass_env.iter().find(|n| std::env::var_os(n).is_none()) {
+            bail!("pass_env: {name} is not set in dsmake's environment");
+        }
         let stdout_log = cx.work_dir.join(".dsmake-stdout.log");
         let stderr_log = cx.work_dir.join(".dsmake-stderr.log");
         let mut command = std::process::Command::new(&s.shell);
@@ -365,7 +383,7 @@ mod tests {
 
     fn with(extra: Value) -> Value {
         let mut base = json!({"run": "cat {input} > {output}", "outputs": ["{shard}"], "per": null,
-            "group_size": null, "env": null, "shell": "bash", "timeout": null});
+            "group_size": null, "env": null, "pass_env": [], "shell": "bash", "timeout": null});
         for (k, v) in extra.as_object().unwrap() {
             base[k] = v.clone();
         }
@@ -394,6 +412,12 @@ mod tests {
         let e = cmd.check(&with(json!({"per": "group", "group_size": -1})), true).unwrap_err();
         assert_eq!(e.key, "group_size");
         assert!(cmd.check(&with(json!({"per": "group", "group_size": 2})), true).is_ok());
+        let e = cmd.check(&with(json!({"env": {"HF_TOKEN": "x"}})), true).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.help.as_deref()),
+            ("env", Some("export HF_TOKEN where dsmake runs and set pass_env = [\"HF_TOKEN\"]"))
+        );
+        assert!(cmd.check(&with(json!({"env": {"LANG": "C"}, "pass_env": ["HF_TOKEN"]})), true).is_ok());
     }
 
     #[test]

@@ -142,6 +142,16 @@ impl<'a> Parser<'a> {
         let mut params = Params::new();
         if let Some(table) = self.table(root, "params")? {
             for (key, item) in table.iter() {
+                // A param's value enters keys, manifests, plans and stale reasons (in the store for good), so
+                // one that names a secret is refused before `--set` can fill it.
+                if crate::util::secret::looks_secret(key) {
+                    return Err(self
+                        .error(Self::key_span(table, key), format!("param `{key}` looks like a secret"))
+                        .with_help(
+                            "params are written into every manifest and plan: give a secret to a command step \
+                             through the environment, with `pass_env = [\"NAME\"]`",
+                        ));
+                }
                 let value = self.value(item, Self::item_span(table, key), None)?;
                 params.insert(key.to_string(), value);
             }
@@ -384,4 +394,24 @@ impl<'a> Parser<'a> {
 fn is_store_relative(dir: &str) -> bool {
     !dir.is_empty() && !dir.starts_with('/') && dir.split('/').all(|c| !c.is_empty() && c != ".." && c != ".")
         || dir.ends_with('/') && is_store_relative(dir.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load;
+
+    #[test]
+    fn a_param_named_like_a_secret_is_refused_where_it_is_declared() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        let pipeline =
+            "[params]\nhf_token = \"\"\n\n[steps.a]\nkind = \"command\"\nrun = \"echo ${hf_token} > {output}\"\n";
+        std::fs::write(&file, pipeline).unwrap();
+        let overrides = [("hf_token".to_string(), "canary".to_string())];
+        let e = load(&file, &overrides).unwrap_err();
+        assert_eq!(e.message, "param `hf_token` looks like a secret");
+        assert!(!format!("{e:?}").contains("canary"), "the refusal never echoes the value");
+        std::fs::write(&file, pipeline.replace("hf_token", "max_tokens")).unwrap();
+        assert!(load(&file, &[]).is_ok());
+    }
 }

@@ -76,7 +76,8 @@ pub struct SparkSection {
     /// Spark settings passed with `--conf` (`spark.task.maxFailures`, …).
     #[serde(default)]
     pub conf: BTreeMap<String, String>,
-    /// Non-secret environment for the tasks (spark.executorEnv.*).
+    /// Environment for the tasks: it travels in the run's plan file (in a folder only this user can read), which
+    /// the driver reads and hands to its tasks; never on spark-submit's command line, where `ps` shows it.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// `files` ships this dsmake with `--files`; `store` uploads it to the store and tasks fetch it.

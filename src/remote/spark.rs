@@ -89,9 +89,8 @@ impl Executor for SparkExecutor {
         cmd.arg("--master").arg(&self.master).arg("--name").arg(format!("dsmake {}", plan.pipeline));
         let mut conf = self.settings.conf.clone();
         conf.entry("spark.ui.enabled".into()).or_insert_with(|| "false".into());
-        for (k, v) in &plan.env {
-            conf.insert(format!("spark.executorEnv.{k}"), v.clone());
-        }
+        // The environment travels in the plan file (private to this user's run folder), which the driver
+        // reads and closes its tasks over, never as `--conf spark.executorEnv.*`: argv is public to `ps`.
         for (k, v) in &conf {
             cmd.arg("--conf").arg(format!("{k}={v}"));
         }

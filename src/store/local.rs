@@ -167,7 +167,7 @@ impl Store for LocalStore {
                 Ok(()) => return Ok(Box::new(file)),
                 Err(fs::TryLockError::WouldBlock) => {
                     if !told {
-                        eprintln!("Waiting for another build of `{pipeline}` on this store to finish…");
+                        eprintln!("Waiting for another build holding `{pipeline}` on this store to finish…");
                         told = true;
                     }
                     if started.elapsed() > Duration::from_secs(24 * 3600) {

@@ -82,7 +82,65 @@ pub fn manifest_path(step_dir: &str, shard: &str) -> String {
     format!("{step_dir}/{META_DIR}/{shard}.json")
 }
 
+/// Takes the lock (local) or lease (S3) of a pipeline, then of each of its step folders, so that builds and
+/// `gc` of two pipelines that share a folder also exclude each other. Always in one order (the pipeline,
+/// then folders sorted), so that two holders of overlapping sets cannot deadlock.
+pub fn lock_pipeline(
+    store: &dyn Store,
+    pipeline: &str,
+    dirs: &[&str],
+) -> anyhow::Result<Vec<Box<dyn std::any::Any + Send>>> {
+    let mut dirs: Vec<&str> = dirs.to_vec();
+    dirs.sort_unstable();
+    dirs.dedup();
+    let mut held = vec![store.lock(pipeline)?];
+    for dir in dirs {
+        held.push(store.lock(&folder_lock_name(dir))?);
+    }
+    Ok(held)
+}
+
+/// A step folder's lock name: one flat name (`%` never occurs in a pipeline name, so no pipeline's lock
+/// collides with a folder's).
+pub fn folder_lock_name(dir: &str) -> String {
+    format!("dir%{}", dir.replace('/', "%"))
+}
+
 /// Names that dsmake uses for files being written; never a published output.
 pub fn is_temporary(path: &str) -> bool {
     path.rsplit('/').next().is_some_and(|name| name.starts_with(local::TEMP_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn two_pipelines_that_share_a_folder_exclude_each_other() {
+        let root = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(local::LocalStore::new(root.path().to_path_buf()));
+        let first = lock_pipeline(&*store, "a", &["shared/x", "only_a"]).unwrap();
+        // Another pipeline with other folders is not held up.
+        drop(lock_pipeline(&*store, "c", &["only_c"]).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                let held = lock_pipeline(&*store, "b", &["shared/x"]).unwrap();
+                tx.send(()).unwrap();
+                drop(held);
+            }
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "b took a folder that a holds");
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(10)).expect("b gets the folder once a lets go");
+        second.join().unwrap();
+    }
+
+    #[test]
+    fn folder_lock_names_are_flat_and_never_a_pipelines() {
+        assert_eq!(folder_lock_name("pipeline/step"), "dir%pipeline%step");
+        assert_ne!(folder_lock_name("a"), "a");
+    }
 }

@@ -4,6 +4,7 @@ pub mod cache;
 pub mod files;
 mod glob;
 pub mod named_file;
+pub mod secret;
 pub mod stat_cache;
 pub mod suggest;
 

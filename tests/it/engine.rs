@@ -11,10 +11,11 @@ on_every_store!(
     a_failed_command_publishes_nothing_and_names_its_stderr,
     gc_lists_files_no_target_owns_and_deletes_only_with_yes,
     status_reports_counts_and_sizes_from_the_store,
-    plan_check_exits_4_while_there_is_work_and_0_after
+    plan_check_exits_4_while_there_is_work_and_0_after,
+    a_secret_passed_by_pass_env_never_reaches_the_store_plans_or_logs
 );
 
-use crate::common::{self, Backend, Sandbox, built, strings, work};
+use crate::common::{self, Backend, CANARY, Sandbox, built, files_holding, strings, work};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -270,7 +271,16 @@ fn gc_lists_files_no_target_owns_and_deletes_only_with_yes(backend: Backend) {
     let s = sandbox(backend);
     s.build(&[]);
     std::fs::remove_file(s.path("data/c.txt")).unwrap();
-    std::fs::write(s.store().join("pipeline/shout/.dsmake-tmp-123-x.txt"), "half").unwrap();
+    let temp = s.store().join("pipeline/shout/.dsmake-tmp-123-x.txt");
+    std::fs::write(&temp, "half").unwrap();
+    // gc keeps temporaries younger than its grace period (a writer may still be filling them).
+    let old = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options().write(true).open(&temp).unwrap().set_modified(old).unwrap();
+    // Only local stores have temporaries whose age gc can read (S3 puts are atomic).
+    let local = backend == Backend::Local;
+    if local {
+        std::fs::write(s.store().join("pipeline/shout/.dsmake-tmp-456-y.txt"), "in flight").unwrap();
+    }
     let run = s.run(&["gc"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let listed: Vec<&str> = run.stdout.lines().collect();
@@ -295,6 +305,7 @@ fn gc_lists_files_no_target_owns_and_deletes_only_with_yes(backend: Backend) {
     assert_eq!(run.code, 0);
     assert!(!s.store().join("pipeline/shout/c.txt").exists());
     assert!(s.store().join("pipeline/shout/a.txt").exists());
+    assert!(!local || s.store().join("pipeline/shout/.dsmake-tmp-456-y.txt").exists(), "a young temporary is kept");
     assert_eq!(s.run(&["gc"]).stdout, "");
 }
 
@@ -419,4 +430,53 @@ fn a_shard_id_starting_with_a_dash_is_refused_where_run_uses_it() {
     let run = s.run(&["plan"]);
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert!(run.stderr.contains("gives {stem} = `-rf`, which starts with `-`"), "{}", run.stderr);
+}
+
+const SECRET_PIPELINE: &str = r#"
+[steps.raw]
+kind = "files"
+paths = "data/*.txt"
+
+[steps.authed]
+kind = "command"
+from = "raw"
+pass_env = ["DSMAKE_IT_TOKEN"]
+run = "printf %s \"$DSMAKE_IT_TOKEN\" | wc -c | tr -d ' ' > {output}"
+outputs = "{stem}.n"
+"#;
+
+fn a_secret_passed_by_pass_env_never_reaches_the_store_plans_or_logs(backend: Backend) {
+    let mut s = Sandbox::on(backend, SECRET_PIPELINE);
+    s.write("data/a.txt", "a\n");
+
+    // Unset: the target fails, naming the variable.
+    let run = s.run(&["build", "--format", "json"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.contains("pass_env: DSMAKE_IT_TOKEN is not set"), "{}", run.stdout);
+
+    s.env.push(("DSMAKE_IT_TOKEN".into(), CANARY.into()));
+    let build = s.run(&["build", "--format", "json"]);
+    assert_eq!(build.code, 0, "{}", build.stderr);
+    // The command saw the secret…
+    assert_eq!(s.read_store("pipeline/authed/a.n").trim(), CANARY.len().to_string());
+    let plan = s.run(&["plan", "--format", "json"]);
+    let why = s.run(&["plan", "--force", "authed"]);
+    // …and nothing dsmake wrote or printed holds it.
+    for (what, text) in [
+        ("build stdout", &build.stdout),
+        ("build stderr", &build.stderr),
+        ("plan json", &plan.stdout),
+        ("plan stderr", &plan.stderr),
+        ("plan reasons", &why.stdout),
+    ] {
+        assert!(!text.contains(CANARY), "{what} holds the secret:\n{text}");
+    }
+    assert_eq!(files_holding(&s.store(), CANARY), Vec::<std::path::PathBuf>::new(), "the store holds the secret");
+    assert_eq!(files_holding(&s.path("cache"), CANARY), Vec::<std::path::PathBuf>::new(), "the cache holds it");
+    // The variable's name is part of the key: listing it differently is a change of settings.
+    assert!(
+        std::fs::read_to_string(s.store().join("pipeline/authed/_dsmake/a.txt.json"))
+            .unwrap()
+            .contains("DSMAKE_IT_TOKEN")
+    );
 }

@@ -1,7 +1,9 @@
 //! Kills and interrupts in the middle of a build: nothing half-written is ever visible, and the next build
 //! runs only what did not finish.
 
-use crate::common::{Sandbox, built};
+use crate::common::{Backend, Sandbox, built, work};
+
+on_every_store!(gc_during_a_build_waits_for_it_and_deletes_nothing_it_needs);
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -142,4 +144,35 @@ fn ctrl_c_stops_cleanly_with_exit_130() {
 
 fn is_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+/// gc started while a slow build runs waits for the build's lock or lease, then deletes only real orphans:
+/// every output and manifest is intact and the build is fresh afterwards.
+fn gc_during_a_build_waits_for_it_and_deletes_nothing_it_needs(backend: Backend) {
+    let s = Sandbox::on(backend, SLOW);
+    for i in 0..SHARDS {
+        s.write(&format!("data/{i:02}.txt"), &format!("sample number {i}\n"));
+    }
+    let child = s
+        .command(&["build", "pipeline.toml", "-j", "2", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dsmake");
+    wait_for_manifests(&s, 1);
+    let started = Instant::now();
+    let gc = s.run(&["gc", "--yes"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert!(gc.stderr.contains("Waiting for"), "gc waited for the build: {}", gc.stderr);
+    assert!(started.elapsed() > Duration::from_millis(400), "gc ran while the build did");
+    assert!(gc.stdout.is_empty(), "gc deleted files of the build: {}", gc.stdout);
+    let build = child.wait_with_output().unwrap();
+    assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
+
+    assert_eq!(manifests(&s).len(), SHARDS);
+    assert_nothing_half_written(&s);
+    for i in 0..SHARDS {
+        assert_eq!(s.read_store(&format!("pipeline/slow/{i:02}.txt")), expected(i));
+    }
+    assert!(work(&s.plan(&[])).is_empty(), "the build is fresh after gc");
 }

@@ -399,6 +399,22 @@ run = "cat {input} > {output}"
         at: Some((8, 7, "\"../x\"")),
         help: Some("e.g. `dir = \"relaion-pop/images\"`; no `..`, no leading `/`"),
     },
+    Case {
+        name: "secret_param",
+        toml: r#"[params]
+hf_token = ""
+
+[steps.raw]
+kind = "files"
+paths = "data/*"
+"#,
+        args: &["--set", "hf_token=canary-5f2c9e71d3"],
+        message: "param `hf_token` looks like a secret",
+        at: Some((2, 1, "hf_token")),
+        help: Some(
+            "params are written into every manifest and plan: give a secret to a command step through the environment, with `pass_env = [\"NAME\"]`",
+        ),
+    },
 ];
 
 struct Run {

@@ -2,7 +2,7 @@
 //! tests/run.sh makes, local[2]) into the S3 server, byte for byte what a local build makes; a worker killed
 //! mid-run is retried by Spark. One Spark run (about 10 s to start) serves the whole test.
 
-use crate::common::{Backend, Sandbox, built};
+use crate::common::{Backend, CANARY, Sandbox, built, files_holding};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -86,4 +86,44 @@ fn spark_builds_the_sample_into_s3_like_a_local_build_and_retries_killed_workers
     assert_eq!(run.json()["built"], 0);
     assert_eq!(run.json()["fresh"], 14);
     assert!(!run.stderr.contains("on spark"), "nothing was submitted: {}", run.stderr);
+}
+
+#[test]
+fn spark_executor_env_reaches_the_tasks_but_not_spark_submits_argv_or_the_store() {
+    let s = Sandbox::on(Backend::S3, "");
+    s.write(
+        "pipeline.toml",
+        "[steps.raw]\nkind = \"files\"\npaths = \"data/*.txt\"\n\n[steps.authed]\nkind = \"command\"\nfrom = \"raw\"\n\
+         pass_env = [\"DSMAKE_IT_TOKEN\"]\nrun = \"printf %s \\\"$DSMAKE_IT_TOKEN\\\" | wc -c | tr -d ' ' > {output}\"\n\
+         outputs = \"{stem}.n\"\n",
+    );
+    s.write("data/a.txt", "a\n");
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin");
+    let argv = s.path("argv.txt");
+    let wrapper = s.path("spark-submit");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\nexec '{}' \"$@\"\n",
+            argv.display(),
+            venv.join("spark-submit").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let remote = std::fs::read_to_string(remote_file())
+        .unwrap()
+        .replace("python = \"../.venv/bin/python\"", &format!("python = \"{}\"", venv.join("python").display()))
+        .replace("[executor.conf]", &format!("spark_submit = \"{}\"\n\n[executor.conf]", wrapper.display()))
+        + &format!("\n[executor.env]\nDSMAKE_IT_TOKEN = \"{CANARY}\"\n");
+    s.write("remotes/secret.toml", &remote);
+    let remote = s.path("remotes/secret.toml");
+
+    let run = s.run(&["build", "--remote", remote.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(s.read_store("pipeline/authed/a.n").trim(), CANARY.len().to_string(), "the task saw the variable");
+    let argv = std::fs::read_to_string(&argv).unwrap();
+    assert!(argv.contains("--master") && !argv.contains(CANARY), "spark-submit's argv holds the secret:\n{argv}");
+    assert!(!run.stdout.contains(CANARY) && !run.stderr.contains(CANARY));
+    assert_eq!(files_holding(&s.store(), CANARY), Vec::<std::path::PathBuf>::new(), "the store holds the secret");
 }

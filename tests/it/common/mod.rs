@@ -209,3 +209,23 @@ pub fn venv_python(script: &str, args: &[&Path]) -> String {
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
     stdout.into_owned()
 }
+
+/// A secret's stand-in: tests search everything dsmake writes or prints for it.
+pub const CANARY: &str = "canary-5f2c9e71d3";
+
+/// Every file under `root` that holds `needle`, however deep (the store, the cache, the run folders).
+pub fn files_holding(root: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
