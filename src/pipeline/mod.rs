@@ -3,6 +3,8 @@
 
 mod dag;
 pub mod diagnostic;
+#[cfg(test)]
+mod fuzz;
 pub mod params;
 mod parse;
 

@@ -1,5 +1,7 @@
 //! Where outputs live. One trait; a local folder today, S3 behind the same trait.
 
+#[cfg(test)]
+mod fuzz;
 mod index_codec;
 pub mod local;
 pub mod manifest;

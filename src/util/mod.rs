@@ -12,3 +12,5 @@ pub use cache::cache_dir;
 pub use files::{hash_file, write_atomically};
 pub use glob::glob;
 pub use named_file::find_named_file;
+#[cfg(test)]
+pub mod fuzz;

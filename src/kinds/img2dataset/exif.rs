@@ -377,7 +377,7 @@ impl Tiff<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// An entry's value for the test encoder: its own bytes (inline when they fit in four) or the blob
@@ -473,7 +473,13 @@ mod tests {
         }
     }
 
-    fn png_with_exif(exif: Vec<u8>) -> Vec<u8> {
+    /// A camera's EXIF payload (orientation 6: rotated), for the fuzz seeds.
+    pub(in super::super) fn camera_tiff() -> Vec<u8> {
+        let (ifd0, exif) = camera();
+        tiff(ifd0, exif, &[])
+    }
+
+    pub(in super::super) fn png_with_exif(exif: Vec<u8>) -> Vec<u8> {
         use image::ImageEncoder;
         let mut png = Vec::new();
         let mut encoder = image::codecs::png::PngEncoder::new(&mut png);

@@ -208,7 +208,7 @@ pub fn encode(codec: &mut Codec, pixels: &[u8], w: u32, h: u32, quality: u8) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]

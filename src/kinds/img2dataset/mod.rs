@@ -20,6 +20,8 @@
 mod destination;
 mod exif;
 mod fetch;
+#[cfg(test)]
+mod fuzz;
 mod jpeg;
 mod options;
 mod output;

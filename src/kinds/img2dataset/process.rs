@@ -42,6 +42,12 @@ impl Scratch {
             self.pixels = Vec::new();
         }
     }
+
+    /// What the pixel buffer holds on to, for the tests that bound it.
+    #[cfg(test)]
+    pub(super) fn pixels_capacity(&self) -> usize {
+        self.pixels.capacity()
+    }
 }
 
 /// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,
@@ -370,7 +376,7 @@ pub(super) mod tests {
     }
 
     /// A GIF of `w`×`h` logical screen with one 1×1 frame, written by hand: 35 bytes.
-    fn gif_screen(w: u16, h: u16) -> Vec<u8> {
+    pub(in super::super) fn gif_screen(w: u16, h: u16) -> Vec<u8> {
         let mut g = b"GIF89a".to_vec();
         g.extend(w.to_le_bytes());
         g.extend(h.to_le_bytes());
