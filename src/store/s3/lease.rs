@@ -210,7 +210,7 @@ impl Drop for Lease {
         if let Ok(Some((holder, _))) = self.store.get_lease(&self.key)
             && holder.id == self.id
         {
-            let _ = crate::store::Store::delete(&*self.store, &self.store.unkey(&self.key));
+            let _ = self.store.remove(&self.store.unkey(&self.key));
         }
     }
 }

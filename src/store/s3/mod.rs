@@ -81,6 +81,17 @@ impl S3Store {
         })
     }
 
+    /// Deletes an object whatever the lease says: for the lease itself, released by its holder.
+    fn remove(&self, path: &str) -> anyhow::Result<()> {
+        self.retrying(|| async {
+            match self.client.delete_object().bucket(&self.bucket).key(self.key(path)).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(describe(e, &format!("deleting {}", self.where_(path)))),
+            }
+        })
+    }
+
     fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
     }
@@ -220,13 +231,9 @@ impl Store for S3Store {
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.retrying(|| async {
-            match self.client.delete_object().bucket(&self.bucket).key(self.key(path)).send().await {
-                Ok(_) => Ok(()),
-                Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(describe(e, &format!("deleting {}", self.where_(path)))),
-            }
-        })
+        // Deleting is writing: a build without its lease could remove the manifest of the build that took it.
+        self.lease.check(&self.where_(path))?;
+        self.remove(path)
     }
 
     fn local_path(&self, _path: &str) -> Option<PathBuf> {
