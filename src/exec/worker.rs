@@ -283,7 +283,8 @@ fn verify_input(
         };
         if let Some(mismatch) = mismatch {
             return Err(Transient(format!(
-                "input file {at} of {target} {mismatch}: a concurrent rebuild may have replaced it; build again"
+                "input file {at} of {target} {mismatch}: it changed after its manifest was written (a concurrent \
+                 rebuild, or damage to the store); build again, and rebuild {target} if this recurs"
             ))
             .into());
         }

@@ -180,7 +180,7 @@ pub fn acquire(store: Arc<S3Store>, pipeline: &str) -> anyhow::Result<Lease> {
                         Ok(Some((ours, next))) if ours.id == id => (etag, renewed) = (next, std::time::Instant::now()),
                         _ => {
                             guard.lose(format!(
-                                "{key} was taken over by another build: this one was too slow to renew it"
+                                "{key} was taken over or removed by someone else (another build, or a clean-up) before this build renewed it"
                             ));
                             eprintln!("error: the build lease {key} was taken over by another build; publishing stops");
                             return;
