@@ -252,8 +252,27 @@ fn verify_input(
     files: &[JobFile],
     local: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
-    let mut outputs = expect.outputs.clone();
-    if outputs.iter().any(|o| o.blake3.is_empty()) {
+    let changed = |at: &str, mismatch: String| -> anyhow::Error {
+        Transient(format!(
+            "input file {at} of {target} {mismatch}: it changed after its manifest was written (a concurrent \
+             rebuild, or damage to the store); build again, and rebuild {target} if this recurs"
+        ))
+        .into()
+    };
+    // Sizes first, for every file (a stat); then digests, only where they are worth computing.
+    let mut to_hash = Vec::new();
+    for ((file, path), output) in files.iter().zip(local).zip(&expect.outputs) {
+        let JobFile::Store(at) = file else { continue };
+        let size = std::fs::metadata(path).with_context(|| format!("cannot stat input {}", path.display()))?.len();
+        if size != output.size {
+            return Err(changed(at, format!("is {size} bytes, but its manifest records {}", output.size)));
+        }
+        if store.local_path(at).is_none() || size <= LOCAL_HASH_LIMIT {
+            to_hash.push((at, path, output.clone()));
+        }
+    }
+    // The step index keeps no digests: read them from the input's manifest, once, when one is needed.
+    if to_hash.iter().any(|(_, _, o)| o.blake3.is_empty()) {
         let rebuilt = |what: String| -> anyhow::Error {
             Transient(format!("input {target} {what} while this build ran: its files may have changed")).into()
         };
@@ -263,33 +282,22 @@ fn verify_input(
         if manifest.key != expect.key {
             return Err(rebuilt(format!("was rebuilt with key {}, not {}", manifest.key, expect.key)));
         }
-        for output in &mut outputs {
+        for (_, _, output) in &mut to_hash {
             if let Some(found) = manifest.outputs.iter().find(|o| o.name == output.name) {
                 output.blake3 = found.blake3.clone();
             }
         }
     }
-    for ((file, path), output) in files.iter().zip(local).zip(&outputs) {
-        let JobFile::Store(at) = file else { continue };
-        let size = std::fs::metadata(path).with_context(|| format!("cannot stat input {}", path.display()))?.len();
-        let mismatch = if size != output.size {
-            Some(format!("is {size} bytes, but its manifest records {}", output.size))
-        } else if !output.blake3.is_empty() && (store.local_path(at).is_none() || size <= LOCAL_HASH_LIMIT) {
-            let digest = hash_file(path)?;
-            (digest != output.blake3)
-                .then(|| format!("has blake3 {digest}, but its manifest records {}", output.blake3))
-        } else {
-            None
-        };
-        if let Some(mismatch) = mismatch {
-            return Err(Transient(format!(
-                "input file {at} of {target} {mismatch}: it changed after its manifest was written (a concurrent \
-                 rebuild, or damage to the store); build again, and rebuild {target} if this recurs"
-            ))
-            .into());
+    to_hash.par_iter().try_for_each(|(at, path, output)| {
+        if output.blake3.is_empty() {
+            return Ok(());
         }
-    }
-    Ok(())
+        let digest = hash_file(path)?;
+        match digest == output.blake3 {
+            true => Ok(()),
+            false => Err(changed(at, format!("has blake3 {digest}, but its manifest records {}", output.blake3))),
+        }
+    })
 }
 
 fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {
@@ -450,6 +458,8 @@ mod tests {
         let err = verify_input(&store, "step/s0", &expect, &files, &local).unwrap_err();
         assert!(crate::retry::is_transient(&err) && format!("{err:#}").contains("is 3 bytes"), "{err:#}");
 
+        // Sizes that match, under a manifest that another key has replaced since the plan.
+        store.write("step/a", b"AAAA").unwrap();
         let mut rebuilt = published.clone();
         rebuilt.key = "k2".into();
         store.write(&at, &serde_json::to_vec(&rebuilt).unwrap()).unwrap();
