@@ -3,9 +3,9 @@
 use crate::pipeline::Pipeline;
 use crate::plan::Plan;
 use crate::plan::key::KeyParts;
-use crate::store::manifest::RetryOf;
+use crate::store::manifest::{OutputFile, RetryOf};
 use crate::store::step_state::Record;
-use crate::store::{Store, join};
+use crate::store::{Store, join, manifest_path};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,6 +55,22 @@ pub struct JobInput {
     /// before the work starts (`exec::remote::resolve_pending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingInput>,
+    /// What the store-held `files` must be: the worker checks each after fetching it, so that a build never
+    /// reads bytes other than those its input's manifest vouches for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expected>,
+}
+
+/// The manifest an input's files were listed from, and what it says of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Expected {
+    /// Store path of the input's manifest: the index keeps sizes but not digests, so the worker reads the
+    /// digests from here when `outputs` lacks them.
+    pub manifest: String,
+    /// The key that manifest must still have.
+    pub key: String,
+    /// Name, size and (where known) blake3 of each file, in the order of `files`.
+    pub outputs: Vec<OutputFile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,13 +107,19 @@ impl Job {
             .map(|&i| {
                 let input = &plan.targets[i];
                 let record = built.get(&i).or(plan.record(i));
+                let dir = &pipeline.steps[input.step].dir;
                 let files = match (&input.source, record) {
                     (Some(source), _) => vec![JobFile::Local(source.path.clone())],
-                    (None, Some(record)) => {
-                        let dir = &pipeline.steps[input.step].dir;
-                        record.outputs.iter().map(|o| JobFile::Store(join(dir, &o.name))).collect()
-                    }
+                    (None, Some(record)) => record.outputs.iter().map(|o| JobFile::Store(join(dir, &o.name))).collect(),
                     (None, None) => Vec::new(),
+                };
+                let expect = match (&input.source, record) {
+                    (None, Some(record)) => Some(Expected {
+                        manifest: manifest_path(dir, &input.shard),
+                        key: record.key.clone(),
+                        outputs: record.outputs.clone(),
+                    }),
+                    _ => None,
                 };
                 JobInput {
                     target: input.name.clone(),
@@ -105,6 +127,7 @@ impl Job {
                     files,
                     rows: record.and_then(|r| r.rows),
                     pending: None,
+                    expect,
                 }
             })
             .collect();

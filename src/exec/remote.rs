@@ -151,6 +151,8 @@ pub fn resolve_pending(job: &mut Job, store: &dyn Store) -> anyhow::Result<()> {
         input.files =
             manifest.outputs.iter().map(|o| super::job::JobFile::Store(join(&pending.dir, &o.name))).collect();
         input.rows = manifest.rows;
+        input.expect =
+            Some(super::job::Expected { manifest: at.clone(), key: manifest.key.clone(), outputs: manifest.outputs });
     }
     Ok(())
 }

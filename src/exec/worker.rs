@@ -1,10 +1,11 @@
 //! `dsmake worker`: builds one target from its job, in a scratch folder, then publishes the outputs and,
 //! last, the manifest. Local and remote builds both come through here.
 
-use super::job::{FORMAT, Job, JobFile};
+use super::job::{Expected, FORMAT, Job, JobFile};
 use crate::kind::Cancelled;
 use crate::kind::{BuildCx, Cancel, LocalInput};
 use crate::kinds;
+use crate::retry::Transient;
 use crate::store::manifest::{self, Manifest, OutputFile};
 use crate::store::{ObjectMeta, Store, join, manifest_path};
 use crate::util::hash_file;
@@ -13,6 +14,7 @@ use rayon::prelude::*;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
+#[derive(Debug)]
 pub struct Outcome {
     pub manifest: Manifest,
     pub manifest_meta: ObjectMeta,
@@ -61,6 +63,9 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
                 .map(|(n, file)| local_file(store, file, &in_dir, n))
                 .collect::<anyhow::Result<Vec<_>>>()
                 .with_context(|| format!("input {}", input.target))?;
+            if let Some(expect) = &input.expect {
+                verify_input(store, &input.target, expect, &input.files, &files)?;
+            }
             Ok(LocalInput { target: input.target.clone(), shard: input.shard.clone(), files, rows: input.rows })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -135,30 +140,164 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
     let bytes = serde_json::to_vec_pretty(&manifest)?;
     match store.write_if_absent(&manifest_at, &bytes)? {
         Some(manifest_meta) => Ok(Outcome { manifest, manifest_meta }),
-        None => adopt_concurrent(store, job, &manifest_at),
+        None => adopt_concurrent(store, &job.dir, &manifest_at, manifest, &scratch.path().join("check")),
     }
 }
 
-/// Another build published this target while this one ran. With the same key its outputs are the ones this
-/// build would make, so its manifest stands; with another key, two different pipelines share a folder.
-fn adopt_concurrent(store: &dyn Store, job: &Job, manifest_at: &str) -> anyhow::Result<Outcome> {
-    let listed = store.list(&format!("{}/{}", job.dir, crate::store::META_DIR))?;
-    let meta = listed.into_iter().find(|m| m.path == manifest_at);
+/// Another build published this target while this one ran, to the same fixed names. Its manifest is adopted
+/// only if the objects beside it are the bytes it records, as Bazel trusts an output only by its digest: a
+/// command need not be deterministic, and the two builds' uploads may have interleaved. If the objects are
+/// ours instead, our manifest replaces its; if they mix both builds, no manifest may vouch for them: the
+/// manifest is removed and the target fails as transient, so that a retry or the next build remakes it.
+/// With another key, two different pipelines share a folder.
+fn adopt_concurrent(
+    store: &dyn Store,
+    dir: &str,
+    manifest_at: &str,
+    ours: Manifest,
+    check_dir: &Path,
+) -> anyhow::Result<Outcome> {
+    let target = &ours.target;
     let bytes = store.read(manifest_at)?;
-    match (meta, bytes) {
-        (Some(manifest_meta), Some(bytes)) => {
-            let manifest = Manifest::parse(&bytes, manifest_at)?;
-            if manifest.key != job.key {
-                bail!(
-                    "{} was published by another build with a different key: two pipelines write to {}",
-                    job.target,
-                    job.dir
-                );
-            }
-            Ok(Outcome { manifest, manifest_meta })
-        }
-        _ => bail!("{} was published and removed by another build while this one ran", job.target),
+    let Some(bytes) = bytes else {
+        return Err(
+            Transient(format!("{} was published and removed by another build while this one ran", target)).into()
+        );
+    };
+    let theirs = Manifest::parse(&bytes, manifest_at)?;
+    if theirs.key != ours.key {
+        bail!("{} was published by another build with a different key: two pipelines write to {}", target, dir);
     }
+    let theirs_differ = differing_output(store, dir, &theirs.outputs, check_dir)?;
+    let Some(theirs_differ) = theirs_differ else {
+        let manifest_meta = find_meta(store, dir, manifest_at)?;
+        return Ok(Outcome { manifest: theirs, manifest_meta });
+    };
+    match differing_output(store, dir, &ours.outputs, check_dir)? {
+        None => {
+            // The other build's manifest describes bytes that ours replaced: ours is the true one.
+            let manifest_meta = store.write(manifest_at, &serde_json::to_vec_pretty(&ours)?)?;
+            Ok(Outcome { manifest: ours, manifest_meta })
+        }
+        Some(ours_differ) => {
+            store.delete(manifest_at)?;
+            Err(Transient(format!(
+                "{}: a concurrent build of the same key made different bytes and the two builds' outputs are mixed \
+                 in {} ({theirs_differ} for the other build's manifest; {ours_differ} for this one's); removed the \
+                 manifest so that no build trusts them, build it again",
+                target, dir
+            ))
+            .into())
+        }
+    }
+}
+
+fn find_meta(store: &dyn Store, dir: &str, manifest_at: &str) -> anyhow::Result<ObjectMeta> {
+    let listed = store.list(&format!("{dir}/{}", crate::store::META_DIR))?;
+    listed.into_iter().find(|m| m.path == manifest_at).ok_or_else(|| {
+        anyhow::Error::new(Transient(format!("{manifest_at} was removed by another build while this one read it")))
+    })
+}
+
+/// The first of `outputs` whose object in `dir` lacks the recorded size or blake3, described; `None` when all
+/// match. Objects of stores without local paths are downloaded into `check_dir` to be hashed.
+fn differing_output(
+    store: &dyn Store,
+    dir: &str,
+    outputs: &[OutputFile],
+    check_dir: &Path,
+) -> anyhow::Result<Option<String>> {
+    for (n, output) in outputs.iter().enumerate() {
+        let at = join(dir, &output.name);
+        let (path, fetched) = match store.local_path(&at) {
+            Some(path) => (path, false),
+            None => {
+                std::fs::create_dir_all(check_dir).with_context(|| format!("cannot create {}", check_dir.display()))?;
+                let dest = check_dir.join(format!("{n}"));
+                store.fetch(&at, &dest).with_context(|| format!("reading {at} back to check it"))?;
+                (dest, true)
+            }
+        };
+        let found = match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() != output.size => Some(format!("{at} is {} bytes, not {}", meta.len(), output.size)),
+            Ok(_) => {
+                let digest = hash_file(&path)?;
+                (digest != output.blake3).then(|| format!("{at} has blake3 {digest}, not {}", output.blake3))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!("{at} is missing")),
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+        };
+        if fetched {
+            let _ = std::fs::remove_file(&path);
+        }
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// Local inputs larger than this are checked by size only: hashing them on every build would cost more than
+/// the check is worth where no download could have cut or mixed them.
+const LOCAL_HASH_LIMIT: u64 = 256 << 20;
+
+/// Checks an input's files, as fetched or found, against what its manifest records: every file's size, and
+/// its blake3 where the file was downloaded (always) or is small. A mismatch is transient: a concurrent
+/// rebuild of the input, with a command that is not deterministic, explains it, and a retry reads the new
+/// manifest.
+fn verify_input(
+    store: &dyn Store,
+    target: &str,
+    expect: &Expected,
+    files: &[JobFile],
+    local: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    let changed = |at: &str, mismatch: String| -> anyhow::Error {
+        Transient(format!(
+            "input file {at} of {target} {mismatch}: it changed after its manifest was written (a concurrent \
+             rebuild, or damage to the store); build again, and rebuild {target} if this recurs"
+        ))
+        .into()
+    };
+    // Sizes first, for every file (a stat); then digests, only where they are worth computing.
+    let mut to_hash = Vec::new();
+    for ((file, path), output) in files.iter().zip(local).zip(&expect.outputs) {
+        let JobFile::Store(at) = file else { continue };
+        let size = std::fs::metadata(path).with_context(|| format!("cannot stat input {}", path.display()))?.len();
+        if size != output.size {
+            return Err(changed(at, format!("is {size} bytes, but its manifest records {}", output.size)));
+        }
+        if store.local_path(at).is_none() || size <= LOCAL_HASH_LIMIT {
+            to_hash.push((at, path, output.clone()));
+        }
+    }
+    // The step index keeps no digests: read them from the input's manifest, once, when one is needed.
+    if to_hash.iter().any(|(_, _, o)| o.blake3.is_empty()) {
+        let rebuilt = |what: String| -> anyhow::Error {
+            Transient(format!("input {target} {what} while this build ran: its files may have changed")).into()
+        };
+        let bytes =
+            store.read(&expect.manifest)?.ok_or_else(|| rebuilt(format!("lost its manifest {}", expect.manifest)))?;
+        let manifest = Manifest::parse(&bytes, &expect.manifest)?;
+        if manifest.key != expect.key {
+            return Err(rebuilt(format!("was rebuilt with key {}, not {}", manifest.key, expect.key)));
+        }
+        for (_, _, output) in &mut to_hash {
+            if let Some(found) = manifest.outputs.iter().find(|o| o.name == output.name) {
+                output.blake3 = found.blake3.clone();
+            }
+        }
+    }
+    to_hash.par_iter().try_for_each(|(at, path, output)| {
+        if output.blake3.is_empty() {
+            return Ok(());
+        }
+        let digest = hash_file(path)?;
+        match digest == output.blake3 {
+            true => Ok(()),
+            false => Err(changed(at, format!("has blake3 {digest}, but its manifest records {}", output.blake3))),
+        }
+    })
 }
 
 fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {
@@ -180,4 +319,151 @@ fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> any
 /// Removes scratch folders left by workers that no longer run (a build killed with -9); see `exec::scratch`.
 pub fn clean_abandoned_scratch(store: &dyn Store) {
     super::scratch::clean_abandoned(&store.scratch_root());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalStore;
+    use crate::store::manifest::KeyParts;
+
+    fn manifest(outputs: &[(&str, &[u8])]) -> Manifest {
+        Manifest {
+            manifest_format: manifest::FORMAT,
+            target: "step/s0".into(),
+            key: "k1".into(),
+            key_parts: KeyParts {
+                kind: "command".into(),
+                kind_version: 1,
+                settings: serde_json::json!({}),
+                shard: "s0".into(),
+                coords: serde_json::Value::Null,
+                inputs: Vec::new(),
+                source: None,
+            },
+            outputs: outputs
+                .iter()
+                .map(|(name, bytes)| OutputFile {
+                    name: (*name).into(),
+                    size: bytes.len() as u64,
+                    blake3: blake3::hash(bytes).to_hex().to_string(),
+                })
+                .collect(),
+            rows: None,
+            failures: None,
+            retryable: None,
+            retry: None,
+            stats: serde_json::Value::Null,
+            started_at: String::new(),
+            duration_s: 0.0,
+            dsmake_version: String::new(),
+            host: String::new(),
+        }
+    }
+
+    /// A store holding `objects` in `step/` and `theirs` as the manifest of `step/s0`.
+    fn store_with(objects: &[(&str, &[u8])], theirs: &Manifest) -> (tempfile::TempDir, LocalStore, String) {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path().to_path_buf());
+        for (name, bytes) in objects {
+            store.write(&join("step", name), bytes).unwrap();
+        }
+        let at = manifest_path("step", "s0");
+        store.write(&at, &serde_json::to_vec(theirs).unwrap()).unwrap();
+        (root, store, at)
+    }
+
+    fn stored_manifest(store: &LocalStore, at: &str) -> Option<Manifest> {
+        store.read(at).unwrap().map(|b| Manifest::parse(&b, at).unwrap())
+    }
+
+    #[test]
+    fn a_concurrent_manifest_is_adopted_when_its_objects_match_it() {
+        let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
+        let (root, store, at) = store_with(&[("a", b"AAAA"), ("b", b"BBBB")], &theirs);
+        let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
+        let outcome = adopt_concurrent(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        assert_eq!(outcome.manifest.outputs, theirs.outputs);
+    }
+
+    #[test]
+    fn our_manifest_replaces_one_that_describes_other_bytes_than_those_there() {
+        // Same sizes, other bytes: a size check alone would adopt the other build's manifest.
+        let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
+        let (root, store, at) = store_with(&[("a", b"aaaa"), ("b", b"bbbb")], &theirs);
+        let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
+        let outcome = adopt_concurrent(&store, "step", &at, ours.clone(), &root.path().join("check")).unwrap();
+        assert_eq!(outcome.manifest.outputs, ours.outputs);
+        assert_eq!(stored_manifest(&store, &at).unwrap().outputs, ours.outputs, "ours is written over theirs");
+    }
+
+    #[test]
+    fn mixed_outputs_of_two_builds_leave_no_manifest_and_a_transient_error() {
+        let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
+        let (root, store, at) = store_with(&[("a", b"AAAA"), ("b", b"bbbb")], &theirs);
+        let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
+        let err = adopt_concurrent(&store, "step", &at, ours, &root.path().join("check")).unwrap_err();
+        assert!(crate::retry::is_transient(&err), "{err:#}");
+        let text = format!("{err:#}");
+        assert!(text.contains("step/b has blake3") && text.contains("step/a has blake3"), "{text}");
+        assert!(stored_manifest(&store, &at).is_none(), "no manifest vouches for mixed bytes");
+    }
+
+    #[test]
+    fn a_concurrent_manifest_with_another_key_is_refused() {
+        let mut theirs = manifest(&[("a", b"AAAA")]);
+        theirs.key = "k2".into();
+        let (root, store, at) = store_with(&[("a", b"AAAA")], &theirs);
+        let err =
+            adopt_concurrent(&store, "step", &at, manifest(&[("a", b"AAAA")]), &root.path().join("c")).unwrap_err();
+        assert!(format!("{err:#}").contains("different key"), "{err:#}");
+    }
+
+    fn expect_for(
+        store: &LocalStore,
+        at: &str,
+        published: &Manifest,
+    ) -> (Expected, Vec<JobFile>, Vec<std::path::PathBuf>) {
+        // As the planner hands it over: sizes from the index, no digests.
+        let outputs: Vec<OutputFile> =
+            published.outputs.iter().map(|o| OutputFile { blake3: String::new(), ..o.clone() }).collect();
+        let files: Vec<JobFile> = outputs.iter().map(|o| JobFile::Store(join("step", &o.name))).collect();
+        let local = outputs.iter().map(|o| store.local_path(&join("step", &o.name)).unwrap()).collect();
+        (Expected { manifest: at.into(), key: published.key.clone(), outputs }, files, local)
+    }
+
+    #[test]
+    fn inputs_that_match_their_manifest_pass() {
+        let published = manifest(&[("a", b"AAAA")]);
+        let (_root, store, at) = store_with(&[("a", b"AAAA")], &published);
+        let (expect, files, local) = expect_for(&store, &at, &published);
+        verify_input(&store, "step/s0", &expect, &files, &local).unwrap();
+    }
+
+    #[test]
+    fn an_input_with_the_right_size_and_other_bytes_is_a_transient_error_naming_it() {
+        let published = manifest(&[("a", b"AAAA")]);
+        let (_root, store, at) = store_with(&[("a", b"aaaa")], &published);
+        let (expect, files, local) = expect_for(&store, &at, &published);
+        let err = verify_input(&store, "step/s0", &expect, &files, &local).unwrap_err();
+        assert!(crate::retry::is_transient(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("input file step/a of step/s0 has blake3"), "{err:#}");
+    }
+
+    #[test]
+    fn an_input_of_another_size_or_rebuilt_with_another_key_is_a_transient_error() {
+        let published = manifest(&[("a", b"AAAA")]);
+        let (_root, store, at) = store_with(&[("a", b"AAA")], &published);
+        let (expect, files, local) = expect_for(&store, &at, &published);
+        let err = verify_input(&store, "step/s0", &expect, &files, &local).unwrap_err();
+        assert!(crate::retry::is_transient(&err) && format!("{err:#}").contains("is 3 bytes"), "{err:#}");
+
+        // Sizes that match, under a manifest that another key has replaced since the plan.
+        store.write("step/a", b"AAAA").unwrap();
+        let mut rebuilt = published.clone();
+        rebuilt.key = "k2".into();
+        store.write(&at, &serde_json::to_vec(&rebuilt).unwrap()).unwrap();
+        let err = verify_input(&store, "step/s0", &expect, &files, &local).unwrap_err();
+        assert!(crate::retry::is_transient(&err) && format!("{err:#}").contains("rebuilt with key k2"), "{err:#}");
+    }
 }

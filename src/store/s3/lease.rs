@@ -7,8 +7,8 @@ use super::errors::{describe, is_not_found, is_precondition_failed};
 use anyhow::Context;
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,40 @@ pub struct Lease {
     store: Arc<S3Store>,
     key: String,
     id: String,
+}
+
+/// Why this process lost a build lease, once it has. Shared by every clone of the store: the renewal thread
+/// sets it and every write checks it, because a build that no longer holds its lease may be racing another
+/// build that took it over, and its later writes could put a manifest over the other build's bytes (or the
+/// other way round). Git refuses a push whose lock it lost in the same way: the holder stops, it does not
+/// warn and carry on.
+#[derive(Clone, Default)]
+pub struct LeaseGuard(Arc<Mutex<Option<String>>>);
+
+impl LeaseGuard {
+    pub fn lose(&self, why: String) {
+        let mut lost = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        lost.get_or_insert(why);
+    }
+
+    /// An error naming what was not written and why, once a lease was lost.
+    pub fn check(&self, what: &str) -> anyhow::Result<()> {
+        let lost = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*lost {
+            Some(why) => anyhow::bail!(
+                "not writing {what}: this build lost its build lease ({why}), so another build may be writing the \
+                 same objects; run the build again"
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether a lease last renewed `since` ago must be counted as lost: the next renewal attempt would come after
+/// its expiry, when another build may already have taken it over. Judged before expiry, not at it, so that a
+/// write under way when it expires was checked while the lease still held.
+fn renewal_too_late(since: Duration, ttl: Duration) -> bool {
+    since + ttl / 3 >= ttl
 }
 
 fn ttl() -> Duration {
@@ -126,8 +160,10 @@ pub fn acquire(store: Arc<S3Store>, pipeline: &str) -> anyhow::Result<Lease> {
     let stop = Arc::new(AtomicBool::new(false));
     let renewal = {
         let (stop, store, key, holder, id) = (stop.clone(), store.clone(), key.clone(), holder, id.clone());
+        let guard = store.lease.clone();
         std::thread::spawn(move || {
             let mut etag = etag;
+            let mut renewed = std::time::Instant::now();
             loop {
                 let period = ttl() / 3;
                 let started = std::time::Instant::now();
@@ -138,19 +174,26 @@ pub fn acquire(store: Arc<S3Store>, pipeline: &str) -> anyhow::Result<Lease> {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 match store.put_lease(&key, &holder(), Condition::Matches(&etag)) {
-                    Ok(Put::Done(next)) => etag = next,
+                    Ok(Put::Done(next)) => (etag, renewed) = (next, std::time::Instant::now()),
                     Ok(Put::Conflict) => match store.get_lease(&key) {
                         // A retried renewal whose first try went through, but whose answer was lost.
-                        Ok(Some((ours, next))) if ours.id == id => etag = next,
+                        Ok(Some((ours, next))) if ours.id == id => (etag, renewed) = (next, std::time::Instant::now()),
                         _ => {
-                            eprintln!(
-                                "warning: the build lease was taken over by another build (this one was too slow to \
-                                 renew it)"
-                            );
+                            guard.lose(format!(
+                                "{key} was taken over or removed by someone else (another build, or a clean-up) before this build renewed it"
+                            ));
+                            eprintln!("error: the build lease {key} was taken over by another build; publishing stops");
                             return;
                         }
                     },
-                    Err(e) => eprintln!("warning: cannot renew the build lease: {e:#}"),
+                    Err(e) if renewal_too_late(renewed.elapsed(), ttl()) => {
+                        guard.lose(format!("{key} could not be renewed before it expired: {e:#}"));
+                        eprintln!(
+                            "error: cannot renew the build lease {key} before it expires ({e:#}); publishing stops"
+                        );
+                        return;
+                    }
+                    Err(e) => eprintln!("warning: cannot renew the build lease {key}, will try again: {e:#}"),
                 }
             }
         })
@@ -167,7 +210,33 @@ impl Drop for Lease {
         if let Ok(Some((holder, _))) = self.store.get_lease(&self.key)
             && holder.id == self.id
         {
-            let _ = crate::store::Store::delete(&*self.store, &self.store.unkey(&self.key));
+            let _ = self.store.remove(&self.store.unkey(&self.key));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lease_stops_every_later_write_with_the_reason() {
+        let guard = LeaseGuard::default();
+        let clone = guard.clone();
+        clone.check("s3://b/x").expect("a held lease lets writes through");
+        guard.lose("taken over".into());
+        // The first reason stands: it is the one that explains what happened.
+        guard.lose("later".into());
+        let err = format!("{:#}", clone.check("s3://b/step/out.tar").unwrap_err());
+        assert!(err.contains("s3://b/step/out.tar") && err.contains("lost its build lease (taken over)"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_counts_as_lost_before_it_expires() {
+        let ttl = Duration::from_secs(60);
+        assert!(!renewal_too_late(Duration::from_secs(20), ttl), "one missed renewal leaves time for another");
+        assert!(!renewal_too_late(Duration::from_secs(39), ttl));
+        assert!(renewal_too_late(Duration::from_secs(40), ttl), "the next try would come at expiry");
+        assert!(renewal_too_late(Duration::from_secs(90), ttl));
     }
 }

@@ -30,6 +30,9 @@ pub struct S3Store {
     /// their LastModified times, and a write asks for it with a HEAD so that the index can match listings.
     etagless: Arc<AtomicBool>,
     requests: config::RequestCounter,
+    /// Set once a build lease this process held is lost: from then on this process may not know that it is
+    /// the only writer, so it publishes nothing more (see `lease::LeaseGuard`).
+    lease: lease::LeaseGuard,
 }
 
 /// An object's version as a listing shows it: the ETag, or the LastModified time where there is no ETag.
@@ -67,7 +70,26 @@ impl S3Store {
             .build()?;
         let requests = config::RequestCounter::default();
         let client = runtime.block_on(config::client(&bucket, options, &requests))?;
-        Ok(S3Store { client, bucket, prefix, runtime: Arc::new(runtime), etagless: Arc::default(), requests })
+        Ok(S3Store {
+            client,
+            bucket,
+            prefix,
+            runtime: Arc::new(runtime),
+            etagless: Arc::default(),
+            requests,
+            lease: lease::LeaseGuard::default(),
+        })
+    }
+
+    /// Deletes an object whatever the lease says: for the lease itself, released by its holder.
+    fn remove(&self, path: &str) -> anyhow::Result<()> {
+        self.retrying(|| async {
+            match self.client.delete_object().bucket(&self.bucket).key(self.key(path)).send().await {
+                Ok(_) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(describe(e, &format!("deleting {}", self.where_(path)))),
+            }
+        })
     }
 
     fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
@@ -172,15 +194,18 @@ impl Store for S3Store {
     }
 
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
+        self.lease.check(&self.where_(path))?;
         let meta = self.retrying(|| self.put(path, bytes.to_vec(), false))?;
         meta.with_context(|| format!("writing {}", self.where_(path)))
     }
 
     fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
+        self.lease.check(&self.where_(path))?;
         self.retrying(|| self.put(path, bytes.to_vec(), true))
     }
 
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
+        self.lease.check(&self.where_(path))?;
         let size = std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?.len();
         let key = self.key(path);
         // Taken here, not in `retrying`: the parts of a multipart upload, sent from other threads, draw on it too.
@@ -206,13 +231,9 @@ impl Store for S3Store {
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.retrying(|| async {
-            match self.client.delete_object().bucket(&self.bucket).key(self.key(path)).send().await {
-                Ok(_) => Ok(()),
-                Err(e) if is_not_found(&e) => Ok(()),
-                Err(e) => Err(describe(e, &format!("deleting {}", self.where_(path)))),
-            }
-        })
+        // Deleting is writing: a build without its lease could remove the manifest of the build that took it.
+        self.lease.check(&self.where_(path))?;
+        self.remove(path)
     }
 
     fn local_path(&self, _path: &str) -> Option<PathBuf> {
