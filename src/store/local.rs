@@ -98,11 +98,16 @@ impl Store for LocalStore {
         });
         // link(2) fails when the destination exists: an atomic create-if-absent with the whole content.
         let linked = written.and_then(|_| fs::hard_link(&temp, &dest));
+        // The object's metadata through the temporary name, which is the same file: another writer may remove
+        // `dest` as soon as it exists, and that must not fail this write, which did happen.
+        let meta = linked.as_ref().ok().map(|_| fs::metadata(&temp));
         let _ = fs::remove_file(&temp);
         match linked {
             Ok(()) => {
                 sync_dir(&dir);
-                let meta = fs::metadata(&dest).with_context(|| format!("cannot stat {}", dest.display()))?;
+                let meta = meta
+                    .unwrap_or_else(|| fs::metadata(&dest))
+                    .with_context(|| format!("cannot stat {}", dest.display()))?;
                 Ok(Some(meta_of(path.to_string(), &meta)))
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
