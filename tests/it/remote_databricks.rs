@@ -1,6 +1,6 @@
 //! `dsmake build --remote databricks` against a local Jobs API server (tests/python/databricks_mock.py, which
-//! validates every request against ../shared/specs/databricks-jobs-2.1-aws.yaml, read from there, and runs
-//! the submitted driver with local Spark) and the S3 server: the whole path from the plan to outputs in S3,
+//! validates every request against tests/fixtures/specs/databricks-jobs-2.1-aws.yaml, a copy of the published
+//! spec, and runs the submitted driver with local Spark) and the S3 server: the whole path from the plan to outputs in S3,
 //! and the errors a user meets on the way.
 
 use crate::common::{self, Backend, Sandbox, built, s3, work};
@@ -23,7 +23,7 @@ fn repo() -> &'static Path {
 }
 
 fn start_mock(state: &Path) -> Mock {
-    let spec = repo().join("../shared/specs/databricks-jobs-2.1-aws.yaml");
+    let spec = repo().join("tests/fixtures/specs/databricks-jobs-2.1-aws.yaml");
     assert!(spec.is_file(), "the Jobs API spec is read from {}", spec.display());
     let mut command = Command::new(repo().join(".venv/bin/python"));
     command
