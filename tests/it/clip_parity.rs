@@ -1,9 +1,8 @@
 //! CLIP parity with the golden reference (transformers' CLIPModel, open_clip's transform and tokenizer).
 //!
 //! The fixture is the copy in `tests/fixtures/clip-golden/` (see its README: the reference pixel tensors are
-//! stored there as lossless 8-bit PNGs), so these tests do not need `../shared`; where
-//! `../shared/fixtures/clip-golden/` exists, `reference_pngs_equal_the_shared_npy_tensors` also checks the
-//! copy against the original `.npy` files. Run with `--nocapture` to see the parity numbers.
+//! stored there as lossless 8-bit PNGs, and `reference_pngs_equal_the_npy_tensors` checks them against the
+//! original `.npy` files kept beside them). Run with `--nocapture` to see the parity numbers.
 
 use candle_core::{DType, Device};
 use dsmake::clip::preprocess::{OPENAI_MEAN, OPENAI_STD};
@@ -65,15 +64,11 @@ fn tensor_rows(t: &candle_core::Tensor) -> Vec<Vec<f32>> {
 }
 
 #[test]
-fn reference_pngs_equal_the_shared_npy_tensors() {
-    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/clip-golden/expected");
-    if !shared.is_dir() {
-        eprintln!("skipped: {} is not there (the PNG copy is checked by the other tests)", shared.display());
-        return;
-    }
+fn reference_pngs_equal_the_npy_tensors() {
+    let npy_dir = fixture("expected/npy");
     let e = expected();
     for (image, file) in strings(&e["images"]).iter().zip(strings(&e["pixels_files"])) {
-        let array = npy::read(&shared.join(&file)).unwrap();
+        let array = npy::read(&npy_dir.join(&file)).unwrap();
         assert_eq!(array.shape, vec![3, 336, 336]);
         assert_eq!(max_abs(&array.data, &reference_pixels(image)), 0.0, "{file}");
     }

@@ -4,7 +4,7 @@
 
 Prints `listening PORT` once it accepts connections. Every request must carry `Authorization: Bearer TOKEN`
 (else 401, as Databricks answers) and is validated against the OpenAPI description in SPEC (the published
-databricks-jobs-2.1-aws.yaml, read from ../shared/specs): the operation must exist, query parameters and the
+databricks-jobs-2.1-aws.yaml, copied into tests/fixtures/specs): the operation must exist, query parameters and the
 JSON body must match its schema (required fields, types, enums, patterns, maxItems; unknown top-level body
 fields are rejected). Invalid requests get 400 and are logged as `INVALID` in DIR/requests.log, where every
 request line goes.
