@@ -153,8 +153,4 @@ impl Job {
             }),
         }
     }
-
-    pub fn settings(&self) -> &serde_json::Value {
-        &self.key_parts.settings
-    }
 }

@@ -2,7 +2,6 @@
 //! last, the manifest. Local and remote builds both come through here.
 
 use super::job::{Expected, FORMAT, Job, JobFile};
-use crate::kind::Cancelled;
 use crate::kind::{BuildCx, Cancel, LocalInput};
 use crate::kinds;
 use crate::retry::Transient;
@@ -97,9 +96,7 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
         previous,
     };
     let built = kind.build(&job.key_parts.settings, &cx)?;
-    if cancel.is_cancelled() {
-        return Err(Cancelled.into());
-    }
+    cancel.check()?;
     let outputs: Vec<OutputFile> = built
         .outputs
         .par_iter()
@@ -115,9 +112,7 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
     let manifest_at = manifest_path(&job.dir, &job.shard);
     store.delete(&manifest_at)?;
     for output in &outputs {
-        if cancel.is_cancelled() {
-            return Err(Cancelled.into());
-        }
+        cancel.check()?;
         store.publish(&out_dir.join(&output.name), &join(&job.dir, &output.name))?;
     }
 

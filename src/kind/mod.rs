@@ -37,16 +37,6 @@ pub enum Resource {
     Gpu,
 }
 
-impl Resource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Resource::Cpu => "cpu",
-            Resource::Net => "net",
-            Resource::Gpu => "gpu",
-        }
-    }
-}
-
 /// What a step's settings tell the engine, found once when the pipeline file is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepTraits {

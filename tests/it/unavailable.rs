@@ -13,8 +13,8 @@ on_every_store!(
     a_model_not_at_hand_does_not_stop_the_steps_before_it,
 );
 
-/// `raw → up` is fine; `extra → count` reads files that are not there.
-const MISSING_FILES: &str = r#"
+/// The steps every case below builds: `raw → up`, which the unavailable step does not touch.
+const LOCAL: &str = r#"
 [steps.raw]
 kind = "files"
 paths = "data/*.txt"
@@ -23,7 +23,10 @@ paths = "data/*.txt"
 kind = "command"
 from = "raw"
 run = "tr a-z A-Z < {input} > {output}"
+"#;
 
+/// `extra → count` reads files that are not there.
+const MISSING_FILES: &str = r#"
 [steps.extra]
 kind = "files"
 paths = "missing/*.csv"
@@ -93,8 +96,8 @@ fn unavailable_leaves_the_rest(s: &Sandbox, bad: &str, after: &str, why: &str) {
     assert_eq!(step(&status, bad)["unavailable"], true, "{status}");
 }
 
-fn sandbox(backend: Backend, pipeline: &str) -> Sandbox {
-    let s = Sandbox::on(backend, pipeline);
+fn sandbox(backend: Backend, unavailable: &str) -> Sandbox {
+    let s = Sandbox::on(backend, &format!("{LOCAL}{unavailable}"));
     s.write("data/a.txt", "alpha\n");
     s
 }
@@ -105,15 +108,6 @@ fn a_source_without_files_is_unavailable_and_the_rest_builds(backend: Backend) {
 }
 
 const HUB: &str = r#"
-[steps.raw]
-kind = "files"
-paths = "data/*.txt"
-
-[steps.up]
-kind = "command"
-from = "raw"
-run = "tr a-z A-Z < {input} > {output}"
-
 [steps.meta]
 kind = "hf-dataset"
 repo = "laion/tiny"
@@ -145,15 +139,6 @@ fn an_unreachable_hub_leaves_the_local_steps_buildable(backend: Backend) {
 }
 
 const MODEL: &str = r#"
-[steps.raw]
-kind = "files"
-paths = "data/*.txt"
-
-[steps.up]
-kind = "command"
-from = "raw"
-run = "tr a-z A-Z < {input} > {output}"
-
 [steps.shards]
 kind = "files"
 paths = "wds/*.tar"

@@ -4,7 +4,6 @@
 use super::metadata::Metadata;
 use super::webdataset;
 use crate::clip::{self, Clip, npy};
-use crate::kind::Cancelled;
 use anyhow::{Context, anyhow, bail};
 use rayon::prelude::*;
 use serde_json::Value;
@@ -76,9 +75,7 @@ pub fn embed_part(
         });
         for batch in rx {
             let batch = batch?;
-            if cancel.is_cancelled() {
-                return Err(Cancelled.into());
-            }
+            cancel.check()?;
             run.failures.extend(batch.failures);
             run.without_caption += batch.without_caption;
             let n = batch.keys.len();
@@ -125,9 +122,7 @@ fn produce(
     };
     for (target, path) in tars {
         webdataset::read_samples(path, |sample| {
-            if cancel.is_cancelled() {
-                return Err(Cancelled.into());
-            }
+            cancel.check()?;
             if sample.image.is_none() {
                 let mut problems = sample.problems;
                 problems.push("no image member".into());

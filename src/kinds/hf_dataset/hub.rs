@@ -310,9 +310,7 @@ impl Hub {
         // answer can keep this loop going; each attempt resumes from what arrived.
         let budget = Budget::current_or_default();
         loop {
-            if cancel.is_cancelled() {
-                return Err(crate::kind::Cancelled.into());
-            }
+            cancel.check()?;
             let mut have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
             if have > file.size {
                 // Left by something else (the body limit keeps downloads within the size): start again.
@@ -433,9 +431,7 @@ impl Hub {
         let mut buf = vec![0u8; 1 << 16];
         let mut n = 0u64;
         loop {
-            if cancel.is_cancelled() {
-                return Err(crate::kind::Cancelled.into());
-            }
+            cancel.check()?;
             let got = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(got) if n + got as u64 > room => {

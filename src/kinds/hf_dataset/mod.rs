@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use hub::{Hub, HubFile};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct HfDataset;
 
@@ -92,23 +92,17 @@ impl std::fmt::Display for NotKnown {
 }
 impl std::error::Error for NotKnown {}
 
+/// The listing saved by the last online plan; `missing` is the error when there is none.
+fn saved_listing(saved: &Path, missing: impl FnOnce() -> anyhow::Error) -> anyhow::Result<Listing> {
+    let bytes = std::fs::read(saved).map_err(|_| missing())?;
+    serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()))
+}
+
 fn resolve(s: &Settings, step: &str, local_only: bool) -> anyhow::Result<Listing> {
     let hub = Hub::from_env()?;
     let saved = listing_path(&hub.endpoint, &s.repo, &s.revision);
-    if local_only && !hub::offline() {
-        // Unavailable here rather than "not known yet": building other steps would not tell it.
-        let bytes = std::fs::read(&saved).map_err(|_| {
-            anyhow::anyhow!(
-                "no listing of dataset `{}` at `{}` is saved yet (this command does not ask the Hub): run `dsmake \
-                 plan` once",
-                s.repo,
-                s.revision
-            )
-        })?;
-        return serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()));
-    }
     if hub::offline() {
-        let bytes = std::fs::read(&saved).map_err(|_| {
+        let listing = saved_listing(&saved, || {
             anyhow::Error::new(NotKnown(format!(
                 "HF_HUB_OFFLINE is set and no earlier listing of dataset `{}` at `{}` is saved in {}: plan once \
                  online, or unset HF_HUB_OFFLINE",
@@ -117,14 +111,23 @@ fn resolve(s: &Settings, step: &str, local_only: bool) -> anyhow::Result<Listing
                 saved.display()
             )))
         })?;
-        let listing: Listing =
-            serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()))?;
         note(format!(
             "hf-dataset `{step}`: offline (HF_HUB_OFFLINE): using the listing of {}@{} saved {} (commit {}); the \
              revision may have moved since",
             s.repo, s.revision, listing.listed_at, listing.commit
         ));
         return Ok(listing);
+    }
+    if local_only {
+        // Unavailable here rather than "not known yet": building other steps would not tell it.
+        return saved_listing(&saved, || {
+            anyhow::anyhow!(
+                "no listing of dataset `{}` at `{}` is saved yet (this command does not ask the Hub): run `dsmake \
+                 plan` once",
+                s.repo,
+                s.revision
+            )
+        });
     }
     let commit = hub.resolve_revision(&s.repo, &s.revision)?;
     let files = hub.list_files(&s.repo, &commit)?;

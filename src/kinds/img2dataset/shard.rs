@@ -12,7 +12,7 @@ use super::process::{self, Processed};
 use super::settings::Settings;
 use super::{index_digits, key, output_names, previous};
 use crate::formats::parquet::InvalidText;
-use crate::kind::{BuildCx, Built, Cancelled};
+use crate::kind::{BuildCx, Built};
 use anyhow::{Context, anyhow};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -139,9 +139,7 @@ pub fn run_shard(
         }
         drop(tx);
         for outcome in rx {
-            if cx.cancel.is_cancelled() {
-                return Err(Cancelled.into());
-            }
+            cx.cancel.check()?;
             let index = outcome.index;
             if let Some(image) = &outcome.image {
                 let row = &rows[index];
@@ -165,9 +163,7 @@ pub fn run_shard(
         }
         Ok(())
     })?;
-    if cx.cancel.is_cancelled() {
-        return Err(Cancelled.into());
-    }
+    cx.cancel.check()?;
     tar.finish()?;
 
     // The parquet: every row in input order, img2dataset's columns after the input's.

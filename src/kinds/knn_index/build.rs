@@ -8,7 +8,7 @@ use super::{
     CHUNK, EXACT_FAISS_AUTO_MAX, FAISS_FILE, INFOS_FILE, METADATA_FILE, PROBES, RECALL_BUDGET, faiss, hnsw, meta,
     vectors,
 };
-use crate::kind::{BuildCx, Built, Cancelled};
+use crate::kind::{BuildCx, Built};
 use anyhow::{Context, bail};
 use serde_json::json;
 use std::time::Instant;
@@ -73,9 +73,7 @@ pub fn build(s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
             bail!("part {}: {} rows of metadata read, {} vectors", part.name(), metadata.rows() - before, npy.rows);
         }
         loop {
-            if cx.cancel.is_cancelled() {
-                return Err(Cancelled.into());
-            }
+            cx.cancel.check()?;
             chunk.clear();
             let at = npy.position();
             let n = npy.next_rows(CHUNK, &mut chunk).with_context(|| format!("part {}", part.name()))?;
