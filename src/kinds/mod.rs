@@ -5,6 +5,7 @@ pub mod clip_embed;
 pub mod command;
 pub mod files;
 pub mod hf_dataset;
+pub mod hub;
 pub mod img2dataset;
 pub mod knn_index;
 

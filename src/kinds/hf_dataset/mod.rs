@@ -10,12 +10,10 @@
 //! `HF_HUB_OFFLINE=1` the plan uses the listing saved by the last online plan (and says so) while nothing
 //! can be downloaded.
 
-pub mod hub;
-
 use crate::formats::parquet;
 use crate::kind::{BuildCx, Built, Inputs, Kind, Resource, SettingError, ShardCx, ShardSpec, Shards};
+use crate::kinds::hub::{self, Hub, HubFile, Repo};
 use anyhow::{Context, bail};
-use hub::{Hub, HubFile};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -129,8 +127,9 @@ fn resolve(s: &Settings, step: &str, local_only: bool) -> anyhow::Result<Listing
             )
         });
     }
-    let commit = hub.resolve_revision(&s.repo, &s.revision)?;
-    let files = hub.list_files(&s.repo, &commit)?;
+    let repo = Repo::dataset(&s.repo);
+    let commit = hub.resolve_revision(&repo, &s.revision)?;
+    let files = hub.list_files(&repo, &commit)?;
     let listing = Listing {
         endpoint: hub.endpoint.clone(),
         repo: s.repo.clone(),
@@ -257,7 +256,7 @@ impl Kind for HfDataset {
             lfs: c.lfs,
             last_commit: Some(c.commit.clone()),
         };
-        let fetched = hub.download(&c.repo, &c.commit, &file, &partial, cx.cancel)?;
+        let fetched = hub.download(&Repo::dataset(&c.repo), &c.commit, &file, &partial, cx.cancel)?;
         let out = cx.out_dir.join(&c.path);
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent)?;

@@ -1,5 +1,6 @@
-//! A small client for the Hugging Face Hub's dataset API: revision → commit, recursive tree listings with LFS
-//! oids, and range-resumable downloads of one file.
+//! A small client for the Hugging Face Hub's API, for datasets (`hf-dataset`) and models (`clip-embed`'s
+//! weights): revision → commit, recursive tree listings with LFS oids, and range-resumable downloads of one
+//! file.
 //!
 //! HTTP client: `ureq` 3 (rustls). The worker builds a target synchronously on its own thread, so a
 //! blocking client fits it without a runtime inside the kind; ureq is small, speaks rustls (no OpenSSL on
@@ -54,6 +55,70 @@ pub struct HubFile {
     pub last_commit: Option<String>,
 }
 
+/// What a Hub repository holds: its API paths and how errors name it differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoKind {
+    Dataset,
+    Model,
+}
+
+impl RepoKind {
+    fn noun(self) -> &'static str {
+        match self {
+            RepoKind::Dataset => "dataset",
+            RepoKind::Model => "model",
+        }
+    }
+
+    /// The setting that names the repo, for "check `…`".
+    fn setting(self) -> &'static str {
+        match self {
+            RepoKind::Dataset => "repo",
+            RepoKind::Model => "model",
+        }
+    }
+}
+
+/// A repository on the Hub: `dataset `laion/relaion-pop``, `model `openai/clip-vit-large-patch14``.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repo {
+    pub kind: RepoKind,
+    pub id: String,
+}
+
+impl Repo {
+    pub fn dataset(id: &str) -> Repo {
+        Repo { kind: RepoKind::Dataset, id: id.to_string() }
+    }
+
+    pub fn model(id: &str) -> Repo {
+        Repo { kind: RepoKind::Model, id: id.to_string() }
+    }
+
+    /// `api/datasets/ORG/NAME` or `api/models/ORG/NAME`.
+    fn api_path(&self) -> String {
+        match self.kind {
+            RepoKind::Dataset => format!("api/datasets/{}", self.id),
+            RepoKind::Model => format!("api/models/{}", self.id),
+        }
+    }
+
+    /// Where files are downloaded from: `datasets/ORG/NAME/resolve/…`, or `ORG/NAME/resolve/…` for a model.
+    fn web_path(&self) -> String {
+        match self.kind {
+            RepoKind::Dataset => format!("datasets/{}", self.id),
+            RepoKind::Model => self.id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} `{}`", self.kind.noun(), self.id)
+    }
+}
+
 #[derive(Deserialize)]
 struct TreeEntry {
     #[serde(rename = "type")]
@@ -80,30 +145,35 @@ struct LastCommit {
 }
 
 /// What went wrong talking to the Hub, in words that say which of token, repo or revision to fix.
-fn explain(status: u16, repo: &str, revision: Option<&str>, has_token: bool, error_code: Option<&str>) -> String {
+fn explain(status: u16, repo: &Repo, revision: Option<&str>, has_token: bool, error_code: Option<&str>) -> String {
+    let noun = repo.kind.noun();
     let rev = revision.map(|r| format!(" at revision `{r}`")).unwrap_or_default();
     match (status, error_code) {
         (401, _) if has_token => format!(
-            "the Hub refused HF_TOKEN for dataset `{repo}` (401): the token is invalid or expired; create a new one \
+            "the Hub refused HF_TOKEN for {repo} (401): the token is invalid or expired; create a new one \
              at https://huggingface.co/settings/tokens"
         ),
         (401, _) => format!(
-            "dataset `{repo}` needs a token (401) or does not exist: it is gated or private and HF_TOKEN is not \
+            "{repo} needs a token (401) or does not exist: it is gated or private and HF_TOKEN is not \
              set; set HF_TOKEN, or check the repo name"
         ),
         (403, _) => format!(
-            "HF_TOKEN has no access to dataset `{repo}` (403): accept the dataset's conditions on its Hub page with \
+            "HF_TOKEN has no access to {repo} (403): accept the {noun}'s conditions on its Hub page with \
              this account, or use a token with read access"
         ),
         (404, Some("RevisionNotFound")) | (404, Some("EntryNotFound")) if revision.is_some() => {
-            format!("dataset `{repo}` has no revision `{}` (404): check `revision`", revision.unwrap_or_default())
+            format!("{repo} has no revision `{}` (404): check `revision`", revision.unwrap_or_default())
         }
         (404, Some("RepoNotFound")) => {
-            format!("there is no dataset `{repo}` on the Hub (404): check `repo` (the form is owner/name)")
+            format!(
+                "there is no {noun} `{}` on the Hub (404): check `{}` (the form is owner/name)",
+                repo.id,
+                repo.kind.setting()
+            )
         }
-        (404, _) => format!("not found on the Hub (404): dataset `{repo}`{rev}"),
-        (429, _) => format!("the Hub is rate-limiting requests for dataset `{repo}` (429)"),
-        (s, _) => format!("the Hub answered HTTP {s} for dataset `{repo}`{rev}"),
+        (404, _) => format!("not found on the Hub (404): {repo}{rev}"),
+        (429, _) => format!("the Hub is rate-limiting requests for {repo} (429)"),
+        (s, _) => format!("the Hub answered HTTP {s} for {repo}{rev}"),
     }
 }
 
@@ -163,7 +233,7 @@ impl Hub {
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_recv_body(Some(Duration::from_secs(120)))
-            .user_agent(format!("dsmake/{}; hf-dataset", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("dsmake/{}", env!("CARGO_PKG_VERSION")))
             // `send` follows redirects itself, to decide at each hop whether the token goes along.
             .max_redirects(0)
             .build();
@@ -207,7 +277,7 @@ impl Hub {
     fn check(
         &self,
         response: &ureq::http::Response<ureq::Body>,
-        repo: &str,
+        repo: &Repo,
         revision: Option<&str>,
     ) -> anyhow::Result<()> {
         let status = response.status().as_u16();
@@ -223,12 +293,12 @@ impl Hub {
     }
 
     /// The commit that `revision` names now.
-    pub fn resolve_revision(&self, repo: &str, revision: &str) -> anyhow::Result<String> {
-        let url = format!("{}/api/datasets/{repo}/revision/{}", self.endpoint, encode(revision));
+    pub fn resolve_revision(&self, repo: &Repo, revision: &str) -> anyhow::Result<String> {
+        let url = format!("{}/{}/revision/{}", self.endpoint, repo.api_path(), encode(revision));
         let (mut response, _) = self.send(&url, None)?;
         if response.status().as_u16() == 404 && header(&response, "X-Error-Code").is_none() {
             // Which is wrong, the repo or the revision? Ask about the repo alone.
-            let repo_url = format!("{}/api/datasets/{repo}", self.endpoint);
+            let repo_url = format!("{}/{}", self.endpoint, repo.api_path());
             let (probe, _) = self.send(&repo_url, None)?;
             let code = if probe.status().is_success() { "RevisionNotFound" } else { "RepoNotFound" };
             bail!(explain(404, repo, Some(revision), self.token.is_some(), Some(code)));
@@ -248,8 +318,8 @@ impl Hub {
     }
 
     /// Every file of the repo at `commit`, following the listing's pages.
-    pub fn list_files(&self, repo: &str, commit: &str) -> anyhow::Result<Vec<HubFile>> {
-        let mut url = Some(format!("{}/api/datasets/{repo}/tree/{commit}?recursive=true&expand=true", self.endpoint));
+    pub fn list_files(&self, repo: &Repo, commit: &str) -> anyhow::Result<Vec<HubFile>> {
+        let mut url = Some(format!("{}/{}/tree/{commit}?recursive=true&expand=true", self.endpoint, repo.api_path()));
         let mut files = Vec::new();
         let mut visited = std::collections::HashSet::new();
         while let Some(page) = url.take() {
@@ -296,13 +366,13 @@ impl Hub {
     /// number of bytes fetched over the network. The partial file is removed when the content is wrong.
     pub fn download(
         &self,
-        repo: &str,
+        repo: &Repo,
         commit: &str,
         file: &HubFile,
         partial: &Path,
         cancel: &crate::kind::Cancel,
     ) -> anyhow::Result<u64> {
-        let url = format!("{}/datasets/{repo}/resolve/{commit}/{}", self.endpoint, encode_path(&file.path));
+        let url = format!("{}/{}/resolve/{commit}/{}", self.endpoint, repo.web_path(), encode_path(&file.path));
         let mut fetched = 0u64;
         let mut attempts = 0u32;
         // Every attempt that leaves the file incomplete (a cut connection, a short body, a 416, an empty 206)
@@ -337,7 +407,7 @@ impl Hub {
             let Some(wait) = budget.should_retry(&error) else {
                 if attempts > 1 && crate::retry::is_transient(&error) {
                     return Err(error.context(format!(
-                        "downloading {} of dataset `{repo}`: gave up after {attempts} attempts (the retry budget \
+                        "downloading {} of {repo}: gave up after {attempts} attempts (the retry budget \
                          is spent; --retries sets it)",
                         file.path
                     )));
@@ -355,7 +425,7 @@ impl Hub {
             if got != file.oid {
                 std::fs::remove_file(partial).ok();
                 bail!(
-                    "sha256 mismatch for {} of dataset `{repo}` at {commit}: expected {} (LFS oid), got {got}; the \
+                    "sha256 mismatch for {} of {repo} at {commit}: expected {} (LFS oid), got {got}; the \
                      download was discarded",
                     file.path,
                     file.oid
@@ -364,7 +434,7 @@ impl Hub {
         } else {
             let got = std::fs::metadata(partial)?.len();
             if got != file.size {
-                bail!("{} of dataset `{repo}`: {got} bytes, the listing says {}", file.path, file.size);
+                bail!("{} of {repo}: {got} bytes, the listing says {}", file.path, file.size);
             }
         }
         Ok(fetched)
@@ -373,7 +443,7 @@ impl Hub {
     fn fetch_from(
         &self,
         url: &str,
-        repo: &str,
+        repo: &Repo,
         commit: &str,
         partial: &Path,
         wanted: std::ops::Range<u64>,
@@ -702,9 +772,13 @@ mod tests {
 
     #[test]
     fn messages_name_what_is_wrong() {
-        assert!(explain(401, "o/r", None, true, None).contains("HF_TOKEN"));
-        assert!(explain(401, "o/r", None, false, None).contains("HF_TOKEN is not set"));
-        assert!(explain(404, "o/r", Some("v9"), false, Some("RevisionNotFound")).contains("no revision `v9`"));
-        assert!(explain(404, "o/r", Some("main"), false, Some("RepoNotFound")).contains("check `repo`"));
+        assert!(explain(401, &Repo::dataset("o/r"), None, true, None).contains("HF_TOKEN"));
+        assert!(explain(401, &Repo::dataset("o/r"), None, false, None).contains("HF_TOKEN is not set"));
+        assert!(
+            explain(404, &Repo::model("o/r"), Some("v9"), false, Some("RevisionNotFound")).contains("no revision `v9`")
+        );
+        assert!(
+            explain(404, &Repo::dataset("o/r"), Some("main"), false, Some("RepoNotFound")).contains("check `repo`")
+        );
     }
 }
