@@ -8,7 +8,8 @@
 
 use super::workspace::Workspace;
 use super::{Format, PipelineArgs, UsageError};
-use crate::clip::{self, Clip, hub};
+use crate::clip::{self, Clip};
+use crate::kinds::clip_embed;
 use crate::kinds::knn_index::{self, FAISS_FILE, METADATA_FILE, faiss, hnsw, meta};
 use crate::pipeline::Pipeline;
 use crate::plan::{Action, Plan};
@@ -275,17 +276,12 @@ fn local_output(store: &dyn Store, dir: &str, name: &str, key: &str) -> anyhow::
     Ok(cached)
 }
 
-/// The model of a clip-embed step, found as its build finds it, on the CPU.
+/// The model of a clip-embed step, found as its build finds it (pinned by the plan just made, fetched if this
+/// machine lacks it), on the CPU.
 fn load_model(pipeline: &Pipeline, step: usize) -> anyhow::Result<Clip> {
-    let settings = &pipeline.steps[step].settings;
-    let dir = match settings.get("model_path").and_then(|v| v.as_str()) {
-        Some(path) => pipeline.base_dir.join(path),
-        None => {
-            let name = settings.get("model").and_then(|v| v.as_str()).unwrap_or(hub::DEFAULT_MODEL);
-            let repo = hub::repo_for(name).map_err(anyhow::Error::msg)?;
-            hub::resolve(&repo).with_context(|| format!("model `{name}` of step `{}`", pipeline.steps[step].name))?.dir
-        }
-    };
+    let step = &pipeline.steps[step];
+    let dir = clip_embed::model_folder(&step.settings, &step.name, &pipeline.base_dir)
+        .with_context(|| format!("the model of step `{}`", step.name))?;
     let device = candle_core::Device::Cpu;
     Clip::load(&dir, &device, clip::default_dtype(&device))
 }

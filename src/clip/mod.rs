@@ -5,8 +5,9 @@
 
 pub mod config;
 pub mod cpu;
-pub mod hub;
+pub mod names;
 pub mod npy;
+pub mod open_clip_table;
 pub mod preprocess;
 pub mod text;
 pub mod tokenizer;

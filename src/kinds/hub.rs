@@ -527,6 +527,114 @@ impl Hub {
     }
 }
 
+/// A revision pinned to a commit, with the files there: what a plan keys targets on, saved for offline plans.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listing {
+    pub endpoint: String,
+    pub repo: String,
+    pub revision: String,
+    pub commit: String,
+    pub listed_at: String,
+    pub files: Vec<HubFile>,
+}
+
+/// The files cannot be known now (offline, nothing saved): a plan says why instead of failing.
+#[derive(Debug)]
+pub struct NotKnown(pub String);
+
+impl std::fmt::Display for NotKnown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for NotKnown {}
+
+/// Says a message once per process (plans run again during a build).
+pub fn say_once(message: String) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.contains(&message) {
+        eprintln!("{message}");
+        said.push(message);
+    }
+}
+
+/// Where the listing of `repo` at `revision` from `endpoint` is saved, under the dsmake cache's `folder`.
+fn listing_path(folder: &str, endpoint: &str, repo: &str, revision: &str) -> std::path::PathBuf {
+    let id = blake3::hash(format!("{endpoint}\n{repo}\n{revision}").as_bytes()).to_hex();
+    crate::util::cache_dir().join(folder).join("listings").join(format!(
+        "{}-{}.json",
+        repo.replace('/', "--"),
+        &id[..16]
+    ))
+}
+
+/// The listing saved by the last online plan; `missing` is the error when there is none.
+fn saved_listing(saved: &Path, missing: impl FnOnce() -> anyhow::Error) -> anyhow::Result<Listing> {
+    let bytes = std::fs::read(saved).map_err(|_| missing())?;
+    serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()))
+}
+
+/// `revision` of `repo` pinned to a commit, with its files. Online, the Hub is asked every time (nothing cached
+/// hides a moved revision) and the answer is saved under the dsmake cache's `folder`; with `HF_HUB_OFFLINE` the
+/// saved listing is used and `who` (the step, as messages name it) says so, or the files are [`NotKnown`];
+/// `local_only` plans (`dsmake status`) read only the saved listing.
+pub fn pinned_listing(
+    repo: &Repo,
+    revision: &str,
+    folder: &str,
+    who: &str,
+    local_only: bool,
+) -> anyhow::Result<Listing> {
+    let hub = Hub::from_env()?;
+    let saved = listing_path(folder, &hub.endpoint, &repo.id, revision);
+    if offline() {
+        let listing = saved_listing(&saved, || {
+            anyhow::Error::new(NotKnown(format!(
+                "HF_HUB_OFFLINE is set and no earlier listing of {repo} at `{revision}` is saved in {}: plan once \
+                 online, or unset HF_HUB_OFFLINE",
+                saved.display()
+            )))
+        })?;
+        say_once(format!(
+            "{who}: offline (HF_HUB_OFFLINE): using the listing of {}@{revision} saved {} (commit {}); the revision \
+             may have moved since",
+            repo.id, listing.listed_at, listing.commit
+        ));
+        return Ok(listing);
+    }
+    if local_only {
+        // Unavailable here rather than "not known yet": building other steps would not tell it.
+        return saved_listing(&saved, || {
+            anyhow!(
+                "no listing of {repo} at `{revision}` is saved yet (this command does not ask the Hub): run `dsmake \
+                 plan` once"
+            )
+        });
+    }
+    let commit = hub.resolve_revision(repo, revision)?;
+    let files = hub.list_files(repo, &commit)?;
+    let listing = Listing {
+        endpoint: hub.endpoint.clone(),
+        repo: repo.id.clone(),
+        revision: revision.to_string(),
+        commit,
+        listed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        files,
+    };
+    // Saved only for offline plans; an online plan always asks the Hub again.
+    if let Some(parent) = saved.parent()
+        && std::fs::create_dir_all(parent).is_ok()
+    {
+        let tmp = saved.with_extension("json.tmp");
+        if std::fs::write(&tmp, serde_json::to_vec(&listing)?).is_ok() {
+            std::fs::rename(&tmp, &saved).ok();
+        }
+    }
+    say_once(format!("{who}: {}@{revision} → commit {}", repo.id, listing.commit));
+    Ok(listing)
+}
+
 /// Whether a listing's next page may be followed: paging that names a page already read, or goes on from a page
 /// with no entries, would loop for ever.
 fn follow(visited: &std::collections::HashSet<String>, entries: usize, next: &str) -> Result<(), String> {

@@ -11,9 +11,11 @@ mod metadata;
 mod model;
 mod settings;
 mod webdataset;
+mod weights;
 
 use crate::clip;
 use crate::kind::{BuildCx, Built, Inputs, Kind, Mapping, Resource, SettingError, ShardCx, Shards};
+use crate::kinds::hub;
 use anyhow::{anyhow, bail};
 use embed::{embed_part, load_cached};
 use model::ModelSource;
@@ -40,6 +42,23 @@ fn positive(key: &str, v: Option<i64>) -> Result<(), SettingError> {
         Some(n) if n <= 0 => Err(SettingError::new(key, format!("`{key}` must be a positive integer, found {n}"))),
         _ => Ok(()),
     }
+}
+
+fn source(s: &Settings, base_dir: &std::path::Path) -> anyhow::Result<ModelSource> {
+    ModelSource::from_settings(s.model.as_deref(), s.model_path.as_deref(), &s.model_revision, base_dir)
+}
+
+/// The folder holding the model of a clip-embed step with these effective settings, as its workers load it:
+/// pinned from the listing the last plan saved (`dsmake search` runs after a plan) and fetched if this machine
+/// lacks it.
+pub fn model_folder(settings: &serde_json::Value, step: &str, base_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let s =
+        <Settings as crate::kind::Settings>::from_effective(settings.as_object().unwrap_or(&serde_json::Map::new()))
+            .map_err(|e| anyhow!("the settings of clip-embed step `{step}`: {}", e.message))?;
+    let source = source(&s, base_dir)?;
+    let stat_cache = crate::util::stat_cache::StatCache::default();
+    let identity = source.identity(step, &stat_cache, true)?;
+    source.folder_for(&identity, &crate::kind::Cancel::default())
 }
 
 impl ClipEmbed {
@@ -88,7 +107,12 @@ impl Kind for ClipEmbed {
                 .help("`model_path` is a local folder that replaces the Hub download of `model`"));
         }
         if let Some(name) = &s.model {
-            clip::hub::repo_for(name).map_err(|e| SettingError::new("model", e))?;
+            clip::names::resolve(name).map_err(|e| SettingError::new("model", e))?;
+        }
+        if s.model_revision.trim().is_empty() {
+            return Err(
+                SettingError::new("model_revision", "`model_revision` is empty").help("e.g. \"main\" or a commit sha")
+            );
         }
         positive("batch_size", Some(s.batch_size))?;
         positive("shards_per_part", s.shards_per_part)?;
@@ -105,7 +129,7 @@ impl Kind for ClipEmbed {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let per_part = Self::shards_per_part(s, cx)?;
-        let source = ModelSource::from_settings(s.model.as_deref(), s.model_path.as_deref(), cx.base_dir)?;
+        let source = source(s, cx.base_dir)?;
         let shards = Mapping::Group(per_part).shards(&cx.inputs).map_err(|e| anyhow!(e))?;
         let Shards::Known(mut specs) = shards else {
             return Ok(shards);
@@ -115,7 +139,13 @@ impl Kind for ClipEmbed {
         }
         // The weights' identity is part of every part's key: a new model rebuilds them all, and the plan's
         // reason shows the identity that changed.
-        let identity = source.identity(cx.stat_cache)?;
+        let identity = match source.identity(cx.step, cx.stat_cache, cx.local_only) {
+            Ok(identity) => identity,
+            Err(e) => match e.downcast::<hub::NotKnown>() {
+                Ok(why) => return Ok(Shards::Unknown(why.0)),
+                Err(e) => return Err(e),
+            },
+        };
         for spec in &mut specs {
             spec.coords["model"] = identity.clone();
         }
@@ -123,10 +153,10 @@ impl Kind for ClipEmbed {
     }
 
     fn build(&self, s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
-        let source = ModelSource::from_settings(s.model.as_deref(), s.model_path.as_deref(), cx.base_dir)?;
+        let source = source(s, cx.base_dir)?;
         let identity =
             cx.coords.get("model").ok_or_else(|| anyhow!("{} has no model in its coordinates", cx.target))?;
-        let dir = source.folder_for(identity)?;
+        let dir = source.folder_for(identity, cx.cancel)?;
         let device = clip::device(s.device.as_str())?;
         let model = load_cached(&dir, identity, &device)?;
 
@@ -154,6 +184,7 @@ impl Kind for ClipEmbed {
                 "model": identity,
                 "device": if device.is_cuda() { "cuda" } else { "cpu" },
                 "model_seconds": run.model_seconds,
+                "model_bytes_fetched": weights::bytes_fetched(),
             }),
         })
     }

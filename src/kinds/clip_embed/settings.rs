@@ -12,10 +12,15 @@ crate::setting_enum! {
 crate::settings! {
     pub struct Settings {
         /// all-clip model name: "ViT-L/14@336px" (when neither this nor `model_path` is set), "ViT-L/14",
-        /// "ViT-B/32", "open_clip:ViT-L-14-336/openai", "hf_clip:ORG/NAME", …; weights from the Hugging Face cache
+        /// "ViT-B/32", "open_clip:ARCH/TAG" (open_clip's pretrained tags, e.g.
+        /// "open_clip:ViT-H-14-CLIPA-336/laion2b"), "open_clip:hf-hub:ORG/NAME", "hf_clip:ORG/NAME"; pinned to a
+        /// Hub commit when the plan is made and fetched by the worker
         model: Option<String>,
-        /// a local CLIP folder in Hugging Face format (config.json, tokenizer.json, model.safetensors), relative to
-        /// the pipeline file; instead of `model`
+        /// the branch, tag or commit of the model's Hub repo; the plan pins it to a commit
+        model_revision: String = "main".into(),
+        /// a local model folder, relative to the pipeline file, in Hugging Face's CLIP format (config.json,
+        /// tokenizer.json, model.safetensors) or open_clip's (open_clip_config.json with its weights); instead of
+        /// `model`
         model_path: Option<String>,
         /// "auto", "cpu" or "cuda" (fp16; needs the `cuda` build)
         device: Device = Device::Auto,

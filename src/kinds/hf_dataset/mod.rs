@@ -16,7 +16,7 @@ use crate::kinds::hub::{self, Hub, HubFile, Repo};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct HfDataset;
 
@@ -44,111 +44,9 @@ struct Coords {
     lfs: bool,
 }
 
-/// A saved resolution, for offline plans.
-#[derive(Debug, Serialize, Deserialize)]
-struct Listing {
-    endpoint: String,
-    repo: String,
-    revision: String,
-    commit: String,
-    listed_at: String,
-    files: Vec<HubFile>,
-}
-
-fn listing_path(endpoint: &str, repo: &str, revision: &str) -> PathBuf {
-    let id = blake3::hash(format!("{endpoint}\n{repo}\n{revision}").as_bytes()).to_hex();
-    crate::util::cache_dir().join("hf-dataset").join("listings").join(format!(
-        "{}-{}.json",
-        repo.replace('/', "--"),
-        &id[..16]
-    ))
-}
-
 fn partial_path(oid: &str) -> PathBuf {
     let safe: String = oid.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     crate::util::cache_dir().join("hf-dataset").join("partial").join(format!("{safe}.part"))
-}
-
-/// Says once per process which commit a revision was pinned to (plans run again during a build).
-fn note(message: String) {
-    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
-    if !said.contains(&message) {
-        eprintln!("{message}");
-        said.push(message);
-    }
-}
-
-/// The files cannot be known now (offline, nothing saved): the plan says why instead of failing.
-#[derive(Debug)]
-struct NotKnown(String);
-
-impl std::fmt::Display for NotKnown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for NotKnown {}
-
-/// The listing saved by the last online plan; `missing` is the error when there is none.
-fn saved_listing(saved: &Path, missing: impl FnOnce() -> anyhow::Error) -> anyhow::Result<Listing> {
-    let bytes = std::fs::read(saved).map_err(|_| missing())?;
-    serde_json::from_slice(&bytes).with_context(|| format!("unreadable saved listing {}", saved.display()))
-}
-
-fn resolve(s: &Settings, step: &str, local_only: bool) -> anyhow::Result<Listing> {
-    let hub = Hub::from_env()?;
-    let saved = listing_path(&hub.endpoint, &s.repo, &s.revision);
-    if hub::offline() {
-        let listing = saved_listing(&saved, || {
-            anyhow::Error::new(NotKnown(format!(
-                "HF_HUB_OFFLINE is set and no earlier listing of dataset `{}` at `{}` is saved in {}: plan once \
-                 online, or unset HF_HUB_OFFLINE",
-                s.repo,
-                s.revision,
-                saved.display()
-            )))
-        })?;
-        note(format!(
-            "hf-dataset `{step}`: offline (HF_HUB_OFFLINE): using the listing of {}@{} saved {} (commit {}); the \
-             revision may have moved since",
-            s.repo, s.revision, listing.listed_at, listing.commit
-        ));
-        return Ok(listing);
-    }
-    if local_only {
-        // Unavailable here rather than "not known yet": building other steps would not tell it.
-        return saved_listing(&saved, || {
-            anyhow::anyhow!(
-                "no listing of dataset `{}` at `{}` is saved yet (this command does not ask the Hub): run `dsmake \
-                 plan` once",
-                s.repo,
-                s.revision
-            )
-        });
-    }
-    let repo = Repo::dataset(&s.repo);
-    let commit = hub.resolve_revision(&repo, &s.revision)?;
-    let files = hub.list_files(&repo, &commit)?;
-    let listing = Listing {
-        endpoint: hub.endpoint.clone(),
-        repo: s.repo.clone(),
-        revision: s.revision.clone(),
-        commit,
-        listed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        files,
-    };
-    // Saved only for offline plans; an online plan always asks the Hub again.
-    if let Some(parent) = saved.parent()
-        && std::fs::create_dir_all(parent).is_ok()
-    {
-        let tmp = saved.with_extension("json.tmp");
-        if std::fs::write(&tmp, serde_json::to_vec(&listing)?).is_ok() {
-            std::fs::rename(&tmp, &saved).ok();
-        }
-    }
-    note(format!("hf-dataset `{step}`: {}@{} → commit {}", s.repo, s.revision, listing.commit));
-    Ok(listing)
 }
 
 /// The `include` globs as one matcher, read as the `files` kind reads its paths.
@@ -193,9 +91,11 @@ impl Kind for HfDataset {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let include = includes(&s.include).map_err(|e| anyhow::anyhow!("hf-dataset `{}`: {}", cx.step, e.message))?;
-        let listing = match resolve(s, cx.step, cx.local_only) {
+        let who = format!("hf-dataset `{}`", cx.step);
+        let listing = match hub::pinned_listing(&Repo::dataset(&s.repo), &s.revision, "hf-dataset", &who, cx.local_only)
+        {
             Ok(listing) => listing,
-            Err(e) => match e.downcast::<NotKnown>() {
+            Err(e) => match e.downcast::<hub::NotKnown>() {
                 Ok(why) => return Ok(Shards::Unknown(why.0)),
                 Err(e) => return Err(e),
             },
