@@ -305,7 +305,7 @@ fn numpy_pyarrow_and_webdataset_read_the_outputs_back_row_by_row() {
 }
 
 #[test]
-fn unsupported_models_and_missing_hub_weights_say_what_to_do() {
+fn unsupported_models_say_what_to_do() {
     let s = Sandbox::new(&PIPELINE.replace("model_path = \"tiny-clip\"", "model = \"ViT-L/14@336\""));
     let run = s.run(&["plan"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
@@ -313,17 +313,6 @@ fn unsupported_models_and_missing_hub_weights_say_what_to_do() {
         run.stderr.contains("did you mean \"ViT-L/14@336px\"") && run.stderr.contains("\"ViT-B/32\""),
         "{}",
         run.stderr
-    );
-
-    let s = Sandbox::new(&PIPELINE.replace("model_path = \"tiny-clip\"", "model = \"ViT-B/32\""));
-    write_shard(&s, "00000.tar", &[Sample { key: "a", image: Ok("coffee.jpg"), caption: None, json: json!({}) }]);
-    let run =
-        s.command(&["plan", "pipeline.toml"]).env("HF_HOME", s.path("hf")).env_remove("HF_HUB_CACHE").output().unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_ne!(run.status.code(), Some(0));
-    assert!(
-        stderr.contains("huggingface-cli download openai/clip-vit-base-patch32") && stderr.contains("model_path"),
-        "{stderr}"
     );
 }
 
@@ -355,44 +344,4 @@ fn write_batch_size_groups_whole_shards_or_says_why_not() {
     let run = s.run(&["plan"]);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("not a whole number of input shards of 2 images"), "{}", run.stderr);
-}
-
-/// The Hub path: a model name resolved in a Hugging Face cache (laid out here as huggingface_hub lays it
-/// out, with the tiny model's files), keyed by the snapshot commit; a new commit rebuilds every part.
-#[test]
-fn hub_models_come_from_the_hugging_face_cache_keyed_by_commit() {
-    let s = Sandbox::new(
-        &PIPELINE.replace("model_path = \"tiny-clip\"", "model = \"hf_clip:openai/clip-vit-base-patch32\""),
-    );
-    write_shard(&s, "00000.tar", &[Sample { key: "a", image: Ok("coffee.jpg"), caption: Some("a"), json: json!({}) }]);
-    let repo = s.path("hf/hub/models--openai--clip-vit-base-patch32");
-    let snapshot = |commit: &str| {
-        let dir = repo.join("snapshots").join(commit);
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
-            std::fs::copy(fixture(&format!("tiny-clip/{f}")), dir.join(f)).unwrap();
-        }
-        std::fs::create_dir_all(repo.join("refs")).unwrap();
-        std::fs::write(repo.join("refs/main"), commit).unwrap();
-    };
-    let dsmake = |args: &[&str]| {
-        let out = s.command(args).env("HF_HOME", s.path("hf")).env_remove("HF_HUB_CACHE").output().unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-        serde_json::from_str::<Value>(&stdout).unwrap()
-    };
-    let (old, new) = ("1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222");
-    snapshot(old);
-    let summary = dsmake(&["build", "pipeline.toml", "--format", "json"]);
-    assert_eq!(built(&summary), ["clip/00000"]);
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(s.store().join("pipeline/clip/_dsmake/00000.json")).unwrap()).unwrap();
-    assert_eq!(manifest["stats"]["model"], json!({"repo": "openai/clip-vit-base-patch32", "commit": old}));
-
-    snapshot(new);
-    let plan = dsmake(&["plan", "pipeline.toml", "--format", "json"]);
-    let stale = work(&plan);
-    assert_eq!(stale.len(), 1);
-    assert!(stale[0].2.contains(new) && stale[0].2.contains(old), "{}", stale[0].2);
-    assert_eq!(built(&dsmake(&["build", "pipeline.toml", "--format", "json"])), ["clip/00000"]);
 }

@@ -15,6 +15,7 @@ mod common;
 mod architecture;
 mod clip_bench;
 mod clip_embed;
+mod clip_hub;
 mod clip_parity;
 mod engine;
 mod hf_dataset;

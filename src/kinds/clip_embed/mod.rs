@@ -15,7 +15,6 @@ mod weights;
 
 use crate::clip;
 use crate::kind::{BuildCx, Built, Inputs, Kind, Mapping, Resource, SettingError, ShardCx, Shards};
-use crate::kinds::hub;
 use anyhow::{anyhow, bail};
 use embed::{embed_part, load_cached};
 use model::ModelSource;
@@ -139,13 +138,9 @@ impl Kind for ClipEmbed {
         }
         // The weights' identity is part of every part's key: a new model rebuilds them all, and the plan's
         // reason shows the identity that changed.
-        let identity = match source.identity(cx.step, cx.stat_cache, cx.local_only) {
-            Ok(identity) => identity,
-            Err(e) => match e.downcast::<hub::NotKnown>() {
-                Ok(why) => return Ok(Shards::Unknown(why.0)),
-                Err(e) => return Err(e),
-            },
-        };
+        // Offline with no saved listing, the step is unavailable (an error), not "known later": building other
+        // steps would not tell it.
+        let identity = source.identity(cx.step, cx.stat_cache, cx.local_only)?;
         for spec in &mut specs {
             spec.coords["model"] = identity.clone();
         }

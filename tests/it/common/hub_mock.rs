@@ -2,7 +2,10 @@
 //! commits (paged when asked), and `resolve` downloads with ETag, X-Repo-Commit and Range; a token when the
 //! repo is gated, and faults on demand (a download cut after some bytes, a file served with the wrong content).
 //! As the real Hub does when asked: downloads redirected to a CDN on another port, a renamed repo redirected to
-//! its new name, and next-page links that name another server.
+//! its new name, and next-page links that name another server. Model repos beside the dataset (`commit_model`):
+//! `/api/models/{repo}/revision/{rev}` (with `siblings`), tree listings, and `/{repo}/resolve/{rev}/{file}` with
+//! ETag, X-Repo-Commit, X-Linked-Etag/X-Linked-Size for LFS files and Range; `.json` files are served as small
+//! git files (no LFS oid), as the Hub keeps configs.
 #![allow(dead_code)]
 
 use super::http::{Reply, Request, Server};
@@ -38,6 +41,8 @@ pub struct HubState {
     pub cdn: Option<String>,
     /// A former name of the repo: requests naming it are answered 307 with the same path under `repo`.
     pub renamed_from: Option<String>,
+    /// Model repos: name → (commits in order, branches).
+    pub models: BTreeMap<String, (Vec<Commit>, BTreeMap<String, String>)>,
 }
 
 pub struct HubMock {
@@ -83,6 +88,32 @@ impl HubMock {
         }
         st.commits.push((sha.clone(), files, last));
         st.branches.insert("main".into(), sha.clone());
+        sha
+    }
+
+    /// A new commit on `main` of model repo `repo` (created on first use), as [`HubMock::commit`]. Returns its sha.
+    pub fn commit_model(&self, repo: &str, changes: &[(&str, Option<Vec<u8>>)]) -> String {
+        let mut st = self.state.lock().unwrap();
+        let (commits, branches) = st.models.entry(repo.to_string()).or_default();
+        let (mut files, mut last) = commits.last().map(|(_, f, l)| (f.clone(), l.clone())).unwrap_or_default();
+        let sha = sha256(
+            format!("{repo} commit {} {:?}", commits.len(), changes.iter().map(|c| c.0).collect::<Vec<_>>()).as_bytes(),
+        )[..40]
+            .to_string();
+        for (path, bytes) in changes {
+            match bytes {
+                Some(b) => {
+                    files.insert(path.to_string(), b.clone());
+                    last.insert(path.to_string(), sha.clone());
+                }
+                None => {
+                    files.remove(*path);
+                    last.remove(*path);
+                }
+            }
+        }
+        commits.push((sha.clone(), files, last));
+        branches.insert("main".into(), sha.clone());
         sha
     }
 
@@ -182,24 +213,7 @@ fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
     if let Some(rest) = path.strip_prefix(&format!("{api}/tree/")) {
         let rev = rest.split('/').next().unwrap_or("");
         let Some(i) = find(&st, rev) else { return error(404, "RevisionNotFound") };
-        let (_, files, last) = &st.commits[i];
-        let mut dirs = std::collections::BTreeSet::new();
-        let mut entries = Vec::new();
-        for (p, bytes) in files {
-            let mut d = p.as_str();
-            while let Some((parent, _)) = d.rsplit_once('/') {
-                dirs.insert(parent.to_string());
-                d = parent;
-            }
-            entries.push(serde_json::json!({
-                "type": "file", "path": p, "size": bytes.len(), "oid": sha256(bytes)[..40],
-                "lfs": {"oid": sha256(bytes), "size": bytes.len(), "pointerSize": 134},
-                "lastCommit": {"id": last[p], "title": "update", "date": "2026-01-01T00:00:00.000Z"},
-            }));
-        }
-        for d in dirs {
-            entries.push(serde_json::json!({"type": "directory", "path": d, "size": 0, "oid": "0"}));
-        }
+        let entries = tree_entries(&st.commits[i], false);
         return match st.page_size {
             Some(size) => page(r, entries, size, st.next_link_base.clone()),
             None => json_reply(200, serde_json::Value::Array(entries)),
@@ -207,6 +221,9 @@ fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
     }
     if path.starts_with("/api/datasets/") {
         return error(404, "RepoNotFound");
+    }
+    if let Some(reply) = handle_model(&mut st, r, &path) {
+        return reply;
     }
     if let Some(rest) = path.strip_prefix(&resolve) {
         let Some((rev, file)) = rest.split_once('/') else { return error(404, "EntryNotFound") };
@@ -221,6 +238,82 @@ fn handle(state: &Mutex<HubState>, r: &Request) -> Reply {
         return serve(&mut st, r, &file, sha, bytes);
     }
     error(404, "RepoNotFound")
+}
+
+/// A tree listing's entries for one commit: files with their LFS oid (or, for `.json` files of a model repo, a
+/// git blob id only) and last commit, then the folders.
+fn tree_entries((_, files, last): &Commit, small_json: bool) -> Vec<serde_json::Value> {
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut entries = Vec::new();
+    for (p, bytes) in files {
+        let mut d = p.as_str();
+        while let Some((parent, _)) = d.rsplit_once('/') {
+            dirs.insert(parent.to_string());
+            d = parent;
+        }
+        let mut entry = serde_json::json!({
+            "type": "file", "path": p, "size": bytes.len(), "oid": &sha256(bytes)[..40],
+            "lastCommit": {"id": last[p], "title": "update", "date": "2026-01-01T00:00:00.000Z"},
+        });
+        if !(small_json && p.ends_with(".json")) {
+            entry["lfs"] = serde_json::json!({"oid": sha256(bytes), "size": bytes.len(), "pointerSize": 134});
+        }
+        entries.push(entry);
+    }
+    for d in dirs {
+        entries.push(serde_json::json!({"type": "directory", "path": d, "size": 0, "oid": "0"}));
+    }
+    entries
+}
+
+/// The routes of model repos, or None when the path names none.
+fn handle_model(st: &mut HubState, r: &Request, path: &str) -> Option<Reply> {
+    let (repo, rest) = st.models.keys().find_map(|name| {
+        let api = format!("/api/models/{name}");
+        if path == api {
+            return Some((name.clone(), String::new()));
+        }
+        if let Some(rest) = path.strip_prefix(&format!("{api}/")) {
+            return Some((name.clone(), format!("api/{rest}")));
+        }
+        path.strip_prefix(&format!("/{name}/resolve/")).map(|rest| (name.clone(), format!("resolve/{rest}")))
+    })?;
+    let (commits, branches) = &st.models[&repo];
+    let find = |rev: &str| -> Option<usize> {
+        let sha = branches.get(rev).cloned().unwrap_or_else(|| rev.to_string());
+        commits.iter().position(|(s, _, _)| *s == sha)
+    };
+    if rest.is_empty() {
+        return Some(json_reply(200, serde_json::json!({"id": repo})));
+    }
+    if let Some(rev) = rest.strip_prefix("api/revision/") {
+        let rev = rev.replace("%2F", "/");
+        let Some(i) = find(&rev) else { return Some(error(404, "RevisionNotFound")) };
+        let siblings: Vec<serde_json::Value> =
+            commits[i].1.keys().map(|p| serde_json::json!({"rfilename": p})).collect();
+        return Some(json_reply(200, serde_json::json!({"id": repo, "sha": commits[i].0, "siblings": siblings})));
+    }
+    if let Some(rev) = rest.strip_prefix("api/tree/") {
+        let rev = rev.split('/').next().unwrap_or("");
+        let Some(i) = find(rev) else { return Some(error(404, "RevisionNotFound")) };
+        return Some(json_reply(200, serde_json::Value::Array(tree_entries(&commits[i], true))));
+    }
+    if let Some(rest) = rest.strip_prefix("resolve/") {
+        let Some((rev, file)) = rest.split_once('/') else { return Some(error(404, "EntryNotFound")) };
+        let Some(i) = find(rev) else { return Some(error(404, "RevisionNotFound")) };
+        let sha = commits[i].0.clone();
+        let Some(bytes) = commits[i].1.get(file).cloned() else { return Some(error(404, "EntryNotFound")) };
+        let lfs = !file.ends_with(".json");
+        let size = bytes.len();
+        let mut reply = serve(st, r, file, sha, bytes);
+        if lfs && let Reply::Full { headers, .. } | Reply::Cut { headers, .. } = &mut reply {
+            let etag = headers.iter().find(|(k, _)| k == "ETag").map(|(_, v)| v.clone()).unwrap_or_default();
+            headers.push(("X-Linked-Etag".into(), etag));
+            headers.push(("X-Linked-Size".into(), size.to_string()));
+        }
+        return Some(reply);
+    }
+    Some(error(404, "EntryNotFound"))
 }
 
 /// A file's content as a download: ETag, X-Repo-Commit, Range, and the faults asked for.
