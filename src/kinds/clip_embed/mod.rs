@@ -57,7 +57,7 @@ pub fn model_folder(settings: &serde_json::Value, step: &str, base_dir: &std::pa
     let source = source(&s, base_dir)?;
     let stat_cache = crate::util::stat_cache::StatCache::default();
     let identity = source.identity(step, &stat_cache, true)?;
-    source.folder_for(&identity, &crate::kind::Cancel::default())
+    Ok(source.folder_for(&identity, &crate::kind::Cancel::default())?.0)
 }
 
 impl ClipEmbed {
@@ -151,7 +151,7 @@ impl Kind for ClipEmbed {
         let source = source(s, cx.base_dir)?;
         let identity =
             cx.coords.get("model").ok_or_else(|| anyhow!("{} has no model in its coordinates", cx.target))?;
-        let dir = source.folder_for(identity, cx.cancel)?;
+        let (dir, model_bytes_fetched) = source.folder_for(identity, cx.cancel)?;
         let device = clip::device(s.device.as_str())?;
         let model = load_cached(&dir, identity, &device)?;
 
@@ -179,7 +179,7 @@ impl Kind for ClipEmbed {
                 "model": identity,
                 "device": if device.is_cuda() { "cuda" } else { "cpu" },
                 "model_seconds": run.model_seconds,
-                "model_bytes_fetched": weights::bytes_fetched(),
+                "model_bytes_fetched": model_bytes_fetched,
             }),
         })
     }

@@ -119,8 +119,8 @@ impl ModelSource {
     }
 
     /// The folder to load for a job whose key recorded `identity`: a local folder checked against it, or the
-    /// pinned files, fetched into this machine's cache where they are not there yet.
-    pub fn folder_for(&self, identity: &Value, cancel: &crate::kind::Cancel) -> anyhow::Result<PathBuf> {
+    /// pinned files, fetched into this machine's cache where they are not there yet (with the bytes fetched).
+    pub fn folder_for(&self, identity: &Value, cancel: &crate::kind::Cancel) -> anyhow::Result<(PathBuf, u64)> {
         match self {
             ModelSource::Local { dir, shown } => {
                 let Value::Object(files) = identity else { bail!("the job's model identity is not a table") };
@@ -131,7 +131,7 @@ impl ModelSource {
                         bail!("{} (model_path `{shown}`) changed since the plan was made: plan again", path.display());
                     }
                 }
-                Ok(dir.clone())
+                Ok((dir.clone(), 0))
             }
             ModelSource::Hub { .. } => {
                 let pinned: Pinned = serde_json::from_value(identity.clone())

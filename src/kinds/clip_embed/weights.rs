@@ -23,19 +23,17 @@ fn blob_path(oid: &str) -> PathBuf {
     root().join("blobs").join(safe)
 }
 
-/// Bytes this process fetched from the Hub for models, for the manifest.
-static FETCHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-pub fn bytes_fetched() -> u64 {
-    FETCHED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// `file` in this machine's cache, fetched (resumed, verified) if it is not there yet.
 pub fn fetch(file: &PinnedFile, cancel: &crate::kind::Cancel) -> anyhow::Result<PathBuf> {
+    fetch_counting(file, cancel).map(|(path, _)| path)
+}
+
+/// [`fetch`], and the bytes it took from the Hub.
+fn fetch_counting(file: &PinnedFile, cancel: &crate::kind::Cancel) -> anyhow::Result<(PathBuf, u64)> {
     let blob = blob_path(&file.oid);
     let ready = |p: &PathBuf| std::fs::metadata(p).is_ok_and(|m| m.len() == file.size);
     if ready(&blob) {
-        return Ok(blob);
+        return Ok((blob, 0));
     }
     let repo = Repo::model(&file.repo);
     if hub::offline() {
@@ -54,28 +52,31 @@ pub fn fetch(file: &PinnedFile, cancel: &crate::kind::Cancel) -> anyhow::Result<
     let lock = std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
     lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
     if ready(&blob) {
-        return Ok(blob);
+        return Ok((blob, 0));
     }
     let partial = blob.with_extension("part");
     let hub = Hub::from_env()?;
     let fetched = hub
         .download(&repo, &file.commit, &file.hub_file(), &partial, cancel)
         .with_context(|| format!("cannot fetch the model's {}", file.path))?;
-    FETCHED.fetch_add(fetched, std::sync::atomic::Ordering::Relaxed);
     std::fs::rename(&partial, &blob).with_context(|| format!("cannot move {} into place", partial.display()))?;
-    Ok(blob)
+    Ok((blob, fetched))
 }
 
-/// The folder the model loads from: every pinned file under its name, and open_clip's config for a tag.
-pub fn materialise(pinned: &Pinned, cancel: &crate::kind::Cancel) -> anyhow::Result<PathBuf> {
+/// The folder the model loads from: every pinned file under its name, and open_clip's config for a tag; and
+/// the bytes fetched from the Hub to make it.
+pub fn materialise(pinned: &Pinned, cancel: &crate::kind::Cancel) -> anyhow::Result<(PathBuf, u64)> {
     let id = blake3::hash(&serde_json::to_vec(pinned)?).to_hex();
     let folder = root().join("models").join(&id[..32]);
     if folder.join(".complete").is_file() {
-        return Ok(folder);
+        return Ok((folder, 0));
     }
     let mut blobs = Vec::new();
+    let mut fetched = 0;
     for file in &pinned.files {
-        blobs.push((file.name.as_str(), fetch(file, cancel)?));
+        let (blob, n) = fetch_counting(file, cancel)?;
+        fetched += n;
+        blobs.push((file.name.as_str(), blob));
     }
     let tmp = root().join("models").join(format!("{}.tmp-{}-{}", &id[..32], std::process::id(), fastrand::u32(..)));
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -97,5 +98,5 @@ pub fn materialise(pinned: &Pinned, cancel: &crate::kind::Cancel) -> anyhow::Res
             bail!("cannot put the model folder {} in place", folder.display());
         }
     }
-    Ok(folder)
+    Ok((folder, fetched))
 }
