@@ -78,6 +78,10 @@ const LISTINGS: &str = "clip-embed";
 const HF_FILES: [&str; 3] = [crate::clip::CONFIG_FILE, crate::clip::TOKENIZER_FILE, crate::clip::WEIGHTS_FILE];
 pub const OPEN_CLIP_CONFIG: &str = "open_clip_config.json";
 const OPEN_CLIP_WEIGHTS: [&str; 2] = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
+/// A Hugging Face tokenizer's files: tokenizer.json, then the two that say how it is used, where the repo has them.
+const HF_TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+/// Where OpenAI's BPE comes from for an open_clip repo that does not ship it (every OpenAI-BPE model uses it).
+const BPE_REPO: &str = "openai/clip-vit-base-patch32";
 
 fn find<'a>(listing: &'a Listing, path: &str) -> Option<&'a HubFile> {
     listing.files.iter().find(|f| f.path == path)
@@ -220,20 +224,22 @@ fn pin(model: &ModelName, revision: &str, step: &str, local_only: bool) -> anyho
         .find_map(|w| find(&listed, w))
         .ok_or_else(|| lacks(&repo, &listed, &format!("open_clip weights ({})", OPEN_CLIP_WEIGHTS.join(" or "))))?;
     add(&weights.path.clone(), weights, &listed, &model.repo);
-    match config["model_cfg"]["text_cfg"]["hf_tokenizer_name"].as_str() {
-        Some(tokenizer) => {
-            // CLIPA's text tower reads a Hugging Face tokenizer from its own repo (bert-base-uncased).
-            let tok_repo = Repo::model(tokenizer);
-            let tok = listing(&tok_repo, "main", step, local_only)?;
-            let file = find(&tok, crate::clip::TOKENIZER_FILE)
-                .ok_or_else(|| lacks(&tok_repo, &tok, crate::clip::TOKENIZER_FILE))?;
-            add(crate::clip::TOKENIZER_FILE, file, &tok, tokenizer);
-        }
-        None => {
-            // OpenAI's BPE; a repo that also ships it as tokenizer.json has it loaded from there.
-            if let Some(file) = find(&listed, crate::clip::TOKENIZER_FILE) {
-                add(crate::clip::TOKENIZER_FILE, file, &listed, &model.repo);
-            }
+    // The tokenizer is not in an open_clip repo: the Hugging Face tokenizer that `hf_tokenizer_name` names
+    // (CLIPA's bert-base-uncased) from its own repo, or OpenAI's BPE as a CLIP tokenizer.json, from the repo
+    // where it has one (LAION's do) or else from OpenAI's.
+    let (tok_id, wanted): (&str, &[&str]) = match config["model_cfg"]["text_cfg"]["hf_tokenizer_name"].as_str() {
+        Some(name) => (name, &HF_TOKENIZER_FILES),
+        None if find(&listed, crate::clip::TOKENIZER_FILE).is_some() => (model.repo.as_str(), &HF_TOKENIZER_FILES[..1]),
+        None => (BPE_REPO, &HF_TOKENIZER_FILES[..1]),
+    };
+    let tok_repo = Repo::model(tok_id);
+    let tok = if tok_id == model.repo { listed.clone() } else { listing(&tok_repo, "main", step, local_only)? };
+    let file = find(&tok, crate::clip::TOKENIZER_FILE)
+        .ok_or_else(|| lacks(&tok_repo, &tok, &format!("{} (the model's tokenizer)", crate::clip::TOKENIZER_FILE)))?;
+    add(crate::clip::TOKENIZER_FILE, file, &tok, tok_id);
+    for name in &wanted[1..] {
+        if let Some(file) = find(&tok, name) {
+            add(name, file, &tok, tok_id);
         }
     }
     let tag_config = match &model.format {
