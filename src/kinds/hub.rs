@@ -549,16 +549,6 @@ impl std::fmt::Display for NotKnown {
 }
 impl std::error::Error for NotKnown {}
 
-/// Says a message once per process (plans run again during a build).
-pub fn say_once(message: String) {
-    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
-    if !said.contains(&message) {
-        eprintln!("{message}");
-        said.push(message);
-    }
-}
-
 /// Where the listing of `repo` at `revision` from `endpoint` is saved, under the dsmake cache's `folder`.
 fn listing_path(folder: &str, endpoint: &str, repo: &str, revision: &str) -> std::path::PathBuf {
     let id = blake3::hash(format!("{endpoint}\n{repo}\n{revision}").as_bytes()).to_hex();
@@ -596,7 +586,7 @@ pub fn pinned_listing(
                 saved.display()
             )))
         })?;
-        say_once(format!(
+        crate::util::say_once(format!(
             "{who}: offline (HF_HUB_OFFLINE): using the listing of {}@{revision} saved {} (commit {}); the revision \
              may have moved since",
             repo.id, listing.listed_at, listing.commit
@@ -631,7 +621,7 @@ pub fn pinned_listing(
             std::fs::rename(&tmp, &saved).ok();
         }
     }
-    say_once(format!("{who}: {}@{revision} → commit {}", repo.id, listing.commit));
+    crate::util::say_once(format!("{who}: {}@{revision} → commit {}", repo.id, listing.commit));
     Ok(listing)
 }
 

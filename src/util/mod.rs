@@ -14,3 +14,14 @@ pub use glob::glob;
 pub use named_file::find_named_file;
 #[cfg(test)]
 pub mod fuzz;
+
+/// Prints `message` to stderr once per process: plans run again during a build, and a note such as "this
+/// revision is pinned to that commit" is said once.
+pub fn say_once(message: String) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if !said.contains(&message) {
+        eprintln!("{message}");
+        said.push(message);
+    }
+}

@@ -26,6 +26,8 @@ pub struct FetchOptions {
     pub max_retry_after: Duration,
     /// `DSMAKE_PROXY`; never one from the environment's `HTTP_PROXY` and the like.
     pub proxy: Option<ureq::Proxy>,
+    /// Certificates are not verified (the step's explicit `ignore_ssl_certificate`).
+    pub ignore_ssl_certificate: bool,
 }
 
 /// At most `max` connections per host at once.
@@ -95,6 +97,7 @@ impl Fetcher {
             .timeout_global(Some(opts.timeout))
             .user_agent(opts.user_agent.as_str())
             .max_idle_connections_per_host(opts.per_host.max(1))
+            .tls_config(ureq::tls::TlsConfig::builder().disable_verification(opts.ignore_ssl_certificate).build())
             .build();
         let agent = ureq::Agent::with_parts(config, DefaultConnector::new(), SharedDns(dns.clone()));
         Fetcher { agent, dns, limits: HostLimits::new(opts.per_host), opts }

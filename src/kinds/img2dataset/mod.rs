@@ -57,6 +57,14 @@ fn key(shard: &str, index: u64, digits: usize) -> String {
     format!("{shard}{index:0digits$}")
 }
 
+/// What a step that opted out of certificate checks says, in the plan and the worker's log.
+fn ssl_note(step: &str) -> String {
+    format!(
+        "img2dataset `{step}`: ignore_ssl_certificate = true: image hosts' TLS certificates are not verified (the \
+         step opts in; remove it to verify them)"
+    )
+}
+
 impl Kind for Img2Dataset {
     type Settings = Settings;
     const NAME: &'static str = "img2dataset";
@@ -125,6 +133,9 @@ impl Kind for Img2Dataset {
     }
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
+        if s.ignore_ssl_certificate {
+            crate::util::say_once(ssl_note(cx.step));
+        }
         // Sources (`files`) are never built, so their row counts come from their parquet footers here.
         let mut owned: Vec<Vec<InputShard>> = Vec::with_capacity(cx.inputs.len());
         for input in &cx.inputs {
@@ -146,6 +157,9 @@ impl Kind for Img2Dataset {
     }
 
     fn build(&self, s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
+        if s.ignore_ssl_certificate {
+            crate::util::say_once(ssl_note(cx.step));
+        }
         let input = cx.inputs.first().ok_or_else(|| anyhow!("{} has no input", cx.target))?;
         let file = input
             .files

@@ -63,6 +63,9 @@ crate::settings! {
         allow_hosts: Vec<String> = Vec::new(),
         /// redirects followed per image
         max_redirects: i64 = 10,
+        /// accept image hosts' TLS certificates without verifying them (img2dataset's `ignore_ssl_certificate`,
+        /// #108: many hosts serve broken chains); an explicit opt-in, said in the plan and the worker's log
+        ignore_ssl_certificate: bool = false,
         /// bytes downloaded per image at most
         max_image_bytes: i64 = 33554432,
         /// decoded pixels per image at most, checked from the header before decoding (Pillow's limit)

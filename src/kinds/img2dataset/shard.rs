@@ -65,6 +65,7 @@ pub fn run_shard(
         per_host: s.per_host_connections as usize,
         max_retry_after: Duration::from_secs(60),
         proxy: destination::proxy_from_env()?,
+        ignore_ssl_certificate: s.ignore_ssl_certificate,
     });
     let popts = ProcessOptions {
         image_size: s.image_size as u32,
