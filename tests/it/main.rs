@@ -24,6 +24,7 @@ mod interrupt;
 mod knn_index;
 mod malformed_pipelines;
 mod publish;
+mod recipes;
 mod remote_databricks;
 mod remote_spark;
 mod s3_store;

@@ -129,18 +129,15 @@ impl Kind for ClipEmbed {
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let per_part = Self::shards_per_part(s, cx)?;
         let source = source(s, cx.base_dir)?;
+        // The weights' identity is part of every part's key: a new model rebuilds them all, and the plan's
+        // reason shows the identity that changed. Pinned even before the inputs' shards are known, so that a
+        // plan says which weights it would fetch; offline with no saved listing, the step is unavailable (an
+        // error), not "known later": building other steps would not tell it.
+        let identity = source.identity(cx.step, cx.stat_cache, cx.local_only)?;
         let shards = Mapping::Group(per_part).shards(&cx.inputs).map_err(|e| anyhow!(e))?;
         let Shards::Known(mut specs) = shards else {
             return Ok(shards);
         };
-        if specs.is_empty() {
-            return Ok(Shards::Known(specs));
-        }
-        // The weights' identity is part of every part's key: a new model rebuilds them all, and the plan's
-        // reason shows the identity that changed.
-        // Offline with no saved listing, the step is unavailable (an error), not "known later": building other
-        // steps would not tell it.
-        let identity = source.identity(cx.step, cx.stat_cache, cx.local_only)?;
         for spec in &mut specs {
             spec.coords["model"] = identity.clone();
         }
