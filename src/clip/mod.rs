@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod gpu;
 pub mod names;
 pub mod npy;
 pub mod open_clip_table;

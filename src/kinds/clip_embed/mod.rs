@@ -128,6 +128,9 @@ impl Kind for ClipEmbed {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let per_part = Self::shards_per_part(s, cx)?;
+        if let clip::gpu::Choice::Refused(why) = clip::gpu::choose_here(s.device.as_str()) {
+            crate::util::say_once(format!("clip-embed `{}`: warning: {why}; its targets fail if built here", cx.step));
+        }
         let source = source(s, cx.base_dir)?;
         // The weights' identity is part of every part's key: a new model rebuilds them all, and the plan's
         // reason shows the identity that changed. Pinned even before the inputs' shards are known, so that a
@@ -149,7 +152,12 @@ impl Kind for ClipEmbed {
         let identity =
             cx.coords.get("model").ok_or_else(|| anyhow!("{} has no model in its coordinates", cx.target))?;
         let (dir, model_bytes_fetched) = source.folder_for(identity, cx.cancel)?;
-        let device = clip::device(s.device.as_str())?;
+        // The GPU when the machine has one, or an error: never a quiet CPU run on a GPU machine.
+        let device = match clip::gpu::choose_here(s.device.as_str()) {
+            clip::gpu::Choice::Cpu => candle_core::Device::Cpu,
+            clip::gpu::Choice::Cuda => clip::device("cuda")?,
+            clip::gpu::Choice::Refused(why) => bail!("clip-embed `{}`: {why}", cx.step),
+        };
         let model = load_cached(&dir, identity, &device)?;
 
         let mut tars = Vec::new();
@@ -175,6 +183,7 @@ impl Kind for ClipEmbed {
                 "without_caption": run.without_caption,
                 "model": identity,
                 "device": if device.is_cuda() { "cuda" } else { "cpu" },
+                "device_setting": s.device.as_str(),
                 "model_seconds": run.model_seconds,
                 "model_bytes_fetched": model_bytes_fetched,
             }),
