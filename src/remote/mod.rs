@@ -102,6 +102,10 @@ pub struct DatabricksSection {
     pub profile: Option<String>,
     /// A dsmake binary for the clusters (`s3://…`, Linux x86_64); default: upload this one.
     pub binary: Option<String>,
+    /// The CUDA build (scripts/build-cuda-worker.sh) for the tasks that run GPU steps: a local file, uploaded
+    /// by content hash like this binary, or `s3://…`. Without it GPU steps get `binary`, and a GPU step with
+    /// `device = "auto"` fails on a GPU node, saying so.
+    pub gpu_binary: Option<String>,
     /// Where uploaded binaries go, by content hash (default: `<store>/.dsmake/bin`).
     pub binary_dir: Option<String>,
     /// The cluster for steps that `steps` does not name (default `cpu`; GPU steps: `gpu`).

@@ -322,3 +322,55 @@ fn remote_init_reads_terraform_outputs() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("no `store_url`"), "{}", run.stderr);
 }
+
+/// `gpu_binary`: the tasks that run GPU steps get the CUDA build (here a wrapper that notes each run and then
+/// runs this dsmake), uploaded by content hash; the other tasks get the plain binary.
+#[test]
+fn gpu_steps_run_the_gpu_binary_and_the_others_the_plain_one() {
+    let state = tempfile::tempdir().unwrap();
+    let mock = start_mock(state.path());
+    let s = sandbox(&mock);
+    let clip = repo().join("tests/fixtures/clip-golden");
+    std::fs::create_dir_all(s.path("tiny-clip")).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(clip.join("tiny-clip").join(f), s.path(&format!("tiny-clip/{f}"))).unwrap();
+    }
+    crate::clip_hub::write_shard(&s, "00000.tar", &[("coffee.jpg", "a cup of coffee")]);
+    s.write(
+        "pipeline.toml",
+        &format!(
+            "{}\n[steps.shards]\nkind = \"files\"\npaths = \"wds/*.tar\"\n\n[steps.clip]\nkind = \"clip-embed\"\n\
+             from = \"shards\"\nmodel_path = \"tiny-clip\"\ndevice = \"cpu\"\n",
+            pipeline(s.dir.path())
+        ),
+    );
+    let marker = s.path("gpu-runs");
+    s.write(
+        "cuda/dsmake-cuda",
+        &format!("#!/bin/sh\necho \"$@\" >> '{}'\nexec '{}' \"$@\"\n", marker.display(), env!("CARGO_BIN_EXE_dsmake")),
+    );
+    let remote = std::fs::read_to_string(s.path("remotes/databricks.toml")).unwrap();
+    s.write(
+        "remotes/databricks.toml",
+        &remote.replace("binary_dir =", "gpu_binary = \"../cuda/dsmake-cuda\"\nbinary_dir ="),
+    );
+
+    let run = dbx(&s, &["-p", "test"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(built(&run.json()).contains(&"clip/00000".to_string()), "{}", run.stdout);
+    let body: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mock.state.join("last_submit.json")).unwrap()).unwrap();
+    let binary = |task: &serde_json::Value| {
+        let params = task["spark_python_task"]["parameters"].as_array().unwrap().clone();
+        let at = params.iter().position(|p| p == "--binary").unwrap();
+        (task["task_key"].as_str().unwrap().to_string(), params[at + 1].as_str().unwrap().to_string())
+    };
+    let tasks: Vec<(String, String)> = body["tasks"].as_array().unwrap().iter().map(binary).collect();
+    let gpu: Vec<&(String, String)> = tasks.iter().filter(|(k, _)| k.starts_with("gpu")).collect();
+    let cpu: Vec<&(String, String)> = tasks.iter().filter(|(k, _)| k.starts_with("cpu")).collect();
+    assert!(!gpu.is_empty() && !cpu.is_empty(), "{tasks:?}");
+    assert!(gpu.iter().all(|(_, b)| cpu.iter().all(|(_, c)| b != c)), "{tasks:?}");
+    // The wrapper ran the GPU step's target, and only it.
+    let runs = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert_eq!(runs.lines().count(), 1, "{runs}");
+}

@@ -286,8 +286,30 @@ impl Executor for DatabricksExecutor {
                 super::upload_binary(store, self.settings.binary_dir.as_deref(), &self.remote, &exe)?
             }
         };
+        // Tasks that run a GPU step get the CUDA build, where the remote file names one.
+        let gpu_binary = match &self.settings.gpu_binary {
+            Some(b) if b.starts_with("s3://") => Some(b.clone()),
+            Some(path) => {
+                let file = self.remote.file.parent().unwrap_or(std::path::Path::new(".")).join(path);
+                if !file.is_file() {
+                    bail!(
+                        "gpu_binary `{path}` ({}) is not a file: build it with scripts/build-cuda-worker.sh, or give \
+                         an s3:// URL",
+                        file.display()
+                    );
+                }
+                Some(super::upload_binary(store, self.settings.binary_dir.as_deref(), &self.remote, &file)?)
+            }
+            None => None,
+        };
+        let gpu_tasks: std::collections::HashSet<&str> =
+            plan.waves.iter().flatten().filter(|j| j.resource == Resource::Gpu).map(|j| j.task.as_str()).collect();
         let mut task_bodies = Vec::new();
         for (i, (key, cluster)) in tasks.iter().enumerate() {
+            let binary = match &gpu_binary {
+                Some(gpu) if gpu_tasks.contains(key.as_str()) => gpu.clone(),
+                _ => binary.clone(),
+            };
             let mut task = json!({
                 "task_key": key,
                 "new_cluster": self.cluster_json(cluster, &store_env)?,
