@@ -296,3 +296,67 @@ fn spark_workers_that_start_with_an_empty_cache_fetch_the_weights_themselves() {
     assert!(blobs(&worker_cache).contains(&hub_mock::sha256(&model_file("model.safetensors"))));
     assert!(s.store().join("pipeline/clip/img_emb/img_emb_00001.npy").is_file());
 }
+
+/// A model repo as the Hub stand-in serves it: its name and its files (name, bytes).
+type ServedRepo = (String, Vec<(String, Vec<u8>)>);
+
+/// The model of the end-to-end test: the `model` setting and the repos that serve it.
+fn e2e_model() -> (String, Vec<ServedRepo>) {
+    let tiny: Vec<(String, Vec<u8>)> =
+        ["config.json", "tokenizer.json", "model.safetensors"].iter().map(|f| (f.to_string(), model_file(f))).collect();
+    (format!("hf_clip:{REPO}"), vec![(REPO.to_string(), tiny)])
+}
+
+/// hf-dataset → img2dataset → clip-embed → knn-index → `dsmake search`, the metadata and the weights from the Hub
+/// stand-in, the photos from an image host on 127.0.0.1: a caption finds its own photo's row first.
+#[test]
+fn end_to_end_from_the_hub_to_search() {
+    let photos = fixture("images");
+    let host = crate::common::http::Server::start(move |r| {
+        match std::fs::read(photos.join(r.path().trim_start_matches('/'))) {
+            Ok(bytes) => crate::common::http::Reply::ok("image/png", bytes),
+            Err(_) => crate::common::http::Reply::status(404, "no such photo"),
+        }
+    });
+    let captions = ["an astronaut in a white suit", "a cup of coffee", "a cat on a sofa", "a rocket on its pad"];
+    let files = ["astronaut.png", "coffee.jpg", "chelsea.png", "rocket_wide.jpg"];
+    let urls: Vec<String> = files.iter().map(|f| host.url(&format!("/{f}"))).collect();
+    let rows: Vec<_> = urls.iter().zip(captions).map(|(u, c)| crate::common::parquet_rows::row(u, c)).collect();
+    let hub = HubMock::start("laion/tiny");
+    hub.commit(&[("data/part-0.parquet", Some(crate::common::parquet_rows::urls_parquet(&rows)))]);
+    let (model, repos) = e2e_model();
+    for (repo, files) in &repos {
+        let changes: Vec<(&str, Option<Vec<u8>>)> = files.iter().map(|(n, b)| (n.as_str(), Some(b.clone()))).collect();
+        hub.commit_model(repo, &changes);
+    }
+    let mut s = Sandbox::new(&format!(
+        "[steps.meta]\nkind = \"hf-dataset\"\nrepo = \"laion/tiny\"\n\n[steps.images]\nkind = \"img2dataset\"\nfrom = \
+         \"meta\"\ncaption_col = \"caption\"\nimage_size = 64\nresize_mode = \"keep_ratio\"\nallow_hosts = \
+         [\"127.0.0.1\"]\nnumber_sample_per_shard = 2\n\n[steps.clip]\nkind = \"clip-embed\"\nfrom = \"images\"\nmodel = \
+         \"{model}\"\ndevice = \"cpu\"\nbatch_size = 2\n\n[steps.knn]\nkind = \"knn-index\"\nfrom = \"clip\"\nembeddings = \
+         \"text\"\n"
+    ));
+    s.env.push(("HF_ENDPOINT".into(), hub.endpoint()));
+    let summary = s.build(&[]);
+    assert_eq!(
+        built(&summary),
+        [
+            "clip/00000",
+            "clip/00001",
+            "images/data~2Fpart-0_00000",
+            "images/data~2Fpart-0_00001",
+            "knn/all",
+            "meta/data/part-0.parquet"
+        ]
+        .map(String::from)
+    );
+    let m = manifest(&s, "00000");
+    assert_eq!(m["rows"], 2, "{m}");
+    for (i, caption) in captions.iter().enumerate() {
+        let run = s.run(&["search", caption, "-k", "2", "--format", "json"]);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        let found = run.json();
+        assert_eq!(found["results"][0]["caption"], *caption, "{found}");
+        assert_eq!(found["results"][0]["url"], urls[i].as_str(), "{found}");
+    }
+}
