@@ -69,52 +69,15 @@ impl HubMock {
     /// A new commit on `main`: the previous files with `changes` applied (None deletes). Returns its sha.
     pub fn commit(&self, changes: &[(&str, Option<Vec<u8>>)]) -> String {
         let mut st = self.state.lock().unwrap();
-        let (mut files, mut last) = st.commits.last().map(|(_, f, l)| (f.clone(), l.clone())).unwrap_or_default();
-        let sha = sha256(
-            format!("commit {} {:?}", st.commits.len(), changes.iter().map(|c| c.0).collect::<Vec<_>>()).as_bytes(),
-        )[..40]
-            .to_string();
-        for (path, bytes) in changes {
-            match bytes {
-                Some(b) => {
-                    files.insert(path.to_string(), b.clone());
-                    last.insert(path.to_string(), sha.clone());
-                }
-                None => {
-                    files.remove(*path);
-                    last.remove(*path);
-                }
-            }
-        }
-        st.commits.push((sha.clone(), files, last));
-        st.branches.insert("main".into(), sha.clone());
-        sha
+        let st = &mut *st;
+        add_commit(&mut st.commits, &mut st.branches, "", changes)
     }
 
     /// A new commit on `main` of model repo `repo` (created on first use), as [`HubMock::commit`]. Returns its sha.
     pub fn commit_model(&self, repo: &str, changes: &[(&str, Option<Vec<u8>>)]) -> String {
         let mut st = self.state.lock().unwrap();
         let (commits, branches) = st.models.entry(repo.to_string()).or_default();
-        let (mut files, mut last) = commits.last().map(|(_, f, l)| (f.clone(), l.clone())).unwrap_or_default();
-        let sha = sha256(
-            format!("{repo} commit {} {:?}", commits.len(), changes.iter().map(|c| c.0).collect::<Vec<_>>()).as_bytes(),
-        )[..40]
-            .to_string();
-        for (path, bytes) in changes {
-            match bytes {
-                Some(b) => {
-                    files.insert(path.to_string(), b.clone());
-                    last.insert(path.to_string(), sha.clone());
-                }
-                None => {
-                    files.remove(*path);
-                    last.remove(*path);
-                }
-            }
-        }
-        commits.push((sha.clone(), files, last));
-        branches.insert("main".into(), sha.clone());
-        sha
+        add_commit(commits, branches, repo, changes)
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -140,6 +103,35 @@ impl HubMock {
         self.state.lock().unwrap().cdn = Some(cdn.url(""));
         cdn
     }
+}
+
+/// Appends a commit to `commits` with `changes` applied to the last one's files, and moves `main` to it.
+fn add_commit(
+    commits: &mut Vec<Commit>,
+    branches: &mut BTreeMap<String, String>,
+    repo: &str,
+    changes: &[(&str, Option<Vec<u8>>)],
+) -> String {
+    let (mut files, mut last) = commits.last().map(|(_, f, l)| (f.clone(), l.clone())).unwrap_or_default();
+    let paths: Vec<&str> = changes.iter().map(|c| c.0).collect();
+    // The dataset's commits keep the ids they always had; a model repo's name makes its own distinct.
+    let label = if repo.is_empty() { String::new() } else { format!("{repo} ") };
+    let sha = sha256(format!("{label}commit {} {paths:?}", commits.len()).as_bytes())[..40].to_string();
+    for (path, bytes) in changes {
+        match bytes {
+            Some(b) => {
+                files.insert(path.to_string(), b.clone());
+                last.insert(path.to_string(), sha.clone());
+            }
+            None => {
+                files.remove(*path);
+                last.remove(*path);
+            }
+        }
+    }
+    commits.push((sha.clone(), files, last));
+    branches.insert("main".into(), sha.clone());
+    sha
 }
 
 fn json_reply(status: u16, body: serde_json::Value) -> Reply {
