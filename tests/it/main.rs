@@ -22,6 +22,7 @@ mod img2dataset;
 mod interrupt;
 mod knn_index;
 mod malformed_pipelines;
+mod openclip_parity;
 mod publish;
 mod remote_databricks;
 mod remote_spark;

@@ -2,7 +2,7 @@
 //! model by the commit its cached snapshot is at. The identity is computed at plan time (through the stat
 //! cache, so an unchanged model is not read again) and checked again by the worker before it loads.
 
-use crate::clip::{self, hub};
+use crate::clip::{self, format, hub};
 use crate::util::hash_file;
 use crate::util::stat_cache::StatCache;
 use anyhow::{Context, bail};
@@ -32,17 +32,12 @@ impl ModelSource {
     pub fn identity(&self, stat_cache: &StatCache) -> anyhow::Result<Value> {
         match self {
             ModelSource::Local { dir, shown } => {
+                // The files of the folder's format (Hugging Face's or open_clip's), by name.
+                let names = format::model_files(dir).with_context(|| format!("model_path `{shown}`"))?;
                 let mut files = Map::new();
-                for name in clip::MODEL_FILES {
-                    let path = dir.join(name);
-                    if !path.is_file() {
-                        bail!(
-                            "model_path `{shown}` ({}) has no {name}: it must hold {}",
-                            dir.display(),
-                            clip::MODEL_FILES.join(", ")
-                        );
-                    }
-                    files.insert(name.to_string(), Value::String(stat_cache.identity(&path)?.blake3));
+                for name in names {
+                    let hash = stat_cache.identity(&dir.join(&name))?.blake3;
+                    files.insert(name, Value::String(hash));
                 }
                 Ok(Value::Object(files))
             }
@@ -57,10 +52,18 @@ impl ModelSource {
     pub fn folder_for(&self, identity: &Value) -> anyhow::Result<PathBuf> {
         match self {
             ModelSource::Local { dir, shown } => {
-                for name in clip::MODEL_FILES {
-                    let path = dir.join(name);
+                let names = format::model_files(dir).with_context(|| format!("model_path `{shown}`"))?;
+                let recorded = identity.as_object().map_or(0, Map::len);
+                if names.len() != recorded {
+                    bail!(
+                        "the files of model_path `{shown}` ({}) changed since the plan was made: plan again",
+                        dir.display()
+                    );
+                }
+                for name in names {
+                    let path = dir.join(&name);
                     let now = hash_file(&path)?;
-                    if identity.get(name).and_then(Value::as_str) != Some(now.as_str()) {
+                    if identity.get(&name).and_then(Value::as_str) != Some(now.as_str()) {
                         bail!("{} (model_path `{shown}`) changed since the plan was made: plan again", path.display());
                     }
                 }

@@ -14,8 +14,9 @@ crate::settings! {
         /// all-clip model name: "ViT-L/14@336px" (when neither this nor `model_path` is set), "ViT-L/14",
         /// "ViT-B/32", "open_clip:ViT-L-14-336/openai", "hf_clip:ORG/NAME", …; weights from the Hugging Face cache
         model: Option<String>,
-        /// a local CLIP folder in Hugging Face format (config.json, tokenizer.json, model.safetensors), relative to
-        /// the pipeline file; instead of `model`
+        /// a local CLIP folder, relative to the pipeline file, instead of `model`: in Hugging Face format
+        /// (config.json, tokenizer.json, model.safetensors) or open_clip's (open_clip_config.json,
+        /// open_clip_model.safetensors or open_clip_pytorch_model.bin, and the tokenizer's tokenizer.json)
         model_path: Option<String>,
         /// "auto", "cpu" or "cuda" (fp16; needs the `cuda` build)
         device: Device = Device::Auto,
