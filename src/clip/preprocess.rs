@@ -441,6 +441,36 @@ mod tests {
     }
 
     #[test]
+    fn longest_side_resizes_round_half_to_even_and_pads_with_the_fill() {
+        // 200x120 → ratio 200/56: 56 x round(33.6) = 34; 0.5 ties go to even as Python's round.
+        assert_eq!(longest_size(200, 120, 56), (56, 34));
+        assert_eq!(longest_size(120, 200, 56), (34, 56));
+        assert_eq!(longest_size(112, 9, 56), (56, 4)); // 4.5 → 4
+        assert_eq!(longest_size(112, 11, 56), (56, 6)); // 5.5 → 6
+        let config = PreprocessConfig { resize: ResizeMode::LongestThenPad, fill: 7, ..PreprocessConfig::openai(8) };
+        let p = Preprocess::new(config);
+        let px = p.pixels(&RgbImage::from_pixel(16, 4, image::Rgb([200, 200, 200]))).unwrap();
+        // 16x4 → 8x2, centred: rows 3 and 4 hold the image, the others the fill.
+        let rows: Vec<f32> = (0..8).map(|y| px[y * 8]).collect();
+        let (fill, img) = (p.table[0][7], p.table[0][200]);
+        assert_eq!(rows, [fill, fill, fill, img, img, fill, fill, fill]);
+    }
+
+    #[test]
+    fn alpha_is_resized_premultiplied_as_pillow_does() {
+        // Pillow: RGBA → RGBa is round(c·a/255), RGBa → RGBA is 255·c/a truncated; 0 and 255 keep the colour.
+        let mut p = [200, 100, 3, 128];
+        premultiply(&mut p);
+        assert_eq!(p, [100, 50, 2, 128]);
+        unpremultiply(&mut p);
+        assert_eq!(p, [199, 99, 3, 128]);
+        let mut clear = [10, 20, 30, 0];
+        premultiply(&mut clear);
+        unpremultiply(&mut clear);
+        assert_eq!(clear, [0, 0, 0, 0]);
+    }
+
+    #[test]
     fn normalisation_table_matches_torch_arithmetic() {
         let p = Preprocess::openai(336);
         assert_eq!(p.table[0][0], (0.0f32 - OPENAI_MEAN[0]) / OPENAI_STD[0]);

@@ -104,6 +104,14 @@ fn read(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
         Value::Dict(entries) => entries.borrow().clone(),
         _ => bail!("{pickle_name} holds no dict of tensors"),
     };
+    // Each storage is read when first needed and dropped after its last tensor, so that memory holds the
+    // tensors and one storage, not every storage twice.
+    let mut uses: HashMap<String, usize> = HashMap::new();
+    for (_, value) in &entries {
+        if let Value::Tensor(t) = &**value {
+            *uses.entry(t.key.clone()).or_default() += 1;
+        }
+    }
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut out = Vec::with_capacity(entries.len());
     for (name, value) in entries {
@@ -121,6 +129,12 @@ fn read(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
             storages.insert(tensor.key.clone(), bytes);
         }
         let t = materialize(&tensor, &storages[&tensor.key]).with_context(|| format!("tensor `{name}`"))?;
+        if let Some(n) = uses.get_mut(&tensor.key) {
+            *n -= 1;
+            if *n == 0 {
+                storages.remove(&tensor.key);
+            }
+        }
         out.push((name, t));
     }
     Ok(out)
@@ -167,9 +181,11 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> anyhow::Result<Tensor> {
         }
         ok
     };
-    let bytes = if contiguous || count == 0 {
-        storage[t.offset * size..(t.offset + count) * size].to_vec()
-    } else {
+    if contiguous || count == 0 {
+        let bytes = &storage[t.offset * size..(t.offset + count) * size];
+        return Ok(Tensor::from_raw_buffer(bytes, t.dtype, &t.shape, &Device::Cpu)?);
+    }
+    let bytes = {
         let mut bytes = Vec::with_capacity(count * size);
         let mut index = vec![0usize; t.shape.len()];
         for _ in 0..count {
@@ -528,13 +544,20 @@ mod tests {
         format!("{:#}", read_state_dict(f.path()).unwrap_err())
     }
 
-    /// `{'w': tensor}` with a [2, 3] float tensor of storage '0', given `stride`, as torch.save writes it.
-    fn one_tensor(stride: (u8, u8), offset: u8) -> Vec<u8> {
-        let mut p = vec![0x80, 2, b'}', b'q', 0, b'(', b'X', 1, 0, 0, 0, b'w'];
-        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    /// `_rebuild_tensor_v2(...)` of a [2, 3] float tensor of storage '0' with `stride`, as torch.save writes it.
+    fn tensor(stride: (u8, u8), offset: u8) -> Vec<u8> {
+        let mut p = b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
         p.extend(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x08tQ");
         p.extend([b'K', offset, b'K', 2, b'K', 3, 0x86, b'K', stride.0, b'K', stride.1, 0x86, 0x89]);
-        p.extend(b"ccollections\nOrderedDict\n)RtRu.");
+        p.extend(b"ccollections\nOrderedDict\n)RtR");
+        p
+    }
+
+    /// `{'w': tensor}`, a plain dict.
+    fn one_tensor(stride: (u8, u8), offset: u8) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'(', b'X', 1, 0, 0, 0, b'w'];
+        p.extend(tensor(stride, offset));
+        p.extend(b"u.");
         p
     }
 
@@ -553,6 +576,18 @@ mod tests {
         let f = checkpoint(&one_tensor((1, 2), 0), &[("0", &data)]);
         let t = read_state_dict(f.path()).unwrap();
         assert_eq!(t[0].1.to_vec2::<f32>().unwrap(), vec![vec![0., 2., 4.], vec![1., 3., 5.]]);
+    }
+
+    /// `torch.save(model.state_dict())`: an OrderedDict whose `_metadata` attribute comes as BUILD state.
+    #[test]
+    fn reads_a_state_dict_with_its_metadata() {
+        let mut p = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00w".to_vec();
+        p.extend(tensor((3, 1), 0));
+        p.extend(b"u}X\x09\x00\x00\x00_metadatah\x00)R(X\x00\x00\x00\x00}X\x07\x00\x00\x00versionK\x01susb.");
+        let f = checkpoint(&p, &[("0", &floats(&[0., 1., 2., 3., 4., 5.]))]);
+        let t = read_state_dict(f.path()).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].1.to_vec2::<f32>().unwrap(), vec![vec![0., 1., 2.], vec![3., 4., 5.]]);
     }
 
     #[test]
