@@ -3,6 +3,7 @@
 //! last-token pooling, squash + bilinear) and a ViT-H-14-shaped one (GELU, OpenAI's layout and BPE), each
 //! loaded from its safetensors and from its pickled `.bin`. Run with `--nocapture` to see the numbers.
 
+use crate::common::golden::{max_abs, rows, strings, token_rows};
 use candle_core::{DType, Device};
 use dsmake::clip::{Clip, l2_normalize, npy, open_clip};
 use serde_json::Value;
@@ -41,23 +42,6 @@ fn load(model: &str, weights: &str) -> (Clip, tempfile::TempDir) {
 
 const MODELS: [&str; 2] = ["clipa-tiny", "vith-tiny"];
 
-fn rows(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 fn reference_pixels(model: &str, e: &Value) -> Vec<Vec<f32>> {
     strings(&e["pixels_files"])
         .iter()
@@ -74,12 +58,7 @@ fn token_ids_equal_open_clips() {
     for model in MODELS {
         let e = expected(model);
         let (clip, _dir) = load(model, open_clip::SAFETENSORS_FILE);
-        let want: Vec<Vec<u32>> = e["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
-            .collect();
+        let want = token_rows(&e["input_ids"]);
         let texts = strings(&e["texts"]);
         assert_eq!(texts.len(), 8);
         for (text, want) in texts.iter().zip(&want) {
