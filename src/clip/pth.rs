@@ -40,6 +40,28 @@ enum Value {
     Tensor(TensorRef),
 }
 
+/// Dropped without recursion: a pickle can nest a million tuples in a few megabytes, and dropping them
+/// recursively would overflow the stack.
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut pending = children(self);
+        while let Some(obj) = pending.pop() {
+            if let Ok(mut value) = Rc::try_unwrap(obj) {
+                pending.extend(children(&mut value));
+            }
+        }
+    }
+}
+
+fn children(v: &mut Value) -> Vec<Obj> {
+    match v {
+        Value::Tuple(items) => std::mem::take(items),
+        Value::List(items) => items.take(),
+        Value::Dict(entries) => entries.take().into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Global {
     OrderedDict,
@@ -80,6 +102,7 @@ pub fn read_state_dict(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
 
 fn read(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
     let file = std::fs::File::open(path).context("cannot open it")?;
+    let file_len = file.metadata().context("cannot stat it")?.len();
     let mut zip = zip::ZipArchive::new(file).context(
         "it is not a zip archive: only the zip format of torch.save (PyTorch 1.6 and later) is read; re-save it \
          with a recent PyTorch, or use the model's .safetensors file",
@@ -98,10 +121,10 @@ fn read(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
             bail!("its tensors are stored {}-endian: only little-endian checkpoints are read", text.trim());
         }
     }
-    let pickle = read_entry(&mut zip, &pickle_name, MAX_PICKLE_BYTES)?;
+    let pickle = read_entry(&mut zip, &pickle_name, MAX_PICKLE_BYTES.min(file_len))?;
     let root = Machine::new(&pickle).run().with_context(|| format!("{pickle_name} is not a plain state dict"))?;
     let entries = match &*root {
-        Value::Dict(entries) => entries.borrow().clone(),
+        Value::Dict(entries) => last_of_each_key(&entries.borrow()),
         _ => bail!("{pickle_name} holds no dict of tensors"),
     };
     // Each storage is read when first needed and dropped after its last tensor, so that memory holds the
@@ -113,6 +136,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
         }
     }
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut made = 0u64;
     let mut out = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         let name = match &*name {
@@ -125,10 +149,16 @@ fn read(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
         };
         if !storages.contains_key(&tensor.key) {
             let entry = format!("{prefix}data/{}", tensor.key);
-            let bytes = read_entry(&mut zip, &entry, u64::MAX)?;
+            let bytes = read_entry(&mut zip, &entry, file_len)?;
             storages.insert(tensor.key.clone(), bytes);
         }
         let t = materialize(&tensor, &storages[&tensor.key]).with_context(|| format!("tensor `{name}`"))?;
+        // Tensors may share a storage (views, tied weights), but a few hundred bytes of pickle must not make
+        // gigabytes of copies: all of them together stay within twice the file.
+        made = made.saturating_add(t.elem_count() as u64 * t.dtype().size_in_bytes() as u64);
+        if made > file_len.saturating_mul(2) {
+            bail!("its tensors would take more than twice the file's {file_len} bytes: refusing the copies");
+        }
         if let Some(n) = uses.get_mut(&tensor.key) {
             *n -= 1;
             if *n == 0 {
@@ -146,10 +176,11 @@ fn read_entry(zip: &mut zip::ZipArchive<std::fs::File>, name: &str, limit: u64) 
     if entry.compression() != zip::CompressionMethod::Stored {
         bail!("{name} is compressed ({:?}): torch.save stores its entries uncompressed", entry.compression());
     }
-    // Stored: the size is the bytes the file holds, so reading it allocates no more than the file's length.
+    // Stored: the size is the bytes the file holds, so reading it allocates no more than the file's length
+    // (`limit` is at most that: a header may claim any size).
     let size = entry.size();
-    if size > limit {
-        bail!("{name} is {size} bytes, more than the {limit} a state dict's pickle takes");
+    if size > limit || size != entry.compressed_size() {
+        bail!("{name} claims {size} bytes, more than it can hold (at most {limit}): the checkpoint is damaged");
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size)?);
     entry.read_to_end(&mut bytes).with_context(|| format!("cannot read {name}"))?;
@@ -181,7 +212,10 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> anyhow::Result<Tensor> {
         }
         ok
     };
-    if contiguous || count == 0 {
+    if count == 0 {
+        return Ok(Tensor::zeros(t.shape.as_slice(), t.dtype, &Device::Cpu)?);
+    }
+    if contiguous {
         let bytes = &storage[t.offset * size..(t.offset + count) * size];
         return Ok(Tensor::from_raw_buffer(bytes, t.dtype, &t.shape, &Device::Cpu)?);
     }
@@ -438,16 +472,26 @@ fn dict_insert(dict: &Obj, items: Vec<Obj>) -> anyhow::Result<()> {
     let mut entries = entries.borrow_mut();
     let mut it = items.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        // A repeated key replaces the earlier value, as in Python.
-        if let Value::Str(name) = &*k
-            && let Some(slot) = entries.iter_mut().find(|(e, _)| matches!(&**e, Value::Str(n) if n == name))
-        {
-            slot.1 = v;
-            continue;
-        }
         entries.push((k, v));
     }
     Ok(())
+}
+
+/// The dict's entries with a repeated key's last value in its first place, as a Python dict keeps it.
+fn last_of_each_key(entries: &[(Obj, Obj)]) -> Vec<(Obj, Obj)> {
+    let mut out: Vec<(Obj, Obj)> = Vec::with_capacity(entries.len());
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for (k, v) in entries {
+        if let Value::Str(name) = &**k {
+            if let Some(&i) = at.get(name.as_str()) {
+                out[i].1 = v.clone();
+                continue;
+            }
+            at.insert(name, out.len());
+        }
+        out.push((k.clone(), v.clone()));
+    }
+    out
 }
 
 fn list_extend(list: &Obj, items: Vec<Obj>) -> anyhow::Result<()> {
@@ -621,6 +665,29 @@ mod tests {
         assert!(e.contains("memo 5"), "{e}");
         let e = err(b"\x80\x02(t.");
         assert!(e.contains("not a plain state dict") || e.contains("no dict"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_and_many_views_of_one_storage_are_harmless() {
+        // A million nested tuples: refused (not a dict), and dropped without overflowing the stack.
+        let mut p = b"\x80\x02)".to_vec();
+        p.extend(std::iter::repeat_n(0x85u8, 1_000_000));
+        p.push(b'.');
+        assert!(err(&p).contains("no dict"));
+        // 200 tensors viewing one 4 KB storage in full: 800 KB of copies from a 5 KB file.
+        let mut p = vec![0x80, 2, b'}', b'('];
+        for i in 0..200u8 {
+            p.extend([b'X', 2, 0, 0, 0, b'a' + i / 16, b'a' + i % 16]);
+            p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+            p.extend(
+                b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuM\x00\x04tQ",
+            );
+            p.extend(b"K\x00M\x00\x04\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR");
+        }
+        p.extend(b"u.");
+        let f = checkpoint(&p, &[("0", &floats(&[0.5; 1024]))]);
+        let e = format!("{:#}", read_state_dict(f.path()).unwrap_err());
+        assert!(e.contains("twice the file"), "{e}");
     }
 
     #[test]
