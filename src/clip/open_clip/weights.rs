@@ -8,8 +8,8 @@ use candle_core::Tensor;
 use std::collections::HashMap;
 
 /// Tensors that exist in open_clip's state dict but not in an embedding model: the similarity's scale and
-/// bias.
-const UNUSED: [&str; 2] = ["logit_scale", "logit_bias"];
+/// bias, and the causal mask, a constant that older open_clip versions saved with the weights.
+const UNUSED: [&str; 4] = ["logit_scale", "logit_bias", "attn_mask", "text.attn_mask"];
 
 /// Renames (and splits, transposes) `tensors`; `custom_text`: the text tower is under `text.`. Every tensor
 /// must be used: one this mapping does not know means an architecture it does not know.
