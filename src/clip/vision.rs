@@ -65,7 +65,9 @@ impl VisionTower {
             VisionPool::ClassToken => self.post_ln.forward(&self.encoder.forward_first_token(&x)?.squeeze(1)?)?,
             VisionPool::MeanOfPatches => {
                 let x = self.encoder.forward(&x, false)?;
-                let mean = |x: &Tensor| x.narrow(1, 1, g * g)?.mean(1);
+                // Summed in f32: 576 tokens' worth of f16 additions would lose the low bits.
+                let mean =
+                    |x: &Tensor| x.narrow(1, 1, g * g)?.to_dtype(candle_core::DType::F32)?.mean(1)?.to_dtype(x.dtype());
                 if self.cfg.norm_after_pool {
                     self.post_ln.forward(&mean(&x)?)?
                 } else {
