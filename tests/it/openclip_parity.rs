@@ -77,9 +77,9 @@ fn pixels_from_the_image_files_match_open_clip() {
             let got = clip.preprocess.pixels_from_bytes(&bytes).unwrap();
             let max = max_abs(&got, &want);
             println!("{model} pixels {image}: max abs {max:.4}");
-            // Pillow's resize, transcribed: PNGs (lossless) match exactly, well inside the fixture's 0.03;
-            // JPEG decoders differ from libjpeg-turbo by a few levels in places.
-            let allowed = if image.ends_with(".png") { 0.03 } else { 0.1 };
+            // Pillow's resize, transcribed: PNGs (lossless) match exactly; JPEGs differ by the decoders (the
+            // image crate against libjpeg-turbo), a level or two in places, still inside the fixture's 0.03.
+            let allowed = if image.ends_with(".png") { 0.0 } else { 0.03 };
             assert!(max <= allowed, "{model} {image}: max abs {max} > {allowed}");
         }
     }
