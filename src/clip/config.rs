@@ -1,5 +1,7 @@
 //! The model's geometry, read from a Hugging Face `config.json` (`CLIPConfig`). Missing fields take
 //! transformers' defaults, as `CLIPConfig.from_pretrained` would: the original OpenAI configs leave many out.
+//! open_clip's own configs ([`super::open_clip`]) map onto the same structure, with the variations its
+//! models use (pooling, no pre-LayerNorm, no causal mask), which HF's CLIP always has one way.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -33,11 +35,32 @@ pub struct TowerConfig {
     pub activation: Activation,
 }
 
+/// Which token's output the text tower projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPool {
+    /// The position of the largest id: the end token of CLIP's BPE (49407), which is what HF's CLIP does.
+    Argmax,
+    /// The last position of the context, padding or not (open_clip's `pool_type = "last"`: CLIPA).
+    Last,
+}
+
 #[derive(Debug, Clone)]
 pub struct TextConfig {
     pub tower: TowerConfig,
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
+    pub pool: TextPool,
+    /// Each token attends only to those before it (false: open_clip's `no_causal_mask`).
+    pub causal: bool,
+}
+
+/// What the image tower projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisionPool {
+    /// The class token's output.
+    ClassToken,
+    /// The mean of the patch tokens' outputs, the class token left out (open_clip's `pool_type = "avg"`).
+    MeanOfPatches,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +69,12 @@ pub struct VisionConfig {
     pub image_size: usize,
     pub patch_size: usize,
     pub num_channels: usize,
+    /// A LayerNorm before the encoder (false: open_clip's `no_ln_pre`).
+    pub pre_norm: bool,
+    pub pool: VisionPool,
+    /// The final LayerNorm applies to the pooled vector, not to each token before pooling
+    /// (open_clip's `final_ln_after_pool`; the same thing for the class token).
+    pub norm_after_pool: bool,
 }
 
 impl VisionConfig {
@@ -166,7 +195,14 @@ fn d_channels() -> usize {
     3
 }
 
-fn tower(
+pub(crate) fn check_geometry(vision: &VisionConfig, what: &str) -> anyhow::Result<()> {
+    if vision.patch_size == 0 || !vision.image_size.is_multiple_of(vision.patch_size) {
+        bail!("{what}: image_size {} is not a multiple of patch_size {}", vision.image_size, vision.patch_size);
+    }
+    Ok(())
+}
+
+pub(crate) fn tower(
     what: &str,
     hidden: usize,
     intermediate: usize,
@@ -211,6 +247,8 @@ impl ClipConfig {
             )?,
             vocab_size: t.vocab_size,
             max_position_embeddings: t.max_position_embeddings,
+            pool: TextPool::Argmax,
+            causal: true,
         };
         let vision = VisionConfig {
             tower: tower(
@@ -225,10 +263,11 @@ impl ClipConfig {
             image_size: v.image_size,
             patch_size: v.patch_size,
             num_channels: v.num_channels,
+            pre_norm: true,
+            pool: VisionPool::ClassToken,
+            norm_after_pool: false,
         };
-        if vision.patch_size == 0 || !vision.image_size.is_multiple_of(vision.patch_size) {
-            bail!("vision_config: image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size);
-        }
+        check_geometry(&vision, "vision_config")?;
         if vision.num_channels != 3 {
             bail!("vision_config: num_channels {} is not supported (RGB models only)", v.num_channels);
         }
@@ -246,8 +285,22 @@ impl ClipConfig {
             activation: Activation::QuickGelu,
         };
         ClipConfig {
-            text: TextConfig { tower: tw(768, 3072, 12, 12), vocab_size: 49408, max_position_embeddings: 77 },
-            vision: VisionConfig { tower: tw(1024, 4096, 24, 16), image_size: 336, patch_size: 14, num_channels: 3 },
+            text: TextConfig {
+                tower: tw(768, 3072, 12, 12),
+                vocab_size: 49408,
+                max_position_embeddings: 77,
+                pool: TextPool::Argmax,
+                causal: true,
+            },
+            vision: VisionConfig {
+                tower: tw(1024, 4096, 24, 16),
+                image_size: 336,
+                patch_size: 14,
+                num_channels: 3,
+                pre_norm: true,
+                pool: VisionPool::ClassToken,
+                norm_after_pool: false,
+            },
             projection_dim: 768,
         }
     }
@@ -267,7 +320,7 @@ impl ClipConfig {
             },
             image_size: 224,
             patch_size: 32,
-            num_channels: 3,
+            ..c.vision
         };
         c.projection_dim = 512;
         c

@@ -336,6 +336,20 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip-golden/tiny-clip");
         let fused = Clip::load(&dir, &Device::Cpu, DType::F32).unwrap();
         let reference = Clip::load(&dir, &Device::Cpu, DType::F16).unwrap();
+        agree(&fused, &reference);
+    }
+
+    /// The same for open_clip's variants (no causal mask, last-token and mean-of-patches pooling, no
+    /// pre-LayerNorm): the CLIPA-shaped fixture.
+    #[test]
+    fn kernels_agree_with_candles_ops_on_open_clips_variants() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclip-golden");
+        let (dir, tokenizer) = (root.join("clipa-tiny"), root.join("bert-tiny"));
+        let load = |dtype| Clip::load_with_tokenizer(&dir, Some(&tokenizer), &Device::Cpu, dtype).unwrap();
+        agree(&load(DType::F32), &load(DType::F16));
+    }
+
+    fn agree(fused: &Clip, reference: &Clip) {
         let size = fused.config.vision.image_size;
         let mut rng = fastrand::Rng::with_seed(3);
         let pixels: Vec<f32> = (0..2 * 3 * size * size).map(|_| rng.f32() * 4.0 - 2.0).collect();

@@ -1,15 +1,19 @@
-//! CLIP with candle: a Hugging Face format model folder (`config.json`, `model.safetensors`,
-//! `tokenizer.json`) → image and text embeddings that match transformers' `CLIPModel` and open_clip's
-//! preprocessing and tokenizer. The `clip-embed` kind runs it over WebDataset shards; a query embedder
-//! (`dsmake search`) can load the same [`Clip`].
+//! CLIP with candle: a model folder in Hugging Face's format (`config.json`, `model.safetensors`,
+//! `tokenizer.json`) or in open_clip's ([`open_clip`]) → image and text embeddings that match
+//! transformers' `CLIPModel` and open_clip's model, preprocessing and tokenizer. [`format`] tells the two
+//! apart. The `clip-embed` kind runs it over WebDataset shards; a query embedder (`dsmake search`) can load
+//! the same [`Clip`].
 
 pub mod config;
 pub mod cpu;
+pub mod format;
 pub mod gpu;
 pub mod names;
 pub mod npy;
+pub mod open_clip;
 pub mod open_clip_table;
 pub mod preprocess;
+pub mod pth;
 pub mod text;
 pub mod tokenizer;
 pub mod transformer;
@@ -65,8 +69,28 @@ pub fn default_dtype(device: &Device) -> DType {
 }
 
 impl Clip {
-    /// Loads a model folder. The weights are memory-mapped, converted to `dtype` as they are read.
+    /// Loads a model folder in either format, the tokenizer from the same folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Clip> {
+        Self::load_with_tokenizer(dir, None, device, dtype)
+    }
+
+    /// Loads a model folder in either format; an open_clip model's tokenizer is read from `tokenizer_dir`
+    /// when given (see [`open_clip::load`]). A Hugging Face folder holds its own tokenizer.
+    pub fn load_with_tokenizer(
+        dir: &Path,
+        tokenizer_dir: Option<&Path>,
+        device: &Device,
+        dtype: DType,
+    ) -> anyhow::Result<Clip> {
+        match format::detect(dir)? {
+            format::Format::OpenClip { .. } => open_clip::load(dir, tokenizer_dir, device, dtype),
+            format::Format::HuggingFace => Self::load_hugging_face(dir, device, dtype),
+        }
+    }
+
+    /// Loads a folder in Hugging Face's format. The weights are memory-mapped, converted to `dtype` as they
+    /// are read.
+    pub fn load_hugging_face(dir: &Path, device: &Device, dtype: DType) -> anyhow::Result<Clip> {
         let file = |name: &str| -> anyhow::Result<PathBuf> {
             let path = dir.join(name);
             if !path.is_file() {
@@ -95,9 +119,26 @@ impl Clip {
         tokenizer: tokenizer::ClipTokenizer,
         vb: VarBuilder,
     ) -> anyhow::Result<Clip> {
+        let preprocess = preprocess::Preprocess::openai(config.vision.image_size as u32);
+        Self::from_parts(config, tokenizer, preprocess, vb)
+    }
+
+    /// A model from its geometry, tokenizer, preprocessing and the tensors under HF's names.
+    pub fn from_parts(
+        config: ClipConfig,
+        tokenizer: tokenizer::ClipTokenizer,
+        preprocess: preprocess::Preprocess,
+        vb: VarBuilder,
+    ) -> anyhow::Result<Clip> {
+        if preprocess.size as usize != config.vision.image_size {
+            bail!(
+                "the preprocessing makes {0}x{0} images for a model of {1}x{1}",
+                preprocess.size,
+                config.vision.image_size
+            );
+        }
         let vision = vision::VisionTower::new(&config.vision, config.projection_dim, vb.clone())?;
         let text = text::TextTower::new(&config.text, config.projection_dim, vb.clone())?;
-        let preprocess = preprocess::Preprocess::openai(config.vision.image_size as u32);
         Ok(Clip { config, vision, text, tokenizer, preprocess, device: vb.device().clone(), dtype: vb.dtype() })
     }
 

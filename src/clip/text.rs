@@ -1,7 +1,8 @@
 //! The text tower (HF `CLIPTextTransformer` + `text_projection`): token and position embeddings, a causal
-//! encoder, final LayerNorm, the end token's output, projection.
+//! encoder, final LayerNorm, the end token's output, projection. open_clip's variants: no causal mask, and
+//! the last position's output instead of the end token's.
 
-use super::config::TextConfig;
+use super::config::{TextConfig, TextPool};
 use super::transformer::Encoder;
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear_no_bias};
@@ -12,6 +13,8 @@ pub struct TextTower {
     encoder: Encoder,
     final_ln: LayerNorm,
     projection: Linear,
+    pool: TextPool,
+    causal: bool,
 }
 
 impl TextTower {
@@ -25,6 +28,8 @@ impl TextTower {
             encoder: Encoder::new(&cfg.tower, m.pp("encoder"))?,
             final_ln: layer_norm(d, cfg.tower.layer_norm_eps, m.pp("final_layer_norm"))?,
             projection: linear_no_bias(d, projection_dim, vb.pp("text_projection"))?,
+            pool: cfg.pool,
+            causal: cfg.causal,
         })
     }
 
@@ -42,7 +47,7 @@ impl TextTower {
         }
         let input = Tensor::from_vec(flat, (b, t), device)?;
         let x = self.token_embedding.forward(&input)?.broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
-        let x = self.encoder.forward(&x, true)?;
+        let x = self.encoder.forward(&x, self.causal)?;
         let x = self.final_ln.forward(&x)?;
         // The end token has the largest id (49407), so its position is the argmax: this is what HF does for
         // the original configs (eos_token_id = 2) and equals its first-eos rule for the new ones, since
@@ -51,8 +56,12 @@ impl TextTower {
             .iter()
             .enumerate()
             .map(|(row, r)| {
-                let (pos, _) =
-                    r.iter().enumerate().fold((0, 0), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+                let pos = match self.pool {
+                    TextPool::Argmax => {
+                        r.iter().enumerate().fold((0, 0), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+                    }
+                    TextPool::Last => t - 1,
+                };
                 (row * t + pos) as u32
             })
             .collect();

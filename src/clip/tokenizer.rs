@@ -1,6 +1,9 @@
 //! CLIP's BPE through `tokenizer.json`, made to give open_clip's token ids: open_clip cleans a caption
 //! before tokenizing (ftfy, HTML unescaping twice, whitespace collapsed), wraps it in start and end tokens,
-//! truncates to 77 keeping the end token last, and pads with 0.
+//! truncates to 77 keeping the end token last, and pads with 0. Models with `hf_tokenizer_name` (CLIPA's
+//! BERT WordPiece) take open_clip's `HFTokenizer` instead: the same cleaning without lowercasing (the
+//! tokenizer's own normaliser does that), the tokenizer's special tokens, truncation and padding to the
+//! context with its pad id, and optionally the separator token replaced by the pad id.
 
 use anyhow::{Context, anyhow};
 use std::borrow::Cow;
@@ -15,10 +18,20 @@ const END: &str = "<|endoftext|>";
 
 pub struct ClipTokenizer {
     inner: tokenizers::Tokenizer,
-    start: u32,
-    end: u32,
     context: usize,
+    kind: Kind,
 }
+
+enum Kind {
+    /// OpenAI's BPE as open_clip's `SimpleTokenizer` uses it.
+    Bpe { start: u32, end: u32 },
+    /// open_clip's `HFTokenizer`; the wrapped tokenizer truncates and pads.
+    HuggingFace { sep: u32, pad: u32, strip_sep: bool, lowercase: bool },
+}
+
+/// The file names a Hugging Face tokenizer folder holds: the tokenizer, and where transformers finds the
+/// names of its special tokens.
+pub const HF_TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
 
 impl ClipTokenizer {
     pub fn from_file(path: &Path, context: usize) -> anyhow::Result<Self> {
@@ -34,29 +47,131 @@ impl ClipTokenizer {
         if context < 2 {
             anyhow::bail!("a context of {context} tokens cannot hold the start and end tokens");
         }
-        Ok(ClipTokenizer { inner, start, end, context })
+        Ok(ClipTokenizer { inner, context, kind: Kind::Bpe { start, end } })
     }
 
-    /// Token ids for one caption: exactly `context` (77) of them, zero padded.
-    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let cleaned = clean(text);
-        // Without the post-processor's special tokens: we add them ourselves, so that a tokenizer.json
-        // without a post-processor gives the same ids.
-        let encoding =
-            self.inner.encode(cleaned.as_str(), false).map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
-        let mut ids = Vec::with_capacity(self.context);
-        ids.push(self.start);
-        ids.extend(encoding.get_ids().iter().copied().take(self.context - 2));
-        ids.push(self.end);
-        ids.resize(self.context, 0);
-        Ok(ids)
+    /// open_clip's `HFTokenizer` over the Hugging Face tokenizer in `dir` (`tokenizer.json`, with the special
+    /// tokens named in `special_tokens_map.json` or `tokenizer_config.json` when the folder has them, else
+    /// BERT's `[SEP]` and `[PAD]`, as transformers' BertTokenizer defaults them).
+    pub fn hugging_face(dir: &Path, context: usize, strip_sep: bool, lowercase: bool) -> anyhow::Result<Self> {
+        use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, TruncationDirection};
+        use tokenizers::{TruncationParams, TruncationStrategy};
+        let path = dir.join(HF_TOKENIZER_FILES[0]);
+        let mut inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow!("cannot load the tokenizer {}: {e}", path.display()))?;
+        let named = |key: &str, default: &str| -> anyhow::Result<(String, u32)> {
+            let token = special_token(dir, key)?.unwrap_or_else(|| default.to_string());
+            let id = inner
+                .token_to_id(&token)
+                .with_context(|| format!("{} has no `{token}` token (its {key})", path.display()))?;
+            Ok((token, id))
+        };
+        let (sep_token, sep) = named("sep_token", "[SEP]")?;
+        let (pad_token, pad) = named("pad_token", "[PAD]")?;
+        // A WordPiece tokenizer.json without a post-processor (one saved by `tokenizers` itself): transformers'
+        // BertTokenizer wraps each text in [CLS] ... [SEP] all the same, as bert-base-uncased's own file says.
+        if inner.get_post_processor().is_none()
+            && matches!(inner.get_model(), tokenizers::models::ModelWrapper::WordPiece(_))
+        {
+            let (cls_token, cls) = named("cls_token", "[CLS]")?;
+            let template = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single(format!("{cls_token}:0 $A:0 {sep_token}:0"))
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?
+                .special_tokens(vec![(cls_token, cls), (sep_token, sep)])
+                .build()
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            inner.with_post_processor(Some(template));
+        }
+        if context < 2 {
+            anyhow::bail!("a context of {context} tokens cannot hold the special tokens");
+        }
+        // transformers' `padding="max_length", truncation=True, max_length=context`, as HFTokenizer calls it.
+        inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(context),
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id: pad,
+            pad_type_id: 0,
+            pad_token,
+        }));
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: context,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow!("cannot configure the tokenizer {}: {e}", path.display()))?;
+        Ok(ClipTokenizer { inner, context, kind: Kind::HuggingFace { sep, pad, strip_sep, lowercase } })
     }
+
+    /// Token ids for one caption: exactly the context's length (77 for OpenAI's CLIP), padded.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        match self.kind {
+            Kind::Bpe { start, end } => {
+                let cleaned = clean(text);
+                // Without the post-processor's special tokens: we add them ourselves, so that a tokenizer.json
+                // without a post-processor gives the same ids.
+                let encoding =
+                    self.inner.encode(cleaned.as_str(), false).map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
+                let mut ids = Vec::with_capacity(self.context);
+                ids.push(start);
+                ids.extend(encoding.get_ids().iter().copied().take(self.context - 2));
+                ids.push(end);
+                ids.resize(self.context, 0);
+                Ok(ids)
+            }
+            Kind::HuggingFace { sep, pad, strip_sep, lowercase } => {
+                let cleaned = if lowercase { clean(text) } else { clean_whitespace(text) };
+                let encoding =
+                    self.inner.encode(cleaned.as_str(), true).map_err(|e| anyhow!("cannot tokenize {text:?}: {e}"))?;
+                let mut ids = encoding.get_ids().to_vec();
+                if ids.len() != self.context {
+                    anyhow::bail!("the tokenizer gave {} ids for {text:?}, not {}", ids.len(), self.context);
+                }
+                if strip_sep {
+                    ids.iter_mut().filter(|id| **id == sep).for_each(|id| *id = pad);
+                }
+                Ok(ids)
+            }
+        }
+    }
+}
+
+/// A special token's name as transformers reads it: `special_tokens_map.json`, then `tokenizer_config.json`;
+/// either holds a string or `{"content": ...}`.
+fn special_token(dir: &Path, key: &str) -> anyhow::Result<Option<String>> {
+    for file in &HF_TOKENIZER_FILES[1..] {
+        let path = dir.join(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        match &json[key] {
+            serde_json::Value::String(s) => return Ok(Some(s.clone())),
+            serde_json::Value::Object(o) => {
+                if let Some(s) = o.get("content").and_then(|c| c.as_str()) {
+                    return Ok(Some(s.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// open_clip's `_clean_lower`: `whitespace_clean(basic_clean(text)).lower()`, where `basic_clean` is
 /// `html.unescape(html.unescape(ftfy.fix_text(text))).strip()`. ftfy's default fixes are all done (see
 /// [`ftfy_fix_text`]), mojibake repair included.
 pub fn clean(text: &str) -> String {
+    clean_whitespace(text).to_lowercase()
+}
+
+/// open_clip's `_clean_whitespace` (the "whitespace" clean of `HFTokenizer`): [`clean`] without lowercasing.
+pub fn clean_whitespace(text: &str) -> String {
     let mut s = ftfy_fix_text(text);
     for _ in 0..2 {
         if !s.contains('&') {
@@ -71,7 +186,7 @@ pub fn clean(text: &str) -> String {
         }
         out.push_str(word);
     }
-    out.to_lowercase()
+    out
 }
 
 /// Python's `str.isspace` (what `\s` matches in `re`), which counts the ASCII separators 0x1C–0x1F too.

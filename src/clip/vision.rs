@@ -1,7 +1,9 @@
 //! The image tower (HF `CLIPVisionTransformer` + `visual_projection`): patches, class token and positions,
-//! pre-LayerNorm, encoder, the class token's output after post-LayerNorm, projection.
+//! pre-LayerNorm, encoder, the class token's output after post-LayerNorm, projection. open_clip's variants:
+//! no pre-LayerNorm, and the mean of the patch tokens instead of the class token, normalised before or after
+//! pooling.
 
-use super::config::VisionConfig;
+use super::config::{VisionConfig, VisionPool};
 use super::transformer::Encoder;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear_no_bias};
@@ -12,7 +14,7 @@ pub struct VisionTower {
     patch_weight: Tensor,
     class_embedding: Tensor,
     position_embedding: Tensor,
-    pre_ln: LayerNorm,
+    pre_ln: Option<LayerNorm>,
     encoder: Encoder,
     post_ln: LayerNorm,
     projection: Linear,
@@ -31,7 +33,7 @@ impl VisionTower {
             patch_weight,
             class_embedding: e.get(d, "class_embedding")?,
             position_embedding: e.get((cfg.tokens(), d), "position_embedding.weight")?,
-            pre_ln: layer_norm(d, eps, m.pp("pre_layrnorm"))?,
+            pre_ln: if cfg.pre_norm { Some(layer_norm(d, eps, m.pp("pre_layrnorm"))?) } else { None },
             encoder: Encoder::new(&cfg.tower, m.pp("encoder"))?,
             post_ln: layer_norm(d, eps, m.pp("post_layernorm"))?,
             projection: linear_no_bias(d, projection_dim, vb.pp("visual_projection"))?,
@@ -54,8 +56,25 @@ impl VisionTower {
         let d = self.cfg.tower.hidden_size;
         let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding)?;
-        let x = self.encoder.forward_first_token(&self.pre_ln.forward(&x)?)?;
-        let pooled = self.post_ln.forward(&x.squeeze(1)?)?;
+        let x = match &self.pre_ln {
+            Some(ln) => ln.forward(&x)?,
+            None => x,
+        };
+        let pooled = match self.cfg.pool {
+            // LayerNorm acts on each token alone: before or after taking the class token is the same.
+            VisionPool::ClassToken => self.post_ln.forward(&self.encoder.forward_first_token(&x)?.squeeze(1)?)?,
+            VisionPool::MeanOfPatches => {
+                let x = self.encoder.forward(&x, false)?;
+                // Summed in f32: 576 tokens' worth of f16 additions would lose the low bits.
+                let mean =
+                    |x: &Tensor| x.narrow(1, 1, g * g)?.to_dtype(candle_core::DType::F32)?.mean(1)?.to_dtype(x.dtype());
+                if self.cfg.norm_after_pool {
+                    self.post_ln.forward(&mean(&x)?)?
+                } else {
+                    mean(&self.post_ln.forward(&x)?)?
+                }
+            }
+        };
         self.projection.forward(&pooled)
     }
 }

@@ -345,3 +345,72 @@ fn write_batch_size_groups_whole_shards_or_says_why_not() {
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("not a whole number of input shards of 2 images"), "{}", run.stderr);
 }
+
+/// A `model_path` folder in open_clip's format, as a CLIPA repository ships it (only the pickled `.bin`)
+/// with its tokenizer's files beside it: embedded as open_clip embeds (the reference of
+/// `tests/fixtures/openclip-golden`), keyed by the files that make the model, and a changed `.bin` rebuilds.
+#[test]
+fn an_open_clip_folder_with_a_pickled_checkpoint_embeds_as_open_clip() {
+    let s = Sandbox::new(&PIPELINE.replace("model_path = \"tiny-clip\"", "model_path = \"clipa\""));
+    let golden = |rel: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclip-golden").join(rel);
+    let model = s.path("clipa");
+    std::fs::create_dir_all(&model).unwrap();
+    let files = [
+        "clipa-tiny/open_clip_config.json",
+        "clipa-tiny/open_clip_pytorch_model.bin",
+        "bert-tiny/tokenizer.json",
+        "bert-tiny/tokenizer_config.json",
+        "bert-tiny/special_tokens_map.json",
+    ];
+    for f in files {
+        let to = model.join(Path::new(f).file_name().unwrap());
+        std::fs::copy(golden(f), &to).unwrap();
+        settle(&to);
+    }
+    let e: Value = serde_json::from_slice(&std::fs::read(golden("expected/clipa-tiny.json")).unwrap()).unwrap();
+    let text = e["texts"][0].as_str().unwrap().to_string();
+    write_shard(
+        &s,
+        "00000.tar",
+        &[
+            Sample { key: "a", image: Ok("astronaut.png"), caption: Some(&text), json: json!({}) },
+            Sample { key: "b", image: Ok("astro_rgba.png"), caption: None, json: json!({}) },
+        ],
+    );
+    assert_eq!(built(&s.build(&[])), ["clip/00000"]);
+    let out = s.store().join("pipeline/clip");
+    let (_, shape, img) = read_npy(&out.join("img_emb/img_emb_00000.npy"));
+    let (_, _, txt) = read_npy(&out.join("text_emb/text_emb_00000.npy"));
+    assert_eq!(shape, [2, 48]);
+    let images = e["images"].as_array().unwrap();
+    for (row, name) in ["astronaut.png", "astro_rgba.png"].iter().enumerate() {
+        let at = images.iter().position(|i| i == name).unwrap();
+        let c = cosine(&img[row * 48..(row + 1) * 48], &reference(&e, "image_embeds_normalized", at));
+        assert!(c >= 0.999, "{name}: cosine {c} with open_clip's");
+    }
+    let c = cosine(&txt[..48], &reference(&e, "text_embeds_normalized", 0));
+    assert!(c >= 0.999, "caption: cosine {c} with open_clip's");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("_dsmake/00000.json")).unwrap()).unwrap();
+    let mut files: Vec<&String> = manifest["stats"]["model"].as_object().unwrap().keys().collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "open_clip_config.json",
+            "open_clip_pytorch_model.bin",
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+
+    let weights = model.join("open_clip_pytorch_model.bin");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01; // the plan only hashes it
+    std::fs::write(&weights, &bytes).unwrap();
+    settle(&weights);
+    let stale = work(&s.plan(&[]));
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert!(stale[0].2.contains("open_clip_pytorch_model.bin"), "{}", stale[0].2);
+}

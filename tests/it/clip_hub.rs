@@ -300,15 +300,48 @@ fn spark_workers_that_start_with_an_empty_cache_fetch_the_weights_themselves() {
 /// A model repo as the Hub stand-in serves it: its name and its files (name, bytes).
 type ServedRepo = (String, Vec<(String, Vec<u8>)>);
 
-/// The model of the end-to-end test: the `model` setting and the repos that serve it.
+/// The model of the end-to-end test: the `model` setting and the repos that serve it. The CLIPA-shaped tiny
+/// model of `tests/fixtures/openclip-golden` in open_clip's format (only the pickled `.bin`, as CLIPA's repos ship
+/// it) under CLIPA's repo name, and `bert-tiny` as the `bert-base-uncased` its config names. Named through
+/// `hf-hub:` so that its own (tiny) config is read: `open_clip:ViT-H-14-CLIPA-336/laion2b` would build the real
+/// architecture from open_clip's table, which these weights do not fit.
 fn e2e_model() -> (String, Vec<ServedRepo>) {
-    let tiny: Vec<(String, Vec<u8>)> =
-        ["config.json", "tokenizer.json", "model.safetensors"].iter().map(|f| (f.to_string(), model_file(f))).collect();
-    (format!("hf_clip:{REPO}"), vec![(REPO.to_string(), tiny)])
+    let golden = |rel: &str| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclip-golden").join(rel);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let files = |dir: &str, names: &[&str]| -> Vec<(String, Vec<u8>)> {
+        names.iter().map(|n| (n.to_string(), golden(&format!("{dir}/{n}")))).collect()
+    };
+    (
+        "open_clip:hf-hub:UCSC-VLAA/ViT-H-14-CLIPA-336-laion2B".to_string(),
+        vec![
+            (
+                "UCSC-VLAA/ViT-H-14-CLIPA-336-laion2B".to_string(),
+                files("clipa-tiny", &["open_clip_config.json", "open_clip_pytorch_model.bin"]),
+            ),
+            (
+                "bert-base-uncased".to_string(),
+                files(
+                    "bert-tiny",
+                    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"],
+                ),
+            ),
+        ],
+    )
+}
+
+/// Captions the tiny BERT tokenizer reads into distinct ids (`expected/clipa-tiny.json`).
+fn e2e_captions() -> Vec<String> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclip-golden/expected/clipa-tiny.json");
+    let e: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    [0, 1, 2, 4].iter().map(|&i| e["texts"][i].as_str().unwrap().to_string()).collect()
 }
 
 /// hf-dataset → img2dataset → clip-embed → knn-index → `dsmake search`, the metadata and the weights from the Hub
-/// stand-in, the photos from an image host on 127.0.0.1: a caption finds its own photo's row first.
+/// stand-in (the CLIPA-shaped open_clip model and its BERT tokenizer), the photos from an image host on 127.0.0.1:
+/// a caption finds its own photo's row first.
 #[test]
 fn end_to_end_from_the_hub_to_search() {
     let photos = fixture("images");
@@ -318,10 +351,10 @@ fn end_to_end_from_the_hub_to_search() {
             Err(_) => crate::common::http::Reply::status(404, "no such photo"),
         }
     });
-    let captions = ["an astronaut in a white suit", "a cup of coffee", "a cat on a sofa", "a rocket on its pad"];
+    let captions = e2e_captions();
     let files = ["astronaut.png", "coffee.jpg", "chelsea.png", "rocket_wide.jpg"];
     let urls: Vec<String> = files.iter().map(|f| host.url(&format!("/{f}"))).collect();
-    let rows: Vec<_> = urls.iter().zip(captions).map(|(u, c)| crate::common::parquet_rows::row(u, c)).collect();
+    let rows: Vec<_> = urls.iter().zip(&captions).map(|(u, c)| crate::common::parquet_rows::row(u, c)).collect();
     let hub = HubMock::start("laion/tiny");
     hub.commit(&[("data/part-0.parquet", Some(crate::common::parquet_rows::urls_parquet(&rows)))]);
     let (model, repos) = e2e_model();
@@ -352,11 +385,17 @@ fn end_to_end_from_the_hub_to_search() {
     );
     let m = manifest(&s, "00000");
     assert_eq!(m["rows"], 2, "{m}");
+    // The weights the key names: the pickled checkpoint's sha256, and the tokenizer from its own repo.
+    let files = m["key_parts"]["coords"]["model"]["files"].as_array().cloned().unwrap_or_default();
+    let names: Vec<(&str, &str)> =
+        files.iter().map(|f| (f["repo"].as_str().unwrap(), f["name"].as_str().unwrap())).collect();
+    assert!(names.contains(&("UCSC-VLAA/ViT-H-14-CLIPA-336-laion2B", "open_clip_pytorch_model.bin")), "{names:?}");
+    assert!(names.contains(&("bert-base-uncased", "tokenizer.json")), "{names:?}");
     for (i, caption) in captions.iter().enumerate() {
         let run = s.run(&["search", caption, "-k", "2", "--format", "json"]);
         assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
         let found = run.json();
-        assert_eq!(found["results"][0]["caption"], *caption, "{found}");
+        assert_eq!(found["results"][0]["caption"], caption.as_str(), "{found}");
         assert_eq!(found["results"][0]["url"], urls[i].as_str(), "{found}");
     }
 }

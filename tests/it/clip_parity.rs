@@ -4,6 +4,7 @@
 //! stored there as lossless 8-bit PNGs, and `reference_pngs_equal_the_npy_tensors` checks them against the
 //! original `.npy` files kept beside them). Run with `--nocapture` to see the parity numbers.
 
+use crate::common::golden::{max_abs, rows, strings, token_rows};
 use candle_core::{DType, Device};
 use dsmake::clip::preprocess::{OPENAI_MEAN, OPENAI_STD};
 use dsmake::clip::{Clip, l2_normalize, npy, tokenizer};
@@ -22,18 +23,6 @@ fn model() -> Clip {
     Clip::load(&fixture("tiny-clip"), &Device::Cpu, DType::F32).unwrap()
 }
 
-fn rows(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
-}
-
 /// The reference pixels of one image, decoded from the PNG copy: (level / 255 - mean) / std in f32, as torch.
 fn reference_pixels(image: &str) -> Vec<f32> {
     let stem = image.split('.').next().unwrap();
@@ -46,11 +35,6 @@ fn reference_pixels(image: &str) -> Vec<f32> {
         }
     }
     out
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -118,12 +102,7 @@ fn pixels_from_the_image_files_match_open_clip() {
 fn token_ids_equal_open_clips_for_every_caption() {
     let e = expected();
     let clip = model();
-    let want: Vec<Vec<u32>> = e["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
-        .collect();
+    let want = token_rows(&e["input_ids"]);
     for (text, want) in strings(&e["texts"]).iter().zip(&want) {
         assert_eq!(
             &clip.tokenizer.encode(text).unwrap(),

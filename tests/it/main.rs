@@ -23,6 +23,7 @@ mod img2dataset;
 mod interrupt;
 mod knn_index;
 mod malformed_pipelines;
+mod openclip_parity;
 mod publish;
 mod recipes;
 mod remote_databricks;

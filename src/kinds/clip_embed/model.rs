@@ -128,6 +128,13 @@ impl ModelSource {
         match self {
             ModelSource::Local { dir, shown } => {
                 let Value::Object(files) = identity else { bail!("the job's model identity is not a table") };
+                let names = crate::clip::format::model_files(dir).with_context(|| format!("model_path `{shown}`"))?;
+                if names.len() != files.len() || names.iter().any(|n| !files.contains_key(n)) {
+                    bail!(
+                        "the files of model_path `{shown}` ({}) changed since the plan was made: plan again",
+                        dir.display()
+                    );
+                }
                 for (name, digest) in files {
                     let path = dir.join(name);
                     let now = crate::util::hash_file(&path)?;
@@ -146,31 +153,10 @@ impl ModelSource {
     }
 }
 
-/// Every file of a local model folder (top level) by blake3: the folder may be in Hugging Face's format or in
-/// open_clip's.
+/// The files that make a local model folder (those of its format that the loader reads: `clip::format`), by
+/// blake3.
 fn local_identity(dir: &Path, shown: &str, stat_cache: &StatCache) -> anyhow::Result<Value> {
-    let hf = HF_FILES.iter().all(|f| dir.join(f).is_file());
-    let open_clip = dir.join(OPEN_CLIP_CONFIG).is_file() && OPEN_CLIP_WEIGHTS.iter().any(|f| dir.join(f).is_file());
-    if !hf && !open_clip {
-        bail!(
-            "model_path `{shown}` ({}) is neither a Hugging Face CLIP folder ({}) nor an open_clip one ({OPEN_CLIP_CONFIG} \
-             with {})",
-            dir.display(),
-            HF_FILES.join(", "),
-            OPEN_CLIP_WEIGHTS.join(" or ")
-        );
-    }
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file()
-            && let Some(name) = entry.file_name().to_str()
-            && !name.starts_with('.')
-        {
-            names.push(name.to_string());
-        }
-    }
-    names.sort();
+    let names = crate::clip::format::model_files(dir).with_context(|| format!("model_path `{shown}`"))?;
     let mut files = Map::new();
     for name in names {
         files.insert(name.clone(), Value::String(stat_cache.identity(&dir.join(&name))?.blake3));

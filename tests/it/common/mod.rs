@@ -16,6 +16,7 @@ macro_rules! on_every_store {
     };
 }
 
+pub mod golden;
 pub mod http;
 pub mod hub_mock;
 pub mod parquet_rows;
