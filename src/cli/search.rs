@@ -1,6 +1,7 @@
 //! `dsmake search PIPELINE "a photo of a cat"` (or `--image FILE`): embeds the query with the model of the
-//! pipeline's `clip-embed` step, loaded as that step loads it (`model` from the Hugging Face cache, or
-//! `model_path`), searches the `knn-index` step's index and prints the top k with score, url and caption.
+//! pipeline's `clip-embed` step, loaded as that step loads it (`model` pinned by the plan and fetched into the
+//! dsmake cache as a worker fetches it, or `model_path`), searches the `knn-index` step's index and prints the
+//! top k with score, url and caption.
 //!
 //! The index must be fresh: the plan for the index step (and what it reads) is made first, so a query is
 //! never embedded with a model other than the one the index was built with; if it is missing or stale the

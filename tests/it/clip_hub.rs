@@ -399,3 +399,39 @@ fn end_to_end_from_the_hub_to_search() {
         assert_eq!(found["results"][0]["url"], urls[i].as_str(), "{found}");
     }
 }
+
+/// An open_clip repo with OpenAI's BPE and no tokenizer.json of its own (the ViT-H-14-shaped fixture): the plan
+/// pins OpenAI's tokenizer.json from `openai/clip-vit-base-patch32` with it, and the worker embeds with both.
+#[test]
+fn an_open_clip_repo_without_a_tokenizer_gets_openais_bpe() {
+    let hub = HubMock::start("laion/unused");
+    let golden = |rel: &str| {
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclip-golden").join(rel))
+            .unwrap()
+    };
+    hub.commit_model(
+        "laion/vith-tiny",
+        &[
+            ("open_clip_config.json", Some(golden("vith-tiny/open_clip_config.json"))),
+            ("open_clip_model.safetensors", Some(golden("vith-tiny/open_clip_model.safetensors"))),
+        ],
+    );
+    hub.commit_model("openai/clip-vit-base-patch32", &[("tokenizer.json", Some(model_file("tokenizer.json")))]);
+    let s = sandbox_on(Backend::Local, &hub, "");
+    s.write("pipeline.toml", &pipeline("").replace(&format!("hf_clip:{REPO}"), "open_clip:hf-hub:laion/vith-tiny"));
+    let summary = s.build(&[]);
+    assert_eq!(built(&summary), ["clip/00000", "clip/00001"]);
+    let m = manifest(&s, "00001");
+    let files = m["key_parts"]["coords"]["model"]["files"].as_array().cloned().unwrap_or_default();
+    let names: Vec<(&str, &str)> =
+        files.iter().map(|f| (f["repo"].as_str().unwrap(), f["name"].as_str().unwrap())).collect();
+    assert_eq!(
+        names,
+        [
+            ("laion/vith-tiny", "open_clip_config.json"),
+            ("laion/vith-tiny", "open_clip_model.safetensors"),
+            ("openai/clip-vit-base-patch32", "tokenizer.json"),
+        ]
+    );
+    assert_eq!(m["rows"], 1);
+}
