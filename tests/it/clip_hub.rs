@@ -398,6 +398,11 @@ fn end_to_end_from_the_hub_to_search() {
         assert_eq!(found["results"][0]["caption"], caption.as_str(), "{found}");
         assert_eq!(found["results"][0]["url"], urls[i].as_str(), "{found}");
     }
+    // `status` asks no remote service: the saved listings and the cached config answer it.
+    hub.server.clear();
+    let run = s.run(&["status"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(hub.requests().is_empty(), "{:?}", hub.requests());
 }
 
 /// An open_clip repo with OpenAI's BPE and no tokenizer.json of its own (the ViT-H-14-shaped fixture): the plan

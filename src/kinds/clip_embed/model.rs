@@ -194,6 +194,11 @@ fn pin(model: &ModelName, revision: &str, step: &str, local_only: bool) -> anyho
         Format::OpenClip => {
             let file = find(&listed, OPEN_CLIP_CONFIG).ok_or_else(|| lacks(&repo, &listed, OPEN_CLIP_CONFIG))?;
             let pinned = PinnedFile::new(OPEN_CLIP_CONFIG, &model.repo, file, &listed);
+            if local_only && !weights::cached(&pinned) {
+                bail!(
+                    "{OPEN_CLIP_CONFIG} of {repo} is not in this machine's cache (this command asks no remote service): run `dsmake plan` once"
+                );
+            }
             // Small: read now, for the tokenizer it names (kept in the cache, so offline plans read it too).
             let path = weights::fetch(&pinned, &crate::kind::Cancel::default())?;
             let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;

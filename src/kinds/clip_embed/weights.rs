@@ -23,6 +23,11 @@ fn blob_path(oid: &str) -> PathBuf {
     root().join("blobs").join(safe)
 }
 
+/// Whether this machine's cache holds `file`.
+pub fn cached(file: &PinnedFile) -> bool {
+    std::fs::metadata(blob_path(&file.oid)).is_ok_and(|m| m.len() == file.size)
+}
+
 /// `file` in this machine's cache, fetched (resumed, verified) if it is not there yet.
 pub fn fetch(file: &PinnedFile, cancel: &crate::kind::Cancel) -> anyhow::Result<PathBuf> {
     fetch_counting(file, cancel).map(|(path, _)| path)
