@@ -1,0 +1,154 @@
+//! `knn-train`: training as its own target. It reads the first clip-embed parts, enough for the training
+//! sample, and writes the trained, empty index of each side (`image.trained.index`, `text.trained.index`:
+//! faiss `IndexIVFPQ` files with no vectors, which faiss reads as they are) and `train.json`. A knn-index step
+//! that reads it (`from = ["clip", "knn_train"]`) adds every part's vectors to those quantizers without
+//! training again.
+//!
+//! Its shard's coordinates are the chosen index key and the sample size, and it reads only the parts that
+//! the sample covers: adding a part leaves its key unchanged while the key chosen for the new count is the
+//! same. When the count passes the point where that key no longer fits the budget (or autofaiss would choose
+//! other coarse centroids), the coordinates change and the plan shows the target stale with the old and new
+//! key. Planning needs the vectors' dimension before anything is read: `dimensions` (768, CLIP ViT-L/14's)
+//! says it, and the build checks it.
+
+use super::factory::IndexKey;
+use super::ivfpq::IvfPq;
+use super::parts::{Part, collect_parts};
+use super::settings::TrainSettings;
+use super::vectors::NpyRows;
+use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards};
+use anyhow::{Context, bail};
+use serde_json::json;
+use std::time::Instant;
+
+pub const TRAIN_INFO: &str = "train.json";
+
+pub fn trained_file(side: &str) -> String {
+    format!("{side}.trained.index")
+}
+
+pub struct KnnTrain;
+
+impl Kind for KnnTrain {
+    type Settings = TrainSettings;
+    const NAME: &'static str = "knn-train";
+    const VERSION: u32 = 1;
+    const ABOUT: &'static str = "trains the quantizers of a knn-index (IVF coarse centroids, PQ codebooks) on the \
+                                 first clip-embed parts, as its own target: a knn-index step reading it adds new \
+                                 parts without retraining";
+    const INPUTS: Inputs = Inputs::Required;
+
+    fn check(&self, s: &TrainSettings, has_inputs: bool) -> Result<(), SettingError> {
+        if !has_inputs {
+            return Err(SettingError::new("embeddings", "knn-train reads a clip-embed step's parts: the step needs `from`"));
+        }
+        if !(1..=65_536).contains(&s.dimensions) {
+            return Err(SettingError::new("dimensions", format!("`dimensions` must be between 1 and 65536, found {}", s.dimensions)));
+        }
+        s.choice().map(|_| ())
+    }
+
+    fn shards(&self, s: &TrainSettings, cx: &ShardCx) -> anyhow::Result<Shards> {
+        let shards: Vec<(usize, usize, Option<u64>, &str)> = cx
+            .inputs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, input)| input.shards.iter().enumerate().map(move |(j, sh)| (i, j, sh.rows, input.step)))
+            .collect();
+        if shards.is_empty() {
+            return Ok(Shards::Known(Vec::new()));
+        }
+        let mut n = 0u64;
+        for (i, j, rows, step) in &shards {
+            match rows {
+                Some(r) => n += r,
+                None => {
+                    let id = &cx.inputs[*i].shards[*j].id;
+                    return Ok(Shards::Unknown(format!("the vector count is known once {step}/{id} is built")));
+                }
+            }
+        }
+        let d = s.dimensions as usize;
+        let key = s.choice().map_err(|e| anyhow::anyhow!("{e}"))?.key(n, d)?;
+        let memory = s.choice().map_err(|e| anyhow::anyhow!("{e}"))?.memory;
+        let sample = key.train_rows(n, d, memory);
+        // The first parts that hold the sample: parts added later never change what this shard reads.
+        let mut inputs = Vec::new();
+        let mut covered = 0u64;
+        for (i, j, rows, _) in &shards {
+            if covered >= sample {
+                break;
+            }
+            inputs.push((*i, *j));
+            covered += rows.unwrap_or(0);
+        }
+        Ok(Shards::Known(vec![ShardSpec {
+            id: crate::kind::shard::SINGLE_SHARD.into(),
+            coords: json!({ "index_key": key.to_string(), "train_rows": sample }),
+            inputs,
+            source: None,
+        }]))
+    }
+
+    fn build(&self, s: &TrainSettings, cx: &BuildCx) -> anyhow::Result<Built> {
+        #[derive(serde::Deserialize)]
+        struct Coords {
+            index_key: String,
+            train_rows: u64,
+        }
+        let c: Coords = cx.coords()?;
+        let key = IndexKey::parse(&c.index_key)?;
+        let started = Instant::now();
+        let mut outputs = Vec::new();
+        let mut sides = serde_json::Map::new();
+        for (side, prefix) in s.embeddings.sides() {
+            let IndexKey::IvfPq { nlist, m } = key else { break };
+            let parts = collect_parts(&cx.inputs, prefix)?;
+            let (d, sample) = read_sample(&parts, c.train_rows as usize)?;
+            if d != s.dimensions as usize {
+                bail!("the {side} embeddings have {d} dimensions, the step says `dimensions = {}`: set it to {d}", s.dimensions);
+            }
+            let t = Instant::now();
+            let ivf = IvfPq::train(&sample, d, nlist, m, cx.cancel)?;
+            let name = trained_file(side);
+            ivf.write(&cx.out_dir.join(&name))?;
+            sides.insert(side.to_string(), json!({ "dimensions": d, "train_seconds": t.elapsed().as_secs_f64() }));
+            outputs.push(name);
+        }
+        let info = json!({
+            "index_key": key.to_string(),
+            "train_rows": c.train_rows,
+            "sides": sides,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        std::fs::write(cx.out_dir.join(TRAIN_INFO), serde_json::to_vec_pretty(&info)?)
+            .with_context(|| format!("cannot write {TRAIN_INFO}"))?;
+        outputs.push(TRAIN_INFO.into());
+        Ok(Built { outputs, rows: Some(c.train_rows), failures: None, retryable: None, stats: info })
+    }
+}
+
+/// The first `rows` vectors of the parts, in order: (dimension, values).
+pub fn read_sample(parts: &[Part], rows: usize) -> anyhow::Result<(usize, Vec<f32>)> {
+    let mut out = Vec::new();
+    let mut d = 0;
+    let mut have = 0;
+    for part in parts {
+        if have >= rows {
+            break;
+        }
+        let mut npy = NpyRows::open(&part.vectors).with_context(|| format!("part {}", part.name()))?;
+        if npy.rows == 0 {
+            continue;
+        }
+        if d != 0 && npy.cols != d {
+            bail!("part {} has vectors of {} dimensions, earlier parts {d}", part.name(), npy.cols);
+        }
+        d = npy.cols;
+        have += npy.next_rows(rows - have, &mut out).with_context(|| format!("part {}", part.name()))?;
+    }
+    if have < rows {
+        bail!("the training sample needs {rows} vectors, the parts hold {have}");
+    }
+    Ok((d, out))
+}
