@@ -27,11 +27,15 @@ pub struct SearchArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
     /// The text to search for (embedded with the CLIP text tower).
-    #[arg(required_unless_present = "image")]
+    #[arg(required_unless_present_any = ["image", "embedding"])]
     query: Option<String>,
     /// Search with an image file instead (embedded with the CLIP image tower).
     #[arg(long, value_name = "FILE", conflicts_with = "query")]
     image: Option<PathBuf>,
+    /// Search with an embedding instead: a `.npy` file of one vector (float16 or float32), as clip_back's
+    /// `embedding_input`; no model is loaded.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["query", "image"])]
+    embedding: Option<PathBuf>,
     /// The knn-index step to search (needed when the pipeline has several).
     #[arg(long, value_name = "STEP")]
     step: Option<String>,
@@ -86,7 +90,11 @@ struct Hit {
 pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let mut workspace = Workspace::open(&args.pipeline)?;
     let step = index_step(&workspace.pipeline, args.step.as_deref())?;
-    let clip_step = clip_step(&workspace.pipeline, step)?;
+    // The model that embeds text and image queries; an embedding query needs none.
+    let clip_step = match args.embedding {
+        Some(_) => None,
+        None => Some(clip_step(&workspace.pipeline, step)?),
+    };
     let step_name = workspace.pipeline.steps[step].name.clone();
     // Plan only the index and what it reads (whatever --target says).
     workspace.plan_options.targets = vec![step_name.clone()];
@@ -110,11 +118,11 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let dir = &workspace.pipeline.steps[step].dir;
     let local = |name: &str| local_output(&*workspace.store, dir, name, &built.key);
 
-    let model = load_model(&workspace.pipeline, clip_step)?;
-    let query = match (&args.query, &args.image) {
-        (_, Some(path)) => embed_image(&model, path)?,
-        (Some(text), None) => embed_text(&model, text)?,
-        (None, None) => return Err(UsageError("give a text query or --image FILE".into()).into()),
+    let query = match (&args.query, &args.image, clip_step) {
+        (_, _, None) => read_embedding(args.embedding.as_deref().context("no --embedding")?)?,
+        (_, Some(path), Some(clip)) => embed_image(&load_model(&workspace.pipeline, clip)?, path)?,
+        (Some(text), None, Some(clip)) => embed_text(&load_model(&workspace.pipeline, clip)?, text)?,
+        (None, None, _) => return Err(UsageError("give a text query, --image FILE or --embedding FILE".into()).into()),
     };
 
     let k = args.k as usize;
@@ -154,9 +162,10 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         .collect();
 
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let shown_query = match (&args.query, &args.image) {
-        (_, Some(path)) => format!("image {}", path.display()),
-        (Some(text), _) => format!("{text:?}"),
+    let shown_query = match (&args.query, &args.image, &args.embedding) {
+        (_, _, Some(path)) => format!("embedding {}", path.display()),
+        (_, Some(path), _) => format!("image {}", path.display()),
+        (Some(text), _, _) => format!("{text:?}"),
         _ => String::new(),
     };
     match args.format {
@@ -166,6 +175,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 "step": step_name,
                 "query": args.query,
                 "image": args.image,
+                "embedding": args.embedding,
                 "modality": side,
                 "index": index_name,
                 "index_key": index_key,
@@ -344,6 +354,17 @@ fn embed_image(model: &Clip, path: &Path) -> anyhow::Result<Vec<f32>> {
     let pixels = model.preprocess.pixels_from_bytes(&bytes).with_context(|| format!("{}", path.display()))?;
     let t = model.embed_pixels(pixels, 1).context("cannot embed the query image")?;
     normalized(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// One vector from a `.npy` file of shape (1, d), L2-normalised as clip-embed's are.
+fn read_embedding(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let mut npy = knn_index::vectors::NpyRows::open(path)?;
+    if npy.rows != 1 {
+        bail!("{} holds {} vectors: --embedding takes one", path.display(), npy.rows);
+    }
+    let mut v = Vec::new();
+    npy.next_rows(1, &mut v)?;
+    normalized(v)
 }
 
 fn check_dims(path: &Path, index: usize, query: usize) -> anyhow::Result<()> {

@@ -76,15 +76,15 @@ impl IndexKey {
         Ok(())
     }
 
-    /// Training vectors for this key: 64 per coarse centroid (faiss warns below 39) and at least the 65,536
-    /// that the PQ's 256 centroids per subspace use, within the memory for training; at most `n`.
+    /// Training vectors for this key: 64 per coarse centroid (faiss warns below 39) and at least 10,000 (39
+    /// for each of the PQ's 256 centroids per subspace), within the memory for training; at most `n`.
     pub fn train_rows(&self, n: u64, d: usize, memory: u64) -> u64 {
         match *self {
             IndexKey::Flat => 0,
             IndexKey::IvfPq { nlist, .. } => {
                 // The sample and its residuals, in f32.
                 let fits = memory / (d as u64 * 4 * 2);
-                (64 * nlist as u64).max(65_536).min(fits.max(nlist as u64 * 32)).min(n)
+                (64 * nlist as u64).max(10_000).min(fits.max(nlist as u64 * 32)).min(n)
             }
         }
     }

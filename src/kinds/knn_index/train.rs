@@ -49,39 +49,30 @@ impl Kind for KnnTrain {
     }
 
     fn shards(&self, s: &TrainSettings, cx: &ShardCx) -> anyhow::Result<Shards> {
-        let shards: Vec<(usize, usize, Option<u64>, &str)> = cx
-            .inputs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, input)| input.shards.iter().enumerate().map(move |(j, sh)| (i, j, sh.rows, input.step)))
-            .collect();
-        if shards.is_empty() {
+        let prefix = s.embeddings.sides()[0].1;
+        let units = match units(cx, prefix)? {
+            Ok(units) => units,
+            Err(why) => return Ok(Shards::Unknown(why)),
+        };
+        if units.is_empty() {
             return Ok(Shards::Known(Vec::new()));
         }
-        let mut n = 0u64;
-        for (i, j, rows, step) in &shards {
-            match rows {
-                Some(r) => n += r,
-                None => {
-                    let id = &cx.inputs[*i].shards[*j].id;
-                    return Ok(Shards::Unknown(format!("the vector count is known once {step}/{id} is built")));
-                }
-            }
-        }
-        let d = s.dimensions as usize;
-        let key = s.choice().map_err(|e| anyhow::anyhow!("{e}"))?.key(n, d)?;
-        let memory = s.choice().map_err(|e| anyhow::anyhow!("{e}"))?.memory;
-        let sample = key.train_rows(n, d, memory);
+        let n: u64 = units.iter().map(|u| u.rows).sum();
+        let d = units.iter().find_map(|u| u.dimensions).unwrap_or(s.dimensions as usize);
+        let choice = s.choice().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let key = choice.key(n, d)?;
+        let sample = key.train_rows(n, d, choice.memory);
         // The first parts that hold the sample: parts added later never change what this shard reads.
         let mut inputs = Vec::new();
         let mut covered = 0u64;
-        for (i, j, rows, _) in &shards {
+        for u in &units {
             if covered >= sample {
                 break;
             }
-            inputs.push((*i, *j));
-            covered += rows.unwrap_or(0);
+            inputs.extend(&u.shards);
+            covered += u.rows;
         }
+        inputs.sort_unstable();
         Ok(Shards::Known(vec![ShardSpec {
             id: crate::kind::shard::SINGLE_SHARD.into(),
             coords: json!({ "index_key": key.to_string(), "train_rows": sample }),
@@ -126,6 +117,48 @@ impl Kind for KnnTrain {
         outputs.push(TRAIN_INFO.into());
         Ok(Built { outputs, rows: Some(c.train_rows), failures: None, retryable: None, stats: info })
     }
+}
+
+/// One part as the plan sees it: the input shards it is made of and its vector count.
+struct Unit {
+    shards: Vec<(usize, usize)>,
+    rows: u64,
+    dimensions: Option<usize>,
+}
+
+/// The parts of the inputs, in order: a built shard (clip-embed's) is one part, its row count recorded; the
+/// files of a source (`files` steps holding clip-retrieval output) are grouped by part number, the count read
+/// from the `.npy` header as a parquet footer is. `Err` says what must be built first.
+fn units(cx: &ShardCx, prefix: &str) -> anyhow::Result<Result<Vec<Unit>, String>> {
+    let mut out: Vec<Unit> = Vec::new();
+    let mut by_number: std::collections::HashMap<String, usize> = Default::default();
+    for (i, input) in cx.inputs.iter().enumerate() {
+        for (j, shard) in input.shards.iter().enumerate() {
+            let Some(file) = &shard.file else {
+                match shard.rows {
+                    Some(rows) => out.push(Unit { shards: vec![(i, j)], rows, dimensions: None }),
+                    None => return Ok(Err(format!("the vector count is known once {}/{} is built", input.step, shard.id))),
+                }
+                continue;
+            };
+            let number = ["img_emb", "text_emb"]
+                .iter()
+                .find_map(|p| super::parts::part_number(file, p, ".npy"))
+                .or_else(|| super::parts::part_number(file, "metadata", ".parquet"));
+            let Some(number) = number else { continue };
+            let at = *by_number.entry(number).or_insert_with(|| {
+                out.push(Unit { shards: Vec::new(), rows: 0, dimensions: None });
+                out.len() - 1
+            });
+            out[at].shards.push((i, j));
+            if super::parts::part_number(file, prefix, ".npy").is_some() {
+                let npy = NpyRows::open(file)?;
+                out[at].rows = npy.rows as u64;
+                out[at].dimensions = Some(npy.cols);
+            }
+        }
+    }
+    Ok(Ok(out))
 }
 
 /// The first `rows` vectors of the parts, in order: (dimension, values).
