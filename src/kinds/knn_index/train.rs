@@ -8,8 +8,8 @@
 //! the sample covers: adding a part leaves its key unchanged while the key chosen for the new count is the
 //! same. When the count passes the point where that key no longer fits the budget (or autofaiss would choose
 //! other coarse centroids), the coordinates change and the plan shows the target stale with the old and new
-//! key. Planning needs the vectors' dimension before anything is read: `dimensions` (768, CLIP ViT-L/14's)
-//! says it, and the build checks it.
+//! key. Planning needs the vectors' dimension before anything is read: the `.npy` headers of a `files` step
+//! say it; for clip-embed parts not yet read, `dimensions` (768, CLIP ViT-L/14's) does, and the build checks it.
 
 use super::factory::IndexKey;
 use super::ivfpq::IvfPq;
@@ -75,7 +75,7 @@ impl Kind for KnnTrain {
         inputs.sort_unstable();
         Ok(Shards::Known(vec![ShardSpec {
             id: crate::kind::shard::SINGLE_SHARD.into(),
-            coords: json!({ "index_key": key.to_string(), "train_rows": sample }),
+            coords: json!({ "index_key": key.to_string(), "train_rows": sample, "dimensions": d }),
             inputs,
             source: None,
         }]))
@@ -86,6 +86,7 @@ impl Kind for KnnTrain {
         struct Coords {
             index_key: String,
             train_rows: u64,
+            dimensions: usize,
         }
         let c: Coords = cx.coords()?;
         let key = IndexKey::parse(&c.index_key)?;
@@ -96,8 +97,12 @@ impl Kind for KnnTrain {
             let IndexKey::IvfPq { nlist, m } = key else { break };
             let parts = collect_parts(&cx.inputs, prefix)?;
             let (d, sample) = read_sample(&parts, c.train_rows as usize)?;
-            if d != s.dimensions as usize {
-                bail!("the {side} embeddings have {d} dimensions, the step says `dimensions = {}`: set it to {d}", s.dimensions);
+            if d != c.dimensions {
+                bail!(
+                    "the {side} embeddings have {d} dimensions, the plan assumed {} (`dimensions = {}`): set it to {d}",
+                    c.dimensions,
+                    s.dimensions
+                );
             }
             let t = Instant::now();
             let ivf = IvfPq::train(&sample, d, nlist, m, cx.cancel)?;
