@@ -112,7 +112,11 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     if !has(&index_name) {
         bail!(
             "{step_name} has no {index_name}: {}",
-            if args.hnsw { "the step writes it with `usearch = true`" } else { "the step indexes other embeddings (`embeddings`)" }
+            if args.hnsw {
+                "the step writes it with `usearch = true`"
+            } else {
+                "the step indexes other embeddings (`embeddings`)"
+            }
         );
     }
     let dir = &workspace.pipeline.steps[step].dir;

@@ -311,6 +311,16 @@ fn bad_settings_and_parts_say_what_is_wrong() {
     let run = s.run(&["plan"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("unknown quantization \"f8\"") && run.stderr.contains("\"i8\""), "{}", run.stderr);
+    for (setting, wanted) in [
+        ("index_key = \"OPQ64_128,IVF1024_HNSW32,PQ64\"", "not written yet"),
+        ("max_index_memory_usage = \"4X\"", "unknown unit `X`"),
+        ("index_key = \"Flat\"\nexact_faiss = false", "contradicts index_key `Flat`"),
+    ] {
+        let s = Sandbox::new(&PIPELINE.replace("embeddings = \"text\"", setting));
+        let run = s.run(&["plan"]);
+        assert_eq!(run.code, 2, "{setting}: {}", run.stderr);
+        assert!(run.stderr.contains(wanted), "{setting}: {}", run.stderr);
+    }
 
     let s = Sandbox::new(
         "[steps.emb]\nkind = \"files\"\npaths = [\"emb/*.npy\", \"emb/*.parquet\"]\n\n[steps.knn]\nkind = \"knn-index\"\nfrom = \"emb\"\n",
@@ -478,7 +488,8 @@ fn knn_train_is_its_own_target_and_retrains_only_when_the_key_no_longer_fits() {
     assert_eq!(built(&s.build(&[])), ["knn/all"]);
     assert_eq!(manifest("knn_train")["key"], train_key);
     assert_eq!(infos(&s, "knn", "image")["nb vectors"], 20000);
-    let out = venv_python("check_clip_back.py", &[&s.store().join("pipeline/knn"), Path::new("count"), Path::new("20000")]);
+    let out =
+        venv_python("check_clip_back.py", &[&s.store().join("pipeline/knn"), Path::new("count"), Path::new("20000")]);
     assert!(out.contains("ok"), "{out}");
 
     // Chosen from the budget: 9,000 vectors of 32 fit 350,000 bytes as IVF512,PQ16x8; 12,000 only as PQ8.

@@ -33,7 +33,12 @@ pub fn build(s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
         // clip_back reads metadata/*.parquet in sorted order: the index's rows follow it.
         parts.sort_by_key(|p| metadata_name(p));
         if let Some(w) = parts.windows(2).find(|w| metadata_name(&w[0]) == metadata_name(&w[1])) {
-            bail!("parts {} and {} have one number: their metadata would share {}", w[0].name(), w[1].name(), metadata_name(&w[0]));
+            bail!(
+                "parts {} and {} have one number: their metadata would share {}",
+                w[0].name(),
+                w[1].name(),
+                metadata_name(&w[0])
+            );
         }
         if rows.is_none() {
             rows = Some(copy_metadata(&parts, cx.out_dir, &mut outputs)?);
@@ -71,12 +76,14 @@ struct Trained {
 
 fn trained_inputs(inputs: &[LocalInput]) -> anyhow::Result<Option<Trained>> {
     let files: Vec<&PathBuf> = inputs.iter().flat_map(|i| &i.files).collect();
-    let Some(info) = files.iter().find(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(TRAIN_INFO)))
+    let Some(info) =
+        files.iter().find(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(TRAIN_INFO)))
     else {
         return Ok(None);
     };
-    let value: Value = serde_json::from_slice(&std::fs::read(info).with_context(|| format!("cannot read {}", info.display()))?)
-        .with_context(|| format!("{} is not JSON", info.display()))?;
+    let value: Value =
+        serde_json::from_slice(&std::fs::read(info).with_context(|| format!("cannot read {}", info.display()))?)
+            .with_context(|| format!("{} is not JSON", info.display()))?;
     let key = IndexKey::parse(value["index_key"].as_str().context("train.json has no index_key")?)?;
     Ok(Some(Trained { key, files: files.into_iter().cloned().collect() }))
 }
@@ -223,7 +230,8 @@ fn build_side(
     }
     let add_seconds = started.elapsed().as_secs_f64() - train_seconds;
     let exact = exact.context("no vectors streamed")?;
-    let truth: Vec<Vec<i64>> = exact.top.into_iter().map(|t| t.sorted().into_iter().map(|(i, _)| i).collect()).collect();
+    let truth: Vec<Vec<i64>> =
+        exact.top.into_iter().map(|t| t.sorted().into_iter().map(|(i, _)| i).collect()).collect();
     let queries = exact.queries;
 
     let (recall, nprobe, latency) = match sink {
@@ -248,7 +256,8 @@ fn build_side(
         hnsw::save(g, &cx.out_dir.join(&name))?;
         outputs.push(name);
     }
-    let size = std::fs::metadata(cx.out_dir.join(&index_file)).with_context(|| format!("cannot stat {index_file}"))?.len();
+    let size =
+        std::fs::metadata(cx.out_dir.join(&index_file)).with_context(|| format!("cannot stat {index_file}"))?.len();
     // autofaiss's index infos (external/quantize.py, scores.py), with dsmake's figures after them.
     let infos = json!({
         "index_key": key.to_string(),
@@ -316,7 +325,8 @@ fn shapes(parts: &[Part]) -> anyhow::Result<(usize, u64)> {
 
 fn recall_at(ivf: &IvfPq, queries: &[f32], truth: &[Vec<i64>], nprobe: usize) -> f64 {
     let found = ivf.search_many(queries, 10, nprobe);
-    let hits: usize = found.iter().zip(truth).map(|(f, t)| t.iter().filter(|id| f.iter().any(|r| r.0 == **id)).count()).sum();
+    let hits: usize =
+        found.iter().zip(truth).map(|(f, t)| t.iter().filter(|id| f.iter().any(|r| r.0 == **id)).count()).sum();
     hits as f64 / truth.iter().map(Vec::len).sum::<usize>().max(1) as f64
 }
 

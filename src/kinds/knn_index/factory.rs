@@ -40,13 +40,16 @@ impl IndexKey {
         match parts.as_slice() {
             ["Flat"] => Ok(IndexKey::Flat),
             [ivf, pq] => {
-                let nlist = number(ivf, "IVF").with_context(|| format!("`{s}`: `{ivf}` is not IVF<nlist>; {SUPPORTED}"))?;
+                let nlist =
+                    number(ivf, "IVF").with_context(|| format!("`{s}`: `{ivf}` is not IVF<nlist>; {SUPPORTED}"))?;
                 let pq = pq.strip_suffix("x8").unwrap_or(pq);
                 let m = number(pq, "PQ").with_context(|| format!("`{s}`: `{pq}` is not PQ<M>; {SUPPORTED}"))?;
                 Ok(IndexKey::IvfPq { nlist, m })
             }
-            _ => bail!("index_key `{s}` is not a factory string dsmake writes: {SUPPORTED} (OPQ, HNSW and IVF…_HNSW \
-                        quantizers are not written yet)"),
+            _ => bail!(
+                "index_key `{s}` is not a factory string dsmake writes: {SUPPORTED} (OPQ, HNSW and IVF…_HNSW \
+                        quantizers are not written yet)"
+            ),
         }
     }
 

@@ -184,7 +184,8 @@ impl Index {
 
 pub fn read(path: &Path) -> anyhow::Result<Index> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse(&bytes).with_context(|| format!("{} is not a faiss index dsmake reads (IndexFlatIP, IndexIVFPQ)", path.display()))
+    parse(&bytes)
+        .with_context(|| format!("{} is not a faiss index dsmake reads (IndexFlatIP, IndexIVFPQ)", path.display()))
 }
 
 fn parse(bytes: &[u8]) -> anyhow::Result<Index> {
@@ -252,7 +253,8 @@ impl FlatIpWriter {
 
 /// Flushes and syncs a written file.
 pub fn finish_file(out: BufWriter<File>, path: &Path) -> anyhow::Result<()> {
-    let file = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", path.display()))?;
+    let file =
+        out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", path.display()))?;
     file.sync_all().with_context(|| format!("cannot sync {}", path.display()))
 }
 

@@ -200,7 +200,8 @@ impl IvfPq {
         for (i, n) in sizes {
             let list = lists.get_mut(i).with_context(|| format!("list {i} of {nlist}"))?;
             list.codes = c.take(n.checked_mul(m).context("implausible list size")?)?.to_vec();
-            list.ids = c.take(n * 8)?.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
+            list.ids =
+                c.take(n * 8)?.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
         }
         let index = IvfPq { d, centroids, pq, nprobe, lists };
         if index.ntotal() != ntotal {
@@ -275,7 +276,11 @@ mod tests {
                 assert!((f.1 - w.1).abs() < 1e-4, "{found:?} {want:?}");
             }
             hits += exact.sorted().iter().filter(|e| found.iter().any(|f| f.0 == e.0)).count();
-            err += x[i * d..(i + 1) * d].iter().zip(&decoded[i * d..(i + 1) * d]).map(|(a, b)| (a - b) * (a - b)).sum::<f32>();
+            err += x[i * d..(i + 1) * d]
+                .iter()
+                .zip(&decoded[i * d..(i + 1) * d])
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>();
         }
         assert!(err / 50.0 < 0.01, "mean squared reconstruction error {}", err / 50.0);
         assert!(hits >= 250, "recall@10 {}", hits as f64 / 500.0);

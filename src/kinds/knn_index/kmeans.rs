@@ -4,7 +4,7 @@
 //! L2-normalised embeddings) centroids are renormalised after each update, so that ranking by inner product
 //! and by distance agree.
 
-use super::linalg::{assign, norms, normalize};
+use super::linalg::{assign, normalize, norms};
 use crate::kind::Cancel;
 
 pub struct Params {
@@ -93,10 +93,8 @@ mod tests {
         let d = 4;
         let centers = [[5.0f32, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0]];
         let mut rng = fastrand::Rng::with_seed(3);
-        let x: Vec<f32> =
-            (0..300).flat_map(|i| centers[i % 3].map(|v| v + rng.f32() * 0.2 - 0.1).to_vec()).collect();
-        let c = train(&x, d, &Params { k: 3, iterations: 10, spherical: false, seed: 1 }, &Cancel::default())
-            .unwrap();
+        let x: Vec<f32> = (0..300).flat_map(|i| centers[i % 3].map(|v| v + rng.f32() * 0.2 - 0.1).to_vec()).collect();
+        let c = train(&x, d, &Params { k: 3, iterations: 10, spherical: false, seed: 1 }, &Cancel::default()).unwrap();
         for center in centers {
             let best = c
                 .chunks_exact(d)
@@ -104,7 +102,9 @@ mod tests {
                 .fold(f32::INFINITY, f32::min);
             assert!(best < 0.05, "{c:?}");
         }
-        assert!(train(&x[..2 * d], d, &Params { k: 3, iterations: 1, spherical: true, seed: 1 }, &Cancel::default())
-            .is_err());
+        assert!(
+            train(&x[..2 * d], d, &Params { k: 3, iterations: 1, spherical: true, seed: 1 }, &Cancel::default())
+                .is_err()
+        );
     }
 }

@@ -116,7 +116,11 @@ impl TopK {
 
     /// The score a candidate must beat to enter.
     pub fn threshold(&self) -> f32 {
-        if self.heap.len() < self.k { f32::NEG_INFINITY } else { self.heap.peek().map_or(f32::NEG_INFINITY, |r| r.0.0.0) }
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap.peek().map_or(f32::NEG_INFINITY, |r| r.0.0.0)
+        }
     }
 
     pub fn push(&mut self, score: f32, id: i64) {

@@ -97,8 +97,12 @@ pub fn lookup_parts(paths: &[std::path::PathBuf], ids: &[u64]) -> anyhow::Result
     let mut out = vec![Row::default(); ids.len()];
     for (f, path) in paths.iter().enumerate() {
         let end = starts.get(f + 1).copied().unwrap_or(total);
-        let wanted: Vec<(usize, u64)> =
-            ids.iter().enumerate().filter(|(_, id)| (starts[f]..end).contains(*id)).map(|(i, id)| (i, id - starts[f])).collect();
+        let wanted: Vec<(usize, u64)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| (starts[f]..end).contains(*id))
+            .map(|(i, id)| (i, id - starts[f]))
+            .collect();
         if wanted.is_empty() {
             continue;
         }

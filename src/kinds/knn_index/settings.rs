@@ -97,18 +97,19 @@ impl Choice {
         budget: &str,
         memory: &str,
     ) -> Result<Choice, SettingError> {
-        let index_key = index_key
-            .map(IndexKey::parse)
-            .transpose()
-            .map_err(|e| SettingError::new("index_key", format!("{e:#}")))?;
-        let budget = factory::parse_memory(budget)
-            .map_err(|e| SettingError::new("max_index_memory_usage", format!("{e:#}")))?;
+        let index_key =
+            index_key.map(IndexKey::parse).transpose().map_err(|e| SettingError::new("index_key", format!("{e:#}")))?;
+        let budget =
+            factory::parse_memory(budget).map_err(|e| SettingError::new("max_index_memory_usage", format!("{e:#}")))?;
         let memory = factory::parse_memory(memory)
             .map_err(|e| SettingError::new("current_memory_available", format!("{e:#}")))?;
         if let (Some(key), Some(exact)) = (index_key, exact)
             && (key == IndexKey::Flat) != exact
         {
-            return Err(SettingError::new("exact_faiss", format!("exact_faiss = {exact} contradicts index_key `{key}`")));
+            return Err(SettingError::new(
+                "exact_faiss",
+                format!("exact_faiss = {exact} contradicts index_key `{key}`"),
+            ));
         }
         Ok(Choice { index_key, exact, budget, memory })
     }
@@ -118,7 +119,9 @@ impl Choice {
         let key = match (self.index_key, self.exact) {
             (Some(key), _) => key,
             (None, Some(true)) => IndexKey::Flat,
-            (None, Some(false)) => factory::choose(n, d, self.budget.min(IndexKey::Flat.bytes(n, d).saturating_sub(1)))?,
+            (None, Some(false)) => {
+                factory::choose(n, d, self.budget.min(IndexKey::Flat.bytes(n, d).saturating_sub(1)))?
+            }
             (None, None) => factory::choose(n, d, self.budget)?,
         };
         key.check(n, d)?;

@@ -40,10 +40,16 @@ impl Kind for KnnTrain {
 
     fn check(&self, s: &TrainSettings, has_inputs: bool) -> Result<(), SettingError> {
         if !has_inputs {
-            return Err(SettingError::new("embeddings", "knn-train reads a clip-embed step's parts: the step needs `from`"));
+            return Err(SettingError::new(
+                "embeddings",
+                "knn-train reads a clip-embed step's parts: the step needs `from`",
+            ));
         }
         if !(1..=65_536).contains(&s.dimensions) {
-            return Err(SettingError::new("dimensions", format!("`dimensions` must be between 1 and 65536, found {}", s.dimensions)));
+            return Err(SettingError::new(
+                "dimensions",
+                format!("`dimensions` must be between 1 and 65536, found {}", s.dimensions),
+            ));
         }
         s.choice().map(|_| ())
     }
@@ -142,7 +148,9 @@ fn units(cx: &ShardCx, prefix: &str) -> anyhow::Result<Result<Vec<Unit>, String>
             let Some(file) = &shard.file else {
                 match shard.rows {
                     Some(rows) => out.push(Unit { shards: vec![(i, j)], rows, dimensions: None }),
-                    None => return Ok(Err(format!("the vector count is known once {}/{} is built", input.step, shard.id))),
+                    None => {
+                        return Ok(Err(format!("the vector count is known once {}/{} is built", input.step, shard.id)));
+                    }
                 }
                 continue;
             };
