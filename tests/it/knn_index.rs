@@ -411,18 +411,21 @@ fn infos(s: &Sandbox, step: &str, side: &str) -> Value {
     serde_json::from_slice(&std::fs::read(s.store().join(format!("pipeline/{step}/{side}.json"))).unwrap()).unwrap()
 }
 
-/// IVF-PQ written by dsmake: faiss reads it as `IndexIVFPQ` with the nprobe dsmake chose, and faiss's search,
-/// clip_back's answer and `dsmake search --embedding` agree, on both sides.
+/// IVF-PQ written by dsmake, with a flat and with an HNSW coarse quantizer: faiss reads it as `IndexIVFPQ`
+/// with the nprobe dsmake chose, and faiss's search, clip_back's answer and `dsmake search --embedding` agree,
+/// on both sides.
 #[test]
 fn ivf_pq_files_are_read_by_faiss_and_faiss_clip_back_and_dsmake_search_agree() {
     let s = Sandbox::new(&format!(
-        "{PARTS}\n[steps.knn]\nkind = \"knn-index\"\nfrom = \"emb\"\nindex_key = \"IVF32,PQ8x8\"\n"
+        "{PARTS}\n[steps.knn]\nkind = \"knn-index\"\nfrom = \"emb\"\nindex_key = \"IVF32,PQ8x8\"\n\n\
+         [steps.knn_hnsw]\nkind = \"knn-index\"\nfrom = \"emb\"\nembeddings = \"image\"\n\
+         index_key = \"IVF32_HNSW8,PQ8x8\"\nnprobe = 32\n"
     ));
     let (rows, d) = (2500, 32);
     let first = write_part(&s, 0, rows, d);
     write_part(&s, 1, rows, d);
     write_part(&s, 2, rows, d);
-    assert_eq!(built(&s.build(&[])), ["knn/all"]);
+    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_hnsw/all"]);
     for side in ["image", "text"] {
         let i = infos(&s, "knn", side);
         assert_eq!((i["index_key"].as_str(), i["nb vectors"].as_u64()), (Some("IVF32,PQ8x8"), Some(3 * rows as u64)));
@@ -432,19 +435,22 @@ fn ivf_pq_files_are_read_by_faiss_and_faiss_clip_back_and_dsmake_search_agree() 
     // A query near a stored vector: a mix of row 5 of part 0 and another row.
     let q: Vec<f32> = first[5 * d..6 * d].iter().zip(&first[9 * d..10 * d]).map(|(a, b)| 0.9 * a + 0.1 * b).collect();
     let query = write_query(&s, "q.npy", &q);
-    let index = s.store().join("pipeline/knn");
-    for side in ["image", "text"] {
-        let found = search(&s, &["--embedding", query.to_str().unwrap(), "--modality", side, "-k", "10"]);
-        assert_eq!(found["index_key"], "IVF32,PQ8x8", "{found}");
+    for (step, side, key) in
+        [("knn", "image", "IVF32,PQ8x8"), ("knn", "text", "IVF32,PQ8x8"), ("knn_hnsw", "image", "IVF32_HNSW8,PQ8x8")]
+    {
+        let index = s.store().join(format!("pipeline/{step}"));
+        let args = ["--embedding", query.to_str().unwrap(), "--step", step, "--modality", side, "-k", "10"];
+        let found = search(&s, &args);
+        assert_eq!(found["index_key"], key, "{found}");
         assert_eq!(found["results"].as_array().unwrap().len(), 10, "{found}");
         if side == "image" {
             assert_eq!(found["results"][0]["image_path"], "p0_5", "{found}");
         }
-        let results = s.path(&format!("{side}-results.json"));
+        let results = s.path(&format!("{step}-{side}-results.json"));
         std::fs::write(&results, found.to_string()).unwrap();
         let out = venv_python(
             "check_clip_back.py",
-            &[&index, Path::new("agree"), Path::new(side), &query, &results, Path::new("IVF32,PQ8x8")],
+            &[&index, Path::new("agree"), Path::new(side), &query, &results, Path::new(key)],
         );
         assert!(out.contains("faiss, clip_back and dsmake agree on the top 10"), "{out}");
         println!("{}", out.trim());

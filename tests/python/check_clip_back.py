@@ -114,7 +114,16 @@ def check_agree(folder: str, side: str, query_path: str, results_path: str, key:
     assert index.ntotal == infos["nb vectors"], (index.ntotal, infos)
     ivf = faiss.extract_index_ivf(index)
     pq_m = faiss.downcast_index(index).pq.M
-    assert f"IVF{ivf.nlist},PQ{pq_m}x8" == key, (ivf.nlist, pq_m, key)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSWFlat):
+        # The HNSW coarse quantizer: its efSearch is clip_back's 2·nprobe (at least 16), as index_param says.
+        coarse = f"IVF{ivf.nlist}_HNSW{quantizer.hnsw.nb_neighbors(0) // 2}"
+        assert quantizer.hnsw.efSearch == max(2 * ivf.nprobe, 16), quantizer.hnsw.efSearch
+        assert quantizer.ntotal == ivf.nlist and quantizer.metric_type == faiss.METRIC_INNER_PRODUCT
+    else:
+        assert isinstance(quantizer, faiss.IndexFlatIP), type(quantizer)
+        coarse = f"IVF{ivf.nlist}"
+    assert f"{coarse},PQ{pq_m}x8" == key, (coarse, pq_m, key)
     assert ivf.nprobe == infos["nprobe"] and infos["index_param"].startswith(f"nprobe={ivf.nprobe},"), infos
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
 

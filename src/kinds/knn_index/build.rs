@@ -162,7 +162,7 @@ fn build_side(
     let mut train_seconds = 0.0;
     let mut sink = match key {
         IndexKey::Flat => Sink::Flat(FlatIpWriter::create(&cx.out_dir.join(&index_file), d, total)?),
-        IndexKey::IvfPq { nlist, m } => {
+        IndexKey::IvfPq { nlist, m, hnsw } => {
             let ivf = match trained {
                 Some(t) => {
                     let ivf = t.side(side)?;
@@ -174,7 +174,7 @@ fn build_side(
                 None => {
                     let t = Instant::now();
                     let (_, sample) = read_sample(parts, key.train_rows(total, d, choice.memory) as usize)?;
-                    let ivf = IvfPq::train(&sample, d, nlist, m, cx.cancel)?;
+                    let ivf = IvfPq::train(&sample, d, nlist, m, hnsw, cx.cancel)?;
                     train_seconds = t.elapsed().as_secs_f64();
                     ivf
                 }
@@ -244,7 +244,8 @@ fn build_side(
                 Some(n) => (n as usize, recall_at(&ivf, &queries, &truth, n as usize)),
                 None => tune_nprobe(&ivf, &queries, &truth),
             };
-            ivf.nprobe = nprobe;
+            ivf.set_nprobe(nprobe);
+            let nprobe = ivf.nprobe;
             let latency = latency_ms(&ivf, &queries, nprobe);
             ivf.write(&cx.out_dir.join(&index_file))?;
             (recall, Some(nprobe), Some(latency))
@@ -261,7 +262,7 @@ fn build_side(
     // autofaiss's index infos (external/quantize.py, scores.py), with dsmake's figures after them.
     let infos = json!({
         "index_key": key.to_string(),
-        "index_param": nprobe.map_or(String::new(), |n| format!("nprobe={n},efSearch={},ht=2048", 2 * n)),
+        "index_param": nprobe.map_or(String::new(), |n| format!("nprobe={n},efSearch={},ht=2048", (2 * n).max(16))),
         "index_path": index_file,
         "size in bytes": size,
         "avg_search_speed_ms": latency.map(|l| l.0),

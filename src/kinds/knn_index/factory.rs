@@ -8,27 +8,35 @@
 //! - otherwise `IVF{nlist},PQ{M}x8`: `nlist` autofaiss's first choice for the count (4·√n rounded to a power
 //!   of two below 10⁶ vectors, then 2¹⁴, 2¹⁶, 2¹⁷), `M` the largest of autofaiss's PQ sizes (256, 128, 64,
 //!   48, 32, 24, 16, 8, 4) below and dividing the dimension whose codes and ids (`M + 8` bytes a vector) fit
-//!   the budget. autofaiss adds an OPQ rotation and an HNSW coarse quantizer (`OPQ256_768,IVF16384_HNSW32,
-//!   PQ256x8`); dsmake does not write those yet, so its codes are plain PQ over a flat quantizer.
+//!   the budget; from 1,000 lists on the coarse quantizer is an HNSW graph (`IVF16384_HNSW32,PQ256x8`), as
+//!   autofaiss's. autofaiss also rotates vectors with OPQ before PQ (`OPQ256_768,…`); dsmake does not write
+//!   OPQ yet, so its codes are plain PQ.
 
 use anyhow::{Context, bail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexKey {
     Flat,
-    IvfPq { nlist: usize, m: usize },
+    /// `hnsw`: the coarse quantizer is an HNSW graph with that M (`IVF{nlist}_HNSW{M}`), else flat.
+    IvfPq {
+        nlist: usize,
+        m: usize,
+        hnsw: Option<usize>,
+    },
 }
 
 impl std::fmt::Display for IndexKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IndexKey::Flat => f.write_str("Flat"),
-            IndexKey::IvfPq { nlist, m } => write!(f, "IVF{nlist},PQ{m}x8"),
+            IndexKey::IvfPq { nlist, m, hnsw: None } => write!(f, "IVF{nlist},PQ{m}x8"),
+            IndexKey::IvfPq { nlist, m, hnsw: Some(h) } => write!(f, "IVF{nlist}_HNSW{h},PQ{m}x8"),
         }
     }
 }
 
-const SUPPORTED: &str = "dsmake writes `Flat` and `IVF<nlist>,PQ<M>` (or `PQ<M>x8`)";
+const SUPPORTED: &str = "dsmake writes `Flat` and `IVF<nlist>,PQ<M>` (or `PQ<M>x8`; `IVF<nlist>_HNSW<M>` for an HNSW \
+                         coarse quantizer)";
 
 impl IndexKey {
     /// Parses a faiss factory string of a kind dsmake writes.
@@ -40,15 +48,22 @@ impl IndexKey {
         match parts.as_slice() {
             ["Flat"] => Ok(IndexKey::Flat),
             [ivf, pq] => {
-                let nlist =
-                    number(ivf, "IVF").with_context(|| format!("`{s}`: `{ivf}` is not IVF<nlist>; {SUPPORTED}"))?;
+                let (ivf_part, hnsw) = match ivf.split_once("_HNSW") {
+                    Some((ivf, m)) => {
+                        let m = m.parse::<usize>().ok().filter(|m| (2..=512).contains(m));
+                        (ivf, Some(m.with_context(|| format!("`{s}`: HNSW<M> needs M from 2 to 512; {SUPPORTED}"))?))
+                    }
+                    None => (*ivf, None),
+                };
+                let nlist = number(ivf_part, "IVF")
+                    .with_context(|| format!("`{s}`: `{ivf}` is not IVF<nlist>; {SUPPORTED}"))?;
                 let pq = pq.strip_suffix("x8").unwrap_or(pq);
                 let m = number(pq, "PQ").with_context(|| format!("`{s}`: `{pq}` is not PQ<M>; {SUPPORTED}"))?;
-                Ok(IndexKey::IvfPq { nlist, m })
+                Ok(IndexKey::IvfPq { nlist, m, hnsw })
             }
             _ => bail!(
-                "index_key `{s}` is not a factory string dsmake writes: {SUPPORTED} (OPQ, HNSW and IVF…_HNSW \
-                        quantizers are not written yet)"
+                "index_key `{s}` is not a factory string dsmake writes: {SUPPORTED} (OPQ rotations and HNSW indices \
+                 without IVF are not written yet)"
             ),
         }
     }
@@ -62,13 +77,15 @@ impl IndexKey {
     pub fn bytes(&self, n: u64, d: usize) -> u64 {
         match *self {
             IndexKey::Flat => n * d as u64 * 4,
-            IndexKey::IvfPq { nlist, m } => n * (m as u64 + 8) + 4 * (nlist * d + 256 * d) as u64,
+            IndexKey::IvfPq { nlist, m, hnsw } => {
+                n * (m as u64 + 8) + 4 * (nlist * d + 256 * d) as u64 + (nlist * 2 * hnsw.unwrap_or(0) * 4) as u64
+            }
         }
     }
 
     /// Checks the key against the data's dimension and count.
     pub fn check(&self, n: u64, d: usize) -> anyhow::Result<()> {
-        if let IndexKey::IvfPq { nlist, m } = *self {
+        if let IndexKey::IvfPq { nlist, m, .. } = *self {
             if !d.is_multiple_of(m) {
                 bail!("{self}: PQ{m} needs a dimension divisible by {m}, the vectors have {d}");
             }
@@ -113,8 +130,10 @@ pub fn choose(n: u64, d: usize, budget: u64) -> anyhow::Result<IndexKey> {
         return Ok(IndexKey::Flat);
     }
     let nlist = nlist_for(n);
+    // autofaiss: `IVF{nlist}_HNSW32` from 1,000 lists on.
+    let hnsw = (nlist >= 1000).then_some(32);
     for m in [256, 128, 64, 48, 32, 24, 16, 8, 4] {
-        let key = IndexKey::IvfPq { nlist, m };
+        let key = IndexKey::IvfPq { nlist, m, hnsw };
         if m < d && d.is_multiple_of(m) && key.bytes(n, d) <= budget {
             return Ok(key);
         }
@@ -122,7 +141,7 @@ pub fn choose(n: u64, d: usize, budget: u64) -> anyhow::Result<IndexKey> {
     bail!(
         "{n} vectors of {d} do not fit max_index_memory_usage ({budget} bytes) even as IVF{nlist},PQ4x8 \
          ({} bytes): raise it",
-        IndexKey::IvfPq { nlist, m: 4 }.bytes(n, d)
+        IndexKey::IvfPq { nlist, m: 4, hnsw }.bytes(n, d)
     )
 }
 
@@ -155,8 +174,14 @@ mod tests {
     #[test]
     fn parses_factory_strings_and_memory_sizes() {
         assert_eq!(IndexKey::parse("Flat").unwrap(), IndexKey::Flat);
-        assert_eq!(IndexKey::parse("IVF1024,PQ64x8").unwrap(), IndexKey::IvfPq { nlist: 1024, m: 64 });
+        assert_eq!(IndexKey::parse("IVF1024,PQ64x8").unwrap(), IndexKey::IvfPq { nlist: 1024, m: 64, hnsw: None });
         assert_eq!(IndexKey::parse("IVF16, PQ8").unwrap().to_string(), "IVF16,PQ8x8");
+        let key = IndexKey::parse("IVF1024_HNSW32,PQ64").unwrap();
+        assert_eq!(
+            (key, key.to_string().as_str()),
+            (IndexKey::IvfPq { nlist: 1024, m: 64, hnsw: Some(32) }, "IVF1024_HNSW32,PQ64x8")
+        );
+        assert!(IndexKey::parse("IVF1024_HNSW1,PQ64").is_err());
         let e = IndexKey::parse("OPQ64_128,IVF1024_HNSW32,PQ64").unwrap_err().to_string();
         assert!(e.contains("not written yet"), "{e}");
         assert!(IndexKey::parse("IVF0,PQ8").is_err());
@@ -173,11 +198,16 @@ mod tests {
         assert_eq!(choose(500, 768, 1).unwrap(), IndexKey::Flat);
         assert_eq!(choose(1_000_000, 768, g4).unwrap(), IndexKey::Flat);
         // 10⁷ × 768 floats is 30 GB: PQ256 (264 bytes a vector, 2.6 GB) fits 4G, as autofaiss's OPQ256 does.
-        assert_eq!(choose(10_000_000, 768, g4).unwrap(), IndexKey::IvfPq { nlist: 65_536, m: 256 });
+        assert_eq!(choose(10_000_000, 768, g4).unwrap().to_string(), "IVF65536_HNSW32,PQ256x8");
         // 4·10⁸ vectors in 16G: 40 bytes a vector, PQ32.
-        assert_eq!(choose(400_000_000, 768, 16 << 30).unwrap(), IndexKey::IvfPq { nlist: 131_072, m: 32 });
+        assert_eq!(choose(400_000_000, 768, 16 << 30).unwrap().to_string(), "IVF131072_HNSW32,PQ32x8");
+        assert_eq!(choose(100_000, 768, 64 << 20).unwrap().to_string(), "IVF1024_HNSW32,PQ256x8");
+        assert_eq!(choose(20_000, 64, 1 << 20).unwrap().to_string(), "IVF512,PQ32x8");
         assert_eq!(nlist_for(100_000), 1024);
         assert!(choose(400_000_000, 768, 1 << 30).unwrap_err().to_string().contains("raise it"));
-        assert_eq!(IndexKey::IvfPq { nlist: 16_384, m: 64 }.train_rows(5_000_000, 768, 16 << 30), 1_048_576);
+        assert_eq!(
+            IndexKey::IvfPq { nlist: 16_384, m: 64, hnsw: None }.train_rows(5_000_000, 768, 16 << 30),
+            1_048_576
+        );
     }
 }

@@ -8,6 +8,7 @@
 //!   then the values row after row);
 //! - `IwPQ`: an `IndexIVFPQ` (see [`super::ivfpq`]); vectors are a u64 count then the values.
 
+use super::factory::IndexKey;
 use super::ivfpq::IvfPq;
 use anyhow::{Context, bail};
 use std::fs::File;
@@ -158,7 +159,10 @@ impl Index {
     pub fn key(&self) -> String {
         match self {
             Index::Flat { .. } => "Flat".into(),
-            Index::IvfPq(ivf) => format!("IVF{},PQ{}x8", ivf.nlist(), ivf.pq.m),
+            Index::IvfPq(ivf) => {
+                let hnsw = ivf.graph.as_ref().map(|g| (g.cum.get(1).copied().unwrap_or(0) / 2) as usize);
+                IndexKey::IvfPq { nlist: ivf.nlist(), m: ivf.pq.m, hnsw }.to_string()
+            }
         }
     }
     pub fn ntotal(&self) -> u64 {

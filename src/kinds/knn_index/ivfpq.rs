@@ -7,12 +7,13 @@
 //! scanned.
 //!
 //! On disk (faiss/impl/index_write.cpp, `IwPQ`): the IVF header (the common header, `nlist` and `nprobe` as
-//! u64, the quantizer as a whole `IxFI` index, the direct map: a zero byte and an empty vector), `by_residual`
+//! u64, the quantizer as a whole `IxFI` index or `IHNf` graph ([`super::graph`]), the direct map: a zero byte and an empty vector), `by_residual`
 //! (one byte), `code_size` (u64), the PQ (`d`, `M`, `nbits` as u64, its centroids as a vector), then the
 //! inverted lists as `ilar`: `nlist` and `code_size` (u64), `full`, the list sizes as a u64 vector, and each
 //! non-empty list's codes followed by its ids (i64), list after list.
 
 use super::faiss::{Cursor, IVF_PQ, Out, finish_file};
+use super::graph::{self, Graph};
 use super::kmeans;
 use super::linalg::{TopK, assign, dot};
 use super::pq::{self, Pq};
@@ -38,6 +39,9 @@ pub struct IvfPq {
     /// The coarse centroids, `nlist · d` values.
     pub centroids: Vec<f32>,
     pub pq: Pq,
+    /// The HNSW graph over the centroids that faiss searches for a query's lists (`IVF…_HNSW…`); dsmake
+    /// itself compares the query with every centroid (as exact as the graph at best, and cheap).
+    pub graph: Option<Graph>,
     pub nprobe: usize,
     pub lists: Vec<List>,
 }
@@ -50,8 +54,16 @@ impl IvfPq {
         self.lists.iter().map(|l| l.ids.len() as u64).sum()
     }
 
-    /// Trains the coarse quantizer (spherical k-means) and the PQ (on residuals) on `sample`.
-    pub fn train(sample: &[f32], d: usize, nlist: usize, m: usize, cancel: &Cancel) -> anyhow::Result<IvfPq> {
+    /// Trains the coarse quantizer (spherical k-means; an HNSW graph over it with `hnsw` neighbours) and the PQ
+    /// (on residuals) on `sample`.
+    pub fn train(
+        sample: &[f32],
+        d: usize,
+        nlist: usize,
+        m: usize,
+        hnsw: Option<usize>,
+        cancel: &Cancel,
+    ) -> anyhow::Result<IvfPq> {
         let n = sample.len() / d;
         if n < nlist {
             bail!("IVF{nlist} needs at least {nlist} training vectors, the sample has {n}");
@@ -60,7 +72,17 @@ impl IvfPq {
         let centroids = kmeans::train(sample, d, &p, cancel)?;
         let residuals = residuals(sample, d, &centroids);
         let pq = Pq::train(&residuals, d, m, 4321, cancel)?;
-        Ok(IvfPq { d, centroids, pq, nprobe: 1, lists: vec![List::default(); nlist] })
+        let graph = hnsw.map(|h| Graph::build(&centroids, d, h, 5678));
+        Ok(IvfPq { d, centroids, pq, graph, nprobe: 1, lists: vec![List::default(); nlist] })
+    }
+
+    /// Lists scanned per query, stored in the file for faiss; an HNSW quantizer searches `2·nprobe` candidates
+    /// (at least 16), as clip_back sets `efSearch`.
+    pub fn set_nprobe(&mut self, nprobe: usize) {
+        self.nprobe = nprobe.clamp(1, self.nlist());
+        if let Some(g) = &mut self.graph {
+            g.ef_search = (2 * self.nprobe).max(16) as i32;
+        }
     }
 
     /// Adds whole rows with ids `first`, `first + 1`, …
@@ -126,7 +148,10 @@ impl IvfPq {
         out.header(self.d, self.ntotal(), true)?;
         out.u64(nlist)?;
         out.u64(self.nprobe as u64)?;
-        out.flat_ip(self.d, &self.centroids)?;
+        match &self.graph {
+            Some(g) => g.write_to(out, self.d, &self.centroids)?,
+            None => out.flat_ip(self.d, &self.centroids)?,
+        }
         // Direct map: none (clip_back's search_and_reconstruct decodes from the lists).
         out.u8(0)?;
         out.u64(0)?;
@@ -158,10 +183,20 @@ impl IvfPq {
         let (d, ntotal) = c.header()?;
         let nlist = c.u64()? as usize;
         let nprobe = c.u64()? as usize;
-        if &c.fourcc()? != super::faiss::FLAT_IP {
-            bail!("the coarse quantizer is not an IndexFlatIP");
-        }
-        let (qd, centroids) = c.flat_ip_body()?;
+        let (graph, qd, centroids) = match &c.fourcc()? {
+            super::faiss::FLAT_IP => {
+                let (qd, centroids) = c.flat_ip_body()?;
+                (None, qd, centroids)
+            }
+            graph::FOURCC => {
+                let (g, qd, centroids) = Graph::read_body(c)?;
+                (Some(g), qd, centroids)
+            }
+            other => bail!(
+                "the coarse quantizer {:?} is not an IndexFlatIP or IndexHNSWFlat",
+                String::from_utf8_lossy(other)
+            ),
+        };
         if qd != d || centroids.len() != nlist * d {
             bail!("the quantizer holds {} values, not {nlist} centroids of {d}", centroids.len());
         }
@@ -203,7 +238,7 @@ impl IvfPq {
             list.ids =
                 c.take(n * 8)?.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
         }
-        let index = IvfPq { d, centroids, pq, nprobe, lists };
+        let index = IvfPq { d, centroids, pq, graph, nprobe, lists };
         if index.ntotal() != ntotal {
             bail!("the lists hold {} vectors, the header says {ntotal}", index.ntotal());
         }
@@ -244,8 +279,9 @@ mod tests {
         let (d, n) = (32, 4000);
         // m = 16: two dimensions a code byte.
         let x = clustered(n, d, 5);
-        let mut ivf = IvfPq::train(&x, d, 16, 16, &Cancel::default()).unwrap();
-        ivf.nprobe = 4;
+        let mut ivf = IvfPq::train(&x, d, 16, 16, Some(4), &Cancel::default()).unwrap();
+        ivf.set_nprobe(4);
+        assert_eq!(ivf.graph.as_ref().map(|g| g.ef_search), Some(16));
         ivf.add(0, &x[..2000 * d]);
         ivf.add(2000, &x[2000 * d..]);
         assert_eq!(ivf.ntotal(), n as u64);
@@ -289,6 +325,6 @@ mod tests {
         ivf.write(&path).unwrap();
         let super::super::faiss::Index::IvfPq(back) = super::super::faiss::read(&path).unwrap() else { panic!() };
         assert_eq!(*back, ivf);
-        assert!(IvfPq::train(&x[..10 * d], d, 16, 8, &Cancel::default()).is_err());
+        assert!(IvfPq::train(&x[..10 * d], d, 16, 8, None, &Cancel::default()).is_err());
     }
 }
