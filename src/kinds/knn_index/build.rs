@@ -31,7 +31,7 @@ pub fn build(s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
     for (side, prefix) in s.embeddings.sides() {
         let mut parts = collect_parts(&cx.inputs, prefix)?;
         // clip_back reads metadata/*.parquet in sorted order: the index's rows follow it.
-        parts.sort_by_key(|p| metadata_name(p));
+        parts.sort_by_key(metadata_name);
         if let Some(w) = parts.windows(2).find(|w| metadata_name(&w[0]) == metadata_name(&w[1])) {
             bail!(
                 "parts {} and {} have one number: their metadata would share {}",
