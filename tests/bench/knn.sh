@@ -8,8 +8,8 @@
 #   N=50000 tests/bench/knn.sh
 #
 # The vectors: f16 clip-retrieval parts (img_emb/img_emb_N.npy + metadata/metadata_N.parquet) of unit vectors
-# drawn around 1,000 random centres (cosine to their centre ~0.7), as CLIP embeddings cluster; made with numpy
-# in .venv (tests/run.sh creates it with faiss-cpu, usearch, numpy and pyarrow). dsmake builds them with a
+# clustered at two scales as CLIP embeddings cluster (tests/bench/knn_vectors.py); made with numpy in .venv
+# (tests/run.sh creates it with faiss-cpu, usearch, numpy and pyarrow). dsmake builds them with a
 # `files` step → `knn-index` pipeline (`usearch = true`, beside an exact image.index) through the release
 # binary; its build time is the side's build time in the manifest (reading the parts, adding, saving), its
 # queries/s are measured on its file from Python like faiss's. Both sides use every core for building and one
@@ -35,26 +35,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 echo "== vectors: $N x $D in $PARTS parts"
-"$PY" - "$WORK/emb" "$N" "$D" "$PARTS" <<'EOF'
-import os, sys
-import numpy as np, pyarrow as pa, pyarrow.parquet as pq
-out, n, d, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = np.random.default_rng(0)
-centres = rng.standard_normal((1000, d)).astype(np.float32)
-centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-os.makedirs(f"{out}/img_emb"); os.makedirs(f"{out}/metadata")
-start = 0
-for p, rows in enumerate(np.array_split(np.arange(n), parts)):
-    x = centres[rng.integers(0, 1000, len(rows))] + rng.standard_normal((len(rows), d)).astype(np.float32) / np.sqrt(d)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    np.save(f"{out}/img_emb/img_emb_{p:05d}.npy", x.astype(np.float16))
-    keys = [f"{i:09d}" for i in rows]
-    pq.write_table(pa.table({"image_path": keys, "caption": [f"caption {k}" for k in keys],
-                             "url": [f"http://h/{k}.jpg" for k in keys]}), f"{out}/metadata/metadata_{p:05d}.parquet")
-# Queries: 1,000 more vectors from the same distribution, not in the index.
-q = centres[rng.integers(0, 1000, 1000)] + rng.standard_normal((1000, d)).astype(np.float32) / np.sqrt(d)
-np.save(f"{out}/queries.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
-EOF
+"$PY" tests/bench/knn_vectors.py "$WORK/emb" "$N" "$D" "$PARTS"
 
 cat > "$WORK/knn.toml" <<'EOF'
 [steps.emb]

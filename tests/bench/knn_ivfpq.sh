@@ -12,8 +12,8 @@
 # Run it under the bench lock on a shared machine: flock /tmp/dsmake-bench.lock tests/bench/knn_ivfpq.sh
 #
 # The vectors: f16 clip-retrieval parts (img_emb/img_emb_N.npy + metadata/metadata_N.parquet) of unit vectors
-# clustered at two scales (1,000 centres, 10 sub-centres each, then noise), as CLIP embeddings cluster; made
-# with numpy in .venv. Both sides train on the same number of vectors (dsmake's sample: 64 per list, at least
+# clustered at two scales, as CLIP embeddings cluster (tests/bench/knn_vectors.py, numpy in .venv). Both sides
+# train on the same number of vectors (dsmake's sample: 64 per list, at least
 # 10,000) with 10 coarse k-means iterations (faiss's cp.niter set to dsmake's), add every part, and write the
 # index file; faiss reads the parts one at a time (not all at once) so that its peak memory is not inflated.
 set -euo pipefail
@@ -47,26 +47,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 echo "== vectors: $N x $D in $PARTS parts"
-"$PY" - "$WORK/emb" "$N" "$D" "$PARTS" <<'EOF'
-import os, sys
-import numpy as np, pyarrow as pa, pyarrow.parquet as pq
-out, n, d, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = np.random.default_rng(0)
-def unit(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-centres = unit(rng.standard_normal((1000, d)).astype(np.float32))
-subs = unit(np.repeat(centres, 10, axis=0) + 0.7 * unit(rng.standard_normal((10000, d)).astype(np.float32)))
-def draw(count):
-    return unit(subs[rng.integers(0, len(subs), count)] + 0.5 * unit(rng.standard_normal((count, d)).astype(np.float32)))
-os.makedirs(f"{out}/img_emb"); os.makedirs(f"{out}/metadata")
-for p, rows in enumerate(np.array_split(np.arange(n), parts)):
-    np.save(f"{out}/img_emb/img_emb_{p:05d}.npy", draw(len(rows)).astype(np.float16))
-    keys = [f"{i:09d}" for i in rows]
-    pq.write_table(pa.table({"image_path": keys, "caption": [f"caption {k}" for k in keys]}),
-                   f"{out}/metadata/metadata_{p:05d}.parquet")
-# Queries: 1,000 more vectors from the same distribution, not in the index.
-np.save(f"{out}/queries.npy", draw(1000))
-EOF
+"$PY" tests/bench/knn_vectors.py "$WORK/emb" "$N" "$D" "$PARTS"
 
 cat > "$WORK/knn.toml" <<EOF
 [steps.emb]

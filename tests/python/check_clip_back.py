@@ -50,14 +50,10 @@ def serve(folder: str, mmap: bool):
     image_index = clip_back.load_index(folder + "/image.index", mmap) if image_present else None
     text_index = clip_back.load_index(folder + "/text.index", mmap) if text_present else None
     metadata_provider, _ = clip_back.load_metadata_provider(folder, False, False, image_index, COLUMNS, False)
+    no_model = ("model", "preprocess", "tokenizer", "model_txt_mclip", "safety_model", "violence_detector")
     resource = clip_back.ClipResource(
         device="cpu",
-        model=None,
-        preprocess=None,
-        tokenizer=None,
-        model_txt_mclip=None,
-        safety_model=None,
-        violence_detector=None,
+        **dict.fromkeys(no_model, None),
         metadata_provider=metadata_provider,
         image_index=image_index,
         text_index=text_index,
