@@ -6,6 +6,7 @@
 #
 #   tests/bench/knn.sh                 # 200,000 x 768 (1e6 takes too long on 2 cores; N=1000000 runs it)
 #   N=50000 tests/bench/knn.sh
+#   DSMAKE=/tmp/my-dsmake tests/bench/knn.sh    # a release binary built beforehand
 #
 # The vectors: f16 clip-retrieval parts (img_emb/img_emb_N.npy + metadata/metadata_N.parquet) of unit vectors
 # clustered at two scales as CLIP embeddings cluster (tests/bench/knn_vectors.py); made with numpy in .venv
@@ -27,9 +28,11 @@ if ! "$PY" -c "import faiss, usearch, numpy, pyarrow" 2>/dev/null; then
   exit 3
 fi
 
-echo "== building dsmake (release)"
-cargo build --release --quiet
-DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
+if [ -z "${DSMAKE:-}" ]; then
+  echo "== building dsmake (release)"
+  cargo build --release --quiet
+  DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
+fi
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
