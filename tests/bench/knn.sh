@@ -17,28 +17,11 @@
 # thread for queries. tests/bench/knn_ivfpq.sh compares the faiss-format IVF-PQ index with faiss's own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
 N=${N:-200000}
 D=${D:-768}
 PARTS=${PARTS:-4}
-PY="$ROOT/.venv/bin/python"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
-if ! "$PY" -c "import faiss, usearch, numpy, pyarrow" 2>/dev/null; then
-  echo "error: $PY cannot import faiss, usearch, numpy and pyarrow: run tests/run.sh once (it creates .venv)" >&2
-  exit 3
-fi
-
-if [ -z "${DSMAKE:-}" ]; then
-  echo "== building dsmake (release)"
-  cargo build --release --quiet
-  DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
-fi
-
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-
-echo "== vectors: $N x $D in $PARTS parts"
-"$PY" tests/bench/knn_vectors.py "$WORK/emb" "$N" "$D" "$PARTS"
+PY_MODULES="faiss, usearch, numpy, pyarrow"
+. tests/bench/knn_setup.sh
 
 cat > "$WORK/knn.toml" <<'EOF'
 [steps.emb]

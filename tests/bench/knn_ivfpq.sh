@@ -25,36 +25,20 @@
 #                           faiss     713.6         1143     255.8      0.548        189
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
 N=${N:-1000000}
 D=${D:-768}
 PARTS=${PARTS:-8}
 FACTORY=${FACTORY:-IVF1024,PQ64x8}
 NPROBE=${NPROBE:-16}
-PY="$ROOT/.venv/bin/python"
 # OpenMP threads that spin while waiting for work lose to any other process on a shared machine (faiss took
 # 9x longer than with passive waiting while compilers ran beside it); passive waiting, as rayon's threads do.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
-if ! "$PY" -c "import faiss, numpy, pyarrow" 2>/dev/null; then
-  echo "error: $PY cannot import faiss, numpy and pyarrow: run tests/run.sh once (it creates .venv)" >&2
-  exit 3
-fi
 if [ ! -x /usr/bin/time ]; then
   echo "error: /usr/bin/time (GNU time) measures peak memory: install it (apt-get install time)" >&2
   exit 3
 fi
-if [ -z "${DSMAKE:-}" ]; then
-  echo "== building dsmake (release)"
-  cargo build --release --quiet
-  DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
-fi
-
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-
-echo "== vectors: $N x $D in $PARTS parts"
-"$PY" tests/bench/knn_vectors.py "$WORK/emb" "$N" "$D" "$PARTS"
+PY_MODULES="faiss, numpy, pyarrow"
+. tests/bench/knn_setup.sh
 
 cat > "$WORK/knn.toml" <<EOF
 [steps.emb]
