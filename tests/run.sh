@@ -20,17 +20,23 @@ PY_REQUIREMENTS="webdataset==1.0.2 pyarrow==22.0.0 numpy==2.3.5 pillow==12.0.0"
 # from the S3 server as the driver does on Databricks, pyyaml loads the Jobs API spec in the mock server.
 # checkov scans terraform/ (it pins boto3, hence that version).
 PY_REQUIREMENTS="$PY_REQUIREMENTS pyspark==3.5.5 boto3==1.35.49 pyyaml==6.0.4 checkov==3.2.500"
-# knn-index: faiss-cpu loads the exact index (knn.index) and usearch the HNSW file (tests/python/check_knn.py);
-# tests/bench/knn.sh compares with faiss's HNSW.
+# knn-index: faiss-cpu reads image.index/text.index and usearch the HNSW file; tests/bench/ compares with faiss.
 PY_REQUIREMENTS="$PY_REQUIREMENTS faiss-cpu==1.15.1 usearch==2.26.6"
+# clip-retrieval's clip_back serves the knn-index folder in tests/python/check_clip_back.py: the package itself
+# without its dependencies (torch, its CLIP stack: the test queries by embedding), and what clip_back.py imports.
+CLIP_BACK="clip-retrieval==2.44.0"
+PY_REQUIREMENTS="$PY_REQUIREMENTS flask==3.1.3 flask-restful==0.3.10 flask-cors==6.0.5 fire==0.7.1 fsspec==2026.9.0"
+PY_REQUIREMENTS="$PY_REQUIREMENTS h5py==3.16.0 pandas==3.1.1 prometheus-client==0.26.0"
 # CLIP caption cleaning: open_clip runs ftfy.fix_text on every caption (tests/python/ftfy_clean_cases.py).
 PY_REQUIREMENTS="$PY_REQUIREMENTS ftfy==6.3.1"
-if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov, faiss, usearch, ftfy" 2>/dev/null \
-   || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS" ]; then
-  echo "== creating .venv with $PY_REQUIREMENTS"
+if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov, faiss, usearch, ftfy, flask, flask_restful, flask_cors, fire, fsspec, h5py, pandas, prometheus_client" 2>/dev/null \
+   || ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('clip_retrieval')" 2>/dev/null \
+   || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS $CLIP_BACK" ]; then
+  echo "== creating .venv with $PY_REQUIREMENTS $CLIP_BACK"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check $PY_REQUIREMENTS
-  echo "$PY_REQUIREMENTS" > .venv/.dsmake-requirements
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps $CLIP_BACK
+  echo "$PY_REQUIREMENTS $CLIP_BACK" > .venv/.dsmake-requirements
 fi
 
 # Terraform (terraform/): formatting, and checkov's static scan with every suppression justified in place.

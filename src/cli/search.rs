@@ -1,7 +1,8 @@
 //! `dsmake search PIPELINE "a photo of a cat"` (or `--image FILE`): embeds the query with the model of the
-//! pipeline's `clip-embed` step, loaded as that step loads it (`model` pinned by the plan and fetched into the
-//! dsmake cache as a worker fetches it, or `model_path`), searches the `knn-index` step's index and prints the
-//! top k with score, url and caption.
+//! pipeline's `clip-embed` step, loaded as that step loads it (`model` pinned by the plan and fetched into
+//! the dsmake cache as a worker fetches it, or `model_path`), searches the `knn-index` step's `image.index` or `text.index` (`--modality`, as clip_back's
+//! request names it) with whatever that step built (exact, IVF-PQ, or the usearch HNSW graph beside with
+//! `--hnsw`) and prints the top k with score, url and caption from the copied `metadata/` parts.
 //!
 //! The index must be fresh: the plan for the index step (and what it reads) is made first, so a query is
 //! never embedded with a model other than the one the index was built with; if it is missing or stale the
@@ -11,7 +12,7 @@ use super::workspace::Workspace;
 use super::{Format, PipelineArgs, UsageError};
 use crate::clip::{self, Clip};
 use crate::kinds::clip_embed;
-use crate::kinds::knn_index::{self, FAISS_FILE, METADATA_FILE, faiss, hnsw, meta};
+use crate::kinds::knn_index::{self, METADATA_DIR, faiss, hnsw, meta};
 use crate::pipeline::Pipeline;
 use crate::plan::{Action, Plan};
 use crate::store::{Store, join};
@@ -27,25 +28,53 @@ pub struct SearchArgs {
     #[command(flatten)]
     pipeline: PipelineArgs,
     /// The text to search for (embedded with the CLIP text tower).
-    #[arg(required_unless_present = "image")]
+    #[arg(required_unless_present_any = ["image", "embedding"])]
     query: Option<String>,
     /// Search with an image file instead (embedded with the CLIP image tower).
     #[arg(long, value_name = "FILE", conflicts_with = "query")]
     image: Option<PathBuf>,
+    /// Search with an embedding instead: a `.npy` file of one vector (float16 or float32), as clip_back's
+    /// `embedding_input`; no model is loaded.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["query", "image"])]
+    embedding: Option<PathBuf>,
     /// The knn-index step to search (needed when the pipeline has several).
     #[arg(long, value_name = "STEP")]
     step: Option<String>,
     /// How many results.
     #[arg(short, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     k: u64,
-    /// Candidates per query (HNSW efSearch); default: the step's `expansion_search`, at least k.
-    #[arg(long, value_name = "N")]
-    expansion: Option<usize>,
-    /// Brute force over the exact faiss index (`knn.index`) instead of the HNSW graph.
+    /// Which index: `image` (image.index) or `text` (text.index); default: image when the step built it.
+    #[arg(long, value_enum)]
+    modality: Option<Modality>,
+    /// IVF lists scanned per query; default: the nprobe stored in the index.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    nprobe: Option<u64>,
+    /// Search the usearch HNSW graph beside the index (a step with `usearch = true`).
     #[arg(long)]
+    hnsw: bool,
+    /// Candidates per query in the HNSW graph (efSearch); default: the step's `expansion_search`, at least k.
+    #[arg(long, value_name = "N", requires = "hnsw")]
+    expansion: Option<usize>,
+    /// Insist on exact results: fails unless the index is exact (`Flat`).
+    #[arg(long, conflicts_with = "hnsw")]
     exact: bool,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Modality {
+    Image,
+    Text,
+}
+
+impl Modality {
+    fn as_str(self) -> &'static str {
+        match self {
+            Modality::Image => "image",
+            Modality::Text => "text",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -62,50 +91,67 @@ struct Hit {
 pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let mut workspace = Workspace::open(&args.pipeline)?;
     let step = index_step(&workspace.pipeline, args.step.as_deref())?;
-    let clip_step = clip_step(&workspace.pipeline, step)?;
+    // The model that embeds text and image queries; an embedding query needs none.
+    let clip_step = match args.embedding {
+        Some(_) => None,
+        None => Some(clip_step(&workspace.pipeline, step)?),
+    };
     let step_name = workspace.pipeline.steps[step].name.clone();
     // Plan only the index and what it reads (whatever --target says).
     workspace.plan_options.targets = vec![step_name.clone()];
     let plan = workspace.plan()?;
     let built = fresh_index(&plan, &workspace.pipeline, step, &args.pipeline.pipeline)?;
     let settings = knn_index::settings(&workspace.pipeline.steps[step].settings)?;
-    let index_name = settings.index_file();
+    let has = |name: &str| built.outputs.iter().any(|o| o == name);
+    let modality = match args.modality {
+        Some(m) => m,
+        None if has("image.index") => Modality::Image,
+        None => Modality::Text,
+    };
+    let side = modality.as_str();
+    let index_name = if args.hnsw { format!("{side}.usearch") } else { format!("{side}.index") };
+    if !has(&index_name) {
+        bail!(
+            "{step_name} has no {index_name}: {}",
+            if args.hnsw {
+                "the step writes it with `usearch = true`"
+            } else {
+                "the step indexes other embeddings (`embeddings`)"
+            }
+        );
+    }
     let dir = &workspace.pipeline.steps[step].dir;
     let local = |name: &str| local_output(&*workspace.store, dir, name, &built.key);
 
-    let model = load_model(&workspace.pipeline, clip_step)?;
-    let query = match (&args.query, &args.image) {
-        (_, Some(path)) => embed_image(&model, path)?,
-        (Some(text), None) => embed_text(&model, text)?,
-        (None, None) => return Err(UsageError("give a text query or --image FILE".into()).into()),
+    let query = match (&args.query, &args.image, clip_step) {
+        (_, _, None) => read_embedding(args.embedding.as_deref().context("no --embedding")?)?,
+        (_, Some(path), Some(clip)) => embed_image(&load_model(&workspace.pipeline, clip)?, path)?,
+        (Some(text), None, Some(clip)) => embed_text(&load_model(&workspace.pipeline, clip)?, text)?,
+        (None, None, _) => return Err(UsageError("give a text query, --image FILE or --embedding FILE".into()).into()),
     };
 
     let k = args.k as usize;
-    let found = if args.exact {
-        if !built.outputs.iter().any(|o| o == FAISS_FILE) {
-            bail!(
-                "{step_name} has no exact index ({FAISS_FILE}): it is written up to {} vectors unless the step sets \
-                 `exact_faiss = true`",
-                knn_index::EXACT_FAISS_AUTO_MAX
-            );
-        }
-        exact_search(&local(FAISS_FILE)?, &query, k)?
-    } else {
-        let path = local(&index_name)?;
+    let path = local(&index_name)?;
+    let (found, index_key) = if args.hnsw {
         let expansion = args.expansion.unwrap_or(settings.expansion_search.max(1) as usize).max(k);
         let index = hnsw::open_view(&path, expansion)?;
-        if index.dimensions() != query.len() {
-            bail!(
-                "{} holds vectors of {} dimensions but the model embeds {}: rebuild the index",
-                path.display(),
-                index.dimensions(),
-                query.len()
-            );
+        check_dims(&path, index.dimensions(), query.len())?;
+        (hnsw::search(&index, &query, k)?, "usearch HNSW".to_string())
+    } else {
+        let index = faiss::read(&path)?;
+        check_dims(&path, index.d(), query.len())?;
+        let key = index.key();
+        if args.exact && key != "Flat" {
+            bail!("{index_name} is {key}, not exact: build the step with `index_key = \"Flat\"` for exact search");
         }
-        hnsw::search(&index, &query, k)?
+        let found = index.search(&query, k, args.nprobe.map(|n| n as usize));
+        (found.into_iter().filter(|(id, _)| *id >= 0).map(|(id, s)| (id as u64, s)).collect(), key)
     };
     let ids: Vec<u64> = found.iter().map(|(id, _)| *id).collect();
-    let rows = meta::lookup(&local(METADATA_FILE)?, &ids)?;
+    let mut parts: Vec<&String> = built.outputs.iter().filter(|o| o.starts_with(&format!("{METADATA_DIR}/"))).collect();
+    parts.sort();
+    let parts = parts.into_iter().map(|p| local(p)).collect::<anyhow::Result<Vec<PathBuf>>>()?;
+    let rows = meta::lookup_parts(&parts, &ids)?;
     let hits: Vec<Hit> = found
         .iter()
         .zip(rows)
@@ -121,9 +167,10 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         .collect();
 
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let shown_query = match (&args.query, &args.image) {
-        (_, Some(path)) => format!("image {}", path.display()),
-        (Some(text), _) => format!("{text:?}"),
+    let shown_query = match (&args.query, &args.image, &args.embedding) {
+        (_, _, Some(path)) => format!("embedding {}", path.display()),
+        (_, Some(path), _) => format!("image {}", path.display()),
+        (Some(text), _, _) => format!("{text:?}"),
         _ => String::new(),
     };
     match args.format {
@@ -133,7 +180,10 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
                 "step": step_name,
                 "query": args.query,
                 "image": args.image,
-                "index": if args.exact { FAISS_FILE.to_string() } else { index_name },
+                "embedding": args.embedding,
+                "modality": side,
+                "index": index_name,
+                "index_key": index_key,
                 "results": hits,
             });
             serde_json::to_writer_pretty(&mut out, &value)?;
@@ -142,11 +192,10 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         Format::Human => {
             writeln!(
                 out,
-                "Top {} for {shown_query} in {}/{step_name} ({} vectors{})",
+                "Top {} for {shown_query} in {}/{step_name} {index_name} ({} vectors, {index_key})",
                 hits.len(),
                 workspace.pipeline.name,
                 built.rows.map_or("?".into(), |r| r.to_string()),
-                if args.exact { ", exact" } else { "" }
             )?;
             write!(out, "{}", table(&hits))?;
         }
@@ -307,20 +356,22 @@ fn embed_image(model: &Clip, path: &Path) -> anyhow::Result<Vec<f32>> {
     normalized(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Brute force over the exact faiss file.
-fn exact_search(path: &Path, query: &[f32], k: usize) -> anyhow::Result<Vec<(u64, f32)>> {
-    let (d, _, data) = faiss::read_flat_ip(path)?;
-    if d != query.len() {
-        bail!("{} holds vectors of {d} dimensions but the model embeds {}", path.display(), query.len());
+/// One vector from a `.npy` file of shape (1, d), L2-normalised as clip-embed's are.
+fn read_embedding(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let mut npy = knn_index::vectors::NpyRows::open(path)?;
+    if npy.rows != 1 {
+        bail!("{} holds {} vectors: --embedding takes one", path.display(), npy.rows);
     }
-    let mut scored: Vec<(u64, f32)> = data
-        .chunks_exact(d)
-        .enumerate()
-        .map(|(i, row)| (i as u64, row.iter().zip(query).map(|(a, b)| a * b).sum::<f32>()))
-        .collect();
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    scored.truncate(k);
-    Ok(scored)
+    let mut v = Vec::new();
+    npy.next_rows(1, &mut v)?;
+    normalized(v)
+}
+
+fn check_dims(path: &Path, index: usize, query: usize) -> anyhow::Result<()> {
+    if index != query {
+        bail!("{} holds vectors of {index} dimensions but the model embeds {query}: rebuild the index", path.display());
+    }
+    Ok(())
 }
 
 /// The results as an aligned table; long captions are cut.

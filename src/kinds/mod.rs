@@ -19,6 +19,7 @@ pub const ALL: &[&dyn DynKind] = &[
     &hf_dataset::HfDataset,
     &img2dataset::Img2Dataset,
     &knn_index::KnnIndex,
+    &knn_index::KnnTrain,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static dyn DynKind> {

@@ -6,54 +6,22 @@
 #
 #   tests/bench/knn.sh                 # 200,000 x 768 (1e6 takes too long on 2 cores; N=1000000 runs it)
 #   N=50000 tests/bench/knn.sh
+#   DSMAKE=/tmp/my-dsmake tests/bench/knn.sh    # a release binary built beforehand
 #
 # The vectors: f16 clip-retrieval parts (img_emb/img_emb_N.npy + metadata/metadata_N.parquet) of unit vectors
-# drawn around 1,000 random centres (cosine to their centre ~0.7), as CLIP embeddings cluster; made with numpy
-# in .venv (tests/run.sh creates it with faiss-cpu, usearch, numpy and pyarrow). dsmake builds them with a
-# `files` step → `knn-index` pipeline through the release binary; its build time is the target's build time
-# (reading the parts, adding, saving), its query figures are the ones it writes to index_infos.json (100
-# queries, one at a time). Both sides use every core for building and one thread for queries.
+# clustered at two scales as CLIP embeddings cluster (tests/bench/knn_vectors.py); made with numpy in .venv
+# (tests/run.sh creates it with faiss-cpu, usearch, numpy and pyarrow). dsmake builds them with a
+# `files` step → `knn-index` pipeline (`usearch = true`, beside an exact image.index) through the release
+# binary; its build time is the side's build time in the manifest (reading the parts, adding, saving), its
+# queries/s are measured on its file from Python like faiss's. Both sides use every core for building and one
+# thread for queries. tests/bench/knn_ivfpq.sh compares the faiss-format IVF-PQ index with faiss's own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
 N=${N:-200000}
 D=${D:-768}
 PARTS=${PARTS:-4}
-PY="$ROOT/.venv/bin/python"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
-if ! "$PY" -c "import faiss, usearch, numpy, pyarrow" 2>/dev/null; then
-  echo "error: $PY cannot import faiss, usearch, numpy and pyarrow: run tests/run.sh once (it creates .venv)" >&2
-  exit 3
-fi
-
-echo "== building dsmake (release)"
-cargo build --release --quiet
-DSMAKE="$CARGO_TARGET_DIR/release/dsmake"
-
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-
-echo "== vectors: $N x $D in $PARTS parts"
-"$PY" - "$WORK/emb" "$N" "$D" "$PARTS" <<'EOF'
-import os, sys
-import numpy as np, pyarrow as pa, pyarrow.parquet as pq
-out, n, d, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rng = np.random.default_rng(0)
-centres = rng.standard_normal((1000, d)).astype(np.float32)
-centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-os.makedirs(f"{out}/img_emb"); os.makedirs(f"{out}/metadata")
-start = 0
-for p, rows in enumerate(np.array_split(np.arange(n), parts)):
-    x = centres[rng.integers(0, 1000, len(rows))] + rng.standard_normal((len(rows), d)).astype(np.float32) / np.sqrt(d)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    np.save(f"{out}/img_emb/img_emb_{p:05d}.npy", x.astype(np.float16))
-    keys = [f"{i:09d}" for i in rows]
-    pq.write_table(pa.table({"image_path": keys, "caption": [f"caption {k}" for k in keys],
-                             "url": [f"http://h/{k}.jpg" for k in keys]}), f"{out}/metadata/metadata_{p:05d}.parquet")
-# Queries: 1,000 more vectors from the same distribution, not in the index.
-q = centres[rng.integers(0, 1000, 1000)] + rng.standard_normal((1000, d)).astype(np.float32) / np.sqrt(d)
-np.save(f"{out}/queries.npy", (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
-EOF
+PY_MODULES="faiss, usearch, numpy, pyarrow"
+. tests/bench/knn_setup.sh
 
 cat > "$WORK/knn.toml" <<'EOF'
 [steps.emb]
@@ -63,16 +31,18 @@ paths = ["emb/img_emb/*.npy", "emb/metadata/*.parquet"]
 [steps.knn]
 kind = "knn-index"
 from = "emb"
+embeddings = "image"
+index_key = "Flat"
+usearch = true
 connectivity = 16
 expansion_add = 128
 expansion_search = 768
 quantization = "f16"
-exact_faiss = false
 EOF
 
 echo "== dsmake knn-index"
 (cd "$WORK" && "$DSMAKE" build knn.toml --store "$WORK/store" -q)
-INFOS="$WORK/store/knn/knn/index_infos.json"
+INFOS="$WORK/store/knn/knn/image.json"
 MANIFEST="$WORK/store/knn/knn/_dsmake/all.json"
 
 echo "== faiss (faiss-cpu $("$PY" -c 'import faiss; print(faiss.__version__)'))"
@@ -116,7 +86,10 @@ for name, make in [("faiss IndexHNSWFlat", lambda: faiss.IndexHNSWFlat(d, 16, fa
 usearch_index = Index.restore(f"{work}/store/knn/knn/image.usearch", view=True)
 usearch_index.expansion_search = 768
 found = usearch_index.search(q, 10, threads=threads).keys
-ds = ("dsmake knn-index (usearch f16)", manifest["stats"]["build_seconds"], 1000 / infos["avg_search_speed_ms"],
+t = time.perf_counter()
+for row in q:
+    usearch_index.search(row, 10, threads=1)
+ds = ("dsmake knn-index (usearch f16)", manifest["stats"]["image"]["add_seconds"], len(q) / (time.perf_counter() - t),
       recall(found))
 print(f"\n{n} x {d} vectors, M=16 efConstruction=128 efSearch=768, build on {threads} threads, queries on 1 thread")
 print(f"{'':34} {'build s':>9} {'queries/s':>10} {'recall@10':>10}")

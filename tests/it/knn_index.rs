@@ -1,12 +1,13 @@
-//! The `knn-index` kind and `dsmake search`:
-//! - recall@10 of the HNSW index against exact (f32 brute force) search on 100,000 random unit vectors;
+//! The `knn-index` and `knn-train` kinds and `dsmake search`:
+//! - recall@10 of the usearch HNSW graph (written beside with `usearch = true`) against exact search;
 //! - the pipeline through the real binary: WebDataset shards → clip-embed (tiny CLIP) → knn-index, then
 //!   `dsmake search` with a caption of the sample returns that sample first (text and `--image` queries,
 //!   table and JSON), and says what to build when the index is not there;
-//! - Python reads what it wrote: `knn.index` with faiss-cpu, the usearch file with `usearch`, the metadata
-//!   with pyarrow (`tests/python/check_knn.py`, in the `.venv` that tests/run.sh makes).
+//! - clip-retrieval's own clip_back code serves the folder (tests/python/check_clip_back.py);
+//! - IVF-PQ files: faiss reads them, and faiss, clip_back and `dsmake search` agree;
+//! - knn-train: adding a part adds vectors without retraining, until the chosen key no longer fits.
 
-use crate::common::{Sandbox, built, venv_python};
+use crate::common::{Sandbox, actions, built, venv_python, work};
 use dsmake::kinds::knn_index::hnsw;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -125,6 +126,7 @@ from = "clip"
 kind = "knn-index"
 from = "clip"
 embeddings = "text"
+usearch = true
 "#;
 
 fn fixture(rel: &str) -> PathBuf {
@@ -226,14 +228,20 @@ fn search_finds_the_sample_whose_caption_or_photo_matches_and_says_what_to_build
     let summary = s.build(&[]);
     let names = built(&summary);
     assert!(names.contains(&"knn/all".to_string()) && names.contains(&"knn_text/all".to_string()), "{names:?}");
+    // clip_back's folder: both indices, their infos, the metadata parts as clip-retrieval copies them.
     let out = s.store().join("pipeline/knn");
-    for f in ["image.usearch", "knn.index", "metadata.parquet", "index_infos.json"] {
+    for f in ["image.index", "image.json", "text.index", "text.json", "metadata/metadata_00000.parquet"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    assert!(!out.join("image.usearch").exists());
+    let text_only = s.store().join("pipeline/knn_text");
+    assert!(text_only.join("text.usearch").is_file() && !text_only.join("image.index").exists());
     let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("_dsmake/all.json")).unwrap()).unwrap();
-    assert_eq!((manifest["rows"].as_u64(), manifest["stats"]["dimensions"].as_u64()), (Some(6), Some(16)));
+    assert_eq!(manifest["rows"].as_u64(), Some(6));
+    assert_eq!(manifest["stats"]["image"]["vectors dimension"].as_u64(), Some(16));
+    assert_eq!(manifest["stats"]["text"]["index_key"], "Flat");
 
-    // Every caption finds its own sample first, by the approximate and by the exact index.
+    // Every caption finds its own sample first in text.index (of either step), and in the HNSW graph.
     let samples = [
         ("000000000", 0, "http://h/0.png"),
         ("000000001", 1, "http://h/1.jpg"),
@@ -243,11 +251,8 @@ fn search_finds_the_sample_whose_caption_or_photo_matches_and_says_what_to_build
         ("000010002", 7, "http://h/5.png"),
     ];
     for (key, text, url) in samples {
-        for exact in [false, true] {
-            let mut args = vec![t[text].as_str(), "--step", "knn_text", "-k", "3"];
-            if exact {
-                args.push("--exact");
-            }
+        for (step, extra) in [("knn", "--exact"), ("knn_text", "--exact"), ("knn_text", "--hnsw")] {
+            let args = vec![t[text].as_str(), "--step", step, "--modality", "text", "-k", "3", extra];
             let found = search(&s, &args);
             let first = &found["results"][0];
             assert_eq!(first["image_path"], key, "{found}");
@@ -260,7 +265,10 @@ fn search_finds_the_sample_whose_caption_or_photo_matches_and_says_what_to_build
     // A photo finds itself in the image index; the table names it on the first row.
     let photo = fixture("images/chelsea.png");
     let found = search(&s, &["--image", photo.to_str().unwrap(), "--step", "knn"]);
+    assert_eq!((found["modality"].as_str(), found["index_key"].as_str()), (Some("image"), Some("Flat")), "{found}");
     assert_eq!(found["results"][0]["image_path"], "000000002", "{found}");
+    let run = s.run(&["search", "--image", photo.to_str().unwrap(), "--step", "knn_text", "--modality", "image"]);
+    assert!(run.stderr.contains("knn_text has no image.index"), "{}", run.stderr);
     assert!(found["results"][0]["score"].as_f64().unwrap() > 0.99, "{found}");
     let run = s.run(&["search", "--image", photo.to_str().unwrap(), "--step", "knn", "-k", "2"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -277,23 +285,23 @@ fn search_finds_the_sample_whose_caption_or_photo_matches_and_says_what_to_build
     assert!(run.stderr.contains("is out of date") && run.stderr.contains("--target knn_text"), "{}", run.stderr);
     let rebuilt = built(&s.build(&[]));
     assert_eq!(rebuilt, ["clip/00002", "knn/all", "knn_text/all"]);
-    let found = search(&s, &["a new caption", "--step", "knn_text"]);
+    let found = search(&s, &["a new caption", "--step", "knn", "--modality", "text"]);
     assert_eq!(found["results"][0]["image_path"], "000020000", "{found}");
     assert_eq!(found["results"].as_array().unwrap().len(), 7);
 }
 
-/// faiss-cpu reads `knn.index`, usearch the HNSW file, pyarrow the metadata (tests/python/check_knn.py).
+/// clip-retrieval's clip_back, its own code (clip-retrieval 2.44.0 from PyPI), loads the folder as it loads
+/// `--indice_folder` and answers every sample's image and text embedding with that sample
+/// (tests/python/check_clip_back.py says which functions it calls).
 #[test]
-fn python_faiss_usearch_and_pyarrow_read_the_index() {
+fn clip_back_serves_the_folder_and_answers_each_sample_with_itself() {
     let s = sandbox();
-    s.build(&[]);
+    s.build(&["--target", "knn"]);
+    let index = s.store().join("pipeline/knn");
     let clip = s.store().join("pipeline/clip");
-    for (step, kind) in [("knn", "image"), ("knn_text", "text")] {
-        let index = s.store().join(format!("pipeline/{step}"));
-        let stdout = venv_python("check_knn.py", &[&index, &clip, Path::new(kind)]);
-        assert!(stdout.contains("check_knn: ok: 6 vectors of 16"), "{step}: {stdout}");
-        println!("{}", stdout.trim());
-    }
+    let stdout = venv_python("check_clip_back.py", &[&index, Path::new("self"), &clip]);
+    assert!(stdout.contains("check_clip_back: ok: 24 queries"), "{stdout}");
+    println!("{}", stdout.trim());
 }
 
 /// A bad part fails the build with its name; settings are checked before anything runs.
@@ -303,6 +311,16 @@ fn bad_settings_and_parts_say_what_is_wrong() {
     let run = s.run(&["plan"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("unknown quantization \"f8\"") && run.stderr.contains("\"i8\""), "{}", run.stderr);
+    for (setting, wanted) in [
+        ("index_key = \"OPQ64_128,IVF1024_HNSW32,PQ64\"", "not written yet"),
+        ("max_index_memory_usage = \"4X\"", "unknown unit `X`"),
+        ("index_key = \"Flat\"\nexact_faiss = false", "contradicts index_key `Flat`"),
+    ] {
+        let s = Sandbox::new(&PIPELINE.replace("embeddings = \"text\"", setting));
+        let run = s.run(&["plan"]);
+        assert_eq!(run.code, 2, "{setting}: {}", run.stderr);
+        assert!(run.stderr.contains(wanted), "{setting}: {}", run.stderr);
+    }
 
     let s = Sandbox::new(
         "[steps.emb]\nkind = \"files\"\npaths = [\"emb/*.npy\", \"emb/*.parquet\"]\n\n[steps.knn]\nkind = \"knn-index\"\nfrom = \"emb\"\n",
@@ -329,4 +347,167 @@ fn bad_settings_and_parts_say_what_is_wrong() {
         all.contains("part 7 (emb/img_emb_7.npy)") && all.contains("has 2 rows but") && all.contains("has 1"),
         "{all}"
     );
+}
+
+const PARTS: &str = r#"
+[steps.emb]
+kind = "files"
+paths = ["emb/*.npy", "emb/*.parquet"]
+"#;
+
+/// A part as clip-retrieval writes it: `img_emb_N.npy`, `text_emb_N.npy` (float16, unit vectors around 24
+/// centres) and `metadata_N.parquet` (`image_path` `pN_i`).
+fn write_part(s: &Sandbox, number: usize, rows: usize, d: usize) -> Vec<f32> {
+    use dsmake::clip::npy::{Dtype, RowWriter};
+    std::fs::create_dir_all(s.path("emb")).unwrap();
+    let mut rng = Rng(7);
+    let centres = rng.unit_vectors(24, d);
+    let mut rng = Rng(1000 + number as u64);
+    let mut image = Vec::new();
+    for side in ["img_emb", "text_emb"] {
+        let noise = rng.unit_vectors(rows, d);
+        let mut values = Vec::with_capacity(rows * d);
+        for (i, n) in noise.chunks_exact(d).enumerate() {
+            let c = &centres[(i * 7 + number) % 24 * d..][..d];
+            let mut row: Vec<f32> = c.iter().zip(n).map(|(c, n)| c + 0.6 * n).collect();
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|x| *x /= norm);
+            values.extend(row);
+        }
+        let path = s.path(&format!("emb/{side}_{number}.npy"));
+        let mut w = RowWriter::create(&path, Dtype::F16, d).unwrap();
+        w.push(&values).unwrap();
+        w.finish().unwrap();
+        settle(&path);
+        if side == "img_emb" {
+            image = values;
+        }
+    }
+    let path = s.path(&format!("emb/metadata_{number}.parquet"));
+    let mut w = dsmake::kinds::knn_index::meta::MetaWriter::create(&path).unwrap();
+    for i in 0..rows {
+        let row = dsmake::kinds::knn_index::meta::Row {
+            image_path: format!("p{number}_{i}"),
+            caption: Some(format!("caption {number} {i}")),
+            url: None,
+        };
+        w.push(row).unwrap();
+    }
+    w.finish().unwrap();
+    settle(&path);
+    image
+}
+
+fn write_query(s: &Sandbox, name: &str, v: &[f32]) -> PathBuf {
+    use dsmake::clip::npy::{Dtype, RowWriter};
+    let path = s.path(name);
+    let mut w = RowWriter::create(&path, Dtype::F32, v.len()).unwrap();
+    w.push(v).unwrap();
+    w.finish().unwrap();
+    path
+}
+
+fn infos(s: &Sandbox, step: &str, side: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(s.store().join(format!("pipeline/{step}/{side}.json"))).unwrap()).unwrap()
+}
+
+/// IVF-PQ written by dsmake, with a flat and with an HNSW coarse quantizer: faiss reads it as `IndexIVFPQ`
+/// with the nprobe dsmake chose, and faiss's search, clip_back's answer and `dsmake search --embedding` agree,
+/// on both sides.
+#[test]
+fn ivf_pq_files_are_read_by_faiss_and_faiss_clip_back_and_dsmake_search_agree() {
+    let s = Sandbox::new(&format!(
+        "{PARTS}\n[steps.knn]\nkind = \"knn-index\"\nfrom = \"emb\"\nindex_key = \"IVF32,PQ8x8\"\n\n\
+         [steps.knn_hnsw]\nkind = \"knn-index\"\nfrom = \"emb\"\nembeddings = \"image\"\n\
+         index_key = \"IVF32_HNSW8,PQ8x8\"\nnprobe = 32\n"
+    ));
+    let (rows, d) = (2500, 32);
+    let first = write_part(&s, 0, rows, d);
+    write_part(&s, 1, rows, d);
+    write_part(&s, 2, rows, d);
+    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_hnsw/all"]);
+    for side in ["image", "text"] {
+        let i = infos(&s, "knn", side);
+        assert_eq!((i["index_key"].as_str(), i["nb vectors"].as_u64()), (Some("IVF32,PQ8x8"), Some(3 * rows as u64)));
+        assert!(i["10-recall@10"].as_f64().unwrap() > 0.3, "{i}");
+        assert_eq!(i["trained_by"], "this step");
+    }
+    // A query near a stored vector: a mix of row 5 of part 0 and another row.
+    let q: Vec<f32> = first[5 * d..6 * d].iter().zip(&first[9 * d..10 * d]).map(|(a, b)| 0.9 * a + 0.1 * b).collect();
+    let query = write_query(&s, "q.npy", &q);
+    for (step, side, key) in
+        [("knn", "image", "IVF32,PQ8x8"), ("knn", "text", "IVF32,PQ8x8"), ("knn_hnsw", "image", "IVF32_HNSW8,PQ8x8")]
+    {
+        let index = s.store().join(format!("pipeline/{step}"));
+        let args = ["--embedding", query.to_str().unwrap(), "--step", step, "--modality", side, "-k", "10"];
+        let found = search(&s, &args);
+        assert_eq!(found["index_key"], key, "{found}");
+        assert_eq!(found["results"].as_array().unwrap().len(), 10, "{found}");
+        if side == "image" {
+            assert_eq!(found["results"][0]["image_path"], "p0_5", "{found}");
+        }
+        let results = s.path(&format!("{step}-{side}-results.json"));
+        std::fs::write(&results, found.to_string()).unwrap();
+        let out = venv_python(
+            "check_clip_back.py",
+            &[&index, Path::new("agree"), Path::new(side), &query, &results, Path::new(key)],
+        );
+        assert!(out.contains("faiss, clip_back and dsmake agree on the top 10"), "{out}");
+        println!("{}", out.trim());
+    }
+}
+
+/// Training is its own target: a new part is added to the trained quantizers (the knn-train target stays
+/// fresh, only the index is rebuilt); once the count outgrows the key chosen for it, the plan retrains and
+/// says from which key to which.
+#[test]
+fn knn_train_is_its_own_target_and_retrains_only_when_the_key_no_longer_fits() {
+    let pipeline = |train: &str| {
+        format!(
+            "{PARTS}\n[steps.knn_train]\nkind = \"knn-train\"\nfrom = \"emb\"\n{train}\n\n[steps.knn]\nkind = \
+             \"knn-index\"\nfrom = [\"emb\", \"knn_train\"]\n"
+        )
+    };
+    // IVF16,PQ8x8 trains on 10,000 vectors: the first two parts.
+    let s = Sandbox::new(&pipeline("index_key = \"IVF16,PQ8x8\""));
+    let d = 32;
+    for n in 0..3 {
+        write_part(&s, n, 5000, d);
+    }
+    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_train/all"]);
+    let train_dir = s.store().join("pipeline/knn_train");
+    for f in ["image.trained.index", "text.trained.index", "train.json"] {
+        assert!(train_dir.join(f).is_file(), "{f}");
+    }
+    let manifest = |step: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(s.store().join(format!("pipeline/{step}/_dsmake/all.json"))).unwrap())
+            .unwrap()
+    };
+    let train_key = manifest("knn_train")["key"].clone();
+    assert_eq!(infos(&s, "knn", "image")["trained_by"], "knn-train");
+    assert_eq!(infos(&s, "knn", "text")["nb vectors"], 15000);
+
+    write_part(&s, 3, 5000, d);
+    let plan = s.plan(&[]);
+    let todo: Vec<(String, String)> = work(&plan).into_iter().map(|(t, a, _)| (t, a)).collect();
+    assert_eq!(todo, [("knn/all".to_string(), "stale".to_string())], "{:?}", actions(&plan));
+    assert_eq!(built(&s.build(&[])), ["knn/all"]);
+    assert_eq!(manifest("knn_train")["key"], train_key);
+    assert_eq!(infos(&s, "knn", "image")["nb vectors"], 20000);
+    let out =
+        venv_python("check_clip_back.py", &[&s.store().join("pipeline/knn"), Path::new("count"), Path::new("20000")]);
+    assert!(out.contains("ok"), "{out}");
+
+    // Chosen from the budget: 9,000 vectors of 32 fit 350,000 bytes as IVF512,PQ16x8; 12,000 only as PQ8.
+    let s = Sandbox::new(&pipeline("max_index_memory_usage = \"350000\""));
+    for n in 0..3 {
+        write_part(&s, n, 3000, d);
+    }
+    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_train/all"]);
+    assert_eq!(infos(&s, "knn", "image")["index_key"], "IVF512,PQ16x8");
+    write_part(&s, 3, 3000, d);
+    let plan = s.plan(&[]);
+    let train = actions(&plan).into_iter().find(|(t, _, _)| t == "knn_train/all").unwrap();
+    assert_eq!(train.1, "stale", "{train:?}");
+    assert!(train.2.contains("IVF512,PQ16x8") && train.2.contains("IVF512,PQ8x8"), "{train:?}");
 }

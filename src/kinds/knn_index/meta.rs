@@ -1,21 +1,19 @@
-//! What a query result shows beside its score: `image_path` (the sample key), `caption` and `url`, one row
-//! per vector in index order (row i is the vector with key i). Read from clip-embed's
-//! `metadata/metadata_N.parquet` parts, written as one `metadata.parquet` beside the index (pyarrow and
-//! pandas read it as is), in row groups small enough that a query reads a few of them, not the file.
+//! What a query result shows beside its score: `image_path` (the sample key), `caption` and `url` of row i
+//! of the metadata parts (clip-embed's `metadata/metadata_N.parquet`, copied beside the index), which is the
+//! vector with id i. [`MetaWriter`] writes such a part (tests build parts by hand with it).
 
 use crate::formats::columns::ColumnType;
 use crate::formats::parquet::TableWriter;
 use anyhow::{Context, bail};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
-use parquet::schema::types::Type;
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::path::Path;
 
 /// The columns kept, in file order. `image_path` is required in a part; the others may be absent.
 pub const COLUMNS: [&str; 3] = ["image_path", "caption", "url"];
-/// Rows per row group of `metadata.parquet`: a query decodes one group per result.
+/// Rows per row group of a file [`MetaWriter`] writes.
 pub const ROW_GROUP: usize = 16_384;
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -41,36 +39,7 @@ pub fn count_rows(path: &Path) -> anyhow::Result<u64> {
     Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
 }
 
-/// Reads the kept columns of a metadata part, calling `each` per row in order.
-pub fn read_part(path: &Path, mut each: impl FnMut(Row) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader =
-        SerializedFileReader::new(file).with_context(|| format!("{} is not a parquet file", path.display()))?;
-    let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let fields: Vec<_> =
-        schema.root_schema().get_fields().iter().filter(|f| COLUMNS.contains(&f.name())).cloned().collect();
-    if !fields.iter().any(|f| f.name() == "image_path") {
-        bail!("{} has no `image_path` column (clip-embed's metadata has one per row)", path.display());
-    }
-    let projection = Type::group_type_builder("schema").with_fields(fields).build()?;
-    let rows = reader.get_row_iter(Some(projection)).with_context(|| format!("cannot read {}", path.display()))?;
-    for (n, row) in rows.enumerate() {
-        let row = row.with_context(|| format!("{}: row {n}", path.display()))?;
-        let mut out = Row::default();
-        for (name, field) in row.get_column_iter() {
-            match name.as_str() {
-                "image_path" => out.image_path = cell(field).unwrap_or_default(),
-                "caption" => out.caption = cell(field),
-                "url" => out.url = cell(field),
-                _ => {}
-            }
-        }
-        each(out)?;
-    }
-    Ok(())
-}
-
-/// Streams rows into `metadata.parquet`, one row group per [`ROW_GROUP`] rows.
+/// Streams rows into a metadata parquet file, one row group per [`ROW_GROUP`] rows.
 pub struct MetaWriter {
     table: TableWriter,
     pending: Vec<Map<String, Value>>,
@@ -116,7 +85,39 @@ impl MetaWriter {
     }
 }
 
-/// Reads rows by number from a `metadata.parquet`, decoding only the row groups that hold them.
+/// Reads rows by number across metadata parts read one after another (clip_back's sorted
+/// `metadata/*.parquet`): row i of the index is the i-th row of their concatenation.
+pub fn lookup_parts(paths: &[std::path::PathBuf], ids: &[u64]) -> anyhow::Result<Vec<Row>> {
+    let mut starts = Vec::with_capacity(paths.len());
+    let mut total = 0u64;
+    for p in paths {
+        starts.push(total);
+        total += count_rows(p)?;
+    }
+    let mut out = vec![Row::default(); ids.len()];
+    for (f, path) in paths.iter().enumerate() {
+        let end = starts.get(f + 1).copied().unwrap_or(total);
+        let wanted: Vec<(usize, u64)> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| (starts[f]..end).contains(*id))
+            .map(|(i, id)| (i, id - starts[f]))
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let local: Vec<u64> = wanted.iter().map(|w| w.1).collect();
+        for ((slot, _), row) in wanted.iter().zip(lookup(path, &local)?) {
+            out[*slot] = row;
+        }
+    }
+    if let Some(id) = ids.iter().find(|id| **id >= total) {
+        bail!("row {id} is past the {total} rows of the metadata parts (index and metadata disagree)");
+    }
+    Ok(out)
+}
+
+/// Reads rows by number from one parquet file, decoding only the row groups that hold them.
 pub fn lookup(path: &Path, ids: &[u64]) -> anyhow::Result<Vec<Row>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader =
@@ -200,13 +201,11 @@ mod tests {
             assert_eq!(row.url, (id % 2 == 0).then(|| format!("http://h/{id}")));
         }
         assert!(lookup(&path, &[n as u64]).unwrap_err().to_string().contains("past its"));
-        let mut read = Vec::new();
-        read_part(&path, |r| {
-            read.push(r);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(read.len(), n);
-        assert_eq!(read[7].caption.as_deref(), Some("caption 7"));
+        let second = dir.path().join("metadata_2.parquet");
+        let mut w = MetaWriter::create(&second).unwrap();
+        w.push(Row { image_path: "last".into(), caption: None, url: None }).unwrap();
+        w.finish().unwrap();
+        let both = lookup_parts(&[path.clone(), second], &[n as u64, 1]).unwrap();
+        assert_eq!((both[0].image_path.as_str(), both[1].image_path.as_str()), ("last", "k1"));
     }
 }

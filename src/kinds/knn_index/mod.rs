@@ -1,54 +1,62 @@
-//! `knn-index`: one nearest-neighbour index over every part of a `clip-embed` step (all-to-one), for
-//! inner-product queries, with what answers a query beside it:
+//! `knn-index`: the folder clip-retrieval's `clip_back` serves, built over every part of a `clip-embed` step
+//! (all-to-one), for inner-product queries:
 //!
-//! - `image.usearch` (or `text.usearch`): a usearch HNSW graph, vectors stored in f16 by default; keys are
-//!   row numbers. Python: `usearch.index.Index.restore(path, view=True)`.
-//! - `knn.index`: an exact faiss `IndexFlatIP` (float32), as clip-retrieval's back end and `faiss.read_index`
-//!   load it; written by default up to [`EXACT_FAISS_AUTO_MAX`] vectors, where brute force still answers in
-//!   well under a second and the file stays a few GB (`exact_faiss` forces it on or off).
-//! - `metadata.parquet`: `image_path`, `caption`, `url` of row i = the vector with key i, in the order of
-//!   the parts (and of the rows within each part).
-//! - `index_infos.json`: autofaiss's summary (index key and parameters, size, compression ratio, search
-//!   latency), plus a recall@10 estimate against brute force on a sample of queries.
+//! - `image.index` and `text.index`: faiss indices in faiss's own format ([`faiss`]): an exact `IndexFlatIP`
+//!   while it fits `max_index_memory_usage`, else `IVF{nlist},PQ{M}x8` ([`ivfpq`]; with an HNSW coarse
+//!   quantizer, `IVF{nlist}_HNSW{M}`) chosen from the count and the budget as autofaiss chooses ([`factory`]),
+//!   or the `index_key` given. clip_back loads them with
+//!   `faiss.read_index`; the IVF's `nprobe` is stored in the file, where clip_back finds it.
+//! - `image.json`, `text.json`: autofaiss's index infos (index key and parameters, size, compression ratio,
+//!   latency), plus recall@10 against exact search on sample queries.
+//! - `metadata/metadata_N.parquet`: the parts' metadata as clip-retrieval's index step copies them; clip_back
+//!   concatenates them in sorted name order, the order of the index's ids.
+//! - with `usearch = true`, a usearch HNSW graph per side beside (`image.usearch`).
 //!
-//! Parts are streamed: only a chunk of rows is in memory at a time besides the index itself.
+//! Training is its own target when the step reads a `knn-train` step ([`train`]); otherwise the step trains
+//! on a sample itself. Parts are streamed: a chunk of rows is in memory at a time besides the index, and the
+//! index's size is bounded by `max_index_memory_usage`.
 
 mod build;
+pub mod factory;
 pub mod faiss;
+mod graph;
 pub mod hnsw;
+pub mod ivfpq;
+mod kmeans;
+pub mod linalg;
 pub mod meta;
 mod parts;
+pub mod pq;
 mod probes;
 mod settings;
+pub mod train;
 pub mod vectors;
 
-pub use settings::{Embeddings, Metric, Settings, settings};
+pub use settings::{Embeddings, Metric, Settings, TrainSettings, settings};
+pub use train::KnnTrain;
 
 use crate::kind::{BuildCx, Built, Inputs, Kind, Mapping, SettingError, ShardCx, Shards};
 use anyhow::anyhow;
 
 pub struct KnnIndex;
 
-/// Unless `exact_faiss` says otherwise, the exact index is written up to this many vectors (3 GB of float32
-/// at 768 dimensions; brute force over it takes ~0.1 s per query on a few cores).
-pub const EXACT_FAISS_AUTO_MAX: u64 = 1_000_000;
-pub const FAISS_FILE: &str = "knn.index";
-pub const METADATA_FILE: &str = "metadata.parquet";
-pub const INFOS_FILE: &str = "index_infos.json";
+/// Where the metadata parts go, as clip_back expects them (`indice_folder + "/metadata"`).
+pub const METADATA_DIR: &str = "metadata";
 /// Rows read and added per chunk.
 pub(crate) const CHUNK: usize = 16_384;
-/// Queries sampled from the data for the latency and recall figures in `index_infos.json`.
+/// Queries sampled from the data for the recall and latency figures.
 pub(crate) const PROBES: usize = 100;
-/// Multiply-adds the brute-force side of the recall estimate may spend.
-pub(crate) const RECALL_BUDGET: f64 = 1e10;
+/// Multiply-adds the exact side of the recall estimate may spend.
+pub(crate) const RECALL_BUDGET: f64 = 1e11;
 
 impl Kind for KnnIndex {
     type Settings = Settings;
     const NAME: &'static str = "knn-index";
-    const VERSION: u32 = 1;
-    const ABOUT: &'static str = "an inner-product nearest-neighbour index over every part of a clip-embed step \
-                                 (usearch HNSW, an exact faiss IndexFlatIP, metadata.parquet); query it with \
-                                 `dsmake search`";
+    const VERSION: u32 = 2;
+    const ABOUT: &'static str = "the index folder clip-retrieval's clip_back serves (image.index, text.index in \
+                                 faiss's format: exact or IVF-PQ within max_index_memory_usage; their .json \
+                                 infos; metadata/) over every part of a clip-embed step; query it with `dsmake \
+                                 search`";
     const INPUTS: Inputs = Inputs::Required;
 
     fn check(&self, s: &Settings, has_inputs: bool) -> Result<(), SettingError> {
@@ -62,12 +70,13 @@ impl Kind for KnnIndex {
             ("connectivity", s.connectivity, 2),
             ("expansion_add", s.expansion_add, 1),
             ("expansion_search", s.expansion_search, 1),
+            ("nprobe", s.nprobe.unwrap_or(1), 1),
         ] {
             if v < min || v > 100_000 {
                 return Err(SettingError::new(key, format!("`{key}` must be between {min} and 100000, found {v}")));
             }
         }
-        Ok(())
+        s.choice().map(|_| ())
     }
 
     fn shards(&self, _: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {

@@ -20,7 +20,7 @@ impl Part {
 }
 
 /// The part number in a file name `…{prefix}_N.{ext}` (a store may prefix fetched files: `3-img_emb_7.npy`).
-fn part_number(path: &Path, prefix: &str, ext: &str) -> Option<String> {
+pub(super) fn part_number(path: &Path, prefix: &str, ext: &str) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let at = name.rfind(&format!("{prefix}_"))?;
     let number = name[at + prefix.len() + 1..].strip_suffix(ext)?;

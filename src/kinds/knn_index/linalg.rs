@@ -1,0 +1,177 @@
+//! The dense products behind k-means, product quantisation and search: `A·Bᵀ` in f32 through gemm (the
+//! crate's matmul, also under CLIP's CPU layers), and the bookkeeping that turns scores into assignments.
+
+use gemm::Parallelism;
+
+/// `out [n, k] = a [n, d] · b [k, d]ᵀ`: every row of `a` against every row of `b`. One thread: callers
+/// parallelise over blocks of rows, which keeps each block's scores in cache.
+pub fn scores(a: &[f32], b: &[f32], d: usize, out: &mut Vec<f32>) {
+    assert!(d > 0 && a.len().is_multiple_of(d) && b.len().is_multiple_of(d), "rows of {d} values");
+    let (n, k) = (a.len() / d, b.len() / d);
+    out.clear();
+    out.resize(n * k, 0.0);
+    if n == 0 || k == 0 {
+        return;
+    }
+    // SAFETY: `out` holds n·k values (row stride k), `a` n·d (row stride d); `b` read as the [d, k] matrix
+    // Bᵀ, element (i, j) at b[j·d + i], all inside `b`'s k·d values. gemm writes only `out`.
+    unsafe {
+        gemm::gemm(
+            n,
+            k,
+            d,
+            out.as_mut_ptr(),
+            1,
+            k as isize,
+            false,
+            a.as_ptr(),
+            1,
+            d as isize,
+            b.as_ptr(),
+            d as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// Squared norms of rows of `d` values.
+pub fn norms(rows: &[f32], d: usize) -> Vec<f32> {
+    rows.chunks_exact(d).map(|r| r.iter().map(|x| x * x).sum()).collect()
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Scales a row to unit length (a zero row stays zero).
+pub fn normalize(row: &mut [f32]) {
+    let n = dot(row, row).sqrt();
+    if n > 0.0 {
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// For each row of `a`, the row of `b` nearest to it: the largest inner product, or (with `l2`) the
+/// smallest squared distance, ranked as `2·a·b − |b|²` (`b_norms` from [`norms`]). Blocks of rows run on the
+/// rayon pool.
+pub fn assign(a: &[f32], b: &[f32], d: usize, l2: Option<&[f32]>) -> Vec<u32> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1024;
+    let k = b.len() / d;
+    a.par_chunks(BLOCK * d)
+        .flat_map_iter(|block| {
+            let mut s = Vec::new();
+            scores(block, b, d, &mut s);
+            s.chunks_exact(k)
+                .map(|row| {
+                    let mut best = (f32::NEG_INFINITY, 0u32);
+                    for (j, &v) in row.iter().enumerate() {
+                        let v = match l2 {
+                            Some(n) => 2.0 * v - n[j],
+                            None => v,
+                        };
+                        if v > best.0 {
+                            best = (v, j as u32);
+                        }
+                    }
+                    best.1
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The `k` best (score, id) pairs seen, best first once [`TopK::sorted`] is called.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    k: usize,
+    /// A min-heap on score: the root is the worst kept.
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Score, i64)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Score(f32);
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl TopK {
+    pub fn new(k: usize) -> TopK {
+        TopK { k, heap: std::collections::BinaryHeap::with_capacity(k + 1) }
+    }
+
+    /// The score a candidate must beat to enter.
+    pub fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap.peek().map_or(f32::NEG_INFINITY, |r| r.0.0.0)
+        }
+    }
+
+    pub fn push(&mut self, score: f32, id: i64) {
+        if self.k == 0 || score.is_nan() {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push(std::cmp::Reverse((Score(score), id)));
+        } else if score > self.threshold() {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse((Score(score), id)));
+        }
+    }
+
+    /// (id, score), best first; ties by smaller id.
+    pub fn sorted(self) -> Vec<(i64, f32)> {
+        let mut v: Vec<(i64, f32)> = self.heap.into_iter().map(|r| (r.0.1, r.0.0.0)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_and_assignments_match_the_plain_loops() {
+        let d = 5;
+        let a: Vec<f32> = (0..7 * d).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+        let b: Vec<f32> = (0..3 * d).map(|i| ((i * 17 % 7) as f32 - 3.0) / 2.0).collect();
+        let mut s = Vec::new();
+        scores(&a, &b, d, &mut s);
+        for i in 0..7 {
+            for j in 0..3 {
+                let want = dot(&a[i * d..(i + 1) * d], &b[j * d..(j + 1) * d]);
+                assert!((s[i * 3 + j] - want).abs() < 1e-4);
+            }
+        }
+        let nb = norms(&b, d);
+        let near = assign(&a, &b, d, Some(&nb));
+        for (i, &j) in near.iter().enumerate() {
+            let dist = |j: usize| -> f32 {
+                a[i * d..(i + 1) * d].iter().zip(&b[j * d..(j + 1) * d]).map(|(x, y)| (x - y) * (x - y)).sum()
+            };
+            assert!((0..3).all(|o| dist(j as usize) <= dist(o) + 1e-4));
+        }
+        let mut top = TopK::new(2);
+        for (id, score) in [(1, 0.5), (2, 0.9), (3, 0.1), (4, 0.9)] {
+            top.push(score, id);
+        }
+        assert_eq!(top.sorted(), vec![(2, 0.9), (4, 0.9)]);
+    }
+}
