@@ -348,7 +348,7 @@ pub fn make(
         sources_checked: plan.targets.iter().filter(|t| t.action == Action::Source).count(),
         sources_hashed: stat_cache.hashed_files.load(Ordering::Relaxed) - hashed_before,
         bytes_hashed: stat_cache.hashed_bytes.load(Ordering::Relaxed) - bytes_before,
-        objects_listed: plan.states.iter().flatten().map(|s| s.files.len()).sum(),
+        objects_listed: plan.states.iter().flatten().map(|s| s.listed).sum(),
         manifests_read: plan.states.iter().flatten().map(|s| s.manifests_read).sum::<usize>() + stale_to_explain.len(),
         store_requests: store.requests() - requests_before,
 

@@ -24,6 +24,8 @@ pub struct StepState {
     pub dir: String,
     /// Every object in the step's folder (manifests and temporaries included), by path relative to the folder.
     pub files: HashMap<String, Listed>,
+    /// Objects the listing returned, counted as they came (a listing that returned one twice counts it twice).
+    pub listed: usize,
     /// By shard id.
     pub records: HashMap<String, Record>,
     /// Manifests that could not be read, with why: their targets count as missing.
@@ -34,7 +36,16 @@ pub struct StepState {
 
 impl StepState {
     pub fn load(store: &dyn Store, dir: &str) -> anyhow::Result<StepState> {
-        let listing = store.list(dir).with_context(|| format!("cannot list {dir} in the store"))?;
+        // The index first: what it lists is where the folder's objects are expected, so it tells where to cut
+        // a listing into ranges of about a page each.
+        let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
+        let mut cached: HashMap<String, Record> = match store.read(&index_path) {
+            Ok(Some(bytes)) => super::index_codec::decode(&bytes).unwrap_or_default(),
+            _ => HashMap::new(),
+        };
+        let splits = store.list_range_size().map_or_else(Vec::new, |page| split_points(dir, &cached, page));
+        let listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
+        let listed = listing.len();
         let prefix = format!("{dir}/");
         let files: HashMap<String, Listed> = listing
             .into_iter()
@@ -44,11 +55,6 @@ impl StepState {
                 (relative, Listed { size: m.size, version: m.version })
             })
             .collect();
-        let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
-        let mut cached: HashMap<String, Record> = match store.read(&index_path) {
-            Ok(Some(bytes)) => super::index_codec::decode(&bytes).unwrap_or_default(),
-            _ => HashMap::new(),
-        };
 
         let mut records = HashMap::new();
         let mut to_read = Vec::new();
@@ -92,7 +98,15 @@ impl StepState {
                 }
             }
         }
-        Ok(StepState { dir: dir.to_string(), files, records, unreadable, manifests_read: to_read.len(), index_stale })
+        Ok(StepState {
+            dir: dir.to_string(),
+            files,
+            listed,
+            records,
+            unreadable,
+            manifests_read: to_read.len(),
+            index_stale,
+        })
     }
 
     /// Records a target built by this run.
@@ -119,5 +133,70 @@ impl StepState {
 
     pub fn index_name() -> &'static str {
         INDEX_NAME
+    }
+}
+
+/// Ranges of the listing aim at this share of a page, so that most fit in one request though the split
+/// points are only estimates.
+const RANGE_FILL: f64 = 0.75;
+/// Sampled objects per range: enough for quantiles within about a fifth of a range.
+const SAMPLES_PER_RANGE: usize = 32;
+
+/// Where to cut the listing of `dir`: quantiles of the object paths the index expects (each record's
+/// manifest and outputs), so that each range holds about [`RANGE_FILL`] of a page of `page` objects. Records
+/// are sampled (a hash map's order is as good as random), so a step of 10⁶ targets sorts a few thousand paths,
+/// not millions. Empty when one page holds everything.
+fn split_points(dir: &str, records: &HashMap<String, Record>, page: usize) -> Vec<String> {
+    let expected: usize = records.values().map(|r| 1 + r.outputs.len()).sum::<usize>() + 1;
+    let per_range = ((page as f64 * RANGE_FILL) as usize).max(1);
+    if expected <= page || records.is_empty() {
+        return Vec::new();
+    }
+    let ranges = expected.div_ceil(per_range);
+    let stride = (records.len() / (ranges * SAMPLES_PER_RANGE)).max(1);
+    let mut sample: Vec<String> = Vec::new();
+    for (shard, record) in records.iter().step_by(stride) {
+        sample.push(format!("{dir}/{META_DIR}/{shard}.json"));
+        sample.extend(record.outputs.iter().map(|o| format!("{dir}/{}", o.name)));
+    }
+    sample.sort_unstable();
+    let mut splits: Vec<String> = (1..ranges).map(|i| sample[i * sample.len() / ranges].clone()).collect();
+    splits.dedup();
+    splits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::manifest::OutputFile;
+
+    fn record(output: &str) -> Record {
+        Record {
+            key: "k".into(),
+            outputs: vec![OutputFile { name: output.into(), size: 1, blake3: String::new() }],
+            rows: None,
+            failures: None,
+            retryable: None,
+            retry: None,
+            started_at: String::new(),
+            duration_s: 0.0,
+            manifest_version: String::new(),
+            manifest_size: 0,
+        }
+    }
+
+    #[test]
+    fn split_points_cut_the_expected_objects_into_ranges_of_most_of_a_page() {
+        let records: HashMap<String, Record> =
+            (0..3000).map(|i| (format!("{i:05}"), record(&format!("{i:05}.tar")))).collect();
+        let splits = split_points("p/s", &records, 1000);
+        // 6001 expected objects in ranges of 750: 9 ranges, 8 cuts, sorted, inside the folder.
+        assert_eq!(splits.len(), 8, "{splits:?}");
+        assert!(splits.windows(2).all(|w| w[0] < w[1]), "{splits:?}");
+        assert!(splits.iter().all(|s| s.starts_with("p/s/")));
+        // Outputs sort before `_dsmake/`, so the cuts fall among both kinds of object.
+        assert!(splits.iter().any(|s| s.ends_with(".tar")) && splits.iter().any(|s| s.ends_with(".json")));
+        assert!(split_points("p/s", &records, 10_000).is_empty(), "one page holds everything");
+        assert!(split_points("p/s", &HashMap::new(), 1).is_empty(), "no index: one listing");
     }
 }
