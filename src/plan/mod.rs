@@ -10,6 +10,7 @@ use crate::pipeline::Pipeline;
 use crate::store::manifest::{Manifest, RetryOf};
 use crate::store::step_state::{Record, StepState};
 use crate::store::{Store, manifest_path};
+use crate::util::digest::Digest;
 use crate::util::stat_cache::StatCache;
 use crate::util::suggest::help_for;
 use anyhow::bail;
@@ -45,7 +46,7 @@ pub struct PlanOptions {
     pub local_only: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// A file outside the store, identified by content; nothing to build.
@@ -69,7 +70,7 @@ pub struct Target {
     pub shard: String,
     /// `step/shard`
     pub name: String,
-    pub key: String,
+    pub key: Digest,
     /// This shard's slice of its inputs (part of the key).
     pub coords: serde_json::Value,
     pub inputs: Vec<usize>,
@@ -164,7 +165,7 @@ impl Plan {
             inputs: target
                 .inputs
                 .iter()
-                .map(|&i| InputKey { target: self.targets[i].name.clone(), key: self.targets[i].key.clone() })
+                .map(|&i| InputKey { target: self.targets[i].name.clone(), key: self.targets[i].key.to_string() })
                 .collect(),
             source: target.source.as_ref().map(|f| json!({ "path": f.display, "blake3": f.blake3 })),
         }
@@ -271,18 +272,19 @@ pub fn make(
             let key = keyer.key(
                 &spec.id,
                 &spec.coords,
-                input_targets.iter().map(|&t| (plan.targets[t].name.as_str(), plan.targets[t].key.as_str())),
+                input_targets.iter().map(|&t| (plan.targets[t].name.as_str(), &plan.targets[t].key)),
                 spec.source.as_ref().map(|f| SourceIdentity { blake3: &f.blake3, path: &f.display }).as_ref(),
             );
             let name = format!("{}/{}", step.name, spec.id);
             let record = state.and_then(|st| st.records.get(&spec.id));
             // A retried build stands for the key its settings and inputs give (and, while fresh, what reads it
             // sees its own key); anything rebuilt from scratch goes back to that key.
-            let retried =
-                record.and_then(|r| Some((r.key.as_str(), r.retry.as_ref()?))).filter(|(_, r)| r.of_key == key);
+            let retried = record
+                .and_then(|r| Some((r.key, r.retry.as_ref()?)))
+                .filter(|(_, r)| Digest::from_hex(&r.of_key) == Some(key));
             let (action, reason) = match state {
                 None => (Action::Source, None),
-                Some(st) => freshness(st, &spec.id, retried.map_or(key.as_str(), |(k, _)| k), record),
+                Some(st) => freshness(st, &spec.id, &retried.map_or(key, |(k, _)| k), record),
             };
             let again = || options.built_this_run.contains(&name);
             let retryable = record.and_then(|r| r.retryable).unwrap_or(0);
@@ -293,7 +295,7 @@ pub fn make(
                 }
                 Action::Fresh if retrying && retryable > 0 && !again() => {
                     let attempt = retried.map_or(1, |(_, previous)| previous.attempt + 1);
-                    retry = Some(Box::new(RetryOf { of_key: key.clone(), attempt }));
+                    retry = Some(Box::new(RetryOf { of_key: key.to_string(), attempt }));
                     let rows = if retryable == 1 { "row" } else { "rows" };
                     (Action::Stale, Some(format!("retrying {retryable} failed {rows} (--retry-failed {})", step.name)))
                 }
@@ -312,7 +314,7 @@ pub fn make(
                 source: spec.source.map(Box::new),
                 key: match (&retry, retried) {
                     (Some(retry), _) => key::retry_key(&retry.of_key, retry.attempt),
-                    (None, Some((own, _))) if action == Action::Fresh => own.to_string(),
+                    (None, Some((own, _))) if action == Action::Fresh => own,
                     _ => key,
                 },
                 action,
@@ -443,7 +445,7 @@ fn is_valid_shard_id(id: &str) -> bool {
 
 /// Fresh when the store's manifest has the wanted key and every output it lists is there with its size.
 /// A key mismatch is marked stale with no reason yet: explaining it takes a manifest read, done in bulk.
-fn freshness(state: &StepState, shard: &str, key: &str, record: Option<&Record>) -> (Action, Option<String>) {
+fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<&Record>) -> (Action, Option<String>) {
     let Some(record) = record else {
         let reason = match state.unreadable.get(shard) {
             Some(why) => format!("manifest unreadable ({why})"),
@@ -451,7 +453,7 @@ fn freshness(state: &StepState, shard: &str, key: &str, record: Option<&Record>)
         };
         return (Action::Missing, Some(reason));
     };
-    if record.key != key {
+    if record.key != *key {
         return (Action::Stale, None);
     }
     for output in &record.outputs {
@@ -604,7 +606,7 @@ mod tests {
             step: 0,
             shard: name.split_once('/').map_or(name, |(_, s)| s).to_string(),
             name: name.to_string(),
-            key: "k".into(),
+            key: Digest::default(),
             coords: json!({}),
             inputs: vec![],
             source: source.map(|p| Box::new(file(p))),

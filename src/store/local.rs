@@ -40,8 +40,9 @@ impl Store for LocalStore {
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
         // Walk the folders (the entry type comes with the directory entry, no stat), then stat the files in
-        // parallel: a step folder can hold hundreds of thousands of them.
-        let mut files: Vec<(PathBuf, String)> = Vec::new();
+        // parallel: a step folder can hold hundreds of thousands of them. Each is stated through its entry,
+        // relative to the open folder (fstatat), so the kernel does not walk the whole path again for each.
+        let mut files: Vec<(fs::DirEntry, String)> = Vec::new();
         let mut stack = vec![(self.path(prefix), prefix.trim_end_matches('/').to_string())];
         while let Some((dir, rel)) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
@@ -55,18 +56,24 @@ impl Store for LocalStore {
                 let child = super::join(&rel, &name);
                 match entry.file_type() {
                     Ok(kind) if kind.is_dir() => stack.push((entry.path(), child)),
-                    Ok(_) => files.push((entry.path(), child)),
+                    Ok(_) => files.push((entry, child)),
                     Err(e) => return Err(e).with_context(|| format!("cannot stat {}", entry.path().display())),
                 }
             }
         }
         let stats: Vec<Option<ObjectMeta>> = files
             .into_par_iter()
-            .map(|(path, rel)| match fs::metadata(&path) {
+            .map(|(entry, rel)| match entry.metadata() {
+                // An entry's metadata is the link's own: a symlinked object is what it points to.
+                Ok(meta) if meta.file_type().is_symlink() => match fs::metadata(entry.path()) {
+                    Ok(meta) => Ok(Some(meta_of(rel, &meta))),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e).with_context(|| format!("cannot stat {}", entry.path().display())),
+                },
                 Ok(meta) => Ok(Some(meta_of(rel, &meta))),
                 // Removed between the listing and the stat: it is not there.
                 Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+                Err(e) => Err(e).with_context(|| format!("cannot stat {}", entry.path().display())),
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(stats.into_iter().flatten().collect())

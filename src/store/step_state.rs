@@ -51,8 +51,9 @@ impl StepState {
             .into_iter()
             .filter(|m| m.path.starts_with(&prefix))
             .map(|mut m| {
-                let relative = m.path.split_off(prefix.len());
-                (relative, Listed { size: m.size, version: m.version })
+                // In place: a copy of each of 10⁶ paths would double the listing's memory for a moment.
+                m.path.replace_range(..prefix.len(), "");
+                (m.path, Listed { size: m.size, version: m.version })
             })
             .collect();
 
@@ -172,7 +173,7 @@ mod tests {
 
     fn record(output: &str) -> Record {
         Record {
-            key: "k".into(),
+            key: Default::default(),
             outputs: vec![OutputFile { name: output.into(), size: 1, blake3: String::new() }],
             rows: None,
             failures: None,

@@ -1,6 +1,7 @@
 //! Helpers every layer may use. They import nothing from the rest of the crate.
 
 pub mod cache;
+pub mod digest;
 pub mod files;
 mod glob;
 pub mod named_file;
