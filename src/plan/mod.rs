@@ -185,13 +185,35 @@ pub fn make(
     let bytes_before = stat_cache.hashed_bytes.load(Ordering::Relaxed);
 
     let mut timings = Timings::new();
-    // One listing per built step, all steps at once.
-    let states: Vec<Option<StepState>> = pipeline
-        .steps
-        .par_iter()
-        .map(|step| (!step.kind.is_source()).then(|| StepState::load(store, &step.dir)).transpose())
-        .collect::<anyhow::Result<_>>()?;
-    timings.lap("listings and indexes");
+    // One listing per built step, all steps at once; meanwhile, the shards of steps that read no other step
+    // (globbing and stating source files), which need nothing from the store.
+    let shards_of = |step: &crate::pipeline::Step| {
+        let cx = ShardCx {
+            step: &step.name,
+            base_dir: &pipeline.base_dir,
+            inputs: Vec::new(),
+            stat_cache,
+            local_only: options.local_only,
+        };
+        step.kind.shards(&step.settings, &cx)
+    };
+    let (states, mut early) = rayon::join(
+        || {
+            pipeline
+                .steps
+                .par_iter()
+                .map(|step| (!step.kind.is_source()).then(|| StepState::load(store, &step.dir)).transpose())
+                .collect::<anyhow::Result<Vec<Option<StepState>>>>()
+        },
+        || {
+            (0..pipeline.steps.len())
+                .into_par_iter()
+                .map(|s| pipeline.inputs_of(s).is_empty().then(|| shards_of(&pipeline.steps[s])))
+                .collect::<Vec<_>>()
+        },
+    );
+    let states = states?;
+    timings.lap("listings and indexes, and the shards of steps that read no other");
 
     let mut plan = Plan {
         pipeline: pipeline.name.clone(),
@@ -234,7 +256,8 @@ pub fn make(
                 };
                 // A step that cannot be planned (an unreachable Hub, a model not at hand, a missing file) is
                 // reported as unavailable; what does not read it is planned as usual.
-                let shards = match step.kind.shards(&step.settings, &cx) {
+                let found = early[s].take().unwrap_or_else(|| step.kind.shards(&step.settings, &cx));
+                let shards = match found {
                     Ok(shards) => shards,
                     Err(e) => {
                         unavailable = true;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 const INDEX_NAME: &str = "index.dsmake";
 
-/// An object as a listing shows it.
+/// An object as a listing shows it (the version of manifests only: nothing compares an output's).
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub size: u64,
@@ -53,11 +53,13 @@ impl StepState {
             .map(|mut m| {
                 // In place: a copy of each of 10⁶ paths would double the listing's memory for a moment.
                 m.path.replace_range(..prefix.len(), "");
-                (m.path, Listed { size: m.size, version: m.version })
+                // Only a manifest's version is ever compared (with the index); an output needs its size.
+                let version = if m.path.starts_with(META_DIR) { m.version } else { String::new() };
+                (m.path, Listed { size: m.size, version })
             })
             .collect();
 
-        let mut records = HashMap::new();
+        let mut records = HashMap::with_capacity(cached.len());
         let mut to_read = Vec::new();
         let manifest_prefix = format!("{META_DIR}/");
         for (rel, meta) in &files {
@@ -67,9 +69,10 @@ impl StepState {
             if is_temporary(rel) {
                 continue;
             }
-            match cached.remove(shard) {
-                Some(r) if r.manifest_version == meta.version && r.manifest_size == meta.size => {
-                    records.insert(shard.to_string(), r);
+            match cached.remove_entry(shard) {
+                // The index's own copy of the shard id moves over: no new string per target.
+                Some((shard, r)) if r.manifest_version == meta.version && r.manifest_size == meta.size => {
+                    records.insert(shard, r);
                 }
                 _ => to_read.push((
                     shard.to_string(),
