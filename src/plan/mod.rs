@@ -347,9 +347,12 @@ pub fn make(
             });
         }
         let range = first..plan.targets.len();
+        // What later steps see of this one's shards: a copy of each id and file, so only where a step reads it.
+        let read = pipeline.steps.iter().any(|later| later.from.contains(&step.name));
         views.push(
             range
                 .clone()
+                .filter(|_| read)
                 .map(|t| InputShard {
                     id: plan.targets[t].shard.clone(),
                     file: plan.targets[t].source.as_ref().map(|s| s.path.clone()),
