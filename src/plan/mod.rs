@@ -371,6 +371,7 @@ pub fn make(
     explain_stale(&mut plan, pipeline, store, &stale_to_explain);
     mark_blocked(&mut plan);
     select(&mut plan, pipeline, options)?;
+    timings.lap("reasons, blocked, selection");
 
     plan.stats = PlanStats {
         sources_checked: plan.targets.iter().filter(|t| t.action == Action::Source).count(),
@@ -385,7 +386,7 @@ pub fn make(
     Ok(plan)
 }
 
-/// Phase timings on stderr with `DSMAKE_TIMINGS=1`: where a slow plan spends its time.
+/// Phase timings and resident memory on stderr with `DSMAKE_TIMINGS=1`: where a slow plan spends its time.
 struct Timings {
     last: Option<Instant>,
 }
@@ -397,7 +398,10 @@ impl Timings {
 
     fn lap(&mut self, phase: &str) {
         if let Some(last) = self.last.as_mut() {
-            eprintln!("timing: {phase}: {:.3}s", last.elapsed().as_secs_f64());
+            // Resident memory after each phase (Linux): which structures a plan of 10⁶ targets is made of.
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).map_or("?", str::trim);
+            eprintln!("timing: {phase}: {:.3}s, resident {rss}", last.elapsed().as_secs_f64());
             *last = Instant::now();
         }
     }
