@@ -492,7 +492,7 @@ fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<&Recor
                 return (Action::Stale, Some(format!("output {} is missing", output.name)));
             }
             Some(false) => {
-                let now = state.files.get(&output.name).map_or(0, |m| m.size);
+                let now = state.files.get(&output.name).unwrap_or(0);
                 let reason = format!("output {} changed size ({} → {now} bytes)", output.name, output.size);
                 return (Action::Stale, Some(reason));
             }

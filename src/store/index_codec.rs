@@ -80,7 +80,9 @@ pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
 /// `None` when the bytes are not an index of this format (an old one, or damaged): it is then rebuilt.
 pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
     let mut r = Reader(bytes.strip_prefix(MAGIC)?);
-    let mut records = HashMap::new();
+    // Sized up front from the bytes (a record takes at least ~100 of them): growing a map of 10⁶ records
+    // step by step holds the old table and the new one at once, twice the memory for a moment.
+    let mut records = HashMap::with_capacity(bytes.len() / 128);
     while !r.0.is_empty() {
         let shard = r.str()?;
         let key = Digest(r.take(32)?.try_into().ok()?);

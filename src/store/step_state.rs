@@ -5,25 +5,20 @@
 
 use super::manifest::Manifest;
 pub use super::record::Record;
-use super::{META_DIR, ObjectMeta, Store, is_temporary};
+use super::{META_DIR, Store, is_temporary};
+use crate::util::sized_names::SizedNames;
 use anyhow::Context;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
 const INDEX_NAME: &str = "index.dsmake";
 
-/// An object as a listing shows it (the version of manifests only: nothing compares an output's).
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub size: u64,
-    pub version: String,
-}
-
 #[derive(Debug, Default)]
 pub struct StepState {
     pub dir: String,
-    /// Every object in the step's folder (manifests and temporaries included), by path relative to the folder.
-    pub files: HashMap<String, Listed>,
+    /// Every object in the step's folder (manifests and temporaries included), by path relative to the folder,
+    /// with its size.
+    pub files: SizedNames,
     /// Objects the listing returned, counted as they came (a listing that returned one twice counts it twice).
     pub listed: usize,
     /// By shard id.
@@ -44,43 +39,44 @@ impl StepState {
             _ => HashMap::new(),
         };
         let splits = store.list_range_size().map_or_else(Vec::new, |page| split_points(dir, &cached, page));
-        let listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
+        let mut listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
         let listed = listing.len();
+        // Sorted, the listing becomes one buffer of names (see SizedNames) instead of a map entry per object.
+        listing.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let prefix = format!("{dir}/");
-        let files: HashMap<String, Listed> = listing
-            .into_iter()
-            .filter(|m| m.path.starts_with(&prefix))
-            .map(|mut m| {
-                // In place: a copy of each of 10⁶ paths would double the listing's memory for a moment.
-                m.path.replace_range(..prefix.len(), "");
-                // Only a manifest's version is ever compared (with the index); an output needs its size.
-                let version = if m.path.starts_with(META_DIR) { m.version } else { String::new() };
-                (m.path, Listed { size: m.size, version })
-            })
-            .collect();
+        let bytes = listing.iter().map(|m| m.path.len().saturating_sub(prefix.len())).sum();
+        let mut files = SizedNames::with_capacity(listing.len(), bytes);
 
-        let mut records = HashMap::with_capacity(cached.len());
-        let mut to_read = Vec::new();
+        // The index's records stay where their manifest is listed with the version and size they were read
+        // at; the others are read again, and those without a manifest dropped.
         let manifest_prefix = format!("{META_DIR}/");
-        for (rel, meta) in &files {
+        let mut to_read = Vec::new();
+        let mut vouched = 0;
+        for m in listing {
+            let Some(rel) = m.path.strip_prefix(&prefix) else { continue };
+            if !files.push(rel, m.size) {
+                continue;
+            }
             let Some(shard) = rel.strip_prefix(&manifest_prefix).and_then(|r| r.strip_suffix(".json")) else {
                 continue;
             };
             if is_temporary(rel) {
                 continue;
             }
-            match cached.remove_entry(shard) {
-                // The index's own copy of the shard id moves over: no new string per target.
-                Some((shard, r)) if r.manifest_version == meta.version && r.manifest_size == meta.size => {
-                    records.insert(shard, r);
+            match cached.get(shard) {
+                Some(r) if r.manifest_version == m.version && r.manifest_size == m.size => vouched += 1,
+                _ => {
+                    cached.remove(shard);
+                    to_read.push((shard.to_string(), m));
                 }
-                _ => to_read.push((
-                    shard.to_string(),
-                    ObjectMeta { path: format!("{prefix}{rel}"), size: meta.size, version: meta.version.clone() },
-                )),
             }
         }
-        let index_stale = !to_read.is_empty() || !cached.is_empty();
+        let mut index_stale = !to_read.is_empty();
+        if vouched < cached.len() {
+            index_stale = true;
+            cached.retain(|shard, _| files.get(&format!("{META_DIR}/{shard}.json")).is_some());
+        }
+        let mut records = cached;
         let read: Vec<_> = to_read
             .par_iter()
             .map(|(shard, meta)| {
@@ -132,7 +128,7 @@ impl StepState {
 
     /// Is the listed object present with this size?
     pub fn has(&self, name: &str, size: u64) -> Option<bool> {
-        self.files.get(name).map(|m| m.size == size)
+        self.files.get(name).map(|listed| listed == size)
     }
 
     pub fn index_name() -> &'static str {

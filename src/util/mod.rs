@@ -6,6 +6,7 @@ pub mod files;
 mod glob;
 pub mod named_file;
 pub mod secret;
+pub mod sized_names;
 pub mod stat_cache;
 pub mod suggest;
 
