@@ -63,7 +63,7 @@ pub fn plan(args: PlanArgs, out: Output) -> anyhow::Result<()> {
             serde_json::to_writer_pretty(&mut stdout, &render::json(&plan))?;
             writeln!(stdout)?;
         }
-        Format::Human => write!(stdout, "{}", render::table(&plan, out.verbose))?,
+        Format::Human => render::table(&mut stdout, &plan, out.verbose)?,
     }
     stdout.flush()?;
     let targets = plan.to_run().count();

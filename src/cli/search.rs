@@ -302,7 +302,7 @@ fn fresh_index(plan: &Plan, pipeline: &Pipeline, step: usize, pipeline_arg: &str
     }
     let record = plan.record(t).context("a fresh target without a record")?;
     Ok(BuiltIndex {
-        key: target.key.clone(),
+        key: target.key.to_string(),
         outputs: record.outputs.iter().map(|o| o.name.clone()).collect(),
         rows: record.rows,
     })

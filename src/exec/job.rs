@@ -116,7 +116,7 @@ impl Job {
                 let expect = match (&input.source, record) {
                     (None, Some(record)) => Some(Expected {
                         manifest: manifest_path(dir, &input.shard),
-                        key: record.key.clone(),
+                        key: record.key.to_string(),
                         outputs: record.outputs.clone(),
                     }),
                     _ => None,
@@ -138,7 +138,7 @@ impl Job {
             step: step.name.clone(),
             shard: target.shard.clone(),
             dir: step.dir.clone(),
-            key: target.key.clone(),
+            key: target.key.to_string(),
             key_parts: plan.key_parts(pipeline, t),
             inputs,
             store: store.url(),

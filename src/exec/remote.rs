@@ -105,7 +105,7 @@ pub fn remote_plan(
                 let dir = pipeline.steps[plan.targets[i].step].dir.clone();
                 input.files.clear();
                 input.rows = None;
-                input.pending = Some(PendingInput { dir, key: plan.targets[i].key.clone() });
+                input.pending = Some(PendingInput { dir, key: plan.targets[i].key.to_string() });
             }
         }
         let after =

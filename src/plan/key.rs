@@ -1,5 +1,6 @@
 //! Target keys: blake3 over a canonical encoding of everything that determines a target's work.
 
+use crate::util::digest::Digest;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -21,13 +22,13 @@ impl KeyParts {
 
 /// The key of attempt `attempt` at a target's failed rows: a new key, so that what reads the target is
 /// rebuilt, derived from the key its settings and inputs give.
-pub fn retry_key(of_key: &str, attempt: u32) -> String {
+pub fn retry_key(of_key: &str, attempt: u32) -> Digest {
     let mut hasher = blake3::Hasher::new();
     hasher.update(DOMAIN);
     hasher.update(b"retry-failed\0");
     hasher.update(of_key.as_bytes());
     hasher.update(&attempt.to_le_bytes());
-    hasher.finalize().to_hex().to_string()
+    hasher.finalize().into()
 }
 
 /// A source file's content identity as it goes into keys and manifests (fields in the order a JSON object
@@ -62,9 +63,9 @@ impl StepKeyer {
         &self,
         shard: &str,
         coords: &Value,
-        inputs: impl Iterator<Item = (&'a str, &'a str)>,
+        inputs: impl Iterator<Item = (&'a str, &'a Digest)>,
         source: Option<&SourceIdentity>,
-    ) -> String {
+    ) -> Digest {
         let mut hasher = self.prefix.clone();
         write_json(&mut hasher, shard);
         hasher.update(b",\"coords\":");
@@ -76,8 +77,10 @@ impl StepKeyer {
             }
             hasher.update(b"{\"target\":");
             write_json(&mut hasher, target);
-            hasher.update(b",\"key\":");
-            write_json(&mut hasher, key);
+            // As `write_json` would write the hex string: quotes, then 64 digits that need no escaping.
+            hasher.update(b",\"key\":\"");
+            hasher.update(&key.hex());
+            hasher.update(b"\"");
             hasher.update(b"}");
         }
         hasher.update(b"]");
@@ -86,7 +89,7 @@ impl StepKeyer {
             write_json(&mut hasher, source);
         }
         hasher.update(b"}");
-        hasher.finalize().to_hex().to_string()
+        hasher.finalize().into()
     }
 }
 
@@ -126,15 +129,19 @@ mod tests {
         let mut p = parts();
         p.shard = "we\"ird/sh\u{e4}rd".into();
         p.coords = json!({"rows": [0, 10]});
-        p.inputs.push(InputKey { target: "raw/b".into(), key: "k2".into() });
         let keyer = StepKeyer::new(&p.kind, p.kind_version, &p.settings);
-        let inputs = p.inputs.iter().map(|i| (i.target.as_str(), i.key.as_str()));
-        assert_eq!(keyer.key(&p.shard, &p.coords, inputs, None), p.key());
+        p.inputs = vec![
+            InputKey { target: "raw/a".into(), key: blake3::hash(b"a").to_hex().to_string() },
+            InputKey { target: "raw/b".into(), key: blake3::hash(b"b").to_hex().to_string() },
+        ];
+        let digests: Vec<Digest> = p.inputs.iter().map(|i| Digest::from_hex(&i.key).unwrap()).collect();
+        let inputs = p.inputs.iter().zip(&digests).map(|(i, d)| (i.target.as_str(), d));
+        assert_eq!(keyer.key(&p.shard, &p.coords, inputs, None).to_string(), p.key());
 
         let source = SourceIdentity { blake3: "abc", path: "data/a.txt" };
         p.source = Some(json!({"path": "data/a.txt", "blake3": "abc"}));
         p.inputs.clear();
-        assert_eq!(keyer.key(&p.shard, &p.coords, std::iter::empty(), Some(&source)), p.key());
+        assert_eq!(keyer.key(&p.shard, &p.coords, std::iter::empty(), Some(&source)).to_string(), p.key());
     }
 
     #[test]

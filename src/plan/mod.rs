@@ -10,6 +10,7 @@ use crate::pipeline::Pipeline;
 use crate::store::manifest::{Manifest, RetryOf};
 use crate::store::step_state::{Record, StepState};
 use crate::store::{Store, manifest_path};
+use crate::util::digest::Digest;
 use crate::util::stat_cache::StatCache;
 use crate::util::suggest::help_for;
 use anyhow::bail;
@@ -45,7 +46,7 @@ pub struct PlanOptions {
     pub local_only: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// A file outside the store, identified by content; nothing to build.
@@ -69,7 +70,7 @@ pub struct Target {
     pub shard: String,
     /// `step/shard`
     pub name: String,
-    pub key: String,
+    pub key: Digest,
     /// This shard's slice of its inputs (part of the key).
     pub coords: serde_json::Value,
     pub inputs: Vec<usize>,
@@ -164,7 +165,7 @@ impl Plan {
             inputs: target
                 .inputs
                 .iter()
-                .map(|&i| InputKey { target: self.targets[i].name.clone(), key: self.targets[i].key.clone() })
+                .map(|&i| InputKey { target: self.targets[i].name.clone(), key: self.targets[i].key.to_string() })
                 .collect(),
             source: target.source.as_ref().map(|f| json!({ "path": f.display, "blake3": f.blake3 })),
         }
@@ -184,13 +185,35 @@ pub fn make(
     let bytes_before = stat_cache.hashed_bytes.load(Ordering::Relaxed);
 
     let mut timings = Timings::new();
-    // One listing per built step, all steps at once.
-    let states: Vec<Option<StepState>> = pipeline
-        .steps
-        .par_iter()
-        .map(|step| (!step.kind.is_source()).then(|| StepState::load(store, &step.dir)).transpose())
-        .collect::<anyhow::Result<_>>()?;
-    timings.lap("listings and indexes");
+    // One listing per built step, all steps at once; meanwhile, the shards of steps that read no other step
+    // (globbing and stating source files), which need nothing from the store.
+    let shards_of = |step: &crate::pipeline::Step| {
+        let cx = ShardCx {
+            step: &step.name,
+            base_dir: &pipeline.base_dir,
+            inputs: Vec::new(),
+            stat_cache,
+            local_only: options.local_only,
+        };
+        step.kind.shards(&step.settings, &cx)
+    };
+    let (states, mut early) = rayon::join(
+        || {
+            pipeline
+                .steps
+                .par_iter()
+                .map(|step| (!step.kind.is_source()).then(|| StepState::load(store, &step.dir)).transpose())
+                .collect::<anyhow::Result<Vec<Option<StepState>>>>()
+        },
+        || {
+            (0..pipeline.steps.len())
+                .into_par_iter()
+                .map(|s| pipeline.inputs_of(s).is_empty().then(|| shards_of(&pipeline.steps[s])))
+                .collect::<Vec<_>>()
+        },
+    );
+    let states = states?;
+    timings.lap("listings and indexes, and the shards of steps that read no other");
 
     let mut plan = Plan {
         pipeline: pipeline.name.clone(),
@@ -233,7 +256,8 @@ pub fn make(
                 };
                 // A step that cannot be planned (an unreachable Hub, a model not at hand, a missing file) is
                 // reported as unavailable; what does not read it is planned as usual.
-                let shards = match step.kind.shards(&step.settings, &cx) {
+                let found = early[s].take().unwrap_or_else(|| step.kind.shards(&step.settings, &cx));
+                let shards = match found {
                     Ok(shards) => shards,
                     Err(e) => {
                         unavailable = true;
@@ -271,18 +295,19 @@ pub fn make(
             let key = keyer.key(
                 &spec.id,
                 &spec.coords,
-                input_targets.iter().map(|&t| (plan.targets[t].name.as_str(), plan.targets[t].key.as_str())),
+                input_targets.iter().map(|&t| (plan.targets[t].name.as_str(), &plan.targets[t].key)),
                 spec.source.as_ref().map(|f| SourceIdentity { blake3: &f.blake3, path: &f.display }).as_ref(),
             );
             let name = format!("{}/{}", step.name, spec.id);
             let record = state.and_then(|st| st.records.get(&spec.id));
             // A retried build stands for the key its settings and inputs give (and, while fresh, what reads it
             // sees its own key); anything rebuilt from scratch goes back to that key.
-            let retried =
-                record.and_then(|r| Some((r.key.as_str(), r.retry.as_ref()?))).filter(|(_, r)| r.of_key == key);
+            let retried = record
+                .and_then(|r| Some((r.key, r.retry.as_ref()?)))
+                .filter(|(_, r)| Digest::from_hex(&r.of_key) == Some(key));
             let (action, reason) = match state {
                 None => (Action::Source, None),
-                Some(st) => freshness(st, &spec.id, retried.map_or(key.as_str(), |(k, _)| k), record),
+                Some(st) => freshness(st, &spec.id, &retried.map_or(key, |(k, _)| k), record),
             };
             let again = || options.built_this_run.contains(&name);
             let retryable = record.and_then(|r| r.retryable).unwrap_or(0);
@@ -293,7 +318,7 @@ pub fn make(
                 }
                 Action::Fresh if retrying && retryable > 0 && !again() => {
                     let attempt = retried.map_or(1, |(_, previous)| previous.attempt + 1);
-                    retry = Some(Box::new(RetryOf { of_key: key.clone(), attempt }));
+                    retry = Some(Box::new(RetryOf { of_key: key.to_string(), attempt }));
                     let rows = if retryable == 1 { "row" } else { "rows" };
                     (Action::Stale, Some(format!("retrying {retryable} failed {rows} (--retry-failed {})", step.name)))
                 }
@@ -312,7 +337,7 @@ pub fn make(
                 source: spec.source.map(Box::new),
                 key: match (&retry, retried) {
                     (Some(retry), _) => key::retry_key(&retry.of_key, retry.attempt),
-                    (None, Some((own, _))) if action == Action::Fresh => own.to_string(),
+                    (None, Some((own, _))) if action == Action::Fresh => own,
                     _ => key,
                 },
                 action,
@@ -322,9 +347,12 @@ pub fn make(
             });
         }
         let range = first..plan.targets.len();
+        // What later steps see of this one's shards: a copy of each id and file, so only where a step reads it.
+        let read = pipeline.steps.iter().any(|later| later.from.contains(&step.name));
         views.push(
             range
                 .clone()
+                .filter(|_| read)
                 .map(|t| InputShard {
                     id: plan.targets[t].shard.clone(),
                     file: plan.targets[t].source.as_ref().map(|s| s.path.clone()),
@@ -343,12 +371,13 @@ pub fn make(
     explain_stale(&mut plan, pipeline, store, &stale_to_explain);
     mark_blocked(&mut plan);
     select(&mut plan, pipeline, options)?;
+    timings.lap("reasons, blocked, selection");
 
     plan.stats = PlanStats {
         sources_checked: plan.targets.iter().filter(|t| t.action == Action::Source).count(),
         sources_hashed: stat_cache.hashed_files.load(Ordering::Relaxed) - hashed_before,
         bytes_hashed: stat_cache.hashed_bytes.load(Ordering::Relaxed) - bytes_before,
-        objects_listed: plan.states.iter().flatten().map(|s| s.files.len()).sum(),
+        objects_listed: plan.states.iter().flatten().map(|s| s.listed).sum(),
         manifests_read: plan.states.iter().flatten().map(|s| s.manifests_read).sum::<usize>() + stale_to_explain.len(),
         store_requests: store.requests() - requests_before,
 
@@ -357,7 +386,7 @@ pub fn make(
     Ok(plan)
 }
 
-/// Phase timings on stderr with `DSMAKE_TIMINGS=1`: where a slow plan spends its time.
+/// Phase timings and resident memory on stderr with `DSMAKE_TIMINGS=1`: where a slow plan spends its time.
 struct Timings {
     last: Option<Instant>,
 }
@@ -369,7 +398,10 @@ impl Timings {
 
     fn lap(&mut self, phase: &str) {
         if let Some(last) = self.last.as_mut() {
-            eprintln!("timing: {phase}: {:.3}s", last.elapsed().as_secs_f64());
+            // Resident memory after each phase (Linux): which structures a plan of 10⁶ targets is made of.
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).map_or("?", str::trim);
+            eprintln!("timing: {phase}: {:.3}s, resident {rss}", last.elapsed().as_secs_f64());
             *last = Instant::now();
         }
     }
@@ -443,7 +475,7 @@ fn is_valid_shard_id(id: &str) -> bool {
 
 /// Fresh when the store's manifest has the wanted key and every output it lists is there with its size.
 /// A key mismatch is marked stale with no reason yet: explaining it takes a manifest read, done in bulk.
-fn freshness(state: &StepState, shard: &str, key: &str, record: Option<&Record>) -> (Action, Option<String>) {
+fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<&Record>) -> (Action, Option<String>) {
     let Some(record) = record else {
         let reason = match state.unreadable.get(shard) {
             Some(why) => format!("manifest unreadable ({why})"),
@@ -451,7 +483,7 @@ fn freshness(state: &StepState, shard: &str, key: &str, record: Option<&Record>)
         };
         return (Action::Missing, Some(reason));
     };
-    if record.key != key {
+    if record.key != *key {
         return (Action::Stale, None);
     }
     for output in &record.outputs {
@@ -460,7 +492,7 @@ fn freshness(state: &StepState, shard: &str, key: &str, record: Option<&Record>)
                 return (Action::Stale, Some(format!("output {} is missing", output.name)));
             }
             Some(false) => {
-                let now = state.files.get(&output.name).map_or(0, |m| m.size);
+                let now = state.files.get(&output.name).unwrap_or(0);
                 let reason = format!("output {} changed size ({} → {now} bytes)", output.name, output.size);
                 return (Action::Stale, Some(reason));
             }
@@ -604,7 +636,7 @@ mod tests {
             step: 0,
             shard: name.split_once('/').map_or(name, |(_, s)| s).to_string(),
             name: name.to_string(),
-            key: "k".into(),
+            key: Digest::default(),
             coords: json!({}),
             inputs: vec![],
             source: source.map(|p| Box::new(file(p))),

@@ -1,11 +1,16 @@
 //! The plan for people (a table, then the reasons) and for programs (`--format json`).
 
-use super::{Action, Plan};
+use super::{Action, Plan, Target};
 use serde::Serialize;
-use std::fmt::Write;
+use std::collections::HashMap;
+use std::io::Write;
 
-/// How many stale targets the table lists before `-v` is needed for the rest.
+/// Up to this many stale targets, the table lists each with its reason; beyond, it groups them by reason.
 const LISTED_REASONS: usize = 20;
+/// Reason groups shown before `-v` is needed for the rest.
+const LISTED_GROUPS: usize = 10;
+/// Targets named as examples of a reason group.
+const EXAMPLES: usize = 3;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counts {
@@ -45,33 +50,32 @@ fn cell(n: usize) -> String {
     if n == 0 { "-".to_string() } else { n.to_string() }
 }
 
-pub fn table(plan: &Plan, verbose: bool) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "Plan for {} (store: {})", plan.pipeline, plan.store);
+/// Writes the table to `out` as it goes: with `-v` at 10⁶ targets, the listing is never one string.
+pub fn table(out: &mut dyn Write, plan: &Plan, verbose: bool) -> std::io::Result<()> {
+    writeln!(out, "Plan for {} (store: {})", plan.pipeline, plan.store)?;
     let width = plan.steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
     let kind_width = plan.steps.iter().map(|s| s.kind.len()).max().unwrap_or(4).max(4);
-    let _ = writeln!(
+    writeln!(
         out,
         "  {:<width$}  {:<kind_width$}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}",
         "step", "kind", "targets", "fresh", "missing", "stale", "blocked", "run"
-    );
+    )?;
     let mut total = Counts::default();
     for (s, step) in plan.steps.iter().enumerate() {
         let c = step_counts(plan, s);
         if step.unavailable {
-            let _ =
-                writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  unavailable (below)", step.name, step.kind, "?");
+            writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  unavailable (below)", step.name, step.kind, "?")?;
             continue;
         }
         if let Some(why) = &step.unknown {
-            let _ = writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  {why}", step.name, step.kind, "?");
+            writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  {why}", step.name, step.kind, "?")?;
             continue;
         }
         let shards = c.source + c.fresh + c.run();
         if step.source {
-            let _ = writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  (source files)", step.name, step.kind, shards);
+            writeln!(out, "  {:<width$}  {:<kind_width$}  {:>7}  (source files)", step.name, step.kind, shards)?;
         } else {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "  {:<width$}  {:<kind_width$}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}  {:>7}",
                 step.name,
@@ -82,7 +86,7 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
                 cell(c.stale),
                 cell(c.blocked),
                 cell(c.run())
-            );
+            )?;
         }
         total.fresh += c.fresh;
         total.missing += c.missing;
@@ -90,54 +94,132 @@ pub fn table(plan: &Plan, verbose: bool) -> String {
         total.blocked += c.blocked;
     }
 
-    let listed: Vec<_> = plan
-        .targets
-        .iter()
-        .filter(|t| t.selected && (verbose || matches!(t.action, Action::Stale | Action::Blocked)))
-        .filter(|t| verbose || t.reason.as_deref().is_some_and(|r| r != "never built"))
-        .collect();
-    if !listed.is_empty() {
-        let _ = writeln!(out, "\n{}", if verbose { "Targets:" } else { "Stale:" });
-        let name_width = listed.iter().map(|t| t.name.len()).max().unwrap_or(0);
-        let shown = if verbose { listed.len() } else { LISTED_REASONS };
-        for t in listed.iter().take(shown) {
-            let action = format!("{:?}", t.action).to_lowercase();
-            let reason = t.reason.as_deref().unwrap_or("");
-            let _ = writeln!(out, "  {:<name_width$}  {action:<7}  {reason}", t.name);
-        }
-        if listed.len() > shown {
-            let _ = writeln!(out, "  … and {} more (all with -v)", listed.len() - shown);
+    if verbose {
+        let listed: Vec<&Target> = plan.targets.iter().filter(|t| t.selected).collect();
+        list_targets(out, "Targets:", &listed)?;
+    } else {
+        let listed: Vec<&Target> = plan
+            .targets
+            .iter()
+            .filter(|t| t.selected && matches!(t.action, Action::Stale | Action::Blocked))
+            .filter(|t| t.reason.as_deref().is_some_and(|r| r != "never built"))
+            .collect();
+        if listed.len() <= LISTED_REASONS {
+            list_targets(out, "Stale:", &listed)?;
+        } else {
+            grouped_reasons(out, plan, &listed)?;
         }
     }
     let unavailable: Vec<_> = plan.steps.iter().filter(|s| s.unavailable).collect();
     if !unavailable.is_empty() {
-        let _ = writeln!(out, "\nUnavailable (the steps that read them wait; everything else is planned):");
+        writeln!(out, "\nUnavailable (the steps that read them wait; everything else is planned):")?;
         for step in &unavailable {
-            let _ = writeln!(out, "  {}: {}", step.name, step.unknown.as_deref().unwrap_or_default());
+            writeln!(out, "  {}: {}", step.name, step.unknown.as_deref().unwrap_or_default())?;
         }
     }
     let unknown = plan.steps.iter().filter(|s| s.unknown.is_some() && !s.unavailable && !s.after_unavailable).count();
-    out.push('\n');
+    writeln!(out)?;
     match total.run() {
         0 if unknown == 0 && unavailable.is_empty() => {
-            let _ = writeln!(out, "Nothing to do: {} targets are fresh.", total.fresh);
+            writeln!(out, "Nothing to do: {} targets are fresh.", total.fresh)?;
         }
         n => {
-            let _ = write!(
+            write!(
                 out,
                 "{n} targets to build ({} missing, {} stale, {} waiting on inputs)",
                 total.missing, total.stale, total.blocked
-            );
+            )?;
             if unknown > 0 {
-                let _ = write!(out, ", and {unknown} steps whose targets are known once their inputs are built");
+                write!(out, ", and {unknown} steps whose targets are known once their inputs are built")?;
             }
             if !unavailable.is_empty() {
-                let _ = write!(out, ", and {} unavailable steps", unavailable.len());
+                write!(out, ", and {} unavailable steps", unavailable.len())?;
             }
-            let _ = writeln!(out, "; {} fresh.", total.fresh);
+            writeln!(out, "; {} fresh.", total.fresh)?;
         }
     }
-    out
+    Ok(())
+}
+
+/// Each target on a line of its own, with its action and reason.
+fn list_targets(out: &mut dyn Write, title: &str, listed: &[&Target]) -> std::io::Result<()> {
+    if listed.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\n{title}")?;
+    let name_width = listed.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    for t in listed {
+        let action = format!("{:?}", t.action).to_lowercase();
+        let reason = t.reason.as_deref().unwrap_or("");
+        writeln!(out, "  {:<name_width$}  {action:<7}  {reason}", t.name)?;
+    }
+    Ok(())
+}
+
+/// Many stale targets, read as a few reasons: per step and action, targets whose reasons differ only in
+/// their own shard id or in numbers ("output 000017.txt is missing") form one group, shown with its count,
+/// one reason and a few of its targets. The largest groups come first.
+fn grouped_reasons(out: &mut dyn Write, plan: &Plan, listed: &[&Target]) -> std::io::Result<()> {
+    struct Group<'a> {
+        first: &'a Target,
+        examples: Vec<&'a str>,
+        count: usize,
+        alike: bool,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_shape: HashMap<(usize, Action, String), usize> = HashMap::new();
+    for &t in listed {
+        let reason = t.reason.as_deref().unwrap_or("");
+        let shape = (t.step, t.action, reason_shape(reason, &t.shard));
+        let g = *by_shape.entry(shape).or_insert_with(|| {
+            groups.push(Group { first: t, examples: Vec::new(), count: 0, alike: true });
+            groups.len() - 1
+        });
+        let group = &mut groups[g];
+        group.count += 1;
+        group.alike &= group.first.reason.as_deref() == Some(reason);
+        if group.examples.len() < EXAMPLES {
+            group.examples.push(&t.name);
+        }
+    }
+    // Stable: equal counts keep plan order.
+    groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+    writeln!(out, "\nStale: {} targets, by reason (each target with -v):", listed.len())?;
+    for group in groups.iter().take(LISTED_GROUPS) {
+        let t = group.first;
+        let action = format!("{:?}", t.action).to_lowercase();
+        let like = if group.alike { "" } else { "like " };
+        let reason = t.reason.as_deref().unwrap_or("");
+        writeln!(out, "  {} {action} {}: {like}{reason}", group.count, plan.steps[t.step].name)?;
+        let more = group.count - group.examples.len();
+        let more = if more > 0 { format!(", … and {more} more") } else { String::new() };
+        writeln!(out, "      {}{more}", group.examples.join(", "))?;
+    }
+    if groups.len() > LISTED_GROUPS {
+        let rest: usize = groups[LISTED_GROUPS..].iter().map(|g| g.count).sum();
+        writeln!(out, "  … and {} more reasons for {rest} targets (all with -v)", groups.len() - LISTED_GROUPS)?;
+    }
+    Ok(())
+}
+
+/// What a reason says once the target's own shard id and any numbers are taken out: reasons of one shape
+/// are one group.
+fn reason_shape(reason: &str, shard: &str) -> String {
+    let without_shard = if shard.is_empty() { reason.to_string() } else { reason.replace(shard, "\u{0}") };
+    let mut shape = String::with_capacity(without_shard.len());
+    let mut in_number = false;
+    for c in without_shard.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                shape.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            shape.push(c);
+        }
+    }
+    shape
 }
 
 /// The plan for programs. Borrowed views serialised straight to the output: a plan of 10⁵ targets never
@@ -172,7 +254,7 @@ struct TargetJson<'a> {
     target: &'a str,
     step: &'a str,
     shard: &'a str,
-    key: &'a str,
+    key: &'a crate::util::digest::Digest,
     action: Action,
     reason: Option<&'a str>,
     inputs: Vec<&'a str>,
@@ -238,5 +320,26 @@ impl Serialize for Targets<'_> {
             inputs: t.inputs.iter().map(|&i| plan.targets[i].name.as_str()).collect(),
             source: t.source.as_ref().map(|f| SourceJson { path: &f.display, size: f.size, blake3: &f.blake3 }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason_shape;
+
+    #[test]
+    fn reasons_that_differ_in_their_shard_or_numbers_have_one_shape() {
+        let a = reason_shape("output part_00017.tar is missing", "part_00017");
+        assert_eq!(a, reason_shape("output part_00018.tar is missing", "part_00018"));
+        assert_eq!(reason_shape("output part_1.tar is missing", "x"), "output part_#.tar is missing");
+        assert_eq!(
+            reason_shape("output a.txt changed size (12 → 0 bytes)", "a.txt"),
+            "output \0 changed size (# → # bytes)"
+        );
+        assert_ne!(a, reason_shape("output part_00017.tar changed size (1 → 2 bytes)", "part_00017"));
+        assert_ne!(
+            reason_shape("settings.mode: \"upper\" → \"lower\"", "a"),
+            reason_shape("settings.mode: \"x\" → \"y\"", "a")
+        );
     }
 }

@@ -24,12 +24,12 @@ fn retry() -> impl Strategy<Value = Option<RetryOf>> {
 
 fn record() -> impl Strategy<Value = Record> {
     (
-        (text(), prop::collection::vec(output(), 0..4), any::<Option<u64>>(), any::<Option<u64>>()),
+        (any::<[u8; 32]>(), prop::collection::vec(output(), 0..4), any::<Option<u64>>(), any::<Option<u64>>()),
         (any::<Option<u64>>(), retry(), text(), any::<f64>(), text(), any::<u64>()),
     )
         .prop_map(|((key, outputs, rows, failures), (retryable, retry, started_at, duration_s, version, size))| {
             Record {
-                key,
+                key: crate::util::digest::Digest(key),
                 outputs,
                 rows,
                 failures,

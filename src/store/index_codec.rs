@@ -1,15 +1,16 @@
 //! The step index on disk: a compact binary encoding of the records it caches. A plan reads one index per
 //! step (from S3 too), so at 10⁵ targets the format's size and parse time are the plan's.
 //!
-//! Layout: magic, then per record: shard, key, output count, (name, size)…, rows, failures and retryable
+//! Layout: magic, then per record: shard, key (32 bytes), output count, (name, size)…, rows, failures and retryable
 //! (flag byte + u64 each), the retried key and attempt (empty and 0 when not a retry), started_at, duration
 //! (f64), manifest version, manifest size. Strings are a u32 length + UTF-8; integers little-endian.
 
 use super::manifest::{OutputFile, RetryOf};
 use super::record::Record;
+use crate::util::digest::Digest;
 use std::collections::HashMap;
 
-const MAGIC: &[u8; 8] = b"DSMKIX03";
+const MAGIC: &[u8; 8] = b"DSMKIX04";
 
 struct Writer(Vec<u8>);
 
@@ -57,7 +58,7 @@ pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
     w.0.extend_from_slice(MAGIC);
     for (shard, r) in records {
         w.str(shard);
-        w.str(&r.key);
+        w.0.extend_from_slice(&r.key.0);
         w.0.extend_from_slice(&(r.outputs.len() as u32).to_le_bytes());
         for output in &r.outputs {
             w.str(&output.name);
@@ -79,10 +80,12 @@ pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
 /// `None` when the bytes are not an index of this format (an old one, or damaged): it is then rebuilt.
 pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
     let mut r = Reader(bytes.strip_prefix(MAGIC)?);
-    let mut records = HashMap::new();
+    // Sized up front from the bytes (a record takes at least ~100 of them): growing a map of 10⁶ records
+    // step by step holds the old table and the new one at once, twice the memory for a moment.
+    let mut records = HashMap::with_capacity(bytes.len() / 128);
     while !r.0.is_empty() {
         let shard = r.str()?;
-        let key = r.str()?;
+        let key = Digest(r.take(32)?.try_into().ok()?);
         let count = r.u32()?;
         let mut outputs = Vec::with_capacity(count.min(1 << 16));
         for _ in 0..count {
@@ -115,7 +118,7 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_damage() {
         let record = Record {
-            key: "k".repeat(64),
+            key: Digest::from(blake3::hash(b"k")),
             outputs: vec![OutputFile { name: "a/b.tar".into(), size: 12, blake3: String::new() }],
             rows: Some(10_000),
             failures: Some(3),

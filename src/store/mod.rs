@@ -28,6 +28,18 @@ pub trait Store: Send + Sync {
     fn url(&self) -> String;
     /// Every object under `prefix` (a folder), recursively.
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>>;
+    /// How many objects one listing request returns, where a listing of many objects is worth splitting into
+    /// key ranges listed side by side (S3: pages in sequence are round trips in sequence); `None` where a
+    /// listing is one pass anyway (a local folder).
+    fn list_range_size(&self) -> Option<usize> {
+        None
+    }
+    /// [`Store::list`] in ranges: `split_after` (store paths, sorted) cuts the key space into ranges, each
+    /// listed on its own, side by side. The result is the same set of objects as `list(prefix)`, in no order;
+    /// split points only balance the work, so a wrong guess costs time, never objects.
+    fn list_split(&self, prefix: &str, _split_after: &[String]) -> anyhow::Result<Vec<ObjectMeta>> {
+        self.list(prefix)
+    }
     /// An object's bytes, or `None` when there is no such object.
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// Writes an object atomically: readers see the old object or the whole new one.

@@ -2,12 +2,14 @@
 
 use super::ObjectMeta;
 use super::manifest::{Manifest, OutputFile, RetryOf};
+use crate::util::digest::Digest;
 use serde::{Deserialize, Serialize};
 
 /// What one manifest says, as far as freshness and status need it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
-    pub key: String,
+    /// The manifest's key; all zeros when the manifest's is not a digest (never matches a plan's key).
+    pub key: Digest,
     pub outputs: Vec<OutputFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
@@ -26,7 +28,7 @@ pub struct Record {
 impl Record {
     pub fn new(manifest: &Manifest, meta: &ObjectMeta) -> Self {
         Record {
-            key: manifest.key.clone(),
+            key: Digest::from_hex(&manifest.key).unwrap_or_default(),
             // Freshness needs names and sizes; digests stay in the manifest, keeping the index small.
             outputs: manifest
                 .outputs

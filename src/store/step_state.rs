@@ -5,25 +5,22 @@
 
 use super::manifest::Manifest;
 pub use super::record::Record;
-use super::{META_DIR, ObjectMeta, Store, is_temporary};
+use super::{META_DIR, Store, is_temporary};
+use crate::util::sized_names::SizedNames;
 use anyhow::Context;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
 const INDEX_NAME: &str = "index.dsmake";
 
-/// An object as a listing shows it.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub size: u64,
-    pub version: String,
-}
-
 #[derive(Debug, Default)]
 pub struct StepState {
     pub dir: String,
-    /// Every object in the step's folder (manifests and temporaries included), by path relative to the folder.
-    pub files: HashMap<String, Listed>,
+    /// Every object in the step's folder (manifests and temporaries included), by path relative to the folder,
+    /// with its size.
+    pub files: SizedNames,
+    /// Objects the listing returned, counted as they came (a listing that returned one twice counts it twice).
+    pub listed: usize,
     /// By shard id.
     pub records: HashMap<String, Record>,
     /// Manifests that could not be read, with why: their targets count as missing.
@@ -34,43 +31,52 @@ pub struct StepState {
 
 impl StepState {
     pub fn load(store: &dyn Store, dir: &str) -> anyhow::Result<StepState> {
-        let listing = store.list(dir).with_context(|| format!("cannot list {dir} in the store"))?;
-        let prefix = format!("{dir}/");
-        let files: HashMap<String, Listed> = listing
-            .into_iter()
-            .filter(|m| m.path.starts_with(&prefix))
-            .map(|mut m| {
-                let relative = m.path.split_off(prefix.len());
-                (relative, Listed { size: m.size, version: m.version })
-            })
-            .collect();
+        // The index first: what it lists is where the folder's objects are expected, so it tells where to cut
+        // a listing into ranges of about a page each.
         let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
         let mut cached: HashMap<String, Record> = match store.read(&index_path) {
             Ok(Some(bytes)) => super::index_codec::decode(&bytes).unwrap_or_default(),
             _ => HashMap::new(),
         };
+        let splits = store.list_range_size().map_or_else(Vec::new, |page| split_points(dir, &cached, page));
+        let mut listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
+        let listed = listing.len();
+        // Sorted, the listing becomes one buffer of names (see SizedNames) instead of a map entry per object.
+        listing.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let prefix = format!("{dir}/");
+        let bytes = listing.iter().map(|m| m.path.len().saturating_sub(prefix.len())).sum();
+        let mut files = SizedNames::with_capacity(listing.len(), bytes);
 
-        let mut records = HashMap::new();
-        let mut to_read = Vec::new();
+        // The index's records stay where their manifest is listed with the version and size they were read
+        // at; the others are read again, and those without a manifest dropped.
         let manifest_prefix = format!("{META_DIR}/");
-        for (rel, meta) in &files {
+        let mut to_read = Vec::new();
+        let mut vouched = 0;
+        for m in listing {
+            let Some(rel) = m.path.strip_prefix(&prefix) else { continue };
+            if !files.push(rel, m.size) {
+                continue;
+            }
             let Some(shard) = rel.strip_prefix(&manifest_prefix).and_then(|r| r.strip_suffix(".json")) else {
                 continue;
             };
             if is_temporary(rel) {
                 continue;
             }
-            match cached.remove(shard) {
-                Some(r) if r.manifest_version == meta.version && r.manifest_size == meta.size => {
-                    records.insert(shard.to_string(), r);
+            match cached.get(shard) {
+                Some(r) if r.manifest_version == m.version && r.manifest_size == m.size => vouched += 1,
+                _ => {
+                    cached.remove(shard);
+                    to_read.push((shard.to_string(), m));
                 }
-                _ => to_read.push((
-                    shard.to_string(),
-                    ObjectMeta { path: format!("{prefix}{rel}"), size: meta.size, version: meta.version.clone() },
-                )),
             }
         }
-        let index_stale = !to_read.is_empty() || !cached.is_empty();
+        let mut index_stale = !to_read.is_empty();
+        if vouched < cached.len() {
+            index_stale = true;
+            cached.retain(|shard, _| files.get(&format!("{META_DIR}/{shard}.json")).is_some());
+        }
+        let mut records = cached;
         let read: Vec<_> = to_read
             .par_iter()
             .map(|(shard, meta)| {
@@ -92,7 +98,15 @@ impl StepState {
                 }
             }
         }
-        Ok(StepState { dir: dir.to_string(), files, records, unreadable, manifests_read: to_read.len(), index_stale })
+        Ok(StepState {
+            dir: dir.to_string(),
+            files,
+            listed,
+            records,
+            unreadable,
+            manifests_read: to_read.len(),
+            index_stale,
+        })
     }
 
     /// Records a target built by this run.
@@ -114,10 +128,75 @@ impl StepState {
 
     /// Is the listed object present with this size?
     pub fn has(&self, name: &str, size: u64) -> Option<bool> {
-        self.files.get(name).map(|m| m.size == size)
+        self.files.get(name).map(|listed| listed == size)
     }
 
     pub fn index_name() -> &'static str {
         INDEX_NAME
+    }
+}
+
+/// Ranges of the listing aim at this share of a page, so that most fit in one request though the split
+/// points are only estimates.
+const RANGE_FILL: f64 = 0.75;
+/// Sampled objects per range: enough for quantiles within about a fifth of a range.
+const SAMPLES_PER_RANGE: usize = 32;
+
+/// Where to cut the listing of `dir`: quantiles of the object paths the index expects (each record's
+/// manifest and outputs), so that each range holds about [`RANGE_FILL`] of a page of `page` objects. Records
+/// are sampled (a hash map's order is as good as random), so a step of 10⁶ targets sorts a few thousand paths,
+/// not millions. Empty when one page holds everything.
+fn split_points(dir: &str, records: &HashMap<String, Record>, page: usize) -> Vec<String> {
+    let expected: usize = records.values().map(|r| 1 + r.outputs.len()).sum::<usize>() + 1;
+    let per_range = ((page as f64 * RANGE_FILL) as usize).max(1);
+    if expected <= page || records.is_empty() {
+        return Vec::new();
+    }
+    let ranges = expected.div_ceil(per_range);
+    let stride = (records.len() / (ranges * SAMPLES_PER_RANGE)).max(1);
+    let mut sample: Vec<String> = Vec::new();
+    for (shard, record) in records.iter().step_by(stride) {
+        sample.push(format!("{dir}/{META_DIR}/{shard}.json"));
+        sample.extend(record.outputs.iter().map(|o| format!("{dir}/{}", o.name)));
+    }
+    sample.sort_unstable();
+    let mut splits: Vec<String> = (1..ranges).map(|i| sample[i * sample.len() / ranges].clone()).collect();
+    splits.dedup();
+    splits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::manifest::OutputFile;
+
+    fn record(output: &str) -> Record {
+        Record {
+            key: Default::default(),
+            outputs: vec![OutputFile { name: output.into(), size: 1, blake3: String::new() }],
+            rows: None,
+            failures: None,
+            retryable: None,
+            retry: None,
+            started_at: String::new(),
+            duration_s: 0.0,
+            manifest_version: String::new(),
+            manifest_size: 0,
+        }
+    }
+
+    #[test]
+    fn split_points_cut_the_expected_objects_into_ranges_of_most_of_a_page() {
+        let records: HashMap<String, Record> =
+            (0..3000).map(|i| (format!("{i:05}"), record(&format!("{i:05}.tar")))).collect();
+        let splits = split_points("p/s", &records, 1000);
+        // 6001 expected objects in ranges of 750: 9 ranges, 8 cuts, sorted, inside the folder.
+        assert_eq!(splits.len(), 8, "{splits:?}");
+        assert!(splits.windows(2).all(|w| w[0] < w[1]), "{splits:?}");
+        assert!(splits.iter().all(|s| s.starts_with("p/s/")));
+        // Outputs sort before `_dsmake/`, so the cuts fall among both kinds of object.
+        assert!(splits.iter().any(|s| s.ends_with(".tar")) && splits.iter().any(|s| s.ends_with(".json")));
+        assert!(split_points("p/s", &records, 10_000).is_empty(), "one page holds everything");
+        assert!(split_points("p/s", &HashMap::new(), 1).is_empty(), "no index: one listing");
     }
 }

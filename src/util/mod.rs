@@ -1,10 +1,12 @@
 //! Helpers every layer may use. They import nothing from the rest of the crate.
 
 pub mod cache;
+pub mod digest;
 pub mod files;
 mod glob;
 pub mod named_file;
 pub mod secret;
+pub mod sized_names;
 pub mod stat_cache;
 pub mod suggest;
 

@@ -6,6 +6,7 @@
 use anyhow::Context;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,18 +30,18 @@ struct Entry {
 /// at every plan.
 const MAGIC: &[u8; 8] = b"DSMKSC01";
 
-fn decode(bytes: &[u8]) -> Option<HashMap<PathBuf, Entry>> {
-    use std::os::unix::ffi::OsStrExt;
+fn decode(bytes: &[u8]) -> Option<HashMap<Box<[u8]>, Entry>> {
     let mut rest = bytes.strip_prefix(MAGIC)?;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (head, tail) = rest.split_at_checked(n)?;
         rest = tail;
         Some(head)
     };
-    let mut entries = HashMap::new();
+    // Sized from the bytes (an entry takes at least 84): no rehash, which holds two tables at once.
+    let mut entries = HashMap::with_capacity(bytes.len() / 120);
     while let Some(len) = take(4) {
         let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-        let path = PathBuf::from(std::ffi::OsStr::from_bytes(take(len)?));
+        let path: Box<[u8]> = take(len)?.into();
         let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
         let mtime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
         let ctime_ns = i128::from_le_bytes(take(16)?.try_into().ok()?);
@@ -51,12 +52,10 @@ fn decode(bytes: &[u8]) -> Option<HashMap<PathBuf, Entry>> {
     Some(entries)
 }
 
-fn encode(entries: &HashMap<PathBuf, Entry>) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
+fn encode(entries: &HashMap<Box<[u8]>, Entry>) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAGIC.len() + entries.len() * 128);
     out.extend_from_slice(MAGIC);
     for (path, e) in entries {
-        let path = path.as_os_str().as_bytes();
         out.extend_from_slice(&(path.len() as u32).to_le_bytes());
         out.extend_from_slice(path);
         out.extend_from_slice(&e.size.to_le_bytes());
@@ -71,7 +70,8 @@ fn encode(entries: &HashMap<PathBuf, Entry>) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct StatCache {
     file: Option<PathBuf>,
-    entries: Mutex<HashMap<PathBuf, Entry>>,
+    /// By the path's bytes: hashing a `Path` walks its components, which a plan of 10⁶ files pays for.
+    entries: Mutex<HashMap<Box<[u8]>, Entry>>,
     dirty: AtomicBool,
     pub hashed_files: AtomicU64,
     pub hashed_bytes: AtomicU64,
@@ -108,7 +108,7 @@ impl StatCache {
         let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
         let ctime_ns = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
         let (size, ino) = (meta.size(), meta.ino());
-        if let Some(hit) = self.lock().get(path)
+        if let Some(hit) = self.lock().get(path.as_os_str().as_bytes())
             && hit.size == size
             && hit.mtime_ns == mtime_ns
             && hit.ctime_ns == ctime_ns
@@ -125,7 +125,7 @@ impl StatCache {
         let settled = started.duration_since(modified).is_ok_and(|age| age > RACY_WINDOW);
         if settled {
             let entry = Entry { size, mtime_ns, ctime_ns, ino, blake3: *digest.as_bytes() };
-            self.lock().insert(path.to_path_buf(), entry);
+            self.lock().insert(path.as_os_str().as_bytes().into(), entry);
             self.dirty.store(true, Ordering::Relaxed);
         }
         Ok(Some(Identity { size, blake3 }))
@@ -144,7 +144,7 @@ impl StatCache {
             .with_context(|| format!("cannot write the stat cache {}", file.display()))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Entry>> {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

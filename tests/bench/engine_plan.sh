@@ -44,6 +44,9 @@
 #   KEEP=1      keep a mktemp work folder (a given BENCH_DIR is always kept)
 #   JOBS        -j for the first build (default: dsmake's default, the number of cores)
 #   STRICT=1    also exit 1 when the plan median is over 1 s or its peak RSS over 200 MB
+#   FIXTURE=1   no first build: tests/it/plan_fixture.rs writes the outputs, manifests and index that it would
+#               leave (minutes at N=500000 instead of hours); the all-fresh check below still applies
+#   DSMAKE      a dsmake binary to measure (default: cargo build --release)
 # Exit status: 0 ok; 1 a check failed (stats not zero, plan not all fresh, a command failed, STRICT aims).
 set -euo pipefail
 
@@ -52,6 +55,7 @@ REPEAT=${REPEAT:-3}
 REUSE=${REUSE:-0}
 KEEP=${KEEP:-0}
 STRICT=${STRICT:-0}
+FIXTURE=${FIXTURE:-0}
 AIM_PLAN_S=1.0
 AIM_PLAN_MB=200
 
@@ -62,11 +66,15 @@ command -v python3 >/dev/null || die "python3 is needed (file generation and mea
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "REPEAT must be a positive integer, got '$REPEAT'"
 
 # --- 1. build dsmake ------------------------------------------------------------------------------------
-echo "== building dsmake (release)"
-(cd "$ROOT" && cargo build --release --quiet)
-target_dir=${CARGO_TARGET_DIR:-target}
-[[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
-DSMAKE="$target_dir/release/dsmake"
+if [[ -n ${DSMAKE:-} ]]; then
+    echo "== using DSMAKE=$DSMAKE (no build)"
+else
+    echo "== building dsmake (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    target_dir=${CARGO_TARGET_DIR:-target}
+    [[ $target_dir = /* ]] || target_dir="$ROOT/$target_dir"
+    DSMAKE="$target_dir/release/dsmake"
+fi
 [[ -x $DSMAKE ]] || die "no binary at $DSMAKE"
 
 # --- work folder -----------------------------------------------------------------------------------------
@@ -163,7 +171,12 @@ fi
 
 # --- 3. first build ------------------------------------------------------------------------------------
 first_s="" first_rate="" first_mb=""
-if [[ $REUSE != 1 ]]; then
+if [[ $REUSE != 1 && $FIXTURE = 1 ]]; then
+    echo "== FIXTURE=1: writing what the first build would leave (tests/it/plan_fixture.rs), no first build"
+    (cd "$ROOT" && BENCH_DIR=$WORK cargo test --quiet --test it engine_plan_fixture -- --ignored --nocapture) \
+        | grep '^fixture:' || die "the fixture failed"
+    echo "N=$N" >"$MARKER"
+elif [[ $REUSE != 1 ]]; then
     echo "== first build: $N built targets (spawns $N bash processes; minutes at N=100000)"
     jobs_arg=()
     [[ -n ${JOBS:-} ]] && jobs_arg=(-j "$JOBS")

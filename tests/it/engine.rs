@@ -480,3 +480,42 @@ fn a_secret_passed_by_pass_env_never_reaches_the_store_plans_or_logs(backend: Ba
             .contains("DSMAKE_IT_TOKEN")
     );
 }
+
+#[test]
+fn a_plan_with_many_stale_targets_groups_them_by_reason_and_v_lists_each() {
+    let s = Sandbox::new(PIPELINE);
+    for i in 0..30 {
+        s.write(&format!("data/{i:02}.txt"), &format!("line {i}\n"));
+    }
+    s.build(&[]);
+    for gone in ["pipeline/lengths/05.len", "pipeline/lengths/17.len"] {
+        std::fs::remove_file(s.store().join(gone)).unwrap();
+    }
+    let plan = s.plan(&["--set", "mode=lower"]);
+    let reason = |target: &str| -> String {
+        let t = plan["targets"].as_array().unwrap().iter().find(|t| t["target"] == target).unwrap();
+        t["reason"].as_str().unwrap().to_string()
+    };
+    let text = s.run(&["plan", "--set", "mode=lower"]).stdout;
+    let expected = format!(
+        "\nStale: 33 targets, by reason (each target with -v):\n  30 stale shout: {}\n      shout/00.txt, \
+         shout/01.txt, shout/02.txt, … and 27 more\n  2 stale lengths: like output 05.len is missing\n      \
+         lengths/05.txt, lengths/17.txt\n  1 blocked joined: {}\n      joined/all\n",
+        reason("shout/00.txt"),
+        reason("joined/all")
+    );
+    assert!(text.contains(&expected), "{text}");
+    assert!(text.contains("33 targets to build (0 missing, 32 stale, 1 waiting on inputs); 28 fresh."), "{text}");
+
+    // -v: every target on a line of its own, fresh ones and sources included.
+    let all = s.run(&["plan", "--set", "mode=lower", "-v"]).stdout;
+    let lines = all.lines().skip_while(|l| *l != "Targets:").skip(1).take_while(|l| !l.is_empty()).count();
+    assert_eq!(lines, 30 * 3 + 1, "{all}");
+    assert!(all.contains("lengths/17.txt  stale    output 17.len is missing"), "{all}");
+
+    // A few stale targets are still listed one by one.
+    s.build(&["--set", "mode=lower"]);
+    std::fs::remove_file(s.store().join("pipeline/lengths/05.len")).unwrap();
+    let few = s.run(&["plan", "--set", "mode=lower"]).stdout;
+    assert!(few.contains("\nStale:\n  lengths/05.txt  stale    output 05.len is missing\n"), "{few}");
+}

@@ -70,6 +70,63 @@ fn plans_with_listings_not_a_request_per_target() {
     assert_eq!(plan["stats"]["manifests_read"], 0);
 }
 
+/// Forty one-line targets: 81 objects in the step folder, listed in pages of 5.
+const MANY: &str = r#"
+[steps.raw]
+kind = "files"
+paths = "data/*.txt"
+
+[steps.copy]
+kind = "command"
+from = "raw"
+run = "cp {input} {output}"
+"#;
+
+#[test]
+fn lists_in_parallel_ranges_exactly_what_one_listing_finds() {
+    let mut s = Sandbox::on(Backend::S3, MANY);
+    for i in 0..40 {
+        s.write(&format!("data/{i:03}.txt"), &format!("row {i}\n"));
+    }
+    s.env.push(("DSMAKE_S3_LIST_PAGE".into(), "5".into()));
+    assert_eq!(s.build(&[])["built"], 40);
+    s.build(&[]); // the index, whose records give the split points
+    // Objects the index does not know of, before the first cut, among the cuts, on a page's edge and after
+    // the last: a range listing must find them as the single listing does.
+    let folder = s.store().join("pipeline/copy");
+    for stray in ["!first", "004.txt-", "017-x", "017.txt.0", "033.txt~", "_dsmake/zz", "~last"] {
+        std::fs::write(folder.join(stray), stray).unwrap();
+    }
+    let objects: u64 = 40 + 40 + 1 + 7;
+
+    let plan_with = |s: &mut Sandbox, concurrency: &str| {
+        s.env.push(("DSMAKE_S3_LIST_CONCURRENCY".into(), concurrency.into()));
+        let plan = s.plan(&[]);
+        s.env.pop();
+        assert!(work(&plan).is_empty(), "{plan}");
+        plan["stats"].clone()
+    };
+    let sequential = plan_with(&mut s, "1");
+    assert_eq!(sequential["objects_listed"], objects, "{sequential}");
+    // The index, then one page after another.
+    assert_eq!(sequential["store_requests"], 1 + objects.div_ceil(5), "{sequential}");
+    let parallel = plan_with(&mut s, "4");
+    assert_eq!(parallel["objects_listed"], objects, "every object once: {parallel}");
+    assert_eq!(parallel["manifests_read"], 0);
+
+    // Through slowdowns and cut listings: retried page by page, the same objects.
+    let proxy = Proxy::start(&s3::server().endpoint);
+    s.endpoint = Some(proxy.endpoint.clone());
+    proxy.faults.slowdowns.store(6, Ordering::SeqCst);
+    proxy.faults.cut_listings.store(3, Ordering::SeqCst);
+    let throttled = plan_with(&mut s, "4");
+    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 9, "every planned fault was hit");
+    assert_eq!(throttled["objects_listed"], objects, "{throttled}");
+    let listings = proxy.requests.lock().unwrap().iter().filter(|r| r.contains("list-type=2")).count();
+    let starts = proxy.requests.lock().unwrap().iter().filter(|r| r.contains("start-after=")).count();
+    assert!(starts >= 10, "listed in ranges: {starts} of {listings} listings start after a cut");
+}
+
 /// A target whose single output is 40 MiB: a multipart upload.
 const MULTIPART: &str = r#"
 [steps.big]

@@ -4,6 +4,7 @@
 mod config;
 mod errors;
 mod lease;
+mod listing;
 mod multipart;
 
 use super::{ObjectMeta, Store};
@@ -153,27 +154,20 @@ impl Store for S3Store {
     }
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+        self.list_split(prefix, &[])
+    }
+
+    fn list_range_size(&self) -> Option<usize> {
+        (listing::concurrency() > 1).then(listing::page_size)
+    }
+
+    fn list_split(&self, prefix: &str, split_after: &[String]) -> anyhow::Result<Vec<ObjectMeta>> {
         let key_prefix = format!("{}/", self.key(prefix.trim_end_matches('/')));
-        self.retrying(|| async {
-            let mut out = Vec::new();
-            let mut pages =
-                self.client.list_objects_v2().bucket(&self.bucket).prefix(&key_prefix).into_paginator().send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| describe(e, &format!("listing s3://{}/{key_prefix}", self.bucket)))?;
-                for object in page.contents() {
-                    let Some(key) = object.key() else { continue };
-                    if object.e_tag().is_none_or(str::is_empty) {
-                        self.etagless.store(true, Ordering::Relaxed);
-                    }
-                    out.push(ObjectMeta {
-                        path: self.unkey(key),
-                        size: object.size().unwrap_or(0).max(0) as u64,
-                        version: version(object.e_tag(), object.last_modified()),
-                    });
-                }
-            }
-            Ok(out)
-        })
+        let splits: Vec<String> = match listing::concurrency() {
+            1 => Vec::new(),
+            _ => split_after.iter().map(|path| self.key(path)).collect(),
+        };
+        self.list_ranges(&key_prefix, &splits)
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {

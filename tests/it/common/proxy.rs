@@ -18,6 +18,8 @@ pub struct Faults {
     pub cut_listings: AtomicUsize,
     /// Request bodies are sent upstream at this rate (0: as fast as they come).
     pub bytes_per_second: AtomicU64,
+    /// Every request waits this long before it is sent upstream: a far-away server's round trip.
+    pub latency_ms: AtomicU64,
     /// Faults actually injected, so that a test can show it was not vacuous.
     pub injected: AtomicUsize,
 }
@@ -112,6 +114,10 @@ fn serve(mut client: TcpStream, upstream: &str, faults: &Faults, log: &Mutex<Vec
         return Ok(());
     }
 
+    let latency = faults.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        std::thread::sleep(Duration::from_millis(latency));
+    }
     let mut server = TcpStream::connect(upstream)?;
     server.write_all(&with_connection_close(&head))?;
     if is_put && take(&faults.cut_uploads) {
