@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod files;
 mod glob;
+pub mod memory;
 pub mod named_file;
 pub mod secret;
 pub mod stat_cache;

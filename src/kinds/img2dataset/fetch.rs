@@ -2,10 +2,13 @@
 //! (non-http(s) schemes, and the addresses `destination` refuses, unless allow-listed) through the shard's
 //! DNS cache, which is also the only resolver the HTTP client uses; no proxy but `DSMAKE_PROXY`; a
 //! connection limit per host, a cap on bytes, and retries with backoff that honour Retry-After on 429 and 503.
+//! A body is read into memory only once the build's memory budget has room for it (its Content-Length, or, for
+//! one without, as it arrives).
 //!
 //! Error messages are stable: they land in the shard's parquet, and people group rows by them.
 
 use super::destination::{Dns, SharedDns};
+use crate::kind::{Cancel, MemoryBudget, memory::Buffer};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -70,11 +73,22 @@ pub struct Fetcher {
     pub dns: Arc<Dns>,
     limits: HostLimits,
     opts: FetchOptions,
+    memory: MemoryBudget,
+    cancel: Cancel,
 }
+
+/// A downloaded body, counted in the build's memory budget until dropped.
+pub struct Body {
+    pub bytes: Vec<u8>,
+    _held: Buffer,
+}
+
+/// What a body without a Content-Length is first given room for; it grows as it arrives.
+const UNKNOWN_LENGTH: u64 = 256 << 10;
 
 /// What a failed attempt says about trying again.
 enum Attempt {
-    Done(Vec<u8>),
+    Done(Body),
     Retry(String, Option<Duration>),
     Fail(String),
 }
@@ -84,7 +98,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 impl Fetcher {
-    pub fn new(opts: FetchOptions) -> Fetcher {
+    pub fn new(opts: FetchOptions, memory: MemoryBudget, cancel: Cancel) -> Fetcher {
         let dns = Arc::new(Dns::new(opts.allow_hosts.clone(), opts.proxy.as_ref()));
         let config = ureq::Agent::config_builder()
             // Set whether or not there is one: ureq's default reads the environment's proxy variables.
@@ -97,11 +111,11 @@ impl Fetcher {
             .max_idle_connections_per_host(opts.per_host.max(1))
             .build();
         let agent = ureq::Agent::with_parts(config, DefaultConnector::new(), SharedDns(dns.clone()));
-        Fetcher { agent, dns, limits: HostLimits::new(opts.per_host), opts }
+        Fetcher { agent, dns, limits: HostLimits::new(opts.per_host), opts, memory, cancel }
     }
 
     /// The image bytes at `url`, or the row's error message.
-    pub fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
+    pub fn fetch(&self, url: &str) -> Result<Body, String> {
         let mut attempt = 0;
         loop {
             match self.attempt(url) {
@@ -177,13 +191,48 @@ impl Fetcher {
             if declared.is_some_and(|n| n > self.opts.max_bytes) {
                 return too_large();
             }
-            let body = response.body_mut().with_config().limit(self.opts.max_bytes).read_to_vec();
-            return match body {
-                Ok(bytes) => Attempt::Done(bytes),
+            return match self.read_body(response.body_mut(), declared) {
+                Ok(body) => Attempt::Done(body),
                 Err(ureq::Error::BodyExceedsLimit(_)) => too_large(),
                 Err(e) => self.transport(e, started),
             };
         }
+    }
+
+    /// Reads a body of `declared` bytes (when said) within the memory budget: room for all of it is waited for
+    /// before reading, or, without a length, for a first part and then more as it arrives (doubling). The buffer
+    /// never holds more than the budget counts.
+    fn read_body(&self, body: &mut ureq::Body, declared: Option<u64>) -> Result<Body, ureq::Error> {
+        use std::io::Read;
+        let interrupted = || ureq::Error::Io(std::io::Error::other("interrupted"));
+        let max = self.opts.max_bytes;
+        // A byte past the declared length, so that the end is seen without growing.
+        let first = declared.map_or(UNKNOWN_LENGTH, |n| n + 1).min(max + 1);
+        let mut held = self.memory.buffer(first, &self.cancel).map_err(|_| interrupted())?;
+        let mut reader = body.with_config().limit(max).reader();
+        let mut bytes = vec![0u8; first as usize];
+        let mut filled = 0;
+        loop {
+            if filled == bytes.len() {
+                // Up to a byte past the cap, where the reader's limit says the body is too large.
+                let more = (bytes.len() as u64).clamp(64 << 10, 8 << 20).min(max + 1 - filled as u64);
+                held.grow(more, &self.cancel).map_err(|_| interrupted())?;
+                bytes.reserve_exact(more as usize);
+                bytes.resize(filled + more as usize, 0);
+            }
+            match reader.read(&mut bytes[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ureq::Error::from(e)),
+            }
+        }
+        bytes.truncate(filled);
+        if bytes.capacity() - filled > 64 << 10 {
+            bytes.shrink_to_fit();
+        }
+        held.shrink_to(bytes.capacity() as u64);
+        Ok(Body { bytes, _held: held })
     }
 
     fn check(&self, url: &url::Url) -> Result<(), String> {
@@ -225,6 +274,7 @@ impl Fetcher {
                 let _ = other;
                 Attempt::Retry(format!("timed out after {timeout}s"), None)
             }
+            ureq::Error::Io(io) if self.cancel.is_cancelled() => Attempt::Fail(format!("download error: {io}")),
             other => Attempt::Fail(format!("download error: {other}")),
         }
     }

@@ -17,6 +17,7 @@
 //! successes to the tar as they finish. Destinations are checked before every request and after every
 //! redirect (see `destination` and `fetch`).
 
+mod decoding;
 mod destination;
 mod exif;
 mod fetch;
@@ -25,7 +26,6 @@ mod fuzz;
 mod jpeg;
 mod options;
 mod output;
-mod permits;
 mod previous;
 mod process;
 mod settings;

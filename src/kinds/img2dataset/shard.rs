@@ -1,13 +1,15 @@
 //! Building one shard: download the rows' images with `concurrency` threads (per-host limits, destinations
-//! checked before every request and redirect), decode and resize them on at most one thread per core, and
-//! write the tar as successes finish, then the parquet and the stats, in img2dataset's formats.
+//! checked before every request and redirect), decode and resize them, and write the tar as successes finish,
+//! then the parquet and the stats, in img2dataset's formats. Bodies and decodes count against the build's
+//! memory budget (`cx.memory`), shared with the other shards built at once: a body is read once there is room
+//! for it and held until its image is processed; decodes take the build's slots (about one per core).
 
+use super::decoding;
 use super::destination;
 use super::exif::exif_json;
 use super::fetch::{FetchOptions, Fetcher};
 use super::options::ProcessOptions;
 use super::output::{ColumnType, TarOut};
-use super::permits::Permits;
 use super::process::{self, Processed};
 use super::settings::Settings;
 use super::{index_digits, key, output_names, previous};
@@ -53,19 +55,23 @@ pub fn run_shard(
         Some(t) => format!("Mozilla/5.0 (compatible; {t}; dsmake/{}; img2dataset)", env!("CARGO_PKG_VERSION")),
         None => format!("Mozilla/5.0 (compatible; dsmake/{}; img2dataset)", env!("CARGO_PKG_VERSION")),
     };
-    let fetcher = Fetcher::new(FetchOptions {
-        timeout: Duration::from_secs_f64(s.timeout),
-        retries: s.retries as u32,
-        user_agent,
-        user_agent_token: token.map(|t| t.to_ascii_lowercase()),
-        disallowed_directives: s.disallowed_header_directives.iter().map(|d| d.to_ascii_lowercase()).collect(),
-        allow_hosts: allow,
-        max_redirects: s.max_redirects as u32,
-        max_bytes: s.max_image_bytes as u64,
-        per_host: s.per_host_connections as usize,
-        max_retry_after: Duration::from_secs(60),
-        proxy: destination::proxy_from_env()?,
-    });
+    let fetcher = Fetcher::new(
+        FetchOptions {
+            timeout: Duration::from_secs_f64(s.timeout),
+            retries: s.retries as u32,
+            user_agent,
+            user_agent_token: token.map(|t| t.to_ascii_lowercase()),
+            disallowed_directives: s.disallowed_header_directives.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            allow_hosts: allow,
+            max_redirects: s.max_redirects as u32,
+            max_bytes: s.max_image_bytes as u64,
+            per_host: s.per_host_connections as usize,
+            max_retry_after: Duration::from_secs(60),
+            proxy: destination::proxy_from_env()?,
+        },
+        cx.memory.clone(),
+        cx.cancel.clone(),
+    );
     let popts = ProcessOptions {
         image_size: s.image_size as u32,
         mode: s.resize_mode,
@@ -78,8 +84,6 @@ pub fn run_shard(
         max_aspect_ratio: s.max_aspect_ratio.unwrap_or(f64::INFINITY),
         max_pixels: s.max_pixels as u64,
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let permits = Permits::new(cores);
     let mut tar = TarOut::create(&cx.out_dir.join(&names[0]))?;
     let mut outcomes: Vec<Option<Outcome>> = (0..rows.len()).map(|_| None).collect();
     let ext = popts.encode.ext();
@@ -124,13 +128,15 @@ pub fn run_shard(
     std::thread::scope(|scope| -> anyhow::Result<()> {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (next, fetcher, popts, permits, todo) = (&next, &fetcher, &popts, &permits, &todo);
+            let (next, fetcher, popts, todo) = (&next, &fetcher, &popts, &todo);
             scope.spawn(move || {
                 while let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
                     if cx.cancel.is_cancelled() {
                         break;
                     }
-                    let outcome = one_row(index, &rows[index], s, fetcher, popts, permits, hashing);
+                    let Some(outcome) = one_row(index, &rows[index], s, cx, fetcher, popts, hashing) else {
+                        break;
+                    };
                     if tx.send(outcome).is_err() {
                         break;
                     }
@@ -258,39 +264,43 @@ pub fn run_shard(
 /// Cells noted by name in a shard's stats when their text is not UTF-8; the count covers the rest.
 const MAX_NOTED: usize = 20;
 
+/// What became of one row; `None` when the build was interrupted while it waited for a decode slot.
 fn one_row(
     index: usize,
     row: &Map<String, Value>,
     s: &Settings,
+    cx: &BuildCx,
     fetcher: &Fetcher,
     popts: &ProcessOptions,
-    permits: &Permits,
     hashing: bool,
-) -> Outcome {
+) -> Option<Outcome> {
     let fail =
         |status, error: String| Outcome { index, status, error: Some(error), sha256: None, exif: None, image: None };
     let url = match row.get(&s.url_col) {
         Some(Value::String(u)) if !u.trim().is_empty() => u.clone(),
-        _ => return fail("failed_to_download", "no URL".to_string()),
+        _ => return Some(fail("failed_to_download", "no URL".to_string())),
     };
-    let bytes = match fetcher.fetch(&url) {
+    let body = match fetcher.fetch(&url) {
         Ok(b) => b,
-        Err(e) => return fail("failed_to_download", e),
+        Err(e) => return Some(fail("failed_to_download", e)),
     };
-    let sha = hashing.then(|| Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let bytes = &body.bytes;
+    let sha = hashing.then(|| Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>());
     if let (Some(v), Some(sha)) = (&s.verify_hash, &sha) {
         let expected = row.get(&v[0]).and_then(Value::as_str).unwrap_or_default();
         if !expected.eq_ignore_ascii_case(sha) {
-            return fail("failed_to_download", "hash mismatch".to_string());
+            return Some(fail("failed_to_download", "hash mismatch".to_string()));
         }
     }
-    match permits.run(|scratch| process::process(&bytes, popts, scratch)) {
+    let processed =
+        decoding::decode(cx.memory, cx.cancel, |scratch, admit| process::process_within(bytes, popts, scratch, admit));
+    Some(match processed.ok()? {
         Ok(image) => {
-            let exif = if s.extract_exif { exif_json(&bytes) } else { None };
+            let exif = if s.extract_exif { exif_json(bytes) } else { None };
             Outcome { index, status: "success", error: None, sha256: sha, exif, image: Some(image) }
         }
         Err(e) => Outcome { index, status: "failed_to_resize", error: Some(e), sha256: sha, exif: None, image: None },
-    }
+    })
 }
 
 /// A row's metadata, as img2dataset writes it to KEY.json and the parquet.
