@@ -29,6 +29,13 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub struct MemoryBudget(Arc<Inner>);
 
+impl Inner {
+    /// Whether `bytes` more of buffers fit.
+    fn fits(&self, s: &State, bytes: u64) -> bool {
+        s.buffered + bytes <= self.buffer_limit && s.used + bytes <= self.limit
+    }
+}
+
 struct Inner {
     limit: u64,
     /// What buffers may hold together; the rest is kept for decodes.
@@ -48,6 +55,9 @@ struct State {
     decoding: usize,
     /// Live buffers by age, so that the oldest may always grow.
     buffers: BTreeSet<u64>,
+    /// Buffers waiting to grow: new buffers wait behind them (a growing one is a body whose connection is
+    /// open, with its timeout running).
+    growing: usize,
     next_ticket: u64,
 }
 
@@ -128,7 +138,7 @@ impl MemoryBudget {
         let inner = &self.0;
         let ticket = self.wait(
             cancel,
-            |s| s.buffers.is_empty() || (s.buffered + bytes <= inner.buffer_limit && s.used + bytes <= inner.limit),
+            |s| s.buffers.is_empty() || (s.growing == 0 && inner.fits(s, bytes)),
             |s| {
                 s.buffered += bytes;
                 s.add(bytes);
@@ -162,21 +172,27 @@ impl Buffer {
     }
 
     /// `more` bytes on top: waits until they fit, unless this is the oldest buffer held (which always may,
-    /// so that buffers that grow never wait on each other in a circle).
+    /// so that buffers that grow never wait on each other in a circle). New buffers wait while one grows: a
+    /// growing buffer is a body whose connection is open, its timeout running.
     pub fn grow(&mut self, more: u64, cancel: &Cancel) -> Result<(), Cancelled> {
         let inner = &self.budget.0;
         let ticket = self.ticket;
-        self.budget.wait(
-            cancel,
-            |s| {
-                s.buffers.first() == Some(&ticket)
-                    || (s.buffered + more <= inner.buffer_limit && s.used + more <= inner.limit)
-            },
-            |s| {
-                s.buffered += more;
-                s.add(more);
-            },
-        )?;
+        let ready = |s: &State| s.buffers.first() == Some(&ticket) || inner.fits(s, more);
+        let mut state = self.budget.state();
+        if !ready(&state) {
+            state.growing += 1;
+            while !ready(&state) && !cancel.is_cancelled() {
+                state = inner.changed.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            state.growing -= 1;
+            if !ready(&state) {
+                drop(state);
+                inner.changed.notify_all();
+                return Err(Cancelled);
+            }
+        }
+        state.buffered += more;
+        state.add(more);
         self.bytes += more;
         Ok(())
     }
@@ -340,9 +356,17 @@ mod tests {
             tx.send(young).unwrap();
         });
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "a younger buffer waits");
+        // While it waits, a new buffer that would fit waits behind it.
+        let (budget2, cancel2) = (budget.clone(), cancel.clone());
+        assert!(!finishes(Duration::from_millis(300), move || drop(budget2.buffer(1, &cancel2).unwrap())));
         old.shrink_to(10 * MIB);
         let young = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!((young.bytes(), budget.in_use()), (31 * MIB, 41 * MIB));
+        assert_eq!(young.bytes(), 31 * MIB);
+        // The new buffer got in after the grow, and let go.
+        assert!(finishes(Duration::from_secs(5), {
+            let budget = budget.clone();
+            move || while budget.in_use() != 41 * MIB {}
+        }));
     }
 
     /// Decode slots are shared by the whole budget; a decode's pixels wait for room but never for buffers'

@@ -116,9 +116,11 @@ import functools, http.server, sys
 class Quiet(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a): pass
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024
+    def handle_error(self, request, client_address): pass  # a client that gave up (a timeout) is not news
 handler = functools.partial(Quiet, directory=sys.argv[1])
-http.server.ThreadingHTTPServer.request_queue_size = 1024
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), handler).serve_forever()
+Server(("127.0.0.1", int(sys.argv[2])), handler).serve_forever()
 EOF
 SERVER=$!
 "$PY" - "$WORK" "$PORT" <<'EOF'
@@ -189,6 +191,8 @@ DS_OK=$(cat "$WORK"/ds/store/bench/images/*_stats.json | "$PY" -c 'import sys,js
 DS_RSS=$(peak_rss "$WORK/ds.time")
 DS_CPU=$(cpu_s "$WORK/ds.time")
 DS_SERVER=$(echo "$(server_cpu) - $SERVER_BEFORE" | bc)
+# The summary's last line says how much of its memory budget the build held at most.
+DS_BUDGET=$(grep -o "memory budget [^)]*" "$WORK/ds.time" || echo "memory budget: not reported")
 
 "$PY" - "$N" "$I2D_S" "$I2D_OK" "$I2D_RSS" "$DS_S" "$DS_OK" "$DS_RSS" "$(nproc)" "$I2D_CPU" "$DS_CPU" "$I2D_SERVER" "$DS_SERVER" <<'EOF'
 import sys
@@ -202,3 +206,4 @@ print(f"  dsmake       {d_ok:6d} ok  {d_s:7.1f} s  {d_ok / d_s:8.1f} images/s  p
       f"CPU {d_cpu:6.1f} s  server {d_srv:5.1f} s")
 print(f"  ratio        {(d_ok / d_s) / (i_ok / i_s):.2f}x images/s")
 EOF
+echo "  dsmake's $DS_BUDGET"
