@@ -150,6 +150,12 @@ impl MemoryBudget {
         Ok(Buffer { budget: self.clone(), bytes, ticket })
     }
 
+    /// Whether a buffer of `bytes` would go ahead now, without waiting.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        let s = self.state();
+        s.buffers.is_empty() || (s.growing == 0 && self.0.fits(&s, bytes))
+    }
+
     /// A decode slot: waits until one of the build's slots is free. Its pixels are admitted on the slot.
     pub fn decode(&self, cancel: &Cancel) -> Result<Decode, Cancelled> {
         let slots = self.0.slots;

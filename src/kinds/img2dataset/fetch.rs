@@ -124,6 +124,11 @@ impl Fetcher {
         Fetcher { agent, dns, limits: HostLimits::new(opts.per_host), opts, memory, cancel, bodies }
     }
 
+    /// What a request takes from the memory budget before it is sent.
+    pub fn request_bytes(&self) -> u64 {
+        CONNECTION + self.expected()
+    }
+
     /// The size a body is expected to have: the mean so far.
     fn expected(&self) -> u64 {
         let (n, bytes) = (self.bodies.0.load(Ordering::Relaxed), self.bodies.1.load(Ordering::Relaxed));
@@ -161,7 +166,7 @@ impl Fetcher {
             let _permit = self.limits.acquire(&host);
             // After the host's permit, never before: a request that held memory while it waited for a permit
             // would starve the requests that hold the permits and wait for memory.
-            let Ok(held) = self.memory.buffer(CONNECTION + self.expected(), &self.cancel) else {
+            let Ok(held) = self.memory.buffer(self.request_bytes(), &self.cancel) else {
                 return Attempt::Fail("interrupted".to_string());
             };
             let started = Instant::now();

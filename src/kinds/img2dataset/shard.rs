@@ -120,30 +120,24 @@ pub fn run_shard(
         }
     }
     let todo: Vec<usize> = (0..rows.len()).filter(|&i| outcomes[i].is_none()).collect();
-    let next = AtomicUsize::new(0);
     let threads = (s.concurrency as usize).min(todo.len()).max(1);
-    let hashing = s.hashing() || s.verify_hash.is_some();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Outcome>(threads * 2);
+    let downloads = Downloads {
+        todo: &todo,
+        next: AtomicUsize::new(0),
+        started: AtomicUsize::new(1),
+        threads,
+        rows,
+        s,
+        cx,
+        fetcher: &fetcher,
+        popts: &popts,
+        hashing: s.hashing() || s.verify_hash.is_some(),
+    };
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let (next, fetcher, popts, todo) = (&next, &fetcher, &popts, &todo);
-            scope.spawn(move || {
-                while let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    if cx.cancel.is_cancelled() {
-                        break;
-                    }
-                    let Some(outcome) = one_row(index, &rows[index], s, cx, fetcher, popts, hashing) else {
-                        break;
-                    };
-                    if tx.send(outcome).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
+        let (d, tx) = (&downloads, tx);
+        scope.spawn(move || download(scope, d, tx));
         for outcome in rx {
             cx.cancel.check()?;
             let index = outcome.index;
@@ -259,6 +253,52 @@ pub fn run_shard(
             "dns_lookups": fetcher.dns.lookups.load(Ordering::Relaxed),
         }),
     })
+}
+
+/// The shard's downloads, shared by its download threads.
+struct Downloads<'a> {
+    todo: &'a [usize],
+    next: AtomicUsize,
+    /// Threads started, at most `threads` (`concurrency`, or fewer rows).
+    started: AtomicUsize,
+    threads: usize,
+    rows: &'a [Map<String, Value>],
+    s: &'a Settings,
+    cx: &'a BuildCx<'a>,
+    fetcher: &'a Fetcher,
+    popts: &'a ProcessOptions,
+    hashing: bool,
+}
+
+/// A download thread: takes rows until none is left. Before each, it starts another thread while the shard has
+/// fewer than `concurrency` and the build's memory budget has room for another request: a thread that could
+/// only wait for memory would cost memory itself (its stack, its allocator's pages), hundreds of times over
+/// when many shards run at once.
+fn download<'scope, 'env: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    d: &'scope Downloads<'scope>,
+    tx: std::sync::mpsc::SyncSender<Outcome>,
+) {
+    while let Some(&index) = d.todo.get(d.next.fetch_add(1, Ordering::Relaxed)) {
+        if d.cx.cancel.is_cancelled() {
+            break;
+        }
+        let more = d.next.load(Ordering::Relaxed) < d.todo.len()
+            && d.cx.memory.has_room(d.fetcher.request_bytes())
+            && d.started
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < d.threads).then_some(n + 1))
+                .is_ok();
+        if more {
+            let tx = tx.clone();
+            scope.spawn(move || download(scope, d, tx));
+        }
+        let Some(outcome) = one_row(index, &d.rows[index], d.s, d.cx, d.fetcher, d.popts, d.hashing) else {
+            break;
+        };
+        if tx.send(outcome).is_err() {
+            break;
+        }
+    }
 }
 
 /// Cells noted by name in a shard's stats when their text is not UTF-8; the count covers the rest.
