@@ -132,7 +132,7 @@ impl Fetcher {
     /// The size a body is expected to have: the mean so far.
     fn expected(&self) -> u64 {
         let (n, bytes) = (self.bodies.0.load(Ordering::Relaxed), self.bodies.1.load(Ordering::Relaxed));
-        if n == 0 { UNKNOWN_LENGTH } else { bytes / n }.min(self.opts.max_bytes)
+        bytes.checked_div(n).unwrap_or(UNKNOWN_LENGTH).min(self.opts.max_bytes)
     }
 
     /// The image bytes at `url`, or the row's error message.
