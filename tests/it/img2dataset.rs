@@ -1071,7 +1071,8 @@ fn noisy_card(w: u32, h: u32, seed: u32) -> image::DynamicImage {
         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         let noise = (state >> 26) as u8;
         let grid = if (x / 37 + y / 23) % 2 == 0 { 50 } else { 0 };
-        image::Rgb([(x * 200 / w) as u8 + noise, (y * 200 / h) as u8 + grid, (seed * 40) as u8 + noise / 2])
+        let (r, g) = ((x * 190 / w) as u8, (y * 190 / h) as u8);
+        image::Rgb([r + noise, g + grid, (seed * 20) as u8 + noise / 2])
     }))
 }
 
