@@ -1132,6 +1132,7 @@ fn shards_built_at_once_share_one_memory_budget_and_stay_within_it() {
     assert!(peak > 0 && peak <= budget, "the build held {peak} bytes at once under a budget of {budget}");
     let (_, unbounded_peak, unbounded) = build("1GiB");
     assert!(unbounded_peak > 2 * budget, "unbounded, the same build held {unbounded_peak} bytes at once");
+    eprintln!("held at most {peak} bytes under a budget of {budget}; {unbounded_peak} without one");
     assert_eq!(bounded.len(), 4 + 48 * 2, "four parquets, an image and a json per row");
     assert!(bounded == unbounded, "the outputs differ with the budget");
 }
