@@ -8,19 +8,23 @@ fn main() {
     std::process::exit(dsmake::cli::main());
 }
 
-/// mimalloc v3 gives freed memory back to the system a second after it is freed; a build that moves hundreds of
-/// megabytes of image bodies a second (each freed by one of hundreds of download threads) would hold a
-/// second's worth of them on top of its memory budget. 10 ms, mimalloc v2's delay, unless
-/// `MIMALLOC_PURGE_DELAY` says otherwise.
+/// mimalloc v3 gives freed memory back to the system a second after it is freed (ten for its arenas); a build
+/// that moves hundreds of megabytes of image bodies a second (each freed by one of hundreds of download threads)
+/// would hold seconds' worth of them on top of its memory budget: measured, 1.1 GB of RSS against 740 MB with
+/// prompt purging, for a 256 MiB budget. So freed memory is purged at once, unless `MIMALLOC_PURGE_DELAY` or
+/// `MIMALLOC_ARENA_PURGE_MULT` say otherwise.
 fn purge_freed_memory_soon() {
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }
-    /// `mi_option_purge_delay` in the mimalloc.h that libmimalloc-sys vendors (v2 and v3 alike).
+    /// `mi_option_purge_delay` and `mi_option_arena_purge_mult` in the v3 mimalloc.h that libmimalloc-sys vendors.
     const PURGE_DELAY: std::ffi::c_int = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mimalloc is linked in (the global allocator); setting an option is thread-safe and any
-        // value is valid for this one.
-        unsafe { mi_option_set(PURGE_DELAY, 10) };
+    const ARENA_PURGE_MULT: std::ffi::c_int = 24;
+    for (option, name) in [(PURGE_DELAY, "MIMALLOC_PURGE_DELAY"), (ARENA_PURGE_MULT, "MIMALLOC_ARENA_PURGE_MULT")] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: mimalloc is linked in (the global allocator); setting an option is thread-safe, and 0 (no
+            // delay) and 1 (the same delay for arenas) are valid values.
+            unsafe { mi_option_set(option, if option == PURGE_DELAY { 0 } else { 1 }) };
+        }
     }
 }

@@ -22,8 +22,9 @@ use std::time::Duration;
 /// The part of the budget each decode slot keeps free of buffers (at most half of it in all).
 pub const DECODE_SHARE: u64 = 32 << 20;
 
-/// How often a wait looks at cancellation: `Cancel` is a flag, with nothing to wake a waiter.
-const POLL: Duration = Duration::from_millis(50);
+/// How often a wait looks at cancellation: `Cancel` is a flag, with nothing to wake a waiter. Not much more
+/// often: hundreds of threads may wait at once.
+const POLL: Duration = Duration::from_millis(200);
 
 /// The build's memory budget. Cloning shares it.
 #[derive(Clone)]
@@ -58,6 +59,8 @@ struct State {
     /// Buffers waiting to grow: new buffers wait behind them (a growing one is a body whose connection is
     /// open, with its timeout running).
     growing: usize,
+    /// New buffers waiting for room.
+    waiting: usize,
     next_ticket: u64,
 }
 
@@ -136,24 +139,30 @@ impl MemoryBudget {
     /// buffer is held.
     pub fn buffer(&self, bytes: u64, cancel: &Cancel) -> Result<Buffer, Cancelled> {
         let inner = &self.0;
-        let ticket = self.wait(
-            cancel,
-            |s| s.buffers.is_empty() || (s.growing == 0 && inner.fits(s, bytes)),
-            |s| {
-                s.buffered += bytes;
-                s.add(bytes);
-                s.next_ticket += 1;
-                s.buffers.insert(s.next_ticket);
-                s.next_ticket
-            },
-        )?;
+        let ready = |s: &State| s.buffers.is_empty() || (s.growing == 0 && inner.fits(s, bytes));
+        let mut state = self.state();
+        if !ready(&state) {
+            state.waiting += 1;
+            while !ready(&state) && !cancel.is_cancelled() {
+                state = inner.changed.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            state.waiting -= 1;
+            if !ready(&state) {
+                return Err(Cancelled);
+            }
+        }
+        state.buffered += bytes;
+        state.add(bytes);
+        state.next_ticket += 1;
+        let ticket = state.next_ticket;
+        state.buffers.insert(ticket);
         Ok(Buffer { budget: self.clone(), bytes, ticket })
     }
 
-    /// Whether a buffer of `bytes` would go ahead now, without waiting.
+    /// Whether a buffer of `bytes` would go ahead now, with no other waiting for room.
     pub fn has_room(&self, bytes: u64) -> bool {
         let s = self.state();
-        s.buffers.is_empty() || (s.growing == 0 && self.0.fits(&s, bytes))
+        s.buffers.is_empty() || (s.growing == 0 && s.waiting == 0 && self.0.fits(&s, bytes))
     }
 
     /// A decode slot: waits until one of the build's slots is free. Its pixels are admitted on the slot.
