@@ -25,7 +25,7 @@ pub(super) const MEMORY_HELP: &str = "The build's memory budget, one for all the
 Downloaded bodies waiting to be decoded and the pixels of images being decoded count against it, and decodes \
 run on at most -j threads for the whole build, not per target. Work waits for room rather than going over; an \
 image larger than the whole budget still goes ahead, alone, so a build never stalls. Default: a quarter of the \
-memory available to dsmake (within its cgroup's limit), at most 128 MiB per core, at least 64 MiB. The summary \
+memory available to dsmake (within its cgroup's limit), at most 64 MiB per core, at least 64 MiB. The summary \
 (`--format json`: `memory`) says how much of it the build used at most. It bounds what kinds buffer, not the \
 process: add some tens of megabytes for threads, connections and the plan.";
 
@@ -45,7 +45,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", default_value_t = 16)]
     net_jobs: usize,
     /// The build's memory budget, for all its targets together: bodies downloaded and images being decoded
-    /// (e.g. 512MiB, 2G). Default: a quarter of the memory available, at most 128 MiB per core.
+    /// (e.g. 512MiB, 2G). Default: a quarter of the memory available, at most 64 MiB per core.
     #[arg(long, value_name = "SIZE", env = "DSMAKE_MEMORY", value_parser = parse_size, long_help = MEMORY_HELP)]
     memory: Option<u64>,
     /// Keep building what does not depend on a failed target.

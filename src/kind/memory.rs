@@ -92,7 +92,8 @@ impl MemoryBudget {
     }
 
     /// The default budget for `decode_slots` decodes: a quarter of the memory available to this process,
-    /// at most 128 MiB per slot (more buffers do not make decoding faster), at least 64 MiB.
+    /// at most 64 MiB per slot (more buffers do not make decoding faster, and each request in flight costs
+    /// memory outside the budget too: its thread, its allocator pages), at least 64 MiB.
     pub fn default_for(decode_slots: usize) -> MemoryBudget {
         MemoryBudget::new(default_limit(crate::util::memory::available(), decode_slots), decode_slots)
     }
@@ -285,7 +286,7 @@ impl Drop for Decode {
 /// See [`MemoryBudget::default_for`].
 fn default_limit(available: Option<u64>, slots: usize) -> u64 {
     const MIB: u64 = 1 << 20;
-    let per_slot = 128 * MIB * slots.max(1) as u64;
+    let per_slot = 64 * MIB * slots.max(1) as u64;
     available.map_or(per_slot, |a| (a / 4).min(per_slot)).max(64 * MIB)
 }
 
@@ -441,9 +442,9 @@ mod tests {
 
     #[test]
     fn the_default_is_a_quarter_of_what_is_available_within_bounds() {
-        assert_eq!(default_limit(Some(24 << 30), 2), 256 * MIB);
+        assert_eq!(default_limit(Some(24 << 30), 2), 128 * MIB);
         assert_eq!(default_limit(Some(512 * MIB), 8), 128 * MIB);
         assert_eq!(default_limit(Some(100 * MIB), 2), 64 * MIB);
-        assert_eq!(default_limit(None, 4), 512 * MIB);
+        assert_eq!(default_limit(None, 4), 256 * MIB);
     }
 }
