@@ -15,7 +15,7 @@
 //! reserved is released when its handle is dropped.
 
 use super::cancel::{Cancel, Cancelled};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +35,20 @@ impl Inner {
     fn fits(&self, s: &State, bytes: u64) -> bool {
         s.buffered + bytes <= self.buffer_limit && s.used + bytes <= self.limit
     }
+
+    /// Wakes those that wait, after a change of `s`: the first new buffer in line, every growing buffer and
+    /// decode (few).
+    fn wake(&self, s: &State) {
+        if let Some((_, first)) = s.queue.front() {
+            first.notify_one();
+        }
+        if s.growing > 0 {
+            self.grown.notify_all();
+        }
+        if s.decode_waiting > 0 {
+            self.decoded.notify_all();
+        }
+    }
 }
 
 struct Inner {
@@ -43,7 +57,10 @@ struct Inner {
     buffer_limit: u64,
     slots: usize,
     state: Mutex<State>,
-    changed: Condvar,
+    /// Growing buffers wait here (few: one per connection held open).
+    grown: Condvar,
+    /// Decodes wait here, for a slot or for room for their pixels (at most a few per slot).
+    decoded: Condvar,
 }
 
 #[derive(Default)]
@@ -59,8 +76,12 @@ struct State {
     /// Buffers waiting to grow: new buffers wait behind them (a growing one is a body whose connection is
     /// open, with its timeout running).
     growing: usize,
-    /// New buffers waiting for room.
-    waiting: usize,
+    /// New buffers waiting for room, first come first served, each on its own condition variable: only the
+    /// first is woken by a release (hundreds may wait; waking all of them for every body freed cost more CPU
+    /// than the decodes), and it wakes the next when it gets in.
+    queue: VecDeque<(u64, Arc<Condvar>)>,
+    /// Decodes waiting.
+    decode_waiting: usize,
     next_ticket: u64,
 }
 
@@ -87,7 +108,8 @@ impl MemoryBudget {
             buffer_limit: limit - kept,
             slots,
             state: Mutex::default(),
-            changed: Condvar::new(),
+            grown: Condvar::new(),
+            decoded: Condvar::new(),
         }))
     }
 
@@ -116,24 +138,34 @@ impl MemoryBudget {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits (polling `cancel`) until `ready` says the state allows going ahead, then lets `take` change it.
-    fn wait<T>(
+    /// A decode waits (polling `cancel`) until `ready` says the state allows going ahead, then lets `take`
+    /// change it.
+    fn wait_decode<T>(
         &self,
         cancel: &Cancel,
         ready: impl Fn(&State) -> bool,
         take: impl FnOnce(&mut State) -> T,
     ) -> Result<T, Cancelled> {
         let mut state = self.state();
-        while !ready(&state) {
-            cancel.check()?;
-            state = self.0.changed.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+        if !ready(&state) {
+            state.decode_waiting += 1;
+            while !ready(&state) && !cancel.is_cancelled() {
+                state = self.0.decoded.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            state.decode_waiting -= 1;
+            if !ready(&state) {
+                return Err(Cancelled);
+            }
         }
         Ok(take(&mut state))
     }
 
+    /// Changes the state with `f`, then wakes whoever may now go ahead: the first new buffer in line, the
+    /// growing buffers and the decodes (only where some wait).
     fn release(&self, f: impl FnOnce(&mut State)) {
-        f(&mut self.state());
-        self.0.changed.notify_all();
+        let mut state = self.state();
+        f(&mut state);
+        self.0.wake(&state);
     }
 
     /// `bytes` to be buffered (a body to download): waits until they fit beside what is held, or no other
@@ -142,20 +174,27 @@ impl MemoryBudget {
         let inner = &self.0;
         let ready = |s: &State| s.buffers.is_empty() || (s.growing == 0 && inner.fits(s, bytes));
         let mut state = self.state();
-        if !ready(&state) {
-            state.waiting += 1;
-            while !ready(&state) && !cancel.is_cancelled() {
-                state = inner.changed.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+        state.next_ticket += 1;
+        let ticket = state.next_ticket;
+        if !state.queue.is_empty() || !ready(&state) {
+            let mine = Arc::new(Condvar::new());
+            state.queue.push_back((ticket, mine.clone()));
+            let first = |s: &State| s.queue.front().is_some_and(|(t, _)| *t == ticket);
+            while !(cancel.is_cancelled() || first(&state) && ready(&state)) {
+                state = mine.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
             }
-            state.waiting -= 1;
-            if !ready(&state) {
+            let admitted = first(&state) && ready(&state);
+            state.queue.retain(|(t, _)| *t != ticket);
+            // The next in line may fit too (or, if this one gave up, may fit where it did not).
+            if let Some((_, next)) = state.queue.front() {
+                next.notify_one();
+            }
+            if !admitted {
                 return Err(Cancelled);
             }
         }
         state.buffered += bytes;
         state.add(bytes);
-        state.next_ticket += 1;
-        let ticket = state.next_ticket;
         state.buffers.insert(ticket);
         Ok(Buffer { budget: self.clone(), bytes, ticket })
     }
@@ -163,13 +202,13 @@ impl MemoryBudget {
     /// Whether a buffer of `bytes` would go ahead now, with no other waiting for room.
     pub fn has_room(&self, bytes: u64) -> bool {
         let s = self.state();
-        s.buffers.is_empty() || (s.growing == 0 && s.waiting == 0 && self.0.fits(&s, bytes))
+        s.buffers.is_empty() || (s.growing == 0 && s.queue.is_empty() && self.0.fits(&s, bytes))
     }
 
     /// A decode slot: waits until one of the build's slots is free. Its pixels are admitted on the slot.
     pub fn decode(&self, cancel: &Cancel) -> Result<Decode, Cancelled> {
         let slots = self.0.slots;
-        self.wait(cancel, |s| s.decodes < slots, |s| s.decodes += 1)?;
+        self.wait_decode(cancel, |s| s.decodes < slots, |s| s.decodes += 1)?;
         Ok(Decode { budget: self.clone(), bytes: 0 })
     }
 }
@@ -198,12 +237,14 @@ impl Buffer {
         if !ready(&state) {
             state.growing += 1;
             while !ready(&state) && !cancel.is_cancelled() {
-                state = inner.changed.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+                state = inner.grown.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
             }
             state.growing -= 1;
+            if state.growing == 0 {
+                // New buffers wait while one grows.
+                inner.wake(&state);
+            }
             if !ready(&state) {
-                drop(state);
-                inner.changed.notify_all();
                 return Err(Cancelled);
             }
         }
@@ -256,7 +297,7 @@ impl Decode {
             self.budget.release(|s| s.add(bytes));
         } else {
             let limit = self.budget.0.limit;
-            self.budget.wait(
+            self.budget.wait_decode(
                 cancel,
                 |s| s.decoding == 0 || s.used + bytes <= limit,
                 |s| {
@@ -383,6 +424,30 @@ mod tests {
             let budget = budget.clone();
             move || while budget.in_use() != 41 * MIB {}
         }));
+    }
+
+    /// New buffers go ahead in the order they asked: a small one that would fit waits behind a larger one
+    /// that does not; when the first gives up (cancelled), the next goes ahead.
+    #[test]
+    fn new_buffers_are_served_in_order() {
+        let budget = MemoryBudget::new(100 * MIB, 1);
+        let (cancel, cancel_big) = (Cancel::default(), Cancel::default());
+        let held = budget.buffer(60 * MIB, &cancel).unwrap();
+        let (budget2, cancel2) = (budget.clone(), cancel_big.clone());
+        let big = std::thread::spawn(move || budget2.buffer(20 * MIB, &cancel2).is_err());
+        while budget.state().queue.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (budget2, cancel2) = (budget.clone(), cancel.clone());
+        let small = std::thread::spawn(move || drop(budget2.buffer(MIB, &cancel2).unwrap()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!small.is_finished(), "1 MiB fits, but waits behind the 20 MiB asked first");
+        cancel_big.cancel();
+        assert!(big.join().unwrap(), "the first gives up");
+        small.join().unwrap();
+        drop(held);
+        assert_eq!(budget.in_use(), 0);
+        assert!(budget.state().queue.is_empty());
     }
 
     /// Decode slots are shared by the whole budget; a decode's pixels wait for room but never for buffers'
