@@ -19,6 +19,21 @@ requests made outside a target (planning, the build lease) get a default budget 
 worker task has a default budget, and the scheduler's task retries come on top. img2dataset's `retries` \
 setting is per image, apart from this budget.";
 
+pub(super) const MEMORY_HELP: &str = "The build's memory budget, one for all the targets it runs at once \
+(e.g. 512MiB, 2G; also DSMAKE_MEMORY).
+
+Downloaded bodies waiting to be decoded and the pixels of images being decoded count against it, and decodes \
+run on at most -j threads for the whole build, not per target. Work waits for room rather than going over; an \
+image larger than the whole budget still goes ahead, alone, so a build never stalls. Default: a quarter of the \
+memory available to dsmake (within its cgroup's limit), at most 64 MiB per core, at least 64 MiB. The summary \
+(`--format json`: `memory`) says how much of it the build used at most. It bounds what kinds buffer, not the \
+process: add some tens of megabytes for threads, connections and the plan.";
+
+/// `--memory`'s values.
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+    crate::util::memory::parse_size(text).map_err(|e| format!("{e:#}"))
+}
+
 #[derive(Args, Debug)]
 pub struct BuildArgs {
     #[command(flatten)]
@@ -29,6 +44,10 @@ pub struct BuildArgs {
     /// Network-bound targets at once.
     #[arg(long, value_name = "N", default_value_t = 16)]
     net_jobs: usize,
+    /// The build's memory budget, for all its targets together: bodies downloaded and images being decoded
+    /// (e.g. 512MiB, 2G). Default: a quarter of the memory available, at most 64 MiB per core.
+    #[arg(long, value_name = "SIZE", env = "DSMAKE_MEMORY", value_parser = parse_size, long_help = MEMORY_HELP)]
+    memory: Option<u64>,
     /// Keep building what does not depend on a failed target.
     #[arg(short, long)]
     keep_going: bool,
@@ -88,6 +107,7 @@ pub fn build(args: BuildArgs, out: Output) -> anyhow::Result<()> {
     let options = BuildOptions {
         jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         net_jobs: args.net_jobs,
+        memory: args.memory,
         keep_going: args.keep_going,
         retries: args.retries,
         progress: out.terminal && !out.quiet && args.format == Format::Human,
@@ -142,7 +162,16 @@ fn describe(s: &Summary) -> String {
         text.push_str(&format!(", {} not run", s.not_run));
     }
     text.push_str(&format!(" in {:.2}s ({} written", s.seconds, HumanBytes(s.bytes_written)));
-    text.push_str(&format!(", {} source files hashed)", s.sources_hashed));
+    text.push_str(&format!(", {} source files hashed", s.sources_hashed));
+    // Only when a kind used the budget: most builds buffer nothing.
+    if let Some(m) = s.memory.as_ref().filter(|m| m.peak_bytes > 0) {
+        text.push_str(&format!(
+            ", memory budget {} of {} at most",
+            HumanBytes(m.peak_bytes),
+            HumanBytes(m.budget_bytes)
+        ));
+    }
+    text.push(')');
     if !s.unavailable.is_empty() {
         text.push_str("\nUnavailable:");
         for u in &s.unavailable {

@@ -2,7 +2,7 @@
 
 use super::Error;
 use crate::exec::worker;
-use crate::kind::Cancel;
+use crate::kind::{Cancel, MemoryBudget};
 use anyhow::Context;
 use clap::Args;
 use std::io::Read;
@@ -14,6 +14,10 @@ pub struct WorkerArgs {
     /// Open this store instead of the one the job names (the same data seen through another path or URL).
     #[arg(long)]
     store: Option<String>,
+    /// This worker's memory budget (e.g. 512MiB); default: a quarter of the memory available, at most 128 MiB
+    /// per core. Decodes run on at most one thread per core.
+    #[arg(long, value_name = "SIZE", env = "DSMAKE_MEMORY", value_parser = super::build::parse_size, long_help = super::build::MEMORY_HELP)]
+    memory: Option<u64>,
 }
 
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -35,7 +39,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     } else {
         text
     };
-    let outcome = match worker::run_json(&text, &*store, &Cancel::default()) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = match args.memory {
+        Some(bytes) => MemoryBudget::new(bytes, cores),
+        None => MemoryBudget::default_for(cores),
+    };
+    let outcome = match worker::run_json(&text, &*store, &Cancel::default(), &memory) {
         Ok(outcome) => outcome,
         // Remote schedulers retry a task that exits with EX_TEMPFAIL (a network or store hiccup).
         Err(e) if crate::retry::is_transient(&e) => {

@@ -6,7 +6,7 @@ use super::job::Job;
 use super::progress::Progress;
 use super::{BuildOptions, FailedTarget, worker};
 use crate::kind::is_cancelled;
-use crate::kind::{Cancel, Resource};
+use crate::kind::{Cancel, MemoryBudget, Resource};
 use crate::plan::Plan;
 use crate::retry::{Budget, RetryPolicy};
 use crate::store::Store;
@@ -18,6 +18,8 @@ use tokio::task::JoinSet;
 
 pub struct Local<'a> {
     pub options: &'a BuildOptions,
+    /// One budget for every target of the build (each runs on a thread of this process).
+    pub memory: &'a MemoryBudget,
 }
 
 impl RoundRunner for Local<'_> {
@@ -38,11 +40,17 @@ impl RoundRunner for Local<'_> {
     }
 
     fn run_round(&mut self, cx: &RoundCx, plan: &mut Plan, to_run: &[usize]) -> anyhow::Result<Round> {
-        Ok(cx.runtime.block_on(run_round(cx, plan, to_run, self.options)))
+        Ok(cx.runtime.block_on(run_round(cx, plan, to_run, self.options, self.memory)))
     }
 }
 
-async fn run_round(cx: &RoundCx<'_>, plan: &mut Plan, to_run: &[usize], options: &BuildOptions) -> Round {
+async fn run_round(
+    cx: &RoundCx<'_>,
+    plan: &mut Plan,
+    to_run: &[usize],
+    options: &BuildOptions,
+    memory: &MemoryBudget,
+) -> Round {
     let (pipeline, store, cancel) = (cx.pipeline, cx.store, cx.cancel);
     let running: HashSet<usize> = to_run.iter().copied().collect();
     let mut waiting_on: HashMap<usize, usize> = HashMap::new();
@@ -74,7 +82,15 @@ async fn run_round(cx: &RoundCx<'_>, plan: &mut Plan, to_run: &[usize], options:
             let job = Job::for_target(pipeline, plan, &**store, t, &built);
             let step = &pipeline.steps[plan.targets[t].step];
             let limit = limits[&step.traits.resource].clone();
-            tasks.spawn(run_target(t, job, store.clone(), limit, cancel.clone(), options.retries, progress.clone()));
+            let cx = TargetCx {
+                store: store.clone(),
+                limit,
+                cancel: cancel.clone(),
+                memory: memory.clone(),
+                retries: options.retries,
+                progress: progress.clone(),
+            };
+            tasks.spawn(run_target(t, job, cx));
         }
         let Some(joined) = tasks.join_next().await else {
             break;
@@ -128,15 +144,18 @@ async fn run_round(cx: &RoundCx<'_>, plan: &mut Plan, to_run: &[usize], options:
     round
 }
 
-async fn run_target(
-    index: usize,
-    job: Job,
+/// What one target's task shares with the round.
+struct TargetCx {
     store: Arc<dyn Store>,
     limit: Arc<Semaphore>,
     cancel: Cancel,
+    memory: MemoryBudget,
     retries: u32,
     progress: Progress,
-) -> (usize, anyhow::Result<worker::Outcome>) {
+}
+
+async fn run_target(index: usize, job: Job, cx: TargetCx) -> (usize, anyhow::Result<worker::Outcome>) {
+    let TargetCx { store, limit, cancel, memory, retries, progress } = cx;
     let _permit = limit.acquire_owned().await;
     if cancel.is_cancelled() {
         return (index, Err(crate::kind::Cancelled.into()));
@@ -151,11 +170,11 @@ async fn run_target(
     let budget = Budget::new(RetryPolicy::DEFAULT.with_retries(retries));
     let mut attempt = 0;
     loop {
-        let (serialized, store, cancel_for_worker, budget_for_worker) =
-            (serialized.clone(), store.clone(), cancel.clone(), budget.clone());
+        let (serialized, store, cancel_for_worker, budget_for_worker, memory) =
+            (serialized.clone(), store.clone(), cancel.clone(), budget.clone(), memory.clone());
         let result = tokio::task::spawn_blocking(move || {
             let _entered = budget_for_worker.enter();
-            worker::run_json(&serialized, &*store, &cancel_for_worker)
+            worker::run_json(&serialized, &*store, &cancel_for_worker, &memory)
         })
         .await;
         let result = result.unwrap_or_else(|panic| Err(anyhow::anyhow!("worker panicked: {panic}")));

@@ -9,6 +9,7 @@ pub mod remote;
 mod scratch;
 pub mod worker;
 
+use crate::kind::MemoryBudget;
 use crate::pipeline::Pipeline;
 use crate::plan::PlanOptions;
 use crate::store::Store;
@@ -22,6 +23,9 @@ pub struct BuildOptions {
     pub jobs: usize,
     /// Network-bound targets at once.
     pub net_jobs: usize,
+    /// The build's memory budget in bytes (`--memory`); `None`: derived from the memory available. Decodes
+    /// at once, for the whole build, are `jobs`.
+    pub memory: Option<u64>,
     pub keep_going: bool,
     /// Each target's retry budget: transient failures retried in all, at every layer (`crate::retry`).
     pub retries: u32,
@@ -45,6 +49,26 @@ pub struct Summary {
     pub sources_hashed: u64,
     /// Steps that could not be planned, which what was asked for needs: nothing that reads them was built.
     pub unavailable: Vec<UnavailableStep>,
+    /// The memory budget of a local build and the most of it in use at once; `None` for remote builds (each
+    /// worker has its own).
+    pub memory: Option<MemoryUse>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemoryUse {
+    pub budget_bytes: u64,
+    pub peak_bytes: u64,
+    pub decode_slots: usize,
+}
+
+impl BuildOptions {
+    /// The budget these options ask for: `--memory`, or a share of what is available.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        match self.memory {
+            Some(bytes) => MemoryBudget::new(bytes, self.jobs),
+            None => MemoryBudget::default_for(self.jobs),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -68,7 +92,15 @@ pub fn build(
     plan_options: &PlanOptions,
     options: &BuildOptions,
 ) -> anyhow::Result<Summary> {
-    build_loop::build(pipeline, store, stat_cache, plan_options, &mut local::Local { options })
+    let memory = options.memory_budget();
+    let mut summary =
+        build_loop::build(pipeline, store, stat_cache, plan_options, &mut local::Local { options, memory: &memory })?;
+    summary.memory = Some(MemoryUse {
+        budget_bytes: memory.limit(),
+        peak_bytes: memory.peak(),
+        decode_slots: memory.decode_slots(),
+    });
+    Ok(summary)
 }
 
 /// Frees a large plan off the main thread: a process that is about to exit need not wait for it.

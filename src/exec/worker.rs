@@ -2,7 +2,7 @@
 //! last, the manifest. Local and remote builds both come through here.
 
 use super::job::{Expected, FORMAT, Job, JobFile};
-use crate::kind::{BuildCx, Cancel, LocalInput};
+use crate::kind::{BuildCx, Cancel, LocalInput, MemoryBudget};
 use crate::kinds;
 use crate::retry::Transient;
 use crate::store::manifest::{self, Manifest, OutputFile};
@@ -19,8 +19,8 @@ pub struct Outcome {
     pub manifest_meta: ObjectMeta,
 }
 
-/// Parses a serialised job and builds it.
-pub fn run_json(job: &str, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outcome> {
+/// Parses a serialised job and builds it, within the process's memory budget.
+pub fn run_json(job: &str, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget) -> anyhow::Result<Outcome> {
     let job: Job = serde_json::from_str(job).context("invalid job description")?;
     if job.job_format != FORMAT {
         bail!(
@@ -28,10 +28,10 @@ pub fn run_json(job: &str, store: &dyn Store, cancel: &Cancel) -> anyhow::Result
             job.job_format
         );
     }
-    run(&job, store, cancel)
+    run(&job, store, cancel, memory)
 }
 
-pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outcome> {
+pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget) -> anyhow::Result<Outcome> {
     let kind = kinds::lookup(&job.key_parts.kind)
         .ok_or_else(|| anyhow!("unknown step kind `{}` in job for {}", job.key_parts.kind, job.target))?;
     if kind.version() != job.key_parts.kind_version {
@@ -93,6 +93,7 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel) -> anyhow::Result<Outc
         out_dir: &out_dir,
         work_dir: &work_dir,
         cancel,
+        memory,
         previous,
     };
     let built = kind.build(&job.key_parts.settings, &cx)?;

@@ -1,6 +1,7 @@
 //! What a kind is handed: to plan its shards ([`ShardCx`]) and to build one target ([`BuildCx`]).
 
 use super::cancel::Cancel;
+use super::memory::MemoryBudget;
 use super::shard::InputShards;
 use crate::util::stat_cache::StatCache;
 use anyhow::{Context, anyhow};
@@ -44,6 +45,9 @@ pub struct BuildCx<'a> {
     /// A scratch folder for everything else; removed afterwards.
     pub work_dir: &'a Path,
     pub cancel: &'a Cancel,
+    /// The build's memory budget, shared with every target running in this process: buffered bytes and
+    /// decodes in flight count against it (see [`MemoryBudget`]).
+    pub memory: &'a MemoryBudget,
     /// With `--retry-failed`: the target's outputs from its last build, in its manifest's order, for a kind
     /// that keeps what succeeded and re-attempts the rest. Empty otherwise.
     pub previous: Vec<PathBuf>,

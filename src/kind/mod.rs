@@ -7,11 +7,13 @@
 
 pub mod cancel;
 mod context;
+pub mod memory;
 pub mod settings;
 pub mod shard;
 
 pub use cancel::{Cancel, Cancelled, is_cancelled};
 pub use context::{BuildCx, LocalInput, ShardCx};
+pub use memory::MemoryBudget;
 pub use settings::{Setting, SettingError, SettingType, Settings};
 pub use shard::{InputShard, InputShards, Mapping, ShardSpec, Shards, SourceFile};
 

@@ -4,6 +4,7 @@ pub mod cache;
 pub mod digest;
 pub mod files;
 mod glob;
+pub mod memory;
 pub mod named_file;
 pub mod secret;
 pub mod sized_names;

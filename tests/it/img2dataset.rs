@@ -1060,3 +1060,82 @@ fn absurd_dimensions_many_scans_and_cut_files_fail_to_resize_with_what_is_wrong(
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Item 9: one memory budget per build.
+
+/// A photo-like test card (gradients, a grid, noise), so that it compresses like a photograph.
+fn noisy_card(w: u32, h: u32, seed: u32) -> image::DynamicImage {
+    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let noise = (state >> 26) as u8;
+        let grid = if (x / 37 + y / 23) % 2 == 0 { 50 } else { 0 };
+        let (r, g) = ((x * 190 / w) as u8, (y * 190 / h) as u8);
+        image::Rgb([r + noise, g + grid, (seed * 20) as u8 + noise / 2])
+    }))
+}
+
+/// Four shards built at once (`--net-jobs 4`) share one budget: with `--memory 4MiB` the bytes the build held
+/// at once (requests' buffers, bodies waiting to be decoded, the pixels of decodes) stay within 4 MiB, but for
+/// the one body at a time that may always grow (the oldest, so that growing bodies never wait on each other),
+/// where an unbounded build of the same rows holds several times that; and the outputs are the same. Bodies come with a
+/// Content-Length and without one (chunked), as PNGs (decoded at full size) and JPEGs (scaled while decoding).
+#[test]
+fn shards_built_at_once_share_one_memory_budget_and_stay_within_it() {
+    let jpegs: Vec<Vec<u8>> =
+        (0..3).map(|i| encode(&noisy_card(1200 + 40 * i, 900, i), image::ImageFormat::Jpeg)).collect();
+    let png = encode(&noisy_card(800, 600, 7), image::ImageFormat::Png);
+    let small = encode(&noisy_card(640, 480, 9), image::ImageFormat::Jpeg);
+    assert!(png.len() > 500_000 && small.len() < 200_000, "{} {}", png.len(), small.len());
+    // The most one request holds: its connection's buffers (256 KiB) and the largest body, a byte over.
+    let one_request = (256 << 10) + png.len() as u64 + 1;
+    let host = Server::start(move |r| {
+        let i: usize = r.path().trim_start_matches("/img/").parse().unwrap_or(0);
+        match i % 4 {
+            0 => Reply::ok("image/png", png.clone()),
+            1 => Reply::Streamed {
+                status: 200,
+                headers: vec![("Content-Type".into(), "image/jpeg".into())],
+                pieces: vec![(Duration::ZERO, small.clone())],
+                chunked: true,
+            },
+            _ => Reply::ok("image/jpeg", jpegs[i % 3].clone()),
+        }
+    });
+    let urls: Vec<String> = (0..48).map(|i| host.url(&format!("/img/{i}"))).collect();
+    let rows: Vec<Row> = urls.iter().map(|u| row(u, "a photo")).collect();
+    let pipeline = "[steps.urls]\nkind = \"files\"\npaths = \"urls.parquet\"\n\n[steps.images]\n\
+                    kind = \"img2dataset\"\nfrom = \"urls\"\nimage_size = 64\nnumber_sample_per_shard = 12\n\
+                    per_host_connections = 2\nallow_hosts = [\"127.0.0.1\"]\n";
+    let build = |memory: &str| {
+        let sb = Sandbox::new(pipeline);
+        write_binary(&sb, "urls.parquet", &urls_parquet(&rows));
+        let summary = sb.build(&["--memory", memory, "-j", "2", "--net-jobs", "4"]);
+        assert_eq!(built(&summary).len(), 4, "{summary}");
+        let m = &summary["memory"];
+        let (budget, peak) = (m["budget_bytes"].as_u64().unwrap(), m["peak_bytes"].as_u64().unwrap());
+        assert_eq!(m["decode_slots"], 2);
+        let dir = sb.store().join("pipeline/images");
+        let mut outputs = BTreeMap::new();
+        for part in 0..4 {
+            let shard = format!("urls_{part:05}");
+            let (_, parsed) = read_parquet(&dir.join(format!("{shard}.parquet")));
+            assert!(parsed.iter().all(|(_, (status, ..), _)| status == "success"), "{parsed:?}");
+            outputs.insert(format!("{shard}.parquet"), std::fs::read(dir.join(format!("{shard}.parquet"))).unwrap());
+            // Members go in as images finish, so their order differs between builds; their bytes do not.
+            for (name, bytes) in tar_members(&dir.join(format!("{shard}.tar"))) {
+                outputs.insert(name, bytes);
+            }
+        }
+        (budget, peak, outputs)
+    };
+    let (budget, peak, bounded) = build("4MiB");
+    assert_eq!(budget, 4 << 20);
+    assert!(peak > 0 && peak <= budget + one_request, "the build held {peak} bytes at once, budget {budget}");
+    let (_, unbounded_peak, unbounded) = build("1GiB");
+    assert!(unbounded_peak > 2 * budget, "unbounded, the same build held {unbounded_peak} bytes at once");
+    eprintln!("held at most {peak} bytes under a budget of {budget}; {unbounded_peak} without one");
+    assert_eq!(bounded.len(), 4 + 48 * 2, "four parquets, an image and a json per row");
+    assert!(bounded == unbounded, "the outputs differ with the budget");
+}

@@ -2,11 +2,17 @@
 //! (non-http(s) schemes, and the addresses `destination` refuses, unless allow-listed) through the shard's
 //! DNS cache, which is also the only resolver the HTTP client uses; no proxy but `DSMAKE_PROXY`; a
 //! connection limit per host, a cap on bytes, and retries with backoff that honour Retry-After on 429 and 503.
+//! A request is sent only once the build's memory budget has room for its connection's buffers and the body
+//! it likely brings (the mean of the bodies so far), so that waiting for memory neither runs down the timeout
+//! nor holds a connection open; its Content-Length then settles what it holds, and a body without one grows
+//! it as it arrives.
 //!
 //! Error messages are stable: they land in the shard's parquet, and people group rows by them.
 
 use super::destination::{Dns, SharedDns};
+use crate::kind::{Cancel, MemoryBudget, memory::Buffer};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use ureq::unversioned::transport::DefaultConnector;
@@ -72,11 +78,28 @@ pub struct Fetcher {
     pub dns: Arc<Dns>,
     limits: HostLimits,
     opts: FetchOptions,
+    memory: MemoryBudget,
+    cancel: Cancel,
+    /// Bodies read and their bytes, for the size the next one is expected to have.
+    bodies: (AtomicU64, AtomicU64),
 }
+
+/// A downloaded body, counted in the build's memory budget until dropped.
+pub struct Body {
+    pub bytes: Vec<u8>,
+    _held: Buffer,
+}
+
+/// What a request is first given room for, before any body has been read; and what a body without a
+/// Content-Length is, before it grows as it arrives.
+const UNKNOWN_LENGTH: u64 = 256 << 10;
+
+/// A request's connection buffers (ureq's input and output buffers, 128 KiB each), held while it is in flight.
+const CONNECTION: u64 = 256 << 10;
 
 /// What a failed attempt says about trying again.
 enum Attempt {
-    Done(Vec<u8>),
+    Done(Body),
     Retry(String, Option<Duration>),
     Fail(String),
 }
@@ -86,7 +109,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 impl Fetcher {
-    pub fn new(opts: FetchOptions) -> Fetcher {
+    pub fn new(opts: FetchOptions, memory: MemoryBudget, cancel: Cancel) -> Fetcher {
         let dns = Arc::new(Dns::new(opts.allow_hosts.clone(), opts.proxy.as_ref()));
         let config = ureq::Agent::config_builder()
             // Set whether or not there is one: ureq's default reads the environment's proxy variables.
@@ -100,11 +123,23 @@ impl Fetcher {
             .tls_config(ureq::tls::TlsConfig::builder().disable_verification(opts.ignore_ssl_certificate).build())
             .build();
         let agent = ureq::Agent::with_parts(config, DefaultConnector::new(), SharedDns(dns.clone()));
-        Fetcher { agent, dns, limits: HostLimits::new(opts.per_host), opts }
+        let bodies = (AtomicU64::new(0), AtomicU64::new(0));
+        Fetcher { agent, dns, limits: HostLimits::new(opts.per_host), opts, memory, cancel, bodies }
+    }
+
+    /// What a request takes from the memory budget before it is sent.
+    pub fn request_bytes(&self) -> u64 {
+        CONNECTION + self.expected()
+    }
+
+    /// The size a body is expected to have: the mean so far.
+    fn expected(&self) -> u64 {
+        let (n, bytes) = (self.bodies.0.load(Ordering::Relaxed), self.bodies.1.load(Ordering::Relaxed));
+        bytes.checked_div(n).unwrap_or(UNKNOWN_LENGTH).min(self.opts.max_bytes)
     }
 
     /// The image bytes at `url`, or the row's error message.
-    pub fn fetch(&self, url: &str) -> Result<Vec<u8>, String> {
+    pub fn fetch(&self, url: &str) -> Result<Body, String> {
         let mut attempt = 0;
         loop {
             match self.attempt(url) {
@@ -132,6 +167,11 @@ impl Fetcher {
             }
             let host = current.host_str().unwrap_or_default().to_string();
             let _permit = self.limits.acquire(&host);
+            // After the host's permit, never before: a request that held memory while it waited for a permit
+            // would starve the requests that hold the permits and wait for memory.
+            let Ok(held) = self.memory.buffer(self.request_bytes(), &self.cancel) else {
+                return Attempt::Fail("interrupted".to_string());
+            };
             let started = Instant::now();
             let response = self.agent.get(current.as_str()).call();
             let mut response = match response {
@@ -180,13 +220,54 @@ impl Fetcher {
             if declared.is_some_and(|n| n > self.opts.max_bytes) {
                 return too_large();
             }
-            let body = response.body_mut().with_config().limit(self.opts.max_bytes).read_to_vec();
-            return match body {
-                Ok(bytes) => Attempt::Done(bytes),
+            return match self.read_body(response.body_mut(), declared, held) {
+                Ok(body) => Attempt::Done(body),
                 Err(ureq::Error::BodyExceedsLimit(_)) => too_large(),
                 Err(e) => self.transport(e, started),
             };
         }
+    }
+
+    /// Reads a body of `declared` bytes (when said) into what `held` holds for the request: room for all of it
+    /// (waited for when it is more than expected), or, without a length, for a first part and then more as it
+    /// arrives (doubling). The buffer never holds more than the budget counts.
+    fn read_body(&self, body: &mut ureq::Body, declared: Option<u64>, mut held: Buffer) -> Result<Body, ureq::Error> {
+        use std::io::Read;
+        let interrupted = || ureq::Error::Io(std::io::Error::other("interrupted"));
+        let max = self.opts.max_bytes;
+        // A byte past the declared length, so that the end is seen without growing.
+        let first = declared.map_or(UNKNOWN_LENGTH, |n| n + 1).min(max + 1);
+        match (CONNECTION + first).checked_sub(held.bytes()) {
+            Some(more) => held.grow(more, &self.cancel).map_err(|_| interrupted())?,
+            None => held.shrink_to(CONNECTION + first),
+        }
+        let mut reader = body.with_config().limit(max).reader();
+        let mut bytes = vec![0u8; first as usize];
+        let mut filled = 0;
+        loop {
+            if filled == bytes.len() {
+                // Up to a byte past the cap, where the reader's limit says the body is too large.
+                let more = (bytes.len() as u64).clamp(64 << 10, 8 << 20).min(max + 1 - filled as u64);
+                held.grow(more, &self.cancel).map_err(|_| interrupted())?;
+                bytes.reserve_exact(more as usize);
+                bytes.resize(filled + more as usize, 0);
+            }
+            match reader.read(&mut bytes[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ureq::Error::from(e)),
+            }
+        }
+        bytes.truncate(filled);
+        if bytes.capacity() - filled > 64 << 10 {
+            bytes.shrink_to_fit();
+        }
+        // The response is read: its connection goes back to the pool, and only the body is held from now on.
+        held.shrink_to(bytes.capacity() as u64);
+        self.bodies.0.fetch_add(1, Ordering::Relaxed);
+        self.bodies.1.fetch_add(filled as u64, Ordering::Relaxed);
+        Ok(Body { bytes, _held: held })
     }
 
     fn check(&self, url: &url::Url) -> Result<(), String> {
@@ -228,6 +309,7 @@ impl Fetcher {
                 let _ = other;
                 Attempt::Retry(format!("timed out after {timeout}s"), None)
             }
+            ureq::Error::Io(io) if self.cancel.is_cancelled() => Attempt::Fail(format!("download error: {io}")),
             other => Attempt::Fail(format!("download error: {other}")),
         }
     }

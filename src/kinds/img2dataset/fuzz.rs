@@ -8,7 +8,7 @@ use super::exif::tests::{camera_tiff, png_with_exif};
 use super::jpeg::tests::with_extra_scans;
 use super::options::{Encode, ProcessOptions, ResizeMode};
 use super::process::tests::gif_screen;
-use super::process::{Scratch, process};
+use super::process::{Scratch, process, process_within};
 use crate::util::fuzz::{config, damage, damaged};
 use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
 use proptest::prelude::*;
@@ -96,12 +96,19 @@ fn options() -> impl Strategy<Value = ProcessOptions> {
     )
 }
 
-/// The property: a result, and nothing of it (nor of the scratch buffer kept for the next image) over the cap.
+/// The property: a result, and nothing of it (nor of the scratch buffer kept for the next image) over the cap;
+/// and the pixel buffer is never larger than what the decode asked the memory budget for.
 fn check(bytes: &[u8], o: &ProcessOptions) -> Result<(), TestCaseError> {
     let mut scratch = Scratch::default();
-    let result = process(bytes, o, &mut scratch);
+    let mut admitted = 0u64;
+    let result = process_within(bytes, o, &mut scratch, &mut |n| {
+        admitted += n;
+        Ok(())
+    });
     let held = scratch.pixels_capacity() as u64;
     prop_assert!(held <= 4 * MAX_PIXELS, "the scratch buffer holds {held} bytes");
+    // A Vec holds at least 8 bytes once it holds any.
+    prop_assert!(held <= admitted.max(8), "the scratch buffer holds {held} bytes, {admitted} were admitted");
     if let Ok(p) = result {
         let original = u64::from(p.original_width) * u64::from(p.original_height);
         prop_assert!(original > 0 && original <= MAX_PIXELS, "{}x{}", p.original_width, p.original_height);

@@ -6,7 +6,7 @@
 //! the pixels. The area filter that follows sees a slightly different input than a full decode would give
 //! it (the IDCT's own averaging), which is invisible at the output size.
 
-use super::options::{Decoded, Pixels, ProcessOptions};
+use super::options::{Admit, Decoded, Pixels, ProcessOptions, after_decode_bytes};
 use image::ImageFormat;
 use image::metadata::Orientation;
 use turbojpeg::{Colorspace, Compressor, Decompressor, Image, PixelFormat, ScalingFactor, Subsamp};
@@ -43,6 +43,7 @@ pub fn decode(
     o: &ProcessOptions,
     codec: &mut Codec,
     pixels: &mut Vec<u8>,
+    admit: Admit,
 ) -> Option<Result<Decoded, String>> {
     let decompressor = codec.decompressor()?;
     let header = decompressor.read_header(bytes).ok()?;
@@ -76,6 +77,15 @@ pub fn decode(
     };
     let (sw, sh) = (scale.scale(w as usize), scale.scale(h as usize));
     let n = sw * sh * 3;
+    // The pixels (three times when turned: a copy, and the turned image), and a progressive file's DCT
+    // coefficients for the whole image at full size (two bytes a sample), which libjpeg keeps until the last scan.
+    let upright = orientation == Orientation::NoTransforms;
+    let coefficients = if header.is_progressive { 2 * samples(&header) } else { 0 };
+    let (dw, dh) = if transposed { (sh as u32, sw as u32) } else { (sw as u32, sh as u32) };
+    let cost = n as u64 * if upright { 1 } else { 3 } + coefficients + after_decode_bytes(o, ow, oh, dw, dh);
+    if let Err(e) = admit(cost) {
+        return Some(Err(e));
+    }
     if pixels.len() < n {
         pixels.resize(n, 0);
     }
@@ -104,6 +114,18 @@ pub fn decode(
         upright: orientation == Orientation::NoTransforms,
         composited: false,
     }))
+}
+
+/// Samples in all components at full size, from the subsampling: 3 per pixel at 4:4:4, 1.5 at 4:2:0.
+fn samples(header: &turbojpeg::DecompressHeader) -> u64 {
+    let pixels = header.width as u64 * header.height as u64;
+    let halves = match header.subsamp {
+        Subsamp::Gray => 2,
+        Subsamp::Sub2x2 | Subsamp::Sub4x1 | Subsamp::Sub1x4 => 3,
+        Subsamp::Sub2x1 | Subsamp::Sub1x2 => 4,
+        _ => 6,
+    };
+    pixels * halves / 2
 }
 
 /// What to make of libjpeg-turbo's error (or warning, which TurboJPEG reports the same way): a verdict for
@@ -257,7 +279,7 @@ pub(super) mod tests {
         let cut = &jpeg[..jpeg.len() - 40];
         assert_eq!(ends_early(cut), Some("the JPEG ends before its end-of-image marker"));
         let o = options(super::super::options::ResizeMode::No);
-        let err = decode(cut, &o, &mut Codec::default(), &mut Vec::new()).map(|r| r.err());
+        let err = decode(cut, &o, &mut Codec::default(), &mut Vec::new(), &mut |_| Ok(())).map(|r| r.err());
         assert_eq!(err, Some(Some("image decoding error: truncated file: the JPEG data ends early".to_string())));
         let mut two = jpeg.clone();
         two.extend_from_slice(cut);

@@ -13,10 +13,12 @@
 //! file stem: `<stem>_<part><index>`, unique across files and stable.
 //!
 //! **Work.** `concurrency` threads download (a per-host connection limit, one DNS cache per shard that is also
-//! the HTTP client's resolver); decoding and resizing run on at most one thread per core; a writer appends
+//! the HTTP client's resolver); decoding and resizing run in the build's decode slots (`-j` for the whole build,
+//! `decoding`), and bodies wait to be decoded within the build's memory budget (`fetch`); a writer appends
 //! successes to the tar as they finish. Destinations are checked before every request and after every
 //! redirect (see `destination` and `fetch`).
 
+mod decoding;
 mod destination;
 mod exif;
 mod fetch;
@@ -25,7 +27,6 @@ mod fuzz;
 mod jpeg;
 mod options;
 mod output;
-mod permits;
 mod previous;
 mod process;
 mod settings;

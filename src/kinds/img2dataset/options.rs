@@ -56,6 +56,10 @@ pub struct ProcessOptions {
     pub max_pixels: u64,
 }
 
+/// Asked, once the header is read and before anything is allocated, for the bytes a decode will allocate (the
+/// build's memory budget admits them, waiting for room); an error fails the row.
+pub type Admit<'a> = &'a mut dyn FnMut(u64) -> Result<(), String>;
+
 /// Python's round(): halves to even, as albumentations' sizes are computed.
 fn py_round(x: f64) -> u32 {
     x.round_ties_even().max(1.0) as u32
@@ -114,6 +118,24 @@ pub fn check_size(o: &ProcessOptions, w: u32, h: u32) -> Result<(), String> {
         return Err("aspect ratio too large".to_string());
     }
     Ok(())
+}
+
+/// The bytes that resizing, padding or cropping and encoding allocate after a decode to `dw`×`dh` RGB pixels, for
+/// an (upright) original of `ow`×`oh`: the resizer's intermediate rows, its output, the square, the encoder's
+/// buffer. An upper bound, for the memory budget.
+pub fn after_decode_bytes(o: &ProcessOptions, ow: u32, oh: u32, dw: u32, dh: u32) -> u64 {
+    let (dw, dh) = (u64::from(dw), u64::from(dh));
+    match resized_size(o, ow, oh) {
+        Ok(Some((nw, nh, _))) => {
+            let (nw, nh, size) = (u64::from(nw), u64::from(nh), u64::from(o.image_size));
+            let square = match o.mode {
+                ResizeMode::Border | ResizeMode::CenterCrop => size * size,
+                _ => 0,
+            };
+            3 * ((nw * dh).max(dw * nh) + nw * nh + 2 * square.max(nw * nh))
+        }
+        _ => 3 * dw * dh,
+    }
 }
 
 /// The size img2dataset resizes a `w`×`h` image to before cropping or padding, and whether that shrinks

@@ -13,7 +13,10 @@
 //! walking RIFF chunks) are linear in those bounded sizes. A clock checked between steps would only fail a
 //! row after paying for it, and would make its status depend on the machine's load.
 
-use super::options::{Decoded, Encode, Pixels, ProcessOptions, ResizeMode, check_dimensions, check_size, resized_size};
+use super::options::{
+    Admit, Decoded, Encode, Pixels, ProcessOptions, ResizeMode, after_decode_bytes, check_dimensions, check_size,
+    resized_size,
+};
 use super::{jpeg, webp};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
@@ -36,9 +39,10 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A buffer grown for one huge image is not kept.
+    /// A buffer grown for a large image (a full-size decode of over 5 megapixels) is not kept: scratches
+    /// wait in a pool outside the memory budget, so what they keep idle stays small.
     pub fn shrink_after_huge_image(&mut self) {
-        if self.pixels.capacity() > 64 << 20 {
+        if self.pixels.capacity() > 16 << 20 {
             self.pixels = Vec::new();
         }
     }
@@ -50,9 +54,21 @@ impl Scratch {
     }
 }
 
-/// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,
-/// resize, crop or pad, encode. WebP goes through libwebp, rescaled while decoding (`webp.rs`).
+/// [`process_within`] with no memory budget.
+#[cfg(test)]
 pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Result<Processed, String> {
+    process_within(bytes, o, scratch, &mut |_| Ok(()))
+}
+
+/// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,
+/// resize, crop or pad, encode. WebP goes through libwebp, rescaled while decoding (`webp.rs`). Each decoder
+/// asks `admit` for the bytes the work will allocate once it has read the header, before allocating them.
+pub fn process_within(
+    bytes: &[u8],
+    o: &ProcessOptions,
+    scratch: &mut Scratch,
+    admit: Admit,
+) -> Result<Processed, String> {
     if bytes.is_empty() {
         return Err("image decoding error: empty body".to_string());
     }
@@ -68,13 +84,13 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
         return Err(format!("image decoding error: truncated file: {why}"));
     }
     let turbo = match format {
-        ImageFormat::Jpeg => jpeg::decode(bytes, o, &mut scratch.codec, &mut scratch.pixels),
-        ImageFormat::WebP => webp::decode(bytes, o, &mut scratch.pixels),
+        ImageFormat::Jpeg => jpeg::decode(bytes, o, &mut scratch.codec, &mut scratch.pixels, admit),
+        ImageFormat::WebP => webp::decode(bytes, o, &mut scratch.pixels, admit),
         _ => None,
     };
     let decoded = match turbo {
         Some(decoded) => decoded?,
-        None => decode_any(bytes, format, o, &mut scratch.pixels)?,
+        None => decode_any(bytes, format, o, &mut scratch.pixels, admit)?,
     };
     let Decoded { width, height, original_width, original_height, .. } = decoded;
     let pixels: &[u8] = match &decoded.pixels {
@@ -112,7 +128,13 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
 
 /// Any format the `image` crate reads, at full size: the common case (RGB, upright) straight into the
 /// scratch buffer, the rest converted.
-fn decode_any(bytes: &[u8], format: ImageFormat, o: &ProcessOptions, scratch: &mut Vec<u8>) -> Result<Decoded, String> {
+fn decode_any(
+    bytes: &[u8],
+    format: ImageFormat,
+    o: &ProcessOptions,
+    scratch: &mut Vec<u8>,
+    admit: Admit,
+) -> Result<Decoded, String> {
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(o.max_pixels.saturating_mul(8).max(1 << 20));
@@ -124,7 +146,15 @@ fn decode_any(bytes: &[u8], format: ImageFormat, o: &ProcessOptions, scratch: &m
     resized_size(o, w, h)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let upright = orientation == image::metadata::Orientation::NoTransforms;
-    let decoded = if decoder.color_type() == image::ColorType::Rgb8 && upright {
+    let fast = decoder.color_type() == image::ColorType::Rgb8 && upright;
+    // Decoded as they are; otherwise also turned, and converted or composited through RGBA to RGB.
+    let total = decoder.total_bytes();
+    let pixels = u64::from(w) * u64::from(h);
+    let decoding = if fast { total } else { total.saturating_mul(2).saturating_add(7 * pixels) };
+    // Either way up: the orientation is applied after decoding.
+    let after = after_decode_bytes(o, w, h, w, h).max(after_decode_bytes(o, h, w, h, w));
+    admit(decoding.saturating_add(after))?;
+    let decoded = if fast {
         let n = decoder.total_bytes() as usize;
         if scratch.len() < n {
             scratch.resize(n, 0);
@@ -432,6 +462,35 @@ pub(super) mod tests {
             assert_eq!(err.as_deref(), Some(want), "{name}");
             assert_eq!(scratch.pixels.capacity(), 0, "{name}");
         }
+    }
+
+    /// Each decoder asks the budget for its bytes once the header is read and before it allocates: a refusal
+    /// fails the row with nothing allocated, and what it asks covers the pixel buffer it fills; a JPEG bound for
+    /// 64 px asks for its eighth-size decode, not the full one.
+    #[test]
+    fn decoders_ask_the_budget_before_allocating() {
+        let img = image::DynamicImage::ImageRgb8(card(800, 600));
+        let full = 800 * 600 * 3;
+        let o = options(ResizeMode::Border);
+        let mut asked = Vec::new();
+        for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+            let bytes = encode_as(&img, format);
+            let mut scratch = Scratch::default();
+            let err = process_within(&bytes, &o, &mut scratch, &mut |_| Err("interrupted".to_string())).err();
+            assert_eq!(err.as_deref(), Some("interrupted"), "{format:?}");
+            assert_eq!(scratch.pixels.capacity(), 0, "{format:?}");
+            let mut admitted = 0;
+            process_within(&bytes, &o, &mut scratch, &mut |n| {
+                admitted += n;
+                Ok(())
+            })
+            .unwrap();
+            assert!(scratch.pixels.capacity() as u64 <= admitted, "{format:?}: {admitted}");
+            asked.push(admitted);
+        }
+        let [jpeg, png, webp] = asked[..] else { unreachable!() };
+        assert!(jpeg < full / 8 && webp < full / 8, "scaled while decoding: {jpeg}, {webp}");
+        assert!(png >= full, "decoded at full size: {png}");
     }
 
     fn encode_as(img: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {

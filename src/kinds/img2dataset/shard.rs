@@ -1,13 +1,15 @@
 //! Building one shard: download the rows' images with `concurrency` threads (per-host limits, destinations
-//! checked before every request and redirect), decode and resize them on at most one thread per core, and
-//! write the tar as successes finish, then the parquet and the stats, in img2dataset's formats.
+//! checked before every request and redirect), decode and resize them, and write the tar as successes finish,
+//! then the parquet and the stats, in img2dataset's formats. Bodies and decodes count against the build's
+//! memory budget (`cx.memory`), shared with the other shards built at once: a body is read once there is room
+//! for it and held until its image is processed; decodes take the build's slots (about one per core).
 
+use super::decoding;
 use super::destination;
 use super::exif::exif_json;
 use super::fetch::{FetchOptions, Fetcher};
 use super::options::ProcessOptions;
 use super::output::{ColumnType, TarOut};
-use super::permits::Permits;
 use super::process::{self, Processed};
 use super::settings::Settings;
 use super::{index_digits, key, output_names, previous};
@@ -53,20 +55,24 @@ pub fn run_shard(
         Some(t) => format!("Mozilla/5.0 (compatible; {t}; dsmake/{}; img2dataset)", env!("CARGO_PKG_VERSION")),
         None => format!("Mozilla/5.0 (compatible; dsmake/{}; img2dataset)", env!("CARGO_PKG_VERSION")),
     };
-    let fetcher = Fetcher::new(FetchOptions {
-        timeout: Duration::from_secs_f64(s.timeout),
-        retries: s.retries as u32,
-        user_agent,
-        user_agent_token: token.map(|t| t.to_ascii_lowercase()),
-        disallowed_directives: s.disallowed_header_directives.iter().map(|d| d.to_ascii_lowercase()).collect(),
-        allow_hosts: allow,
-        max_redirects: s.max_redirects as u32,
-        max_bytes: s.max_image_bytes as u64,
-        per_host: s.per_host_connections as usize,
-        max_retry_after: Duration::from_secs(60),
-        proxy: destination::proxy_from_env()?,
-        ignore_ssl_certificate: s.ignore_ssl_certificate,
-    });
+    let fetcher = Fetcher::new(
+        FetchOptions {
+            timeout: Duration::from_secs_f64(s.timeout),
+            retries: s.retries as u32,
+            user_agent,
+            user_agent_token: token.map(|t| t.to_ascii_lowercase()),
+            disallowed_directives: s.disallowed_header_directives.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            allow_hosts: allow,
+            max_redirects: s.max_redirects as u32,
+            max_bytes: s.max_image_bytes as u64,
+            per_host: s.per_host_connections as usize,
+            max_retry_after: Duration::from_secs(60),
+            proxy: destination::proxy_from_env()?,
+            ignore_ssl_certificate: s.ignore_ssl_certificate,
+        },
+        cx.memory.clone(),
+        cx.cancel.clone(),
+    );
     let popts = ProcessOptions {
         image_size: s.image_size as u32,
         mode: s.resize_mode,
@@ -79,8 +85,6 @@ pub fn run_shard(
         max_aspect_ratio: s.max_aspect_ratio.unwrap_or(f64::INFINITY),
         max_pixels: s.max_pixels as u64,
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let permits = Permits::new(cores);
     let mut tar = TarOut::create(&cx.out_dir.join(&names[0]))?;
     let mut outcomes: Vec<Option<Outcome>> = (0..rows.len()).map(|_| None).collect();
     let ext = popts.encode.ext();
@@ -117,28 +121,24 @@ pub fn run_shard(
         }
     }
     let todo: Vec<usize> = (0..rows.len()).filter(|&i| outcomes[i].is_none()).collect();
-    let next = AtomicUsize::new(0);
     let threads = (s.concurrency as usize).min(todo.len()).max(1);
-    let hashing = s.hashing() || s.verify_hash.is_some();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Outcome>(threads * 2);
+    let downloads = Downloads {
+        todo: &todo,
+        next: AtomicUsize::new(0),
+        started: AtomicUsize::new(1),
+        threads,
+        rows,
+        s,
+        cx,
+        fetcher: &fetcher,
+        popts: &popts,
+        hashing: s.hashing() || s.verify_hash.is_some(),
+    };
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        for _ in 0..threads {
-            let tx = tx.clone();
-            let (next, fetcher, popts, permits, todo) = (&next, &fetcher, &popts, &permits, &todo);
-            scope.spawn(move || {
-                while let Some(&index) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    if cx.cancel.is_cancelled() {
-                        break;
-                    }
-                    let outcome = one_row(index, &rows[index], s, fetcher, popts, permits, hashing);
-                    if tx.send(outcome).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(tx);
+        let (d, tx) = (&downloads, tx);
+        scope.spawn(move || download(scope, d, tx));
         for outcome in rx {
             cx.cancel.check()?;
             let index = outcome.index;
@@ -256,42 +256,92 @@ pub fn run_shard(
     })
 }
 
+/// The shard's downloads, shared by its download threads.
+struct Downloads<'a> {
+    todo: &'a [usize],
+    next: AtomicUsize,
+    /// Threads started, at most `threads` (`concurrency`, or fewer rows).
+    started: AtomicUsize,
+    threads: usize,
+    rows: &'a [Map<String, Value>],
+    s: &'a Settings,
+    cx: &'a BuildCx<'a>,
+    fetcher: &'a Fetcher,
+    popts: &'a ProcessOptions,
+    hashing: bool,
+}
+
+/// A download thread: takes rows until none is left. Before each, it starts another thread while the shard has
+/// fewer than `concurrency` and the build's memory budget has room for another request: a thread that could
+/// only wait for memory would cost memory itself (its stack, its allocator's pages), hundreds of times over
+/// when many shards run at once.
+fn download<'scope, 'env: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    d: &'scope Downloads<'scope>,
+    tx: std::sync::mpsc::SyncSender<Outcome>,
+) {
+    while let Some(&index) = d.todo.get(d.next.fetch_add(1, Ordering::Relaxed)) {
+        if d.cx.cancel.is_cancelled() {
+            break;
+        }
+        let more = d.next.load(Ordering::Relaxed) < d.todo.len()
+            && d.cx.memory.has_room(d.fetcher.request_bytes())
+            && d.started
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < d.threads).then_some(n + 1))
+                .is_ok();
+        if more {
+            let tx = tx.clone();
+            scope.spawn(move || download(scope, d, tx));
+        }
+        let Some(outcome) = one_row(index, &d.rows[index], d.s, d.cx, d.fetcher, d.popts, d.hashing) else {
+            break;
+        };
+        if tx.send(outcome).is_err() {
+            break;
+        }
+    }
+}
+
 /// Cells noted by name in a shard's stats when their text is not UTF-8; the count covers the rest.
 const MAX_NOTED: usize = 20;
 
+/// What became of one row; `None` when the build was interrupted while it waited for a decode slot.
 fn one_row(
     index: usize,
     row: &Map<String, Value>,
     s: &Settings,
+    cx: &BuildCx,
     fetcher: &Fetcher,
     popts: &ProcessOptions,
-    permits: &Permits,
     hashing: bool,
-) -> Outcome {
+) -> Option<Outcome> {
     let fail =
         |status, error: String| Outcome { index, status, error: Some(error), sha256: None, exif: None, image: None };
     let url = match row.get(&s.url_col) {
         Some(Value::String(u)) if !u.trim().is_empty() => u.clone(),
-        _ => return fail("failed_to_download", "no URL".to_string()),
+        _ => return Some(fail("failed_to_download", "no URL".to_string())),
     };
-    let bytes = match fetcher.fetch(&url) {
+    let body = match fetcher.fetch(&url) {
         Ok(b) => b,
-        Err(e) => return fail("failed_to_download", e),
+        Err(e) => return Some(fail("failed_to_download", e)),
     };
-    let sha = hashing.then(|| Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let bytes = &body.bytes;
+    let sha = hashing.then(|| Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>());
     if let (Some(v), Some(sha)) = (&s.verify_hash, &sha) {
         let expected = row.get(&v[0]).and_then(Value::as_str).unwrap_or_default();
         if !expected.eq_ignore_ascii_case(sha) {
-            return fail("failed_to_download", "hash mismatch".to_string());
+            return Some(fail("failed_to_download", "hash mismatch".to_string()));
         }
     }
-    match permits.run(|scratch| process::process(&bytes, popts, scratch)) {
+    let processed =
+        decoding::decode(cx.memory, cx.cancel, |scratch, admit| process::process_within(bytes, popts, scratch, admit));
+    Some(match processed.ok()? {
         Ok(image) => {
-            let exif = if s.extract_exif { exif_json(&bytes) } else { None };
+            let exif = if s.extract_exif { exif_json(bytes) } else { None };
             Outcome { index, status: "success", error: None, sha256: sha, exif, image: Some(image) }
         }
         Err(e) => Outcome { index, status: "failed_to_resize", error: Some(e), sha256: sha, exif: None, image: None },
-    }
+    })
 }
 
 /// A row's metadata, as img2dataset writes it to KEY.json and the parquet.

@@ -3,11 +3,13 @@
 //! 256 px never exists at full size in RGB. Animated, alpha and EXIF-carrying files go to the general
 //! decoder, which animates, composites and orients them.
 
-use super::options::{Decoded, Pixels, ProcessOptions, check_dimensions, check_size, resized_size};
+use super::options::{
+    Admit, Decoded, Pixels, ProcessOptions, after_decode_bytes, check_dimensions, check_size, resized_size,
+};
 use libwebp_sys as webp;
 
 /// `None` hands the image to the general decoder, also for a file libwebp rejects (it words the error).
-pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<Result<Decoded, String>> {
+pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>, admit: Admit) -> Option<Result<Decoded, String>> {
     if has_chunk(bytes, &[b"EXIF", b"ANIM"]) {
         return None;
     }
@@ -36,6 +38,9 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>) -> Option<
         config.options.scaled_height = i32::try_from(th).ok()?;
     }
     let n = tw as usize * th as usize * 3;
+    if let Err(e) = admit(n as u64 + after_decode_bytes(o, w, h, tw, th)) {
+        return Some(Err(e));
+    }
     if pixels.len() < n {
         pixels.resize(n, 0);
     }
