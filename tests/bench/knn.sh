@@ -23,11 +23,7 @@ PARTS=${PARTS:-4}
 PY_MODULES="faiss, usearch, numpy, pyarrow"
 . tests/bench/knn_setup.sh
 
-cat > "$WORK/knn.toml" <<'EOF'
-[steps.emb]
-kind = "files"
-paths = ["emb/img_emb/*.npy", "emb/metadata/*.parquet"]
-
+cat >> "$WORK/knn.toml" <<'EOF'
 [steps.knn]
 kind = "knn-index"
 from = "emb"

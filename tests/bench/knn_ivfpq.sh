@@ -40,11 +40,7 @@ fi
 PY_MODULES="faiss, numpy, pyarrow"
 . tests/bench/knn_setup.sh
 
-cat > "$WORK/knn.toml" <<EOF
-[steps.emb]
-kind = "files"
-paths = ["emb/img_emb/*.npy", "emb/metadata/*.parquet"]
-
+cat >> "$WORK/knn.toml" <<EOF
 [steps.knn]
 kind = "knn-index"
 from = "emb"

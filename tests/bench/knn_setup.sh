@@ -1,6 +1,7 @@
 # Sourced by the knn benchmarks (knn.sh, knn_ivfpq.sh) from the repository root, with N, D, PARTS and the
 # Python modules they need in PY_MODULES: checks .venv, finds or builds the release binary ($DSMAKE), makes a
-# work folder ($WORK, removed on exit) and the vectors in $WORK/emb (tests/bench/knn_vectors.py).
+# work folder ($WORK, removed on exit), the vectors in $WORK/emb (tests/bench/knn_vectors.py) and
+# $WORK/knn.toml with the `files` step over them (`emb`), to which each benchmark appends its knn-index step.
 PY="$PWD/.venv/bin/python"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dsmake/target}"
 if ! "$PY" -c "import $PY_MODULES" 2>/dev/null; then
@@ -16,3 +17,9 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 echo "== vectors: $N x $D in $PARTS parts"
 "$PY" tests/bench/knn_vectors.py "$WORK/emb" "$N" "$D" "$PARTS"
+cat > "$WORK/knn.toml" <<'EOF'
+[steps.emb]
+kind = "files"
+paths = ["emb/img_emb/*.npy", "emb/metadata/*.parquet"]
+
+EOF
