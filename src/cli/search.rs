@@ -148,7 +148,8 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         (found.into_iter().filter(|(id, _)| *id >= 0).map(|(id, s)| (id as u64, s)).collect(), key)
     };
     let ids: Vec<u64> = found.iter().map(|(id, _)| *id).collect();
-    let mut parts: Vec<&String> = built.outputs.iter().filter(|o| o.starts_with(&format!("{METADATA_DIR}/"))).collect();
+    let prefix = format!("{METADATA_DIR}/");
+    let mut parts: Vec<&String> = built.outputs.iter().filter(|o| o.starts_with(&prefix)).collect();
     parts.sort();
     let parts = parts.into_iter().map(|p| local(p)).collect::<anyhow::Result<Vec<PathBuf>>>()?;
     let rows = meta::lookup_parts(&parts, &ids)?;
