@@ -155,7 +155,7 @@ fn decode_any(
     let after = after_decode_bytes(o, w, h, w, h).max(after_decode_bytes(o, h, w, h, w));
     admit(decoding.saturating_add(after))?;
     let decoded = if fast {
-        let n = decoder.total_bytes() as usize;
+        let n = total as usize;
         if scratch.len() < n {
             scratch.resize(n, 0);
         }
