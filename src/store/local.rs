@@ -124,9 +124,8 @@ impl Store for LocalStore {
         match linked {
             Ok(()) => {
                 sync_dir(&dir);
-                let meta = meta
-                    .unwrap_or_else(|| fs::metadata(&dest))
-                    .with_context(|| format!("cannot stat {}", dest.display()))?;
+                let meta =
+                    meta.expect("stated once linked").with_context(|| format!("cannot stat {}", dest.display()))?;
                 Ok(Some(meta_of(path.to_string(), &meta)))
             }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
