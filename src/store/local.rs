@@ -119,19 +119,17 @@ impl Store for LocalStore {
         let linked = written.and_then(|_| fs::hard_link(&temp, &dest));
         // The object's metadata through the temporary name, which is the same file: another writer may remove
         // `dest` as soon as it exists, and that must not fail this write, which did happen.
-        let meta = linked.as_ref().ok().map(|_| fs::metadata(&temp));
-        let _ = fs::remove_file(&temp);
-        match linked {
-            Ok(()) => {
-                sync_dir(&dir);
-                let meta = meta
-                    .unwrap_or_else(|| fs::metadata(&dest))
-                    .with_context(|| format!("cannot stat {}", dest.display()))?;
-                Ok(Some(meta_of(path.to_string(), &meta)))
-            }
+        let outcome = match linked {
+            Ok(()) => fs::metadata(&temp).map(Some).with_context(|| format!("cannot stat {}", dest.display())),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot write {}", dest.display())),
+        };
+        let _ = fs::remove_file(&temp);
+        let meta = outcome?;
+        if meta.is_some() {
+            sync_dir(&dir);
         }
+        Ok(meta.map(|m| meta_of(path.to_string(), &m)))
     }
 
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {

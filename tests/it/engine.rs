@@ -407,14 +407,19 @@ fn a_file_name_with_shell_syntax_is_never_run() {
     assert_eq!(s.read_store("pipeline/joined/joined.txt"), "hostile\nplain\n");
 }
 
+/// `dsmake plan` of one source file `file` read by a command step that runs `run`.
+fn plan_one_file_through(run: &str, file: &str) -> common::Run {
+    let s = Sandbox::new(&format!(
+        "[steps.raw]\nkind = \"files\"\npaths = \"data/*.txt\"\n\n[steps.c]\nkind = \"command\"\nfrom = \"raw\"\n\
+         run = \"{run}\"\n"
+    ));
+    s.write(file, "x");
+    s.run(&["plan"])
+}
+
 #[test]
 fn a_placeholder_the_shell_would_evaluate_is_refused_at_plan_time() {
-    let s = Sandbox::new(
-        "[steps.raw]\nkind = \"files\"\npaths = \"data/*.txt\"\n\n[steps.n]\nkind = \"command\"\nfrom = \"raw\"\n\
-         run = \"echo $(( {stem} + 1 )) > {output}\"\n",
-    );
-    s.write("data/1.txt", "x");
-    let run = s.run(&["plan"]);
+    let run = plan_one_file_through("echo $(( {stem} + 1 )) > {output}", "data/1.txt");
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("placeholder `{stem}` is inside arithmetic"), "{}", run.stderr);
     assert!(run.stderr.contains("a word of its own"), "{}", run.stderr);
@@ -422,12 +427,7 @@ fn a_placeholder_the_shell_would_evaluate_is_refused_at_plan_time() {
 
 #[test]
 fn a_shard_id_starting_with_a_dash_is_refused_where_run_uses_it() {
-    let s = Sandbox::new(
-        "[steps.raw]\nkind = \"files\"\npaths = \"data/*.txt\"\n\n[steps.c]\nkind = \"command\"\nfrom = \"raw\"\n\
-         run = \"touch {stem}.seen; cp {input} {output}\"\n",
-    );
-    s.write("data/-rf.txt", "x");
-    let run = s.run(&["plan"]);
+    let run = plan_one_file_through("touch {stem}.seen; cp {input} {output}", "data/-rf.txt");
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert!(run.stderr.contains("gives {stem} = `-rf`, which starts with `-`"), "{}", run.stderr);
 }
