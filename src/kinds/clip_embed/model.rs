@@ -224,13 +224,19 @@ fn pin(model: &ModelName, revision: &str, step: &str, local_only: bool) -> anyho
         None => (BPE_REPO, &HF_TOKENIZER_FILES[..1]),
     };
     let tok_repo = Repo::model(tok_id);
-    let tok = if tok_id == model.repo { listed.clone() } else { listing(&tok_repo, "main", step, local_only)? };
-    let file = find(&tok, crate::clip::TOKENIZER_FILE)
-        .ok_or_else(|| lacks(&tok_repo, &tok, &format!("{} (the model's tokenizer)", crate::clip::TOKENIZER_FILE)))?;
-    add(crate::clip::TOKENIZER_FILE, file, &tok, tok_id);
+    let other;
+    let tok = if tok_id == model.repo {
+        &listed
+    } else {
+        other = listing(&tok_repo, "main", step, local_only)?;
+        &other
+    };
+    let file = find(tok, crate::clip::TOKENIZER_FILE)
+        .ok_or_else(|| lacks(&tok_repo, tok, &format!("{} (the model's tokenizer)", crate::clip::TOKENIZER_FILE)))?;
+    add(crate::clip::TOKENIZER_FILE, file, tok, tok_id);
     for name in &wanted[1..] {
-        if let Some(file) = find(&tok, name) {
-            add(name, file, &tok, tok_id);
+        if let Some(file) = find(tok, name) {
+            add(name, file, tok, tok_id);
         }
     }
     let tag_config = match &model.format {
