@@ -74,12 +74,12 @@ pub struct Pinned {
 /// The cache folder where model listings are saved for offline plans.
 const LISTINGS: &str = "clip-embed";
 
-/// The Hugging Face CLIP files, and open_clip's weights in the order open_clip prefers them.
-const HF_FILES: [&str; 3] = [crate::clip::CONFIG_FILE, crate::clip::TOKENIZER_FILE, crate::clip::WEIGHTS_FILE];
-pub const OPEN_CLIP_CONFIG: &str = "open_clip_config.json";
-const OPEN_CLIP_WEIGHTS: [&str; 2] = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
-/// A Hugging Face tokenizer's files: tokenizer.json, then the two that say how it is used, where the repo has them.
-const HF_TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+// The Hugging Face CLIP files, open_clip's config and its weights in the order open_clip prefers them, and a
+// Hugging Face tokenizer's files: the names the loader reads ([`crate::clip`]).
+use crate::clip::MODEL_FILES as HF_FILES;
+pub use crate::clip::open_clip::CONFIG_FILE as OPEN_CLIP_CONFIG;
+use crate::clip::open_clip::WEIGHT_FILES as OPEN_CLIP_WEIGHTS;
+use crate::clip::tokenizer::HF_TOKENIZER_FILES;
 /// Where OpenAI's BPE comes from for an open_clip repo that does not ship it (every OpenAI-BPE model uses it).
 const BPE_REPO: &str = "openai/clip-vit-base-patch32";
 
@@ -224,13 +224,19 @@ fn pin(model: &ModelName, revision: &str, step: &str, local_only: bool) -> anyho
         None => (BPE_REPO, &HF_TOKENIZER_FILES[..1]),
     };
     let tok_repo = Repo::model(tok_id);
-    let tok = if tok_id == model.repo { listed.clone() } else { listing(&tok_repo, "main", step, local_only)? };
-    let file = find(&tok, crate::clip::TOKENIZER_FILE)
-        .ok_or_else(|| lacks(&tok_repo, &tok, &format!("{} (the model's tokenizer)", crate::clip::TOKENIZER_FILE)))?;
-    add(crate::clip::TOKENIZER_FILE, file, &tok, tok_id);
+    let other;
+    let tok = if tok_id == model.repo {
+        &listed
+    } else {
+        other = listing(&tok_repo, "main", step, local_only)?;
+        &other
+    };
+    let file = find(tok, crate::clip::TOKENIZER_FILE)
+        .ok_or_else(|| lacks(&tok_repo, tok, &format!("{} (the model's tokenizer)", crate::clip::TOKENIZER_FILE)))?;
+    add(crate::clip::TOKENIZER_FILE, file, tok, tok_id);
     for name in &wanted[1..] {
-        if let Some(file) = find(&tok, name) {
-            add(name, file, &tok, tok_id);
+        if let Some(file) = find(tok, name) {
+            add(name, file, tok, tok_id);
         }
     }
     let tag_config = match &model.format {

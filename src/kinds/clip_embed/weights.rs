@@ -36,8 +36,7 @@ pub fn fetch(file: &PinnedFile, cancel: &crate::kind::Cancel) -> anyhow::Result<
 /// [`fetch`], and the bytes it took from the Hub.
 fn fetch_counting(file: &PinnedFile, cancel: &crate::kind::Cancel) -> anyhow::Result<(PathBuf, u64)> {
     let blob = blob_path(&file.oid);
-    let ready = |p: &PathBuf| std::fs::metadata(p).is_ok_and(|m| m.len() == file.size);
-    if ready(&blob) {
+    if cached(file) {
         return Ok((blob, 0));
     }
     let repo = Repo::model(&file.repo);
@@ -56,7 +55,7 @@ fn fetch_counting(file: &PinnedFile, cancel: &crate::kind::Cancel) -> anyhow::Re
     let lock_path = blob.with_extension("lock");
     let lock = std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
     lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
-    if ready(&blob) {
+    if cached(file) {
         return Ok((blob, 0));
     }
     let partial = blob.with_extension("part");
