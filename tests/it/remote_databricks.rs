@@ -32,6 +32,8 @@ fn start_mock(state: &Path) -> Mock {
         .arg(&spec)
         .args(["--token", TOKEN, "--state"])
         .arg(state)
+        // The jobs it runs cache the uploaded binary in the temporary folder: keep it in the test's.
+        .env("TMPDIR", state)
         .envs(s3::env(&s3::server().endpoint))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

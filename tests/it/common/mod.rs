@@ -121,7 +121,12 @@ impl Sandbox {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsmake"));
+        // Whatever dsmake's children leave in the temporary folder (spark_driver.py's binary cache, one
+        // debug binary per build) goes with the sandbox.
+        let tmp = self.path("tmp");
+        std::fs::create_dir_all(&tmp).expect("the sandbox's tmp folder");
         cmd.current_dir(self.dir.path())
+            .env("TMPDIR", &tmp)
             .env("DSMAKE_CACHE_DIR", self.path("cache"))
             .env("DSMAKE_STORE", self.store_url())
             .env_remove("XDG_CACHE_HOME")

@@ -3,7 +3,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -24,8 +24,13 @@ fn free_port() -> u16 {
 pub fn server() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("dsmake-s3-{}", std::process::id()));
+        sweep_dead_roots();
+        let root = std::env::temp_dir().join(format!("{ROOT_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
+        // A static is never dropped: the objects (uploaded binaries among them) would stay on disk after the
+        // run and fill it over a few runs, so the root goes when the test process exits.
+        // SAFETY: registers a plain `extern "C"` function with no captured state.
+        unsafe { libc::atexit(remove_root_at_exit) };
         let port = free_port();
         let root_for_thread = root.clone();
         let (ready, started_or_not) = std::sync::mpsc::channel();
@@ -68,6 +73,28 @@ pub fn server() -> &'static S3Server {
         }
         S3Server { endpoint: format!("http://127.0.0.1:{port}"), root }
     })
+}
+
+const ROOT_PREFIX: &str = "dsmake-s3-";
+
+extern "C" fn remove_root_at_exit() {
+    let root = std::env::temp_dir().join(format!("{ROOT_PREFIX}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Roots of test processes that were killed before their exit handler ran (no such process any more).
+fn sweep_dead_roots() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(ROOT_PREFIX)).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A new, empty bucket (s3s-fs serves each folder of its root as a bucket).
