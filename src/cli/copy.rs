@@ -5,6 +5,7 @@
 use super::workspace::Workspace;
 use super::{Output, PipelineArgs};
 use crate::plan::{self, Action};
+use crate::store::manifest::Manifest;
 use crate::store::{self, Store, join, manifest_path};
 use anyhow::Context;
 use clap::Args;
@@ -42,15 +43,22 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
         let dir = &workspace.pipeline.steps[target.step].dir;
         let record = source.record(t).context("a fresh target has a manifest")?;
         let manifest_at = manifest_path(dir, &target.shard);
+        let bytes_of = from.read(&manifest_at)?.with_context(|| format!("{manifest_at} vanished"))?;
+        let mut manifest = Manifest::parse(&bytes_of, &manifest_at)?;
+        if manifest.key != record.key.to_string() {
+            anyhow::bail!("{manifest_at} was rebuilt while copying: copy again");
+        }
         to.delete(&manifest_at)?;
-        for output in &record.outputs {
+        let record_versions = to.versions_identify_content();
+        for output in &mut manifest.outputs {
             let path = join(dir, &output.name);
-            copy_object(from, &*to, &path, scratch.path())
+            let copied = copy_object(from, &*to, &path, scratch.path())
                 .with_context(|| format!("copying {path} of {}", target.name))?;
+            // The versions this store lists, not the source's (a multipart upload's ETag depends on its parts).
+            output.version = if record_versions { copied.version } else { String::new() };
             bytes.fetch_add(output.size, Ordering::Relaxed);
         }
-        let manifest = from.read(&manifest_at)?.with_context(|| format!("{manifest_at} vanished"))?;
-        to.write_if_absent(&manifest_at, &manifest)?;
+        to.write_if_absent(&manifest_at, &serde_json::to_vec_pretty(&manifest)?)?;
         if out.verbose {
             eprintln!("copied {}", target.name);
         }
@@ -70,7 +78,12 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
 }
 
 /// Copies one object through a local file (or straight from the local store's file).
-fn copy_object(from: &dyn Store, to: &dyn Store, path: &str, scratch: &std::path::Path) -> anyhow::Result<()> {
+fn copy_object(
+    from: &dyn Store,
+    to: &dyn Store,
+    path: &str,
+    scratch: &std::path::Path,
+) -> anyhow::Result<store::ObjectMeta> {
     let temp = scratch.join(format!("{}-{}", fastrand::u64(..), path.rsplit('/').next().unwrap_or("object")));
     match from.local_path(path) {
         // publish() may move its input: copy the local store's file first.

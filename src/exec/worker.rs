@@ -98,23 +98,27 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget)
     };
     let built = kind.build(&job.key_parts.settings, &cx)?;
     cancel.check()?;
-    let outputs: Vec<OutputFile> = built
+    let mut outputs: Vec<OutputFile> = built
         .outputs
         .par_iter()
         .map(|name| {
             let path = out_dir.join(name);
             let size =
                 std::fs::metadata(&path).with_context(|| format!("declared output `{name}` was not written"))?.len();
-            Ok(OutputFile { name: name.clone(), size, blake3: hash_file(&path)? })
+            Ok(OutputFile { name: name.clone(), size, blake3: hash_file(&path)?, version: String::new() })
         })
         .collect::<anyhow::Result<_>>()?;
     // An old manifest would vouch for outputs while they are being replaced: remove it before they are. (Not
     // earlier: a build that fails leaves the last one standing.)
     let manifest_at = manifest_path(&job.dir, &job.shard);
     store.delete(&manifest_at)?;
-    for output in &outputs {
+    let record_versions = store.versions_identify_content();
+    for output in &mut outputs {
         cancel.check()?;
-        store.publish(&out_dir.join(&output.name), &join(&job.dir, &output.name))?;
+        let published = store.publish(&out_dir.join(&output.name), &join(&job.dir, &output.name))?;
+        if record_versions {
+            output.version = published.version;
+        }
     }
 
     let manifest = Manifest {
@@ -133,20 +137,24 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget)
         dsmake_version: env!("CARGO_PKG_VERSION").to_string(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
     };
-    let bytes = serde_json::to_vec_pretty(&manifest)?;
-    match store.write_if_absent(&manifest_at, &bytes)? {
-        Some(manifest_meta) => Ok(Outcome { manifest, manifest_meta }),
-        None => adopt_concurrent(store, &job.dir, &manifest_at, manifest, &scratch.path().join("check")),
-    }
+    commit(store, &job.dir, &manifest_at, manifest, &scratch.path().join("check"))
 }
 
-/// Another build published this target while this one ran, to the same fixed names. Its manifest is adopted
-/// only if the objects beside it are the bytes it records, as Bazel trusts an output only by its digest: a
-/// command need not be deterministic, and the two builds' uploads may have interleaved. If the objects are
-/// ours instead, our manifest replaces its; if they mix both builds, no manifest may vouch for them: the
-/// manifest is removed and the target fails as transient, so that a retry or the next build remakes it.
-/// With another key, two different pipelines share a folder.
-fn adopt_concurrent(
+/// How many times a commit reads the manifest again after another build changed it in between.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// Puts the manifest of a target whose outputs this build has just published, last. Outputs go to fixed
+/// names, so another build of the same target (a duplicate remote task) may have published over them, or
+/// may yet: as Bazel trusts an output only by its digest, a manifest is written only over objects that were
+/// checked to be its own, and only if the manifest checked is still the one there (compare and swap, as git
+/// updates a ref). Then whichever build publishes last is the last to check, and no manifest outlives a check
+/// that its objects failed.
+///
+/// Uncontended, this is one conditional put. If another build's manifest is there: it is adopted when the
+/// objects are the bytes it records; ours replaces it when they are ours; when they mix both builds', no
+/// manifest may vouch for them: it is removed and the target fails as transient, so that a retry or the next
+/// build makes it whole. With another key, two pipelines share a folder.
+fn commit(
     store: &dyn Store,
     dir: &str,
     manifest_at: &str,
@@ -154,38 +162,63 @@ fn adopt_concurrent(
     check_dir: &Path,
 ) -> anyhow::Result<Outcome> {
     let target = &ours.target;
-    let bytes = store.read(manifest_at)?;
-    let Some(bytes) = bytes else {
-        return Err(
-            Transient(format!("{} was published and removed by another build while this one ran", target)).into()
-        );
-    };
-    let theirs = Manifest::parse(&bytes, manifest_at)?;
-    if theirs.key != ours.key {
-        bail!("{} was published by another build with a different key: two pipelines write to {}", target, dir);
+    let bytes = serde_json::to_vec_pretty(&ours)?;
+    if let Some(manifest_meta) = store.write_if_absent(manifest_at, &bytes)? {
+        return Ok(Outcome { manifest: ours, manifest_meta });
     }
-    let theirs_differ = differing_output(store, dir, &theirs.outputs, check_dir)?;
-    let Some(theirs_differ) = theirs_differ else {
-        let manifest_meta = find_meta(store, dir, manifest_at)?;
-        return Ok(Outcome { manifest: theirs, manifest_meta });
-    };
-    match differing_output(store, dir, &ours.outputs, check_dir)? {
-        None => {
+    for _ in 0..COMMIT_ATTEMPTS {
+        let Some((current, tag)) = store.read_tagged(manifest_at)? else {
+            // Removed meanwhile (a build that found the objects mixed, or one about to publish over them):
+            // ours goes in only over objects that are still ours.
+            if let Some(differs) = differing_output(store, dir, &ours.outputs, check_dir)? {
+                return Err(replaced(target, dir, &differs));
+            }
+            match store.write_if_absent(manifest_at, &bytes)? {
+                Some(manifest_meta) => return Ok(Outcome { manifest: ours, manifest_meta }),
+                None => continue,
+            }
+        };
+        let theirs = Manifest::parse(&current, manifest_at)?;
+        if theirs.key != ours.key {
+            bail!("{} was published by another build with a different key: two pipelines write to {}", target, dir);
+        }
+        let Some(theirs_differ) = differing_output(store, dir, &theirs.outputs, check_dir)? else {
+            let manifest_meta = find_meta(store, dir, manifest_at)?;
+            return Ok(Outcome { manifest: theirs, manifest_meta });
+        };
+        match differing_output(store, dir, &ours.outputs, check_dir)? {
             // The other build's manifest describes bytes that ours replaced: ours is the true one.
-            let manifest_meta = store.write(manifest_at, &serde_json::to_vec_pretty(&ours)?)?;
-            Ok(Outcome { manifest: ours, manifest_meta })
-        }
-        Some(ours_differ) => {
-            store.delete(manifest_at)?;
-            Err(Transient(format!(
-                "{}: a concurrent build of the same key made different bytes and the two builds' outputs are mixed \
-                 in {} ({theirs_differ} for the other build's manifest; {ours_differ} for this one's); removed the \
-                 manifest so that no build trusts them, build it again",
-                target, dir
-            ))
-            .into())
+            None => match store.write_if_tag(manifest_at, &bytes, &tag)? {
+                Some(manifest_meta) => return Ok(Outcome { manifest: ours, manifest_meta }),
+                None => continue,
+            },
+            Some(ours_differ) => {
+                // Only the manifest that was checked: one written since was checked by its own build.
+                store.delete_if_tag(manifest_at, &tag)?;
+                return Err(Transient(format!(
+                    "{}: a concurrent build of the same key made different bytes and the two builds' outputs are \
+                     mixed in {} ({theirs_differ} for the other build's manifest; {ours_differ} for this one's); \
+                     removed the manifest so that no build trusts them, build it again",
+                    target, dir
+                ))
+                .into());
+            }
         }
     }
+    Err(Transient(format!(
+        "{target}: its manifest kept changing while this build checked its outputs ({COMMIT_ATTEMPTS} times): other \
+         builds of the same target are publishing; build it again"
+    ))
+    .into())
+}
+
+/// Our outputs were replaced by another build's since we published them.
+fn replaced(target: &str, dir: &str, differs: &str) -> anyhow::Error {
+    Transient(format!(
+        "{target}: another build of the same key published over this one's outputs in {dir} ({differs}) and \
+         removed its manifest; build it again"
+    ))
+    .into()
 }
 
 fn find_meta(store: &dyn Store, dir: &str, manifest_at: &str) -> anyhow::Result<ObjectMeta> {
@@ -340,6 +373,7 @@ mod tests {
             outputs: outputs
                 .iter()
                 .map(|(name, bytes)| OutputFile {
+                    version: String::new(),
                     name: (*name).into(),
                     size: bytes.len() as u64,
                     blake3: blake3::hash(bytes).to_hex().to_string(),
@@ -378,7 +412,7 @@ mod tests {
         let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
         let (root, store, at) = store_with(&[("a", b"AAAA"), ("b", b"BBBB")], &theirs);
         let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
-        let outcome = adopt_concurrent(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, theirs.outputs);
     }
 
@@ -388,7 +422,7 @@ mod tests {
         let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
         let (root, store, at) = store_with(&[("a", b"aaaa"), ("b", b"bbbb")], &theirs);
         let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
-        let outcome = adopt_concurrent(&store, "step", &at, ours.clone(), &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours.clone(), &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, ours.outputs);
         assert_eq!(stored_manifest(&store, &at).unwrap().outputs, ours.outputs, "ours is written over theirs");
     }
@@ -398,7 +432,7 @@ mod tests {
         let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
         let (root, store, at) = store_with(&[("a", b"AAAA"), ("b", b"bbbb")], &theirs);
         let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
-        let err = adopt_concurrent(&store, "step", &at, ours, &root.path().join("check")).unwrap_err();
+        let err = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap_err();
         assert!(crate::retry::is_transient(&err), "{err:#}");
         let text = format!("{err:#}");
         assert!(text.contains("step/b has blake3") && text.contains("step/a has blake3"), "{text}");
@@ -410,9 +444,106 @@ mod tests {
         let mut theirs = manifest(&[("a", b"AAAA")]);
         theirs.key = "k2".into();
         let (root, store, at) = store_with(&[("a", b"AAAA")], &theirs);
-        let err =
-            adopt_concurrent(&store, "step", &at, manifest(&[("a", b"AAAA")]), &root.path().join("c")).unwrap_err();
+        let err = commit(&store, "step", &at, manifest(&[("a", b"AAAA")]), &root.path().join("c")).unwrap_err();
         assert!(format!("{err:#}").contains("different key"), "{err:#}");
+    }
+
+    /// A store that lets "another build" act at the worst moment: just before this build's conditional write of
+    /// its manifest, after it has checked that the objects are its own.
+    struct Interleaved<'a> {
+        inner: &'a LocalStore,
+        before_swap: std::sync::Mutex<Option<Box<dyn FnOnce(&LocalStore) + Send + 'a>>>,
+    }
+
+    impl Store for Interleaved<'_> {
+        fn url(&self) -> String {
+            self.inner.url()
+        }
+        fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+            self.inner.read(path)
+        }
+        fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
+            self.inner.write(path, bytes)
+        }
+        fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
+            self.inner.write_if_absent(path, bytes)
+        }
+        fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+            self.inner.read_tagged(path)
+        }
+        fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>> {
+            if let Some(other_build) = self.before_swap.lock().unwrap().take() {
+                other_build(self.inner);
+            }
+            self.inner.write_if_tag(path, bytes, tag)
+        }
+        fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool> {
+            self.inner.delete_if_tag(path, tag)
+        }
+        fn publish(&self, local: &Path, path: &str) -> anyhow::Result<ObjectMeta> {
+            self.inner.publish(local, path)
+        }
+        fn delete(&self, path: &str) -> anyhow::Result<()> {
+            self.inner.delete(path)
+        }
+        fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
+            self.inner.local_path(path)
+        }
+        fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
+            self.inner.fetch(path, dest)
+        }
+        fn scratch_root(&self) -> std::path::PathBuf {
+            self.inner.scratch_root()
+        }
+        fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
+            self.inner.lock(pipeline)
+        }
+    }
+
+    #[test]
+    fn a_manifest_checked_against_its_objects_is_not_written_over_a_later_builds() {
+        // A stale manifest (A), our objects (B), and a third build (C) that publishes and commits its own
+        // between our check and our write: an unconditional write would leave B's manifest over C's bytes.
+        let a = manifest(&[("a", b"AAAA"), ("b", b"AAAA")]);
+        let ours = manifest(&[("a", b"BBBB"), ("b", b"BBBB")]);
+        let c = manifest(&[("a", b"CCCC"), ("b", b"CCCC")]);
+        let (root, inner, at) = store_with(&[("a", b"BBBB"), ("b", b"BBBB")], &a);
+        let store = Interleaved {
+            inner: &inner,
+            before_swap: std::sync::Mutex::new(Some(Box::new(|store: &LocalStore| {
+                store.write("step/a", b"CCCC").unwrap();
+                store.write("step/b", b"CCCC").unwrap();
+                let (_, tag) = store.read_tagged(&manifest_path("step", "s0")).unwrap().unwrap();
+                let written = store.write_if_tag(&manifest_path("step", "s0"), &serde_json::to_vec(&c).unwrap(), &tag);
+                assert!(written.unwrap().is_some(), "C replaces A's manifest");
+            }))),
+        };
+        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        assert_eq!(outcome.manifest.outputs, c.outputs, "the objects are C's: C's manifest is adopted");
+        assert_eq!(stored_manifest(&inner, &at).unwrap().outputs, c.outputs);
+    }
+
+    #[test]
+    fn conditional_writes_and_deletes_of_the_local_store_compare_the_content() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path().to_path_buf());
+        assert!(store.read_tagged("x/m.json").unwrap().is_none());
+        store.write("x/m.json", b"one").unwrap();
+        let (bytes, tag) = store.read_tagged("x/m.json").unwrap().unwrap();
+        assert_eq!(bytes, b"one");
+        store.write("x/m.json", b"two").unwrap();
+        assert!(store.write_if_tag("x/m.json", b"three", &tag).unwrap().is_none(), "changed since it was read");
+        assert!(!store.delete_if_tag("x/m.json", &tag).unwrap());
+        let (_, tag) = store.read_tagged("x/m.json").unwrap().unwrap();
+        assert!(store.write_if_tag("x/m.json", b"three", &tag).unwrap().is_some());
+        assert_eq!(store.read("x/m.json").unwrap().unwrap(), b"three");
+        let (_, tag) = store.read_tagged("x/m.json").unwrap().unwrap();
+        assert!(store.delete_if_tag("x/m.json", &tag).unwrap());
+        assert!(store.read("x/m.json").unwrap().is_none());
+        assert!(store.write_if_tag("x/m.json", b"four", &tag).unwrap().is_none(), "gone: nothing to swap");
     }
 
     fn expect_for(

@@ -473,7 +473,8 @@ fn is_valid_shard_id(id: &str) -> bool {
         && !id.starts_with(crate::kind::META_DIR)
 }
 
-/// Fresh when the store's manifest has the wanted key and every output it lists is there with its size.
+/// Fresh when the store's manifest has the wanted key and every output it lists is there with its size, and,
+/// where the store lists content versions (S3's ETags), with the version its manifest recorded.
 /// A key mismatch is marked stale with no reason yet: explaining it takes a manifest read, done in bulk.
 fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<&Record>) -> (Action, Option<String>) {
     let Some(record) = record else {
@@ -494,6 +495,13 @@ fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<&Recor
             Some(false) => {
                 let now = state.files.get(&output.name).unwrap_or(0);
                 let reason = format!("output {} changed size ({} → {now} bytes)", output.name, output.size);
+                return (Action::Stale, Some(reason));
+            }
+            Some(true) if state.rewritten(&output.name, &output.version) => {
+                let reason = format!(
+                    "output {} was rewritten since its manifest (the store no longer lists it as version {})",
+                    output.name, output.version
+                );
                 return (Action::Stale, Some(reason));
             }
             Some(true) => {}

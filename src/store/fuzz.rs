@@ -14,7 +14,12 @@ fn text() -> impl Strategy<Value = String> {
 }
 
 fn output() -> impl Strategy<Value = OutputFile> {
-    (text(), any::<u64>()).prop_map(|(name, size)| OutputFile { name, size, blake3: String::new() })
+    (text(), any::<u64>()).prop_map(|(name, size)| OutputFile {
+        name,
+        size,
+        blake3: String::new(),
+        version: String::new(),
+    })
 }
 
 /// A retry's `of_key` is a key, never empty (the index writes "no retry" as an empty key).
@@ -79,7 +84,12 @@ fn manifest() -> impl Strategy<Value = Manifest> {
             source: None,
         });
     let outputs = prop::collection::vec(
-        (text(), any::<u64>(), "[0-9a-f]{0,64}").prop_map(|(name, size, blake3)| OutputFile { name, size, blake3 }),
+        (text(), any::<u64>(), "[0-9a-f]{0,64}").prop_map(|(name, size, blake3)| OutputFile {
+            name,
+            size,
+            blake3,
+            version: String::new(),
+        }),
         0..4,
     );
     (

@@ -1,7 +1,7 @@
 //! The step index on disk: a compact binary encoding of the records it caches. A plan reads one index per
 //! step (from S3 too), so at 10⁵ targets the format's size and parse time are the plan's.
 //!
-//! Layout: magic, then per record: shard, key (32 bytes), output count, (name, size)…, rows, failures and retryable
+//! Layout: magic, then per record: shard, key (32 bytes), output count, (name, size, version)…, rows, failures and retryable
 //! (flag byte + u64 each), the retried key and attempt (empty and 0 when not a retry), started_at, duration
 //! (f64), manifest version, manifest size. Strings are a u32 length + UTF-8; integers little-endian.
 
@@ -10,7 +10,7 @@ use super::record::Record;
 use crate::util::digest::Digest;
 use std::collections::HashMap;
 
-const MAGIC: &[u8; 8] = b"DSMKIX04";
+const MAGIC: &[u8; 8] = b"DSMKIX05";
 
 struct Writer(Vec<u8>);
 
@@ -63,6 +63,7 @@ pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
         for output in &r.outputs {
             w.str(&output.name);
             w.u64(output.size);
+            w.str(&output.version);
         }
         w.opt(r.rows);
         w.opt(r.failures);
@@ -89,7 +90,7 @@ pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
         let count = r.u32()?;
         let mut outputs = Vec::with_capacity(count.min(1 << 16));
         for _ in 0..count {
-            outputs.push(OutputFile { name: r.str()?, size: r.u64()?, blake3: String::new() });
+            outputs.push(OutputFile { name: r.str()?, size: r.u64()?, blake3: String::new(), version: r.str()? });
         }
         let record = Record {
             key,
@@ -119,7 +120,12 @@ mod tests {
     fn round_trips_and_rejects_damage() {
         let record = Record {
             key: Digest::from(blake3::hash(b"k")),
-            outputs: vec![OutputFile { name: "a/b.tar".into(), size: 12, blake3: String::new() }],
+            outputs: vec![OutputFile {
+                name: "a/b.tar".into(),
+                size: 12,
+                blake3: String::new(),
+                version: "\"etag\"".into(),
+            }],
             rows: Some(10_000),
             failures: Some(3),
             retryable: Some(2),

@@ -26,6 +26,34 @@ impl LocalStore {
     fn path(&self, path: &str) -> PathBuf {
         self.root.join(path)
     }
+
+    /// Holds one of a few lock files that conditional writes and deletes take, chosen by the object's path, so
+    /// that each compare-and-swap is atomic against every other (processes of several builds, or machines on
+    /// one NFS folder, included). Striped: a lock file per object would leave one file per target behind.
+    fn object_lock(&self, path: &str) -> anyhow::Result<File> {
+        const STRIPES: u8 = 64;
+        let dir = self.root.join(".dsmake").join("locks");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let stripe = blake3::hash(path.as_bytes()).as_bytes()[0] % STRIPES;
+        let lock = dir.join(format!("objects-{stripe:02}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .with_context(|| format!("cannot open the lock {}", lock.display()))?;
+        file.lock().with_context(|| format!("cannot lock {}", lock.display()))?;
+        Ok(file)
+    }
+
+    /// The content tag of the object at `dest` (its blake3), `None` when there is none.
+    fn tag_of(dest: &Path) -> anyhow::Result<Option<String>> {
+        match fs::read(dest) {
+            Ok(bytes) => Ok(Some(blake3::hash(&bytes).to_hex().to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.display())),
+        }
+    }
 }
 
 fn meta_of(path: String, meta: &fs::Metadata) -> ObjectMeta {
@@ -115,13 +143,19 @@ impl Store for LocalStore {
             f.write_all(bytes)?;
             f.sync_all()
         });
-        // link(2) fails when the destination exists: an atomic create-if-absent with the whole content.
-        let linked = written.and_then(|_| fs::hard_link(&temp, &dest));
+        // link(2) fails when the destination exists: an atomic create-if-absent with the whole content. Under the
+        // object's lock, so that a conditional write never lands between another's check and its rename.
+        let linked = written.map_err(anyhow::Error::from).and_then(|_| {
+            let _held = self.object_lock(path)?;
+            Ok(fs::hard_link(&temp, &dest)?)
+        });
         // The object's metadata through the temporary name, which is the same file: another writer may remove
         // `dest` as soon as it exists, and that must not fail this write, which did happen.
         let outcome = match linked {
             Ok(()) => fs::metadata(&temp).map(Some).with_context(|| format!("cannot stat {}", dest.display())),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(None),
+            Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::AlreadyExists) => {
+                Ok(None)
+            }
             Err(e) => Err(e).with_context(|| format!("cannot write {}", dest.display())),
         };
         let _ = fs::remove_file(&temp);
@@ -132,7 +166,37 @@ impl Store for LocalStore {
         Ok(meta.map(|m| meta_of(path.to_string(), &m)))
     }
 
-    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
+    fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+        match fs::read(self.path(path)) {
+            Ok(bytes) => {
+                let tag = blake3::hash(&bytes).to_hex().to_string();
+                Ok(Some((bytes, tag)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path(path).display())),
+        }
+    }
+
+    fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>> {
+        let dest = self.path(path);
+        let _held = self.object_lock(path)?;
+        if Self::tag_of(&dest)?.as_deref() != Some(tag) {
+            return Ok(None);
+        }
+        self.write(path, bytes).map(Some)
+    }
+
+    fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool> {
+        let dest = self.path(path);
+        let _held = self.object_lock(path)?;
+        if Self::tag_of(&dest)?.as_deref() != Some(tag) {
+            return Ok(false);
+        }
+        self.delete(path)?;
+        Ok(true)
+    }
+
+    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<ObjectMeta> {
         let dest = self.path(path);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -147,7 +211,8 @@ impl Store for LocalStore {
             }
         }
         sync_dir(&dir);
-        Ok(())
+        let meta = fs::metadata(&dest).with_context(|| format!("cannot stat {}", dest.display()))?;
+        Ok(meta_of(path.to_string(), &meta))
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<()> {

@@ -47,6 +47,11 @@ pub struct OutputFile {
     /// Empty in a step index, which keeps only what freshness needs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
+    /// The object's version as the store lists it, when its build published it (S3: the ETag), where the
+    /// store's versions change only when an object is rewritten (`Store::versions_identify_content`): a plan
+    /// then sees an object that another writer replaced, even with the same size. Empty elsewhere.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 impl Manifest {

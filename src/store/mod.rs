@@ -47,8 +47,17 @@ pub trait Store: Send + Sync {
     /// Writes an object only if there is none at `path` (local: a hard link; S3: `If-None-Match: *`).
     /// `None` when one exists: another writer was first.
     fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>>;
-    /// Moves or copies a finished local file into the store, atomically. `local` may be consumed.
-    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()>;
+    /// An object's bytes and a tag of that content (S3: its ETag; local: its blake3), or `None` when there is
+    /// no such object: what [`Store::write_if_tag`] and [`Store::delete_if_tag`] are made conditional on.
+    fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>>;
+    /// Replaces an object only if it still holds the content `tag` names (S3: `If-Match`): compare and swap,
+    /// as git updates a ref. `None`, writing nothing, when another writer changed or removed it since.
+    fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>>;
+    /// Deletes an object only if it still holds the content `tag` names; false, deleting nothing, otherwise.
+    fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool>;
+    /// Moves or copies a finished local file into the store, atomically. `local` may be consumed. Returns the
+    /// object as a listing will show it (its version: the ETag on S3), so that a manifest can record it.
+    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<ObjectMeta>;
     fn delete(&self, path: &str) -> anyhow::Result<()>;
     /// A path a reader can open directly, where the store is a local folder.
     fn local_path(&self, path: &str) -> Option<PathBuf>;
@@ -59,6 +68,12 @@ pub trait Store: Send + Sync {
     fn scratch_root(&self) -> PathBuf;
     /// Holds off a second build of the same pipeline on the same store until this one ends.
     fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>>;
+    /// Whether an object's listed version changes only when the object is rewritten, so that a manifest can
+    /// record it and a plan compare it (S3: the ETag). Not a local folder's: its versions are modification
+    /// times, which copies of a folder (`cp -r`, a restore from backup) do not keep.
+    fn versions_identify_content(&self) -> bool {
+        false
+    }
     /// Requests sent to the store so far by this process (0 where requests are not counted: a local folder).
     fn requests(&self) -> u64 {
         0
@@ -82,6 +97,12 @@ pub fn open(url: &str, s3: &s3::S3Options) -> anyhow::Result<Arc<dyn Store>> {
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     Ok(Arc::new(local::LocalStore::new(PathBuf::from(path))))
+}
+
+/// A listed version in 8 bytes: step listings keep one per object (see `StepState`).
+pub fn version_tag(version: &str) -> u64 {
+    let hash = blake3::hash(version.as_bytes());
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 of 32 bytes"))
 }
 
 /// Joins store-relative path segments with `/`.

@@ -29,11 +29,16 @@ impl Record {
     pub fn new(manifest: &Manifest, meta: &ObjectMeta) -> Self {
         Record {
             key: Digest::from_hex(&manifest.key).unwrap_or_default(),
-            // Freshness needs names and sizes; digests stay in the manifest, keeping the index small.
+            // Freshness needs names, sizes and versions; digests stay in the manifest, keeping the index small.
             outputs: manifest
                 .outputs
                 .iter()
-                .map(|o| OutputFile { name: o.name.clone(), size: o.size, blake3: String::new() })
+                .map(|o| OutputFile {
+                    name: o.name.clone(),
+                    size: o.size,
+                    blake3: String::new(),
+                    version: o.version.clone(),
+                })
                 .collect(),
             rows: manifest.rows,
             failures: manifest.failures,

@@ -46,6 +46,9 @@ impl StepState {
         let prefix = format!("{dir}/");
         let bytes = listing.iter().map(|m| m.path.len().saturating_sub(prefix.len())).sum();
         let mut files = SizedNames::with_capacity(listing.len(), bytes);
+        // Versions only where they mean content (S3's ETags): a local folder's are times, and 10⁶ of them would
+        // cost a plan time and memory for nothing.
+        let tagged = store.versions_identify_content();
 
         // The index's records stay where their manifest is listed with the version and size they were read
         // at; the others are read again, and those without a manifest dropped.
@@ -54,7 +57,11 @@ impl StepState {
         let mut vouched = 0;
         for m in listing {
             let Some(rel) = m.path.strip_prefix(&prefix) else { continue };
-            if !files.push(rel, m.size) {
+            let pushed = match tagged {
+                true => files.push_tagged(rel, m.size, super::version_tag(&m.version)),
+                false => files.push(rel, m.size),
+            };
+            if !pushed {
                 continue;
             }
             let Some(shard) = rel.strip_prefix(&manifest_prefix).and_then(|r| r.strip_suffix(".json")) else {
@@ -131,6 +138,12 @@ impl StepState {
         self.files.get(name).map(|listed| listed == size)
     }
 
+    /// Is the listed object another version than `version` (recorded when it was published)? Never where
+    /// either is unknown.
+    pub fn rewritten(&self, name: &str, version: &str) -> bool {
+        !version.is_empty() && self.files.tag(name).is_some_and(|listed| listed != super::version_tag(version))
+    }
+
     pub fn index_name() -> &'static str {
         INDEX_NAME
     }
@@ -173,7 +186,7 @@ mod tests {
     fn record(output: &str) -> Record {
         Record {
             key: Default::default(),
-            outputs: vec![OutputFile { name: output.into(), size: 1, blake3: String::new() }],
+            outputs: vec![OutputFile { name: output.into(), size: 1, blake3: String::new(), version: String::new() }],
             rows: None,
             failures: None,
             retryable: None,

@@ -7,11 +7,13 @@ pub struct SizedNames {
     text: String,
     /// Per name, in order: where it ends in `text` (it starts where the previous one ends), and its size.
     entries: Vec<(usize, u64)>,
+    /// Per name, in order, a tag of its version, where names were pushed with one ([`SizedNames::push_tagged`]).
+    tags: Vec<u64>,
 }
 
 impl SizedNames {
     pub fn with_capacity(names: usize, bytes: usize) -> Self {
-        SizedNames { text: String::with_capacity(bytes), entries: Vec::with_capacity(names) }
+        SizedNames { text: String::with_capacity(bytes), entries: Vec::with_capacity(names), tags: Vec::new() }
     }
 
     /// Appends `name`; it must sort after every name pushed so far (a repeat of the last one is ignored).
@@ -27,6 +29,20 @@ impl SizedNames {
         true
     }
 
+    /// [`SizedNames::push`] with a tag of the name's version; push all names of a set one way or the other.
+    pub fn push_tagged(&mut self, name: &str, size: u64, tag: u64) -> bool {
+        let pushed = self.push(name, size);
+        if pushed {
+            self.tags.push(tag);
+        }
+        pushed
+    }
+
+    /// The tag pushed with `name`, if it was pushed with one.
+    pub fn tag(&self, name: &str) -> Option<u64> {
+        self.find(name).and_then(|i| self.tags.get(i).copied())
+    }
+
     fn name(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
         &self.text[start..self.entries[i].0]
@@ -34,13 +50,17 @@ impl SizedNames {
 
     /// The size listed for `name`.
     pub fn get(&self, name: &str) -> Option<u64> {
+        self.find(name).map(|i| self.entries[i].1)
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
         let (mut low, mut high) = (0, self.entries.len());
         while low < high {
             let mid = low + (high - low) / 2;
             match self.name(mid).cmp(name) {
                 std::cmp::Ordering::Less => low = mid + 1,
                 std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Some(self.entries[mid].1),
+                std::cmp::Ordering::Equal => return Some(mid),
             }
         }
         None
@@ -81,5 +101,15 @@ mod tests {
         assert_eq!(names.get("a"), None);
         assert_eq!(names.get("c"), None);
         assert_eq!(names.iter().map(|(n, _)| n).collect::<Vec<_>>(), ["_dsmake/x.json", "a/b.tar", "a/c", "b"]);
+        assert_eq!(names.tag("a/b.tar"), None, "pushed without tags");
+    }
+
+    #[test]
+    fn keeps_a_tag_per_name_pushed_with_one() {
+        let mut names = SizedNames::with_capacity(2, 8);
+        assert!(names.push_tagged("a", 1, 7));
+        assert!(!names.push_tagged("a", 2, 8), "a repeat keeps the first tag");
+        assert!(names.push_tagged("b", 2, 9));
+        assert_eq!((names.tag("a"), names.tag("b"), names.tag("c")), (Some(7), Some(9), None));
     }
 }

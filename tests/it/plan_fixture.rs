@@ -40,6 +40,7 @@ fn engine_plan_fixture() {
                 name,
                 size: bytes.len() as u64,
                 blake3: blake3::hash(&bytes).to_hex().to_string(),
+                version: String::new(),
             }],
             rows: None,
             failures: None,

@@ -1,21 +1,28 @@
 //! Publication on a shared store: concurrent writers of one target, a tampered input, a lost S3 lease.
 
+use crate::common::proxy::Proxy;
 use crate::common::{Backend, Sandbox};
 use serde_json::{Value, json};
 use std::process::{Child, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-// On the local store only: s3s-fs, the S3 server the tests run, streams an object that another request is
-// overwriting as a broken body (real S3 replaces objects atomically), and refuses to serve one whose backing
-// file was edited by hand, so neither race nor tampering can be staged against it.
-#[test]
-fn racing_workers_never_leave_a_manifest_over_other_bytes_locally() {
-    racing_workers_never_leave_a_manifest_over_other_bytes(Backend::Local)
-}
+on_every_store!(
+    racing_workers_never_leave_a_manifest_over_other_bytes,
+    an_input_with_other_bytes_of_the_same_size_fails_naming_it,
+);
 
-#[test]
-fn an_input_with_other_bytes_of_the_same_size_fails_naming_it_locally() {
-    an_input_with_other_bytes_of_the_same_size_fails_naming_it(Backend::Local)
+/// A sandbox whose S3 requests are atomic, as S3's are: through a proxy that passes them one at a time (see
+/// `Faults::one_at_a_time`; s3s-fs alone is not atomic per request).
+fn atomic_sandbox(backend: Backend, pipeline: &str) -> (Sandbox, Option<Proxy>) {
+    let mut s = Sandbox::on(backend, pipeline);
+    let proxy = (backend == Backend::S3).then(|| {
+        let proxy = Proxy::start(&crate::common::s3::server().endpoint);
+        proxy.faults.one_at_a_time.store(true, Ordering::SeqCst);
+        s.endpoint = Some(proxy.endpoint.clone());
+        proxy
+    });
+    (s, proxy)
 }
 
 /// Not deterministic on purpose: each run writes other random bytes of the same size, so a check by size alone
@@ -91,7 +98,7 @@ fn job_for_noise(s: &Sandbox) -> Value {
 }
 
 fn racing_workers_never_leave_a_manifest_over_other_bytes(backend: Backend) {
-    let s = Sandbox::on(backend, NOISE);
+    let (s, _proxy) = atomic_sandbox(backend, NOISE);
     s.build(&[]);
     s.write("job.json", &job_for_noise(&s).to_string());
     let mut mixed = 0;
@@ -102,13 +109,16 @@ fn racing_workers_never_leave_a_manifest_over_other_bytes(backend: Backend) {
         for worker in workers {
             let out = worker.wait_with_output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
-            // A worker either publishes (or adopts a manifest it checked), or finds the two builds' bytes mixed
-            // and says so; nothing else may go wrong.
+            // A worker either publishes (or adopts a manifest it checked), or finds its outputs mixed with or
+            // replaced by another build's and says so, as a transient failure (exit 75); nothing else may go wrong.
             if !out.status.success() {
                 assert!(
-                    stderr.contains("outputs are mixed") || stderr.contains("removed by another build"),
+                    stderr.contains("outputs are mixed")
+                        || stderr.contains("published over this one's outputs")
+                        || stderr.contains("kept changing"),
                     "{stderr}"
                 );
+                assert_eq!(out.status.code(), Some(75), "{stderr}");
                 mixed += 1;
             }
         }
@@ -122,7 +132,8 @@ fn racing_workers_never_leave_a_manifest_over_other_bytes(backend: Backend) {
 }
 
 /// A deterministic step reading the noise: an input whose bytes change under its manifest (same size) is caught
-/// by the worker that fetches it, by blake3, and the error names the file.
+/// by the worker that fetches it, by blake3, and the error names the file. On S3 the plan sees it first: the
+/// object's ETag is no longer the one its manifest records.
 fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) {
     let pipeline = |suffix: &str| {
         format!(
@@ -133,22 +144,73 @@ fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) 
     let s = Sandbox::on(backend, &pipeline(""));
     s.build(&[]);
     let built_before = s.read_store("pipeline/copy/_dsmake/all.json");
-    // Same size, other bytes: a size check passes, the plan calls `noise` fresh.
-    let object = s.store().join("pipeline/noise/all.a");
-    let mut bytes = std::fs::read(&object).unwrap();
+    let job = job_reading_noise(&s);
+    // Same size, other bytes, written by someone else.
+    let mut bytes = std::fs::read(s.store().join("pipeline/noise/all.a")).unwrap();
     bytes[0] ^= 0xff;
-    std::fs::write(&object, &bytes).unwrap();
-    // A change to `copy` alone makes it stale, so its worker fetches `noise`'s outputs again.
+    s.overwrite_in_store("pipeline/noise/all.a", &bytes);
+    let changed = |stderr: &str| {
+        stderr.contains("input file pipeline/noise/all.a of noise/all has blake3")
+            && stderr.contains("it changed after its manifest was written")
+    };
+
+    // A worker handed a job planned before the change (a remote task, say) fetches the input and refuses it.
+    s.write("job.json", &job.to_string());
+    let worker: crate::common::Run = s.command(&["worker", "job.json"]).output().unwrap().into();
+    assert_eq!(worker.code, 75, "a transient failure: {}", worker.stderr);
+    assert!(changed(&worker.stderr), "{}", worker.stderr);
+    assert_eq!(s.read_store("pipeline/copy/_dsmake/all.json"), built_before, "nothing was built from it");
+
+    // A change to `copy` alone makes it stale, so a build reads `noise`'s outputs again.
     s.write("pipeline.toml", &pipeline("; true"));
-    let run = s.run(&["build", "--retries", "0"]);
-    assert_ne!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("input file pipeline/noise/all.a of noise/all has blake3"), "{}", run.stderr);
-    assert!(run.stderr.contains("it changed after its manifest was written"), "{}", run.stderr);
-    assert_eq!(
-        s.read_store("pipeline/copy/_dsmake/all.json"),
-        built_before,
-        "nothing was built from the changed input"
-    );
+    match backend {
+        // A local folder's listing gives sizes (and times, which copies of a folder do not keep): the plan
+        // calls `noise` fresh, and the worker that reads it refuses it.
+        Backend::Local => {
+            let run = s.run(&["build", "--retries", "0"]);
+            assert_ne!(run.code, 0, "{}", run.stderr);
+            assert!(changed(&run.stderr), "{}", run.stderr);
+            assert_eq!(s.read_store("pipeline/copy/_dsmake/all.json"), built_before);
+        }
+        // S3 lists each object's ETag, which the manifest records: `noise` is stale, and rebuilt first.
+        Backend::S3 => {
+            let plan = s.plan(&[]);
+            let noise = crate::common::actions(&plan).into_iter().find(|(t, _, _)| t == "noise/all").unwrap();
+            assert_eq!(noise.1, "stale", "{noise:?}");
+            assert!(noise.2.contains("output all.a was rewritten since its manifest"), "{noise:?}");
+            let summary = s.build(&[]);
+            assert_eq!(crate::common::built(&summary), ["copy/all", "noise/all"]);
+            assert_manifests_match_objects(&s);
+        }
+    }
+}
+
+/// The job a build would hand its worker for `copy/all`, from the manifests of a first build.
+fn job_reading_noise(s: &Sandbox) -> Value {
+    let manifest = |step: &str| -> Value {
+        serde_json::from_str(&s.read_store(&format!("pipeline/{step}/_dsmake/all.json"))).unwrap()
+    };
+    let (copy, noise) = (manifest("copy"), manifest("noise"));
+    let outputs: Vec<Value> =
+        noise["outputs"].as_array().unwrap().iter().map(|o| json!({ "name": o["name"], "size": o["size"] })).collect();
+    json!({
+        "job_format": 1,
+        "pipeline": "pipeline",
+        "target": "copy/all",
+        "step": "copy",
+        "shard": "all",
+        "dir": "pipeline/copy",
+        "key": copy["key"],
+        "key_parts": copy["key_parts"],
+        "inputs": [{
+            "target": "noise/all",
+            "shard": "all",
+            "files": outputs.iter().map(|o| json!({ "store": format!("pipeline/noise/{}", o["name"].as_str().unwrap()) })).collect::<Vec<_>>(),
+            "expect": { "manifest": "pipeline/noise/_dsmake/all.json", "key": noise["key"], "outputs": outputs },
+        }],
+        "store": s.store_url(),
+        "base_dir": s.dir.path(),
+    })
 }
 
 /// S3 only: a build whose lease is taken from it stops publishing, with a clear error, while the build that

@@ -124,24 +124,54 @@ impl S3Store {
         format!("s3://{}/{}", self.bucket, self.key(path))
     }
 
-    async fn put(&self, path: &str, bytes: Vec<u8>, if_absent: bool) -> anyhow::Result<Option<ObjectMeta>> {
+    async fn put(&self, path: &str, bytes: Vec<u8>, condition: Condition<'_>) -> anyhow::Result<Option<ObjectMeta>> {
         let size = bytes.len() as u64;
         let mut put = self.client.put_object().bucket(&self.bucket).key(self.key(path)).body(ByteStream::from(bytes));
-        if if_absent {
-            put = put.if_none_match("*");
-        }
+        put = match condition {
+            Condition::None => put,
+            Condition::Absent => put.if_none_match("*"),
+            Condition::Tag(etag) => put.if_match(etag),
+        };
         match put.send().await {
-            Ok(out) if self.etagless.load(Ordering::Relaxed) => {
-                let head = self.client.head_object().bucket(&self.bucket).key(self.key(path)).send().await;
-                let head = head.map_err(|e| describe(e, &format!("checking {}", self.where_(path))))?;
-                let _ = out;
-                Ok(Some(ObjectMeta { path: path.to_string(), size, version: version(None, head.last_modified()) }))
+            Ok(out) => {
+                Ok(Some(ObjectMeta { path: path.to_string(), size, version: self.written(path, out.e_tag()).await? }))
             }
-            Ok(out) => Ok(Some(ObjectMeta { path: path.to_string(), size, version: version(out.e_tag(), None) })),
-            Err(e) if if_absent && is_precondition_failed(&e) => Ok(None),
+            Err(e) if !matches!(condition, Condition::None) && is_precondition_failed(&e) => Ok(None),
             Err(e) => Err(describe(e, &format!("writing {}", self.where_(path)))),
         }
     }
+
+    /// The version of an object just written, as listings will show it: the ETag the write returned, or, on a
+    /// server whose listings carry none, its LastModified time (asked with a HEAD).
+    async fn written(&self, path: &str, etag: Option<&str>) -> anyhow::Result<String> {
+        if !self.etagless.load(Ordering::Relaxed) {
+            return Ok(version(etag, None));
+        }
+        let head = self.client.head_object().bucket(&self.bucket).key(self.key(path)).send().await;
+        let head = head.map_err(|e| describe(e, &format!("checking {}", self.where_(path))))?;
+        Ok(version(None, head.last_modified()))
+    }
+
+    /// The ETag a conditional write or delete names, refused where the server gives none.
+    fn etag_of<'a>(&self, path: &str, tag: &'a str) -> anyhow::Result<&'a str> {
+        if tag.is_empty() || tag.starts_with("modified:") {
+            bail!(
+                "cannot replace {} conditionally: this S3-compatible server gives no ETags, so a concurrent writer \
+                 could not be detected",
+                self.where_(path)
+            );
+        }
+        Ok(tag)
+    }
+}
+
+/// What a put requires of the object it replaces.
+#[derive(Clone, Copy)]
+enum Condition<'a> {
+    None,
+    Absent,
+    /// Still this ETag.
+    Tag(&'a str),
 }
 
 impl Store for S3Store {
@@ -189,16 +219,53 @@ impl Store for S3Store {
 
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
         self.lease.check(&self.where_(path))?;
-        let meta = self.retrying(|| self.put(path, bytes.to_vec(), false))?;
+        let meta = self.retrying(|| self.put(path, bytes.to_vec(), Condition::None))?;
         meta.with_context(|| format!("writing {}", self.where_(path)))
     }
 
     fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
         self.lease.check(&self.where_(path))?;
-        self.retrying(|| self.put(path, bytes.to_vec(), true))
+        self.retrying(|| self.put(path, bytes.to_vec(), Condition::Absent))
     }
 
-    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<()> {
+    fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+        self.retrying(|| async {
+            match self.client.get_object().bucket(&self.bucket).key(self.key(path)).send().await {
+                Ok(out) => {
+                    let etag = out.e_tag().unwrap_or_default().to_string();
+                    let bytes = out
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| Transient(format!("reading {}: {e}", self.where_(path))))?;
+                    Ok(Some((bytes.into_bytes().to_vec(), etag)))
+                }
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(describe(e, &format!("reading {}", self.where_(path)))),
+            }
+        })
+    }
+
+    fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>> {
+        self.lease.check(&self.where_(path))?;
+        let etag = self.etag_of(path, tag)?;
+        self.retrying(|| self.put(path, bytes.to_vec(), Condition::Tag(etag)))
+    }
+
+    fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool> {
+        self.lease.check(&self.where_(path))?;
+        let etag = self.etag_of(path, tag)?;
+        self.retrying(|| async {
+            let request = self.client.delete_object().bucket(&self.bucket).key(self.key(path)).if_match(etag);
+            match request.send().await {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) || is_precondition_failed(&e) => Ok(false),
+                Err(e) => Err(describe(e, &format!("deleting {}", self.where_(path)))),
+            }
+        })
+    }
+
+    fn publish(&self, local: &Path, path: &str) -> anyhow::Result<ObjectMeta> {
         self.lease.check(&self.where_(path))?;
         let size = std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?.len();
         let key = self.key(path);
@@ -211,7 +278,8 @@ impl Store for S3Store {
             }
             let body =
                 ByteStream::from_path(local).await.with_context(|| format!("cannot read {}", local.display()))?;
-            self.client
+            let out = self
+                .client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
@@ -220,8 +288,12 @@ impl Store for S3Store {
                 .send()
                 .await
                 .map_err(|e| describe(e, &format!("uploading {}", self.where_(path))))?;
-            Ok(())
+            Ok(out.e_tag().map(str::to_string))
         }))
+        .and_then(|etag| {
+            let version = self.block_on(self.written(path, etag.as_deref()))?;
+            Ok(ObjectMeta { path: path.to_string(), size, version })
+        })
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<()> {
@@ -258,6 +330,10 @@ impl Store for S3Store {
 
     fn scratch_root(&self) -> PathBuf {
         std::env::temp_dir().join("dsmake-scratch")
+    }
+
+    fn versions_identify_content(&self) -> bool {
+        true
     }
 
     fn requests(&self) -> u64 {

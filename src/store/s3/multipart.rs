@@ -34,7 +34,8 @@ pub struct UploadNote {
 }
 
 /// `notes` is the key prefix (ending in `/`) under which upload notes are kept. A part that fails is sent
-/// again on `budget` (the operation's: see `crate::retry`); the caller retries the rest.
+/// again on `budget` (the operation's: see `crate::retry`); the caller retries the rest. Returns the object's
+/// ETag, where the server gives one.
 pub async fn upload(
     client: &Client,
     bucket: &str,
@@ -43,7 +44,7 @@ pub async fn upload(
     size: u64,
     notes: &str,
     budget: &Budget,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let created = client
         .create_multipart_upload()
         .bucket(bucket)
@@ -79,7 +80,7 @@ async fn upload_parts(
     size: u64,
     upload_id: &str,
     budget: &Budget,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let part = part_size(size);
     let count = size.div_ceil(part).max(1);
     let limit = Arc::new(Semaphore::new(PARALLEL_PARTS));
@@ -123,7 +124,7 @@ async fn upload_parts(
         parts.push(joined??);
     }
     parts.sort_by_key(|p| p.part_number());
-    client
+    let completed = client
         .complete_multipart_upload()
         .bucket(bucket)
         .key(key)
@@ -132,7 +133,7 @@ async fn upload_parts(
         .send()
         .await
         .map_err(|e| describe(e, &format!("completing the upload of s3://{bucket}/{key}")))?;
-    Ok(())
+    Ok(completed.e_tag().map(str::to_string))
 }
 
 #[cfg(test)]

@@ -115,6 +115,27 @@ impl Sandbox {
         std::fs::File::options().write(true).open(&path).unwrap().set_modified(past).unwrap();
     }
 
+    /// Replaces an object of the store with `bytes` the way another writer would: the local store's file, or a
+    /// put to the bucket through S3 (s3s-fs keeps each object's checksum apart from its file, so editing the
+    /// file would only make the server refuse to serve it).
+    pub fn overwrite_in_store(&self, rel: &str, bytes: &[u8]) {
+        let Some(bucket) = &self.bucket else {
+            std::fs::write(self.store().join(rel), bytes).unwrap();
+            return;
+        };
+        let file = self.path("overwrite.bin");
+        std::fs::write(&file, bytes).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("tests/python/s3_put.py"))
+            .args([bucket.as_str(), &format!("store/{rel}")])
+            .arg(&file)
+            .envs(s3::env(self.endpoint.as_deref().unwrap_or(&s3::server().endpoint)))
+            .output()
+            .expect("run tests/python/s3_put.py with .venv (tests/run.sh makes it)");
+        assert!(out.status.success(), "s3_put.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn read_store(&self, rel: &str) -> String {
         std::fs::read_to_string(self.store().join(rel)).unwrap_or_else(|e| panic!("store/{rel}: {e}"))
     }

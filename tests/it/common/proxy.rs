@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,11 @@ pub struct Faults {
     pub latency_ms: AtomicU64,
     /// Faults actually injected, so that a test can show it was not vacuous.
     pub injected: AtomicUsize,
+    /// Requests reach the server one at a time, each answered whole before the next starts. s3s-fs checks a
+    /// put's condition and then writes, and reads an object's ETag apart from its body, so racing requests can
+    /// see states that S3, atomic per request, never shows; this makes them atomic for race tests.
+    pub one_at_a_time: AtomicBool,
+    turn: Mutex<()>,
 }
 
 pub struct Proxy {
@@ -90,6 +95,8 @@ fn with_connection_close(head: &[u8]) -> Vec<u8> {
 
 fn serve(mut client: TcpStream, upstream: &str, faults: &Faults, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
     let (head, early_body) = read_head(&mut client)?;
+    let _turn =
+        faults.one_at_a_time.load(Ordering::SeqCst).then(|| faults.turn.lock().unwrap_or_else(|e| e.into_inner()));
     let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
     log.lock().unwrap().push(line.clone());
     let content_length: usize = String::from_utf8_lossy(&head)
