@@ -635,6 +635,51 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    #[test]
+    fn an_output_rewritten_with_the_same_size_is_stale_where_the_store_lists_content_versions() {
+        use crate::store::manifest::OutputFile;
+        use crate::store::version_tag;
+        let key = Digest([7; 32]);
+        let output = |version: &str| OutputFile {
+            name: "0.tar".into(),
+            size: 10,
+            blake3: String::new(),
+            version: version.into(),
+        };
+        let record = |version: &str| Record {
+            key,
+            outputs: vec![output(version)],
+            rows: None,
+            failures: None,
+            retryable: None,
+            retry: None,
+            started_at: String::new(),
+            duration_s: 0.0,
+            manifest_version: String::new(),
+            manifest_size: 0,
+        };
+        let listed = |version: &str| {
+            let mut state = StepState::default();
+            state.files.push_tagged("0.tar", 10, version_tag(version));
+            state
+        };
+        let fresh = (Action::Fresh, None);
+        assert_eq!(freshness(&listed("\"e1\""), "0", &key, Some(&record("\"e1\""))), fresh);
+        let (action, reason) = freshness(&listed("\"e2\""), "0", &key, Some(&record("\"e1\"")));
+        assert_eq!(action, Action::Stale);
+        assert_eq!(
+            reason.unwrap(),
+            "output 0.tar was rewritten since its manifest (the store no longer lists it as version \"e1\")"
+        );
+        // Nothing to compare: a manifest without versions (a local store's, an older dsmake's), or a server
+        // that lists modification times instead of ETags.
+        assert_eq!(freshness(&listed("\"e2\""), "0", &key, Some(&record(""))), fresh);
+        assert_eq!(freshness(&listed("modified:1000"), "0", &key, Some(&record("\"e1\""))), fresh);
+        let mut untagged = StepState::default();
+        untagged.files.push("0.tar", 10);
+        assert_eq!(freshness(&untagged, "0", &key, Some(&record("\"e1\""))), fresh);
+    }
+
     fn file(path: &str) -> SourceFile {
         SourceFile { path: PathBuf::from(path), display: path.to_string(), size: 1, blake3: "b".into() }
     }

@@ -56,7 +56,8 @@ pub trait Store: Send + Sync {
     /// Deletes an object only if it still holds the content `tag` names; false, deleting nothing, otherwise.
     fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool>;
     /// Moves or copies a finished local file into the store, atomically. `local` may be consumed. Returns the
-    /// object as a listing will show it (its version: the ETag on S3), so that a manifest can record it.
+    /// object with its version where the store has content versions (S3: the ETag the upload returned, empty
+    /// where the server gives none), so that a manifest can record it.
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<ObjectMeta>;
     fn delete(&self, path: &str) -> anyhow::Result<()>;
     /// A path a reader can open directly, where the store is a local folder.
@@ -99,10 +100,18 @@ pub fn open(url: &str, s3: &s3::S3Options) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(local::LocalStore::new(PathBuf::from(path))))
 }
 
-/// A listed version in 8 bytes: step listings keep one per object (see `StepState`).
+/// How an object's version starts where a server lists no ETag and the version is its modification time.
+pub const MODIFIED_VERSION: &str = "modified:";
+
+/// A listed version in 8 bytes, for step listings to keep one per object (see `StepState`); 0 where the version
+/// says nothing of the content (none, or a modification time, which a listing and a write report at different
+/// precisions).
 pub fn version_tag(version: &str) -> u64 {
+    if version.is_empty() || version.starts_with(MODIFIED_VERSION) {
+        return 0;
+    }
     let hash = blake3::hash(version.as_bytes());
-    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 of 32 bytes"))
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 of 32 bytes")) | 1
 }
 
 /// Joins store-relative path segments with `/`.

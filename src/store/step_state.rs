@@ -139,9 +139,10 @@ impl StepState {
     }
 
     /// Is the listed object another version than `version` (recorded when it was published)? Never where
-    /// either is unknown.
+    /// either is unknown (an S3-compatible server that lists no ETags).
     pub fn rewritten(&self, name: &str, version: &str) -> bool {
-        !version.is_empty() && self.files.tag(name).is_some_and(|listed| listed != super::version_tag(version))
+        let recorded = super::version_tag(version);
+        recorded != 0 && self.files.tag(name).is_some_and(|listed| listed != 0 && listed != recorded)
     }
 
     pub fn index_name() -> &'static str {

@@ -128,12 +128,12 @@ fn racing_workers_never_leave_a_manifest_over_other_bytes(backend: Backend) {
     // Whatever the race left, the next build makes the target whole and every manifest matches its objects.
     s.build(&[]);
     assert_eq!(assert_manifests_match_objects(&s), 1);
-    assert!(crate::common::work(&s.plan(&[])).is_empty());
+    let left = crate::common::work(&s.plan(&[]));
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A deterministic step reading the noise: an input whose bytes change under its manifest (same size) is caught
-/// by the worker that fetches it, by blake3, and the error names the file. On S3 the plan sees it first: the
-/// object's ETag is no longer the one its manifest records.
+/// by the worker that fetches it, by blake3, and the error names the file.
 fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) {
     let pipeline = |suffix: &str| {
         format!(
@@ -161,26 +161,19 @@ fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) 
     assert!(changed(&worker.stderr), "{}", worker.stderr);
     assert_eq!(s.read_store("pipeline/copy/_dsmake/all.json"), built_before, "nothing was built from it");
 
-    // A change to `copy` alone makes it stale, so a build reads `noise`'s outputs again.
+    // A change to `copy` alone makes it stale, so a build reads `noise`'s outputs again. The plan calls `noise`
+    // fresh: a local folder lists sizes (and times, which copies of a folder do not keep), and s3s-fs lists no
+    // ETags (S3 does, and its plan would call `noise` stale: `plan::tests`); the worker that reads it refuses it.
     s.write("pipeline.toml", &pipeline("; true"));
-    match backend {
-        // A local folder's listing gives sizes (and times, which copies of a folder do not keep): the plan
-        // calls `noise` fresh, and the worker that reads it refuses it.
-        Backend::Local => {
-            let run = s.run(&["build", "--retries", "0"]);
-            assert_ne!(run.code, 0, "{}", run.stderr);
-            assert!(changed(&run.stderr), "{}", run.stderr);
-            assert_eq!(s.read_store("pipeline/copy/_dsmake/all.json"), built_before);
-        }
-        // S3 lists each object's ETag, which the manifest records: `noise` is stale, and rebuilt first.
-        Backend::S3 => {
-            let plan = s.plan(&[]);
-            let noise = crate::common::actions(&plan).into_iter().find(|(t, _, _)| t == "noise/all").unwrap();
-            assert_eq!(noise.1, "stale", "{noise:?}");
-            assert!(noise.2.contains("output all.a was rewritten since its manifest"), "{noise:?}");
-            let summary = s.build(&[]);
-            assert_eq!(crate::common::built(&summary), ["copy/all", "noise/all"]);
-            assert_manifests_match_objects(&s);
+    let run = s.run(&["build", "--retries", "0"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(changed(&run.stderr), "{}", run.stderr);
+    assert_eq!(s.read_store("pipeline/copy/_dsmake/all.json"), built_before);
+    if backend == Backend::S3 {
+        // Each output's ETag, as the upload returned it, is in the manifest for plans to compare.
+        let noise: Value = serde_json::from_str(&s.read_store("pipeline/noise/_dsmake/all.json")).unwrap();
+        for output in noise["outputs"].as_array().unwrap() {
+            assert!(output["version"].as_str().is_some_and(|v| v.len() > 2), "{output}");
         }
     }
 }

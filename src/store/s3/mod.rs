@@ -40,7 +40,7 @@ pub struct S3Store {
 fn version(etag: Option<&str>, modified: Option<&aws_sdk_s3::primitives::DateTime>) -> String {
     match (etag, modified) {
         (Some(etag), _) if !etag.is_empty() => etag.to_string(),
-        (_, Some(t)) => format!("modified:{}", t.to_millis().unwrap_or_default()),
+        (_, Some(t)) => format!("{}{}", super::MODIFIED_VERSION, t.to_millis().unwrap_or_default()),
         _ => String::new(),
     }
 }
@@ -154,7 +154,7 @@ impl S3Store {
 
     /// The ETag a conditional write or delete names, refused where the server gives none.
     fn etag_of<'a>(&self, path: &str, tag: &'a str) -> anyhow::Result<&'a str> {
-        if tag.is_empty() || tag.starts_with("modified:") {
+        if tag.is_empty() || tag.starts_with(super::MODIFIED_VERSION) {
             bail!(
                 "cannot replace {} conditionally: this S3-compatible server gives no ETags, so a concurrent writer \
                  could not be detected",
@@ -290,10 +290,7 @@ impl Store for S3Store {
                 .map_err(|e| describe(e, &format!("uploading {}", self.where_(path))))?;
             Ok(out.e_tag().map(str::to_string))
         }))
-        .and_then(|etag| {
-            let version = self.block_on(self.written(path, etag.as_deref()))?;
-            Ok(ObjectMeta { path: path.to_string(), size, version })
-        })
+        .map(|etag| ObjectMeta { path: path.to_string(), size, version: etag.unwrap_or_default() })
     }
 
     fn delete(&self, path: &str) -> anyhow::Result<()> {
