@@ -61,15 +61,13 @@ fn clean_tag(tag: &str) -> String {
     tag.to_lowercase().replace('-', "_")
 }
 
-/// Every architecture named in the table, plain and `-quickgelu`.
-fn arch_names() -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for t in TAGS {
-        if !names.iter().any(|n| n == t.arch) {
-            names.push(t.arch.to_string());
-        }
-    }
-    names
+/// Every architecture named in the table, plain and `-quickgelu`, in the table's order: made once.
+fn arch_names() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut seen = std::collections::HashSet::new();
+        TAGS.iter().map(|t| t.arch).filter(|arch| seen.insert(*arch)).collect()
+    })
 }
 
 fn quoted(items: impl IntoIterator<Item = String>) -> String {
@@ -109,14 +107,14 @@ fn open_clip(name: &str, spec: &str) -> Result<ModelName, String> {
     };
     let archs = arch_names();
     let openai = OPENAI.iter().find(|(_, a, _)| *a == arch || arch.strip_suffix("-quickgelu") == Some(*a));
-    if !archs.iter().any(|a| a == arch) && openai.is_none() {
-        let hint = crate::util::suggest::closest(arch, archs.iter().map(String::as_str))
+    if !archs.contains(&arch) && openai.is_none() {
+        let hint = crate::util::suggest::closest(arch, archs.iter().copied())
             .map(|best| format!("did you mean \"open_clip:{best}/…\"? "))
             .unwrap_or_default();
         return Err(format!(
             "`{name}`: dsmake does not run open_clip architecture `{arch}`. {hint}It runs {} (or \
              \"open_clip:hf-hub:ORG/NAME\" for a repo in open_clip's format with one of these architectures)",
-            quoted(archs)
+            quoted(archs.iter().map(|a| a.to_string()))
         ));
     }
     // OpenAI's tag is served from OpenAI's own repos (above), not from open_clip's table.

@@ -452,8 +452,10 @@ mod tests {
     /// its manifest, after it has checked that the objects are its own.
     struct Interleaved<'a> {
         inner: &'a LocalStore,
-        before_swap: std::sync::Mutex<Option<Box<dyn FnOnce(&LocalStore) + Send + 'a>>>,
+        before_swap: std::sync::Mutex<Option<OtherBuild<'a>>>,
     }
+
+    type OtherBuild<'a> = Box<dyn FnOnce(&LocalStore) + Send + 'a>;
 
     impl Store for Interleaved<'_> {
         fn url(&self) -> String {

@@ -59,6 +59,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// As plans print it (and as JSON spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Source => "source",
+            Action::Fresh => "fresh",
+            Action::Missing => "missing",
+            Action::Stale => "stale",
+            Action::Blocked => "blocked",
+        }
+    }
+
     pub fn runs(self) -> bool {
         matches!(self, Action::Missing | Action::Stale | Action::Blocked)
     }
@@ -240,23 +251,29 @@ pub fn make(
             }
             Some(&i) => Shards::Unknown(format!("waits for the shards of {}", pipeline.steps[i].name)),
             None => {
-                let cx = ShardCx {
-                    step: &step.name,
-                    base_dir: &pipeline.base_dir,
-                    inputs: inputs
-                        .iter()
-                        .map(|&i| InputShards {
-                            step: &pipeline.steps[i].name,
-                            shards: &views[i],
-                            rows_per_shard: pipeline.steps[i].traits.rows_per_shard,
-                        })
-                        .collect(),
-                    stat_cache,
-                    local_only: options.local_only,
-                };
                 // A step that cannot be planned (an unreachable Hub, a model not at hand, a missing file) is
-                // reported as unavailable; what does not read it is planned as usual.
-                let found = early[s].take().unwrap_or_else(|| step.kind.shards(&step.settings, &cx));
+                // reported as unavailable; what does not read it is planned as usual. Steps that read no other
+                // had their shards found during the listings.
+                let found = match early[s].take() {
+                    Some(found) => found,
+                    None => {
+                        let cx = ShardCx {
+                            step: &step.name,
+                            base_dir: &pipeline.base_dir,
+                            inputs: inputs
+                                .iter()
+                                .map(|&i| InputShards {
+                                    step: &pipeline.steps[i].name,
+                                    shards: &views[i],
+                                    rows_per_shard: pipeline.steps[i].traits.rows_per_shard,
+                                })
+                                .collect(),
+                            stat_cache,
+                            local_only: options.local_only,
+                        };
+                        step.kind.shards(&step.settings, &cx)
+                    }
+                };
                 let shards = match found {
                     Ok(shards) => shards,
                     Err(e) => {
@@ -634,6 +651,13 @@ fn select(plan: &mut Plan, pipeline: &Pipeline, options: &PlanOptions) -> anyhow
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn action_names_are_the_json_names() {
+        for action in [Action::Source, Action::Fresh, Action::Missing, Action::Stale, Action::Blocked] {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.name(), "{action:?}");
+        }
+    }
 
     #[test]
     fn an_output_rewritten_with_the_same_size_is_stale_where_the_store_lists_content_versions() {

@@ -149,7 +149,7 @@ fn list_targets(out: &mut dyn Write, title: &str, listed: &[&Target]) -> std::io
     writeln!(out, "\n{title}")?;
     let name_width = listed.iter().map(|t| t.name.len()).max().unwrap_or(0);
     for t in listed {
-        let action = format!("{:?}", t.action).to_lowercase();
+        let action = t.action.name();
         let reason = t.reason.as_deref().unwrap_or("");
         writeln!(out, "  {:<name_width$}  {action:<7}  {reason}", t.name)?;
     }
@@ -187,7 +187,7 @@ fn grouped_reasons(out: &mut dyn Write, plan: &Plan, listed: &[&Target]) -> std:
     writeln!(out, "\nStale: {} targets, by reason (each target with -v):", listed.len())?;
     for group in groups.iter().take(LISTED_GROUPS) {
         let t = group.first;
-        let action = format!("{:?}", t.action).to_lowercase();
+        let action = t.action.name();
         let like = if group.alike { "" } else { "like " };
         let reason = t.reason.as_deref().unwrap_or("");
         writeln!(out, "  {} {action} {}: {like}{reason}", group.count, plan.steps[t.step].name)?;

@@ -177,7 +177,9 @@ fn pin(model: &ModelName, revision: &str, step: &str, local_only: bool) -> anyho
     let mut add = |name: &str, file: &HubFile, listing: &Listing, repo: &str| {
         files.push(PinnedFile::new(name, repo, file, listing));
     };
-    let config: Option<Value> = match &model.format {
+    // The config the tokenizer is looked up in: read from the repo, or borrowed from the tag (cloned once, below).
+    let repo_config: Value;
+    let config: &Value = match &model.format {
         Format::HfClip => {
             for name in HF_FILES {
                 let file = find(&listed, name).ok_or_else(|| {
@@ -205,11 +207,11 @@ fn pin(model: &ModelName, revision: &str, step: &str, local_only: bool) -> anyho
             let config: Value =
                 serde_json::from_slice(&text).with_context(|| format!("{OPEN_CLIP_CONFIG} of {repo} is not JSON"))?;
             add(OPEN_CLIP_CONFIG, file, &listed, &model.repo);
-            Some(config)
+            repo_config = config;
+            &repo_config
         }
-        Format::OpenClipTag { config } => Some(config.clone()),
+        Format::OpenClipTag { config } => config,
     };
-    let config = config.unwrap_or_default();
     let weights = OPEN_CLIP_WEIGHTS
         .iter()
         .find_map(|w| find(&listed, w))
