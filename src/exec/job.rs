@@ -42,6 +42,9 @@ pub struct JobRetry {
     pub of: RetryOf,
     /// The last build's outputs (store paths), in its manifest's order.
     pub previous: Vec<JobFile>,
+    /// What its manifest says of them: the worker checks them as it checks inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Expected>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +153,11 @@ impl Job {
                     .record(t)
                     .map(|r| r.outputs.iter().map(|o| JobFile::Store(join(&step.dir, &o.name))).collect())
                     .unwrap_or_default(),
+                expect: plan.record(t).map(|r| Expected {
+                    manifest: manifest_path(&step.dir, &target.shard),
+                    key: r.key.to_string(),
+                    outputs: r.outputs.clone(),
+                }),
             }),
         }
     }

@@ -71,13 +71,19 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget)
 
     let previous_dir = scratch.path().join("previous");
     let previous = match &job.retry {
-        Some(retry) => retry
-            .previous
-            .iter()
-            .enumerate()
-            .map(|(n, file)| local_file(store, file, &previous_dir, n))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .with_context(|| format!("the last build of {}", job.target))?,
+        Some(retry) => {
+            let files = retry
+                .previous
+                .iter()
+                .enumerate()
+                .map(|(n, file)| local_file(store, file, &previous_dir, n))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .with_context(|| format!("the last build of {}", job.target))?;
+            if let Some(expect) = &retry.expect {
+                verify_input(store, &job.target, expect, &retry.previous, &files)?;
+            }
+            files
+        }
         None => Vec::new(),
     };
 
@@ -594,5 +600,36 @@ mod tests {
         store.write(&at, &serde_json::to_vec(&rebuilt).unwrap()).unwrap();
         let err = verify_input(&store, "step/s0", &expect, &files, &local).unwrap_err();
         assert!(crate::retry::is_transient(&err) && format!("{err:#}").contains("rebuilt with key k2"), "{err:#}");
+    }
+
+    #[test]
+    fn a_retry_checks_the_last_builds_outputs_before_it_reads_them() {
+        let published = manifest(&[("a", b"AAAA")]);
+        let (root, store, at) = store_with(&[("a", b"aaaa")], &published);
+        let (expect, previous, _) = expect_for(&store, &at, &published);
+        let mut key_parts = published.key_parts.clone();
+        key_parts.kind_version = kinds::lookup("command").unwrap().version();
+        let job = Job {
+            job_format: FORMAT,
+            pipeline: "p".into(),
+            target: "step/s0".into(),
+            step: "step".into(),
+            shard: "s0".into(),
+            dir: "step".into(),
+            key: "k2".into(),
+            key_parts,
+            inputs: Vec::new(),
+            store: store.url(),
+            base_dir: root.path().into(),
+            allow_hosts: Vec::new(),
+            retry: Some(super::super::job::JobRetry {
+                of: manifest::RetryOf { of_key: "k1".into(), attempt: 1 },
+                previous,
+                expect: Some(expect),
+            }),
+        };
+        let err = run(&job, &store, &Cancel::default(), &MemoryBudget::new(1 << 30, 1)).unwrap_err();
+        assert!(crate::retry::is_transient(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("input file step/a of step/s0 has blake3"), "{err:#}");
     }
 }

@@ -54,6 +54,7 @@ pub trait Store: Send + Sync {
     /// as git updates a ref. `None`, writing nothing, when another writer changed or removed it since.
     fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>>;
     /// Deletes an object only if it still holds the content `tag` names; false, deleting nothing, otherwise.
+    /// Where the server cannot delete conditionally, it deletes: a removed manifest only costs a rebuild.
     fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool>;
     /// Moves or copies a finished local file into the store, atomically. `local` may be consumed. Returns the
     /// object with its version where the store has content versions (S3: the ETag the upload returned, empty

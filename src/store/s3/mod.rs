@@ -255,14 +255,21 @@ impl Store for S3Store {
     fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool> {
         self.lease.check(&self.where_(path))?;
         let etag = self.etag_of(path, tag)?;
-        self.retrying(|| async {
+        let deleted = self.retrying(|| async {
             let request = self.client.delete_object().bucket(&self.bucket).key(self.key(path)).if_match(etag);
             match request.send().await {
-                Ok(_) => Ok(true),
-                Err(e) if is_not_found(&e) || is_precondition_failed(&e) => Ok(false),
+                Ok(_) => Ok(Some(true)),
+                Err(e) if is_not_found(&e) || is_precondition_failed(&e) => Ok(Some(false)),
+                // A server without conditional deletes: removing a manifest never makes one vouch for other
+                // bytes, it only costs a rebuild, so the plain delete is the safe fallback.
+                Err(e) if errors::status(&e) == Some(501) => Ok(None),
                 Err(e) => Err(describe(e, &format!("deleting {}", self.where_(path)))),
             }
-        })
+        })?;
+        match deleted {
+            Some(deleted) => Ok(deleted),
+            None => self.remove(path).map(|()| true),
+        }
     }
 
     fn publish(&self, local: &Path, path: &str) -> anyhow::Result<ObjectMeta> {
