@@ -11,6 +11,9 @@ use crate::util::digest::Digest;
 use std::collections::HashMap;
 
 const MAGIC: &[u8; 8] = b"DSMKIX05";
+/// The format before outputs had versions: read as records without them (their manifests have none either),
+/// so that a store's first plan after the upgrade reads no manifest again.
+const MAGIC_WITHOUT_VERSIONS: &[u8; 8] = b"DSMKIX04";
 
 struct Writer(Vec<u8>);
 
@@ -80,7 +83,10 @@ pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
 
 /// `None` when the bytes are not an index of this format (an old one, or damaged): it is then rebuilt.
 pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
-    let mut r = Reader(bytes.strip_prefix(MAGIC)?);
+    let (mut r, versions) = match bytes.strip_prefix(MAGIC) {
+        Some(rest) => (Reader(rest), true),
+        None => (Reader(bytes.strip_prefix(MAGIC_WITHOUT_VERSIONS)?), false),
+    };
     // Sized up front from the bytes (a record takes at least ~100 of them): growing a map of 10⁶ records
     // step by step holds the old table and the new one at once, twice the memory for a moment.
     let mut records = HashMap::with_capacity(bytes.len() / 128);
@@ -90,7 +96,9 @@ pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
         let count = r.u32()?;
         let mut outputs = Vec::with_capacity(count.min(1 << 16));
         for _ in 0..count {
-            outputs.push(OutputFile { name: r.str()?, size: r.u64()?, blake3: String::new(), version: r.str()? });
+            let (name, size) = (r.str()?, r.u64()?);
+            let version = if versions { r.str()? } else { String::new() };
+            outputs.push(OutputFile { name, size, blake3: String::new(), version });
         }
         let record = Record {
             key,
@@ -141,5 +149,16 @@ mod tests {
         assert_eq!(format!("{:?}", back["00001"]), format!("{:?}", records["00001"]));
         assert!(decode(&bytes[..bytes.len() - 3]).is_none());
         assert!(decode(b"{\"format\":1}").is_none());
+
+        // An index of the format before versions: the same record, without them.
+        let mut old = b"DSMKIX04".to_vec();
+        old.extend_from_slice(&bytes[8..]);
+        let version = "\"etag\"";
+        let at = old.windows(version.len() + 4).position(|w| w[4..] == *version.as_bytes() && w[0] == 6).unwrap();
+        old.drain(at..at + 4 + version.len());
+        let back = decode(&old).unwrap();
+        assert_eq!(back["00001"].outputs[0].version, "");
+        assert_eq!(back["00001"].outputs[0].size, 12);
+        assert_eq!(back["00001"].manifest_version, "\"etag\"");
     }
 }
