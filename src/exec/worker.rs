@@ -189,7 +189,10 @@ fn commit(
             bail!("{} was published by another build with a different key: two pipelines write to {}", target, dir);
         }
         let Some(theirs_differ) = differing_output(store, dir, &theirs.outputs, check_dir)? else {
-            let manifest_meta = find_meta(store, dir, manifest_at)?;
+            // As read, not listed: a listing of a folder of 10⁶ manifests for one would cost more than the
+            // index's reading it again, which is all a version that is not the listed one costs (a local
+            // store's tag is a digest, its listed version a time).
+            let manifest_meta = ObjectMeta { path: manifest_at.to_string(), size: current.len() as u64, version: tag };
             return Ok(Outcome { manifest: theirs, manifest_meta });
         };
         match differing_output(store, dir, &ours.outputs, check_dir)? {
@@ -225,13 +228,6 @@ fn replaced(target: &str, dir: &str, differs: &str) -> anyhow::Error {
          removed its manifest; build it again"
     ))
     .into()
-}
-
-fn find_meta(store: &dyn Store, dir: &str, manifest_at: &str) -> anyhow::Result<ObjectMeta> {
-    let listed = store.list(&format!("{dir}/{}", crate::store::META_DIR))?;
-    listed.into_iter().find(|m| m.path == manifest_at).ok_or_else(|| {
-        anyhow::Error::new(Transient(format!("{manifest_at} was removed by another build while this one read it")))
-    })
 }
 
 /// The first of `outputs` whose object in `dir` lacks the recorded size or blake3, described; `None` when all
