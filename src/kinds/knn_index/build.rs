@@ -162,19 +162,22 @@ fn build_side(
     let mut train_seconds = 0.0;
     let mut sink = match key {
         IndexKey::Flat => Sink::Flat(FlatIpWriter::create(&cx.out_dir.join(&index_file), d, total)?),
-        IndexKey::IvfPq { nlist, m, hnsw } => {
+        IndexKey::IvfPq { nlist, m, hnsw, opq } => {
             let ivf = match trained {
                 Some(t) => {
                     let ivf = t.side(side)?;
-                    if ivf.d != d {
-                        bail!("the knn-train input was trained on {} dimensions, the {side} parts have {d}", ivf.d);
+                    if ivf.input_dim() != d {
+                        bail!(
+                            "the knn-train input was trained on {} dimensions, the {side} parts have {d}",
+                            ivf.input_dim()
+                        );
                     }
                     ivf
                 }
                 None => {
                     let t = Instant::now();
                     let (_, sample) = read_sample(parts, key.train_rows(total, d, choice.memory) as usize)?;
-                    let ivf = IvfPq::train(&sample, d, nlist, m, hnsw, cx.cancel)?;
+                    let ivf = IvfPq::train(&sample, d, nlist, m, hnsw, opq, cx.cancel)?;
                     train_seconds = t.elapsed().as_secs_f64();
                     ivf
                 }
@@ -347,7 +350,7 @@ fn tune_nprobe(ivf: &IvfPq, queries: &[f32], truth: &[Vec<i64>]) -> (usize, f64)
 /// Average and 99th-percentile latency of one query at a time, in milliseconds.
 fn latency_ms(ivf: &IvfPq, queries: &[f32], nprobe: usize) -> (f64, f64) {
     let mut times: Vec<f64> = queries
-        .chunks_exact(ivf.d)
+        .chunks_exact(ivf.input_dim())
         .map(|q| {
             let t = Instant::now();
             std::hint::black_box(ivf.search(q, 10, nprobe));

@@ -25,6 +25,7 @@ pub mod ivfpq;
 mod kmeans;
 pub mod linalg;
 pub mod meta;
+pub mod opq;
 mod parts;
 pub mod pq;
 mod probes;
