@@ -520,3 +520,57 @@ fn knn_train_is_its_own_target_and_retrains_only_when_the_key_no_longer_fits() {
     assert_eq!(train.1, "stale", "{train:?}");
     assert!(train.2.starts_with(r#"shard.index_key: "IVF512,PQ16x8" → "IVF512,PQ8x8""#), "{train:?}");
 }
+
+/// Encoding is one target a part (knn-encode): adding a part encodes that part only (the knn-train target and
+/// the other parts' encodings stay fresh), and the index equals, byte for byte, the one a knn-index step
+/// that encodes every part itself writes, before and after the part is added.
+#[test]
+fn adding_a_part_encodes_only_that_part_and_the_index_equals_a_from_scratch_build() {
+    let s = Sandbox::new(&format!(
+        "{PARTS}\n[steps.knn_train]\nkind = \"knn-train\"\nfrom = \"emb\"\nindex_key = \"OPQ8_32,IVF16,PQ8x8\"\n\n\
+         [steps.knn_encode]\nkind = \"knn-encode\"\nfrom = [\"emb\", \"knn_train\"]\n\n\
+         [steps.knn]\nkind = \"knn-index\"\nfrom = [\"emb\", \"knn_train\", \"knn_encode\"]\nnprobe = 4\n\n\
+         [steps.scratch]\nkind = \"knn-index\"\nfrom = [\"emb\", \"knn_train\"]\nnprobe = 4\n"
+    ));
+    let d = 32;
+    // OPQ8_32,IVF16,PQ8x8 trains on 10,000 vectors: the first two parts.
+    for n in 0..3 {
+        write_part(&s, n, 5000, d);
+    }
+    assert_eq!(
+        built(&s.build(&[])),
+        ["knn/all", "knn_encode/0", "knn_encode/1", "knn_encode/2", "knn_train/all", "scratch/all"]
+    );
+    let same_as_scratch = |rows: u64| {
+        for side in ["image", "text"] {
+            let file = |step: &str| std::fs::read(s.store().join(format!("pipeline/{step}/{side}.index"))).unwrap();
+            assert!(file("knn") == file("scratch"), "{side}.index differs from the from-scratch build");
+            let i = infos(&s, "knn", side);
+            assert_eq!(
+                (i["nb vectors"].as_u64(), i["parts_encoded_by_knn_encode"].as_u64()),
+                (Some(rows), Some(rows / 5000))
+            );
+            assert_eq!(infos(&s, "scratch", side)["parts_encoded_by_knn_encode"], 0);
+        }
+    };
+    same_as_scratch(15000);
+
+    write_part(&s, 3, 5000, d);
+    let plan = s.plan(&[]);
+    let todo: Vec<(String, String)> = work(&plan).into_iter().map(|(t, a, _)| (t, a)).collect();
+    assert_eq!(
+        todo,
+        [
+            ("knn_encode/3".to_string(), "missing".to_string()),
+            ("knn/all".to_string(), "blocked".to_string()),
+            ("scratch/all".to_string(), "stale".to_string())
+        ],
+        "{:?}",
+        actions(&plan)
+    );
+    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_encode/3", "scratch/all"]);
+    same_as_scratch(20000);
+    let out =
+        venv_python("check_clip_back.py", &[&s.store().join("pipeline/knn"), Path::new("count"), Path::new("20000")]);
+    assert!(out.contains("ok"), "{out}");
+}
