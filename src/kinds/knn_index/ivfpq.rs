@@ -110,14 +110,7 @@ impl IvfPq {
 
     /// Adds whole rows (of [`IvfPq::input_dim`]) with ids `first`, `first + 1`, …
     pub fn add(&mut self, first: i64, rows: &[f32]) {
-        let rotated;
-        let rows = match &self.opq {
-            Some(o) => {
-                rotated = o.apply(rows);
-                &rotated[..]
-            }
-            None => rows,
-        };
+        let rows = &*self.transform(rows);
         let d = self.d;
         let labels = assign(rows, &self.centroids, d, None);
         let mut res = Vec::with_capacity(rows.len());
@@ -133,6 +126,14 @@ impl IvfPq {
         }
     }
 
+    /// Rows as the IVF-PQ takes them: through OPQ's transform when there is one.
+    fn transform<'a>(&self, rows: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.opq {
+            Some(o) => o.apply(rows).into(),
+            None => rows.into(),
+        }
+    }
+
     /// The lists to scan for a query: the `nprobe` best centroids.
     fn probe(&self, q: &[f32], nprobe: usize) -> Vec<(i64, f32)> {
         let mut top = TopK::new(nprobe.clamp(1, self.nlist()));
@@ -144,14 +145,7 @@ impl IvfPq {
 
     /// The top `k` (id, score) scanning `nprobe` lists.
     pub fn search(&self, q: &[f32], k: usize, nprobe: usize) -> Vec<(i64, f32)> {
-        let rotated;
-        let q = match &self.opq {
-            Some(o) => {
-                rotated = o.apply(q);
-                &rotated[..]
-            }
-            None => q,
-        };
+        let q = &*self.transform(q);
         let table = self.pq.ip_table(q);
         let m = self.pq.m;
         let mut top = TopK::new(k);
