@@ -312,7 +312,8 @@ fn bad_settings_and_parts_say_what_is_wrong() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("unknown quantization \"f8\"") && run.stderr.contains("\"i8\""), "{}", run.stderr);
     for (setting, wanted) in [
-        ("index_key = \"OPQ64_128,IVF1024_HNSW32,PQ64\"", "not written yet"),
+        ("index_key = \"PCA64,IVF1024_HNSW32,PQ64\"", "not written yet"),
+        ("index_key = \"OPQ32_128,IVF1024_HNSW32,PQ64\"", "write OPQ64, not OPQ32"),
         ("max_index_memory_usage = \"4X\"", "unknown unit `X`"),
         ("index_key = \"Flat\"\nexact_faiss = false", "contradicts index_key `Flat`"),
     ] {
