@@ -20,6 +20,7 @@ pub const ALL: &[&dyn DynKind] = &[
     &img2dataset::Img2Dataset,
     &knn_index::KnnIndex,
     &knn_index::KnnTrain,
+    &knn_index::KnnEncode,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static dyn DynKind> {

@@ -17,9 +17,8 @@ pub fn explain(old: &KeyParts, new: &KeyParts, describe_input: &dyn Fn(&str) -> 
         reasons.push(format!("{} kind version: {} → {}", new.kind, old.kind_version, new.kind_version));
     }
     diff_values("settings", &old.settings, &new.settings, &mut reasons);
-    if old.coords != new.coords {
-        reasons.push(format!("shard range: {} → {}", old.coords, new.coords));
-    }
+    // What the kind planned this shard from (a row range, a file's oid, knn-train's index key), field by field.
+    diff_values("shard", &old.coords, &new.coords, &mut reasons);
     if old.source != new.source {
         reasons.push("content changed".to_string());
     }
@@ -122,6 +121,18 @@ mod tests {
         let old = parts(json!({"caption_col": "caption", "n": 1}), &[]);
         let new = parts(json!({"caption_col": "cogvlm_caption", "n": 1}), &[]);
         assert_eq!(explain(&old, &new, &plain), r#"settings.caption_col: "caption" → "cogvlm_caption""#);
+    }
+
+    #[test]
+    fn names_the_changed_shard_coordinate() {
+        let mut old = parts(json!({}), &[]);
+        let mut new = old.clone();
+        old.coords = json!({"index_key": "IVF512,PQ16x8", "train_rows": 10000, "dimensions": 32});
+        new.coords = json!({"index_key": "IVF512,PQ8x8", "train_rows": 10000, "dimensions": 32});
+        assert_eq!(explain(&old, &new, &plain), r#"shard.index_key: "IVF512,PQ16x8" → "IVF512,PQ8x8""#);
+        new.coords = json!({"rows": [0, 20]});
+        old.coords = json!({"rows": [0, 10]});
+        assert_eq!(explain(&old, &new, &plain), "shard.rows: [0,10] → [0,20]");
     }
 
     #[test]

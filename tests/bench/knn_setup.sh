@@ -16,7 +16,7 @@ fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 echo "== vectors: $N x $D in $PARTS parts"
-"$PY" tests/bench/knn_vectors.py "$WORK/emb" "$N" "$D" "$PARTS"
+"$PY" tests/bench/knn_vectors.py "$WORK/emb" "$N" "$D" "$PARTS" "${DATA:-iso}"
 cat > "$WORK/knn.toml" <<'EOF'
 [steps.emb]
 kind = "files"

@@ -91,7 +91,7 @@ fn a_new_file_adds_only_its_target_and_a_changed_file_is_stale(backend: Backend)
     let todo = work(&sb.plan(&[]));
     assert_eq!(todo.len(), 1, "{todo:?}");
     assert_eq!(todo[0].0, "meta/data/part-1.parquet");
-    assert!(todo[0].2.starts_with("shard range: ") && todo[0].2.contains("\"oid\""), "{}", todo[0].2);
+    assert!(todo[0].2.starts_with("shard.commit: ") && todo[0].2.contains("; shard.oid: "), "{}", todo[0].2);
     sb.build(&[]);
     assert_eq!(manifest(&sb, "data/part-1.parquet")["rows"], 12);
 }

@@ -312,7 +312,8 @@ fn bad_settings_and_parts_say_what_is_wrong() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("unknown quantization \"f8\"") && run.stderr.contains("\"i8\""), "{}", run.stderr);
     for (setting, wanted) in [
-        ("index_key = \"OPQ64_128,IVF1024_HNSW32,PQ64\"", "not written yet"),
+        ("index_key = \"PCA64,IVF1024_HNSW32,PQ64\"", "not written yet"),
+        ("index_key = \"OPQ32_128,IVF1024_HNSW32,PQ64\"", "write OPQ64, not OPQ32"),
         ("max_index_memory_usage = \"4X\"", "unknown unit `X`"),
         ("index_key = \"Flat\"\nexact_faiss = false", "contradicts index_key `Flat`"),
     ] {
@@ -411,21 +412,26 @@ fn infos(s: &Sandbox, step: &str, side: &str) -> Value {
     serde_json::from_slice(&std::fs::read(s.store().join(format!("pipeline/{step}/{side}.json"))).unwrap()).unwrap()
 }
 
-/// IVF-PQ written by dsmake, with a flat and with an HNSW coarse quantizer: faiss reads it as `IndexIVFPQ`
-/// with the nprobe dsmake chose, and faiss's search, clip_back's answer and `dsmake search --embedding` agree,
-/// on both sides.
+/// IVF-PQ written by dsmake, with a flat and with an HNSW coarse quantizer, and behind OPQ transforms (a
+/// rotation, and autofaiss's padded shape): faiss reads it as `IndexIVFPQ` (in an `IndexPreTransform` for
+/// OPQ) with the nprobe dsmake chose, and faiss's search, clip_back's answer and `dsmake search --embedding`
+/// agree, on both sides.
 #[test]
 fn ivf_pq_files_are_read_by_faiss_and_faiss_clip_back_and_dsmake_search_agree() {
     let s = Sandbox::new(&format!(
         "{PARTS}\n[steps.knn]\nkind = \"knn-index\"\nfrom = \"emb\"\nindex_key = \"IVF32,PQ8x8\"\n\n\
          [steps.knn_hnsw]\nkind = \"knn-index\"\nfrom = \"emb\"\nembeddings = \"image\"\n\
-         index_key = \"IVF32_HNSW8,PQ8x8\"\nnprobe = 32\n"
+         index_key = \"IVF32_HNSW8,PQ8x8\"\nnprobe = 32\n\n\
+         [steps.knn_opq]\nkind = \"knn-index\"\nfrom = \"emb\"\nembeddings = \"image\"\n\
+         index_key = \"OPQ8_32,IVF32,PQ8x8\"\n\n\
+         [steps.knn_opq_wide]\nkind = \"knn-index\"\nfrom = \"emb\"\nembeddings = \"image\"\n\
+         index_key = \"OPQ8_48,IVF32_HNSW8,PQ8x8\"\nnprobe = 8\n"
     ));
     let (rows, d) = (2500, 32);
     let first = write_part(&s, 0, rows, d);
     write_part(&s, 1, rows, d);
     write_part(&s, 2, rows, d);
-    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_hnsw/all"]);
+    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_hnsw/all", "knn_opq/all", "knn_opq_wide/all"]);
     for side in ["image", "text"] {
         let i = infos(&s, "knn", side);
         assert_eq!((i["index_key"].as_str(), i["nb vectors"].as_u64()), (Some("IVF32,PQ8x8"), Some(3 * rows as u64)));
@@ -435,9 +441,13 @@ fn ivf_pq_files_are_read_by_faiss_and_faiss_clip_back_and_dsmake_search_agree() 
     // A query near a stored vector: a mix of row 5 of part 0 and another row.
     let q: Vec<f32> = first[5 * d..6 * d].iter().zip(&first[9 * d..10 * d]).map(|(a, b)| 0.9 * a + 0.1 * b).collect();
     let query = write_query(&s, "q.npy", &q);
-    for (step, side, key) in
-        [("knn", "image", "IVF32,PQ8x8"), ("knn", "text", "IVF32,PQ8x8"), ("knn_hnsw", "image", "IVF32_HNSW8,PQ8x8")]
-    {
+    for (step, side, key) in [
+        ("knn", "image", "IVF32,PQ8x8"),
+        ("knn", "text", "IVF32,PQ8x8"),
+        ("knn_hnsw", "image", "IVF32_HNSW8,PQ8x8"),
+        ("knn_opq", "image", "OPQ8_32,IVF32,PQ8x8"),
+        ("knn_opq_wide", "image", "OPQ8_48,IVF32_HNSW8,PQ8x8"),
+    ] {
         let index = s.store().join(format!("pipeline/{step}"));
         let args = ["--embedding", query.to_str().unwrap(), "--step", step, "--modality", side, "-k", "10"];
         let found = search(&s, &args);
@@ -509,5 +519,59 @@ fn knn_train_is_its_own_target_and_retrains_only_when_the_key_no_longer_fits() {
     let plan = s.plan(&[]);
     let train = actions(&plan).into_iter().find(|(t, _, _)| t == "knn_train/all").unwrap();
     assert_eq!(train.1, "stale", "{train:?}");
-    assert!(train.2.contains("IVF512,PQ16x8") && train.2.contains("IVF512,PQ8x8"), "{train:?}");
+    assert!(train.2.starts_with(r#"shard.index_key: "IVF512,PQ16x8" → "IVF512,PQ8x8""#), "{train:?}");
+}
+
+/// Encoding is one target a part (knn-encode): adding a part encodes that part only (the knn-train target and
+/// the other parts' encodings stay fresh), and the index equals, byte for byte, the one a knn-index step
+/// that encodes every part itself writes, before and after the part is added.
+#[test]
+fn adding_a_part_encodes_only_that_part_and_the_index_equals_a_from_scratch_build() {
+    let s = Sandbox::new(&format!(
+        "{PARTS}\n[steps.knn_train]\nkind = \"knn-train\"\nfrom = \"emb\"\nindex_key = \"OPQ8_32,IVF16,PQ8x8\"\n\n\
+         [steps.knn_encode]\nkind = \"knn-encode\"\nfrom = [\"emb\", \"knn_train\"]\n\n\
+         [steps.knn]\nkind = \"knn-index\"\nfrom = [\"emb\", \"knn_train\", \"knn_encode\"]\nnprobe = 4\n\n\
+         [steps.scratch]\nkind = \"knn-index\"\nfrom = [\"emb\", \"knn_train\"]\nnprobe = 4\n"
+    ));
+    let d = 32;
+    // OPQ8_32,IVF16,PQ8x8 trains on 10,000 vectors: the first two parts.
+    for n in 0..3 {
+        write_part(&s, n, 5000, d);
+    }
+    assert_eq!(
+        built(&s.build(&[])),
+        ["knn/all", "knn_encode/0", "knn_encode/1", "knn_encode/2", "knn_train/all", "scratch/all"]
+    );
+    let same_as_scratch = |rows: u64| {
+        for side in ["image", "text"] {
+            let file = |step: &str| std::fs::read(s.store().join(format!("pipeline/{step}/{side}.index"))).unwrap();
+            assert!(file("knn") == file("scratch"), "{side}.index differs from the from-scratch build");
+            let i = infos(&s, "knn", side);
+            assert_eq!(
+                (i["nb vectors"].as_u64(), i["parts_encoded_by_knn_encode"].as_u64()),
+                (Some(rows), Some(rows / 5000))
+            );
+            assert_eq!(infos(&s, "scratch", side)["parts_encoded_by_knn_encode"], 0);
+        }
+    };
+    same_as_scratch(15000);
+
+    write_part(&s, 3, 5000, d);
+    let plan = s.plan(&[]);
+    let todo: Vec<(String, String)> = work(&plan).into_iter().map(|(t, a, _)| (t, a)).collect();
+    assert_eq!(
+        todo,
+        [
+            ("knn_encode/3".to_string(), "missing".to_string()),
+            ("knn/all".to_string(), "blocked".to_string()),
+            ("scratch/all".to_string(), "stale".to_string())
+        ],
+        "{:?}",
+        actions(&plan)
+    );
+    assert_eq!(built(&s.build(&[])), ["knn/all", "knn_encode/3", "scratch/all"]);
+    same_as_scratch(20000);
+    let out =
+        venv_python("check_clip_back.py", &[&s.store().join("pipeline/knn"), Path::new("count"), Path::new("20000")]);
+    assert!(out.contains("ok"), "{out}");
 }

@@ -109,7 +109,16 @@ def check_agree(folder: str, side: str, query_path: str, results_path: str, key:
     index = faiss.read_index(os.path.join(folder, f"{side}.index"))
     assert index.ntotal == infos["nb vectors"], (index.ntotal, infos)
     ivf = faiss.extract_index_ivf(index)
-    pq_m = faiss.downcast_index(index).pq.M
+    pq_m = faiss.downcast_index(ivf).pq.M
+    outer = faiss.downcast_index(index)
+    opq = ""
+    if isinstance(outer, faiss.IndexPreTransform):
+        # OPQ: faiss's IndexPreTransform holding one orthonormal linear transform, then the IVF-PQ.
+        assert outer.chain.size() == 1, outer.chain.size()
+        lt = faiss.downcast_VectorTransform(outer.chain.at(0))
+        assert isinstance(lt, faiss.LinearTransform) and lt.is_orthonormal and not lt.have_bias
+        assert lt.d_in == index.d and lt.d_out == ivf.d, (lt.d_in, lt.d_out, ivf.d)
+        opq = f"OPQ{pq_m}_{lt.d_out},"
     quantizer = faiss.downcast_index(ivf.quantizer)
     if isinstance(quantizer, faiss.IndexHNSWFlat):
         # The HNSW coarse quantizer: its efSearch is clip_back's 2·nprobe (at least 16), as index_param says.
@@ -119,7 +128,7 @@ def check_agree(folder: str, side: str, query_path: str, results_path: str, key:
     else:
         assert isinstance(quantizer, faiss.IndexFlatIP), type(quantizer)
         coarse = f"IVF{ivf.nlist}"
-    assert f"{coarse},PQ{pq_m}x8" == key, (coarse, pq_m, key)
+    assert f"{opq}{coarse},PQ{pq_m}x8" == key, (opq, coarse, pq_m, key)
     assert ivf.nprobe == infos["nprobe"] and infos["index_param"].startswith(f"nprobe={ivf.nprobe},"), infos
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
 

@@ -6,7 +6,7 @@ use super::factory::IndexKey;
 use super::faiss::FlatIpWriter;
 use super::ivfpq::IvfPq;
 use super::linalg::{TopK, scores};
-use super::parts::{Part, collect_parts};
+use super::parts::{Part, collect_parts, part_number};
 use super::probes::probe_queries;
 use super::settings::{Choice, Settings};
 use super::train::{TRAIN_INFO, read_sample, trained_file};
@@ -14,6 +14,7 @@ use super::{CHUNK, METADATA_DIR, PROBES, RECALL_BUDGET, hnsw, meta, vectors};
 use crate::kind::{BuildCx, Built, LocalInput};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,7 +44,7 @@ pub fn build(s: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
         if rows.is_none() {
             rows = Some(copy_metadata(&parts, cx.out_dir, &mut outputs)?);
         }
-        let infos = build_side(s, &choice, trained.as_ref(), side, &parts, cx, &mut outputs)?;
+        let infos = build_side(s, &choice, trained.as_ref(), (side, prefix), &parts, cx, &mut outputs)?;
         stats.insert(side.to_string(), infos);
     }
     Ok(Built { outputs, rows, failures: None, retryable: None, stats: Value::Object(stats) })
@@ -69,12 +70,12 @@ fn copy_metadata(parts: &[Part], out_dir: &Path, outputs: &mut Vec<String>) -> a
 }
 
 /// What a knn-train input holds.
-struct Trained {
-    key: IndexKey,
+pub(super) struct Trained {
+    pub key: IndexKey,
     files: Vec<PathBuf>,
 }
 
-fn trained_inputs(inputs: &[LocalInput]) -> anyhow::Result<Option<Trained>> {
+pub(super) fn trained_inputs(inputs: &[LocalInput]) -> anyhow::Result<Option<Trained>> {
     let files: Vec<&PathBuf> = inputs.iter().flat_map(|i| &i.files).collect();
     let Some(info) =
         files.iter().find(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(TRAIN_INFO)))
@@ -89,14 +90,19 @@ fn trained_inputs(inputs: &[LocalInput]) -> anyhow::Result<Option<Trained>> {
 }
 
 impl Trained {
-    fn side(&self, side: &str) -> anyhow::Result<IvfPq> {
+    pub(super) fn side_path(&self, side: &str) -> anyhow::Result<PathBuf> {
         let name = trained_file(side);
         let path = self
             .files
             .iter()
             .find(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&name)))
             .with_context(|| format!("the knn-train input has no {name}: train the {side} side there (embeddings)"))?;
-        match super::faiss::read(path)? {
+        Ok(path.clone())
+    }
+
+    pub(super) fn side(&self, side: &str) -> anyhow::Result<IvfPq> {
+        let path = self.side_path(side)?;
+        match super::faiss::read(&path)? {
             super::faiss::Index::IvfPq(ivf) => Ok(*ivf),
             _ => bail!("{} is not an IVF-PQ index", path.display()),
         }
@@ -137,12 +143,20 @@ fn build_side(
     s: &Settings,
     choice: &Choice,
     trained: Option<&Trained>,
-    side: &str,
+    (side, prefix): (&str, &str),
     parts: &[Part],
     cx: &BuildCx,
     outputs: &mut Vec<String>,
 ) -> anyhow::Result<Value> {
     let started = Instant::now();
+    // Parts a knn-encode input encoded already, by number: their lists are taken as they are.
+    let encoded: HashMap<String, PathBuf> = cx
+        .inputs
+        .iter()
+        .flat_map(|i| &i.files)
+        .filter_map(|f| Some((part_number(f, prefix, ".ivfpq")?, f.clone())))
+        .collect();
+    let mut trained_hash = None;
     let (d, total) = shapes(parts)?;
     let key = match trained {
         Some(t) => t.key,
@@ -162,19 +176,23 @@ fn build_side(
     let mut train_seconds = 0.0;
     let mut sink = match key {
         IndexKey::Flat => Sink::Flat(FlatIpWriter::create(&cx.out_dir.join(&index_file), d, total)?),
-        IndexKey::IvfPq { nlist, m, hnsw } => {
+        IndexKey::IvfPq { nlist, m, hnsw, opq } => {
             let ivf = match trained {
                 Some(t) => {
-                    let ivf = t.side(side)?;
-                    if ivf.d != d {
-                        bail!("the knn-train input was trained on {} dimensions, the {side} parts have {d}", ivf.d);
+                    let (ivf, hash) = t.side_with_hash(side)?;
+                    trained_hash = Some(hash);
+                    if ivf.input_dim() != d {
+                        bail!(
+                            "the knn-train input was trained on {} dimensions, the {side} parts have {d}",
+                            ivf.input_dim()
+                        );
                     }
                     ivf
                 }
                 None => {
                     let t = Instant::now();
                     let (_, sample) = read_sample(parts, key.train_rows(total, d, choice.memory) as usize)?;
-                    let ivf = IvfPq::train(&sample, d, nlist, m, hnsw, cx.cancel)?;
+                    let ivf = IvfPq::train(&sample, d, nlist, m, hnsw, opq, cx.cancel)?;
                     train_seconds = t.elapsed().as_secs_f64();
                     ivf
                 }
@@ -192,8 +210,23 @@ fn build_side(
     let mut worst_norm = 0f32;
     let mut id = 0u64;
     let mut chunk = Vec::with_capacity(CHUNK * d);
+    let mut from_encode = 0;
     for part in parts {
         let mut npy = vectors::NpyRows::open(&part.vectors).with_context(|| format!("part {}", part.name()))?;
+        let mut encode_here = true;
+        if let (Sink::Ivf(ivf), Some(hash), Some(path)) = (&mut sink, &trained_hash, encoded.get(&part.number)) {
+            let e = super::encode::read(path, hash, ivf.nlist(), ivf.pq.m)?;
+            if e.rows != npy.rows as u64 {
+                bail!("part {}: {} holds {} rows, the part {}", part.name(), path.display(), e.rows, npy.rows);
+            }
+            // The part's rows come after the `id` before it: its vectors keep their order within each list.
+            for (list, from) in ivf.lists.iter_mut().zip(e.lists) {
+                list.codes.extend_from_slice(&from.codes);
+                list.ids.extend(from.ids.iter().map(|r| r + id as i64));
+            }
+            encode_here = false;
+            from_encode += 1;
+        }
         loop {
             cx.cancel.check()?;
             chunk.clear();
@@ -220,7 +253,8 @@ fn build_side(
             e.push(id, &chunk, d);
             match &mut sink {
                 Sink::Flat(w) => w.push(&chunk)?,
-                Sink::Ivf(ivf) => ivf.add(id as i64, &chunk),
+                Sink::Ivf(ivf) if encode_here => ivf.add(id as i64, &chunk),
+                Sink::Ivf(_) => {}
             }
             if let Some(g) = &graph {
                 hnsw::add_rows(g, id, &chunk, d).with_context(|| format!("part {}", part.name()))?;
@@ -275,6 +309,7 @@ fn build_side(
         "recall queries": queries.len() / d,
         "nprobe": nprobe,
         "trained_by": if trained.is_some() { "knn-train" } else if key.trained() { "this step" } else { "none" },
+        "parts_encoded_by_knn_encode": from_encode,
         "train_seconds": train_seconds,
         "add_seconds": add_seconds,
         "max_norm_error": worst_norm,
@@ -347,7 +382,7 @@ fn tune_nprobe(ivf: &IvfPq, queries: &[f32], truth: &[Vec<i64>]) -> (usize, f64)
 /// Average and 99th-percentile latency of one query at a time, in milliseconds.
 fn latency_ms(ivf: &IvfPq, queries: &[f32], nprobe: usize) -> (f64, f64) {
     let mut times: Vec<f64> = queries
-        .chunks_exact(ivf.d)
+        .chunks_exact(ivf.input_dim())
         .map(|q| {
             let t = Instant::now();
             std::hint::black_box(ivf.search(q, 10, nprobe));

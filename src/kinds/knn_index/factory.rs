@@ -17,11 +17,14 @@ use anyhow::{Context, bail};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexKey {
     Flat,
-    /// `hnsw`: the coarse quantizer is an HNSW graph with that M (`IVF{nlist}_HNSW{M}`), else flat.
+    /// `hnsw`: the coarse quantizer is an HNSW graph with that M (`IVF{nlist}_HNSW{M}`), else flat. `opq`:
+    /// an OPQ transform first (`OPQ{M}_{d_out}`, the PQ's M), with its output dimension (0: the input's,
+    /// written `OPQ{M}`).
     IvfPq {
         nlist: usize,
         m: usize,
         hnsw: Option<usize>,
+        opq: Option<usize>,
     },
 }
 
@@ -29,14 +32,23 @@ impl std::fmt::Display for IndexKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IndexKey::Flat => f.write_str("Flat"),
-            IndexKey::IvfPq { nlist, m, hnsw: None } => write!(f, "IVF{nlist},PQ{m}x8"),
-            IndexKey::IvfPq { nlist, m, hnsw: Some(h) } => write!(f, "IVF{nlist}_HNSW{h},PQ{m}x8"),
+            IndexKey::IvfPq { nlist, m, hnsw, opq } => {
+                match opq {
+                    Some(0) => write!(f, "OPQ{m},")?,
+                    Some(d_out) => write!(f, "OPQ{m}_{d_out},")?,
+                    None => {}
+                }
+                match hnsw {
+                    Some(h) => write!(f, "IVF{nlist}_HNSW{h},PQ{m}x8"),
+                    None => write!(f, "IVF{nlist},PQ{m}x8"),
+                }
+            }
         }
     }
 }
 
 const SUPPORTED: &str = "dsmake writes `Flat` and `IVF<nlist>,PQ<M>` (or `PQ<M>x8`; `IVF<nlist>_HNSW<M>` for an HNSW \
-                         coarse quantizer)";
+                         coarse quantizer; `OPQ<M>_<d>,` or `OPQ<M>,` before it for an OPQ transform)";
 
 impl IndexKey {
     /// Parses a faiss factory string of a kind dsmake writes.
@@ -45,8 +57,22 @@ impl IndexKey {
         let number = |text: &str, prefix: &str| -> Option<usize> {
             text.strip_prefix(prefix).and_then(|n| n.parse::<usize>().ok()).filter(|&n| n > 0)
         };
-        match parts.as_slice() {
-            ["Flat"] => Ok(IndexKey::Flat),
+        let (opq, parts) = match parts.split_first() {
+            Some((first, rest)) if first.starts_with("OPQ") => {
+                let (m, d_out) = match first[3..].split_once('_') {
+                    Some((m, d_out)) => (m, d_out.parse::<usize>().ok().filter(|&d| d > 0)),
+                    None => (&first[3..], Some(0)),
+                };
+                let m = m.parse::<usize>().ok().filter(|&m| m > 0);
+                let (Some(m), Some(d_out)) = (m, d_out) else {
+                    bail!("`{s}`: `{first}` is not OPQ<M>_<d> or OPQ<M>; {SUPPORTED}");
+                };
+                (Some((m, d_out)), rest)
+            }
+            _ => (None, parts.as_slice()),
+        };
+        match parts {
+            ["Flat"] if opq.is_none() => Ok(IndexKey::Flat),
             [ivf, pq] => {
                 let (ivf_part, hnsw) = match ivf.split_once("_HNSW") {
                     Some((ivf, m)) => {
@@ -59,12 +85,25 @@ impl IndexKey {
                     .with_context(|| format!("`{s}`: `{ivf}` is not IVF<nlist>; {SUPPORTED}"))?;
                 let pq = pq.strip_suffix("x8").unwrap_or(pq);
                 let m = number(pq, "PQ").with_context(|| format!("`{s}`: `{pq}` is not PQ<M>; {SUPPORTED}"))?;
-                Ok(IndexKey::IvfPq { nlist, m, hnsw })
+                if let Some((opq_m, _)) = opq
+                    && opq_m != m
+                {
+                    bail!("`{s}`: dsmake trains OPQ for the PQ's subspaces: write OPQ{m}, not OPQ{opq_m}");
+                }
+                Ok(IndexKey::IvfPq { nlist, m, hnsw, opq: opq.map(|o| o.1) })
             }
             _ => bail!(
-                "index_key `{s}` is not a factory string dsmake writes: {SUPPORTED} (OPQ rotations and HNSW indices \
-                 without IVF are not written yet)"
+                "index_key `{s}` is not a factory string dsmake writes: {SUPPORTED} (HNSW indices without IVF, and \
+                 transforms other than OPQ, are not written yet)"
             ),
+        }
+    }
+
+    /// The dimension the IVF-PQ works in: OPQ's output, else the vectors'.
+    pub fn inner_dim(&self, d: usize) -> usize {
+        match *self {
+            IndexKey::IvfPq { opq: Some(d_out), .. } if d_out > 0 => d_out,
+            _ => d,
         }
     }
 
@@ -77,17 +116,25 @@ impl IndexKey {
     pub fn bytes(&self, n: u64, d: usize) -> u64 {
         match *self {
             IndexKey::Flat => n * d as u64 * 4,
-            IndexKey::IvfPq { nlist, m, hnsw } => {
-                n * (m as u64 + 8) + 4 * (nlist * d + 256 * d) as u64 + (nlist * 2 * hnsw.unwrap_or(0) * 4) as u64
+            IndexKey::IvfPq { nlist, m, hnsw, opq } => {
+                let inner = self.inner_dim(d);
+                n * (m as u64 + 8)
+                    + 4 * (nlist * inner + 256 * inner) as u64
+                    + (nlist * 2 * hnsw.unwrap_or(0) * 4) as u64
+                    + opq.map_or(0, |_| 4 * (d * inner) as u64)
             }
         }
     }
 
     /// Checks the key against the data's dimension and count.
     pub fn check(&self, n: u64, d: usize) -> anyhow::Result<()> {
-        if let IndexKey::IvfPq { nlist, m, .. } = *self {
-            if !d.is_multiple_of(m) {
-                bail!("{self}: PQ{m} needs a dimension divisible by {m}, the vectors have {d}");
+        if let IndexKey::IvfPq { nlist, m, opq, .. } = *self {
+            let inner = self.inner_dim(d);
+            if !inner.is_multiple_of(m) {
+                match opq {
+                    Some(d_out) if d_out > 0 => bail!("{self}: PQ{m} needs OPQ's output dimension divisible by {m}"),
+                    _ => bail!("{self}: PQ{m} needs a dimension divisible by {m}, the vectors have {d}"),
+                }
             }
             if n < nlist as u64 {
                 bail!("{self}: IVF{nlist} needs at least {nlist} vectors to train, there are {n}");
@@ -133,7 +180,7 @@ pub fn choose(n: u64, d: usize, budget: u64) -> anyhow::Result<IndexKey> {
     // autofaiss: `IVF{nlist}_HNSW32` from 1,000 lists on.
     let hnsw = (nlist >= 1000).then_some(32);
     for m in [256, 128, 64, 48, 32, 24, 16, 8, 4] {
-        let key = IndexKey::IvfPq { nlist, m, hnsw };
+        let key = IndexKey::IvfPq { nlist, m, hnsw, opq: None };
         if m < d && d.is_multiple_of(m) && key.bytes(n, d) <= budget {
             return Ok(key);
         }
@@ -141,7 +188,7 @@ pub fn choose(n: u64, d: usize, budget: u64) -> anyhow::Result<IndexKey> {
     bail!(
         "{n} vectors of {d} do not fit max_index_memory_usage ({budget} bytes) even as IVF{nlist},PQ4x8 \
          ({} bytes): raise it",
-        IndexKey::IvfPq { nlist, m: 4, hnsw }.bytes(n, d)
+        IndexKey::IvfPq { nlist, m: 4, hnsw, opq: None }.bytes(n, d)
     )
 }
 
@@ -174,15 +221,26 @@ mod tests {
     #[test]
     fn parses_factory_strings_and_memory_sizes() {
         assert_eq!(IndexKey::parse("Flat").unwrap(), IndexKey::Flat);
-        assert_eq!(IndexKey::parse("IVF1024,PQ64x8").unwrap(), IndexKey::IvfPq { nlist: 1024, m: 64, hnsw: None });
+        assert_eq!(
+            IndexKey::parse("IVF1024,PQ64x8").unwrap(),
+            IndexKey::IvfPq { nlist: 1024, m: 64, hnsw: None, opq: None }
+        );
         assert_eq!(IndexKey::parse("IVF16, PQ8").unwrap().to_string(), "IVF16,PQ8x8");
         let key = IndexKey::parse("IVF1024_HNSW32,PQ64").unwrap();
         assert_eq!(
             (key, key.to_string().as_str()),
-            (IndexKey::IvfPq { nlist: 1024, m: 64, hnsw: Some(32) }, "IVF1024_HNSW32,PQ64x8")
+            (IndexKey::IvfPq { nlist: 1024, m: 64, hnsw: Some(32), opq: None }, "IVF1024_HNSW32,PQ64x8")
         );
         assert!(IndexKey::parse("IVF1024_HNSW1,PQ64").is_err());
-        let e = IndexKey::parse("OPQ64_128,IVF1024_HNSW32,PQ64").unwrap_err().to_string();
+        let key = IndexKey::parse("OPQ64_448,IVF1024_HNSW32,PQ64").unwrap();
+        assert_eq!((key.to_string().as_str(), key.inner_dim(768)), ("OPQ64_448,IVF1024_HNSW32,PQ64x8", 448));
+        assert_eq!(IndexKey::parse("OPQ16,IVF64,PQ16").unwrap().to_string(), "OPQ16,IVF64,PQ16x8");
+        assert!(IndexKey::parse("OPQ16,IVF64,PQ16").unwrap().check(1000, 50).is_err());
+        assert!(IndexKey::parse("OPQ16_64,IVF64,PQ16").unwrap().check(1000, 50).is_ok());
+        let e = IndexKey::parse("OPQ32_128,IVF1024,PQ64").unwrap_err().to_string();
+        assert!(e.contains("write OPQ64"), "{e}");
+        assert!(IndexKey::parse("OPQ,IVF64,PQ16").is_err() && IndexKey::parse("OPQ16,Flat").is_err());
+        let e = IndexKey::parse("PCA64,IVF64,PQ16").unwrap_err().to_string();
         assert!(e.contains("not written yet"), "{e}");
         assert!(IndexKey::parse("IVF0,PQ8").is_err());
         assert_eq!(parse_memory("4G").unwrap(), 4 << 30);
@@ -206,7 +264,7 @@ mod tests {
         assert_eq!(nlist_for(100_000), 1024);
         assert!(choose(400_000_000, 768, 1 << 30).unwrap_err().to_string().contains("raise it"));
         assert_eq!(
-            IndexKey::IvfPq { nlist: 16_384, m: 64, hnsw: None }.train_rows(5_000_000, 768, 16 << 30),
+            IndexKey::IvfPq { nlist: 16_384, m: 64, hnsw: None, opq: None }.train_rows(5_000_000, 768, 16 << 30),
             1_048_576
         );
     }

@@ -6,7 +6,8 @@
 //!   inner product; no `metric_arg` follows for metrics below 2);
 //! - `IxFI`: an `IndexFlatIP`, the header then its vectors as an "xb" vector (a u64 count of f32 values,
 //!   then the values row after row);
-//! - `IwPQ`: an `IndexIVFPQ` (see [`super::ivfpq`]); vectors are a u64 count then the values.
+//! - `IwPQ`: an `IndexIVFPQ` (see [`super::ivfpq`]); vectors are a u64 count then the values;
+//! - `IxPT`: an `IndexPreTransform`, OPQ's transform before an `IwPQ` (see [`super::opq`]).
 
 use super::factory::IndexKey;
 use super::ivfpq::IvfPq;
@@ -152,7 +153,7 @@ impl Index {
     pub fn d(&self) -> usize {
         match self {
             Index::Flat { d, .. } => *d,
-            Index::IvfPq(ivf) => ivf.d,
+            Index::IvfPq(ivf) => ivf.input_dim(),
         }
     }
     /// The faiss factory string it is.
@@ -161,7 +162,8 @@ impl Index {
             Index::Flat { .. } => "Flat".into(),
             Index::IvfPq(ivf) => {
                 let hnsw = ivf.graph.as_ref().map(|g| (g.cum.get(1).copied().unwrap_or(0) / 2) as usize);
-                IndexKey::IvfPq { nlist: ivf.nlist(), m: ivf.pq.m, hnsw }.to_string()
+                let opq = ivf.opq.as_ref().map(|o| o.d_out);
+                IndexKey::IvfPq { nlist: ivf.nlist(), m: ivf.pq.m, hnsw, opq }.to_string()
             }
         }
     }
@@ -188,8 +190,9 @@ impl Index {
 
 pub fn read(path: &Path) -> anyhow::Result<Index> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse(&bytes)
-        .with_context(|| format!("{} is not a faiss index dsmake reads (IndexFlatIP, IndexIVFPQ)", path.display()))
+    parse(&bytes).with_context(|| {
+        format!("{} is not a faiss index dsmake reads (IndexFlatIP, IndexIVFPQ, OPQ + IndexIVFPQ)", path.display())
+    })
 }
 
 fn parse(bytes: &[u8]) -> anyhow::Result<Index> {
@@ -201,6 +204,7 @@ fn parse(bytes: &[u8]) -> anyhow::Result<Index> {
             Index::Flat { d, data }
         }
         IVF_PQ => Index::IvfPq(Box::new(IvfPq::read_body(&mut c)?)),
+        super::opq::PRE_TRANSFORM => Index::IvfPq(Box::new(IvfPq::read_pre_transform(&mut c)?)),
         other => bail!("index type {:?} is not one dsmake writes", String::from_utf8_lossy(other)),
     };
     if c.at != bytes.len() {

@@ -16,6 +16,7 @@ use super::faiss::{Cursor, IVF_PQ, Out, finish_file};
 use super::graph::{self, Graph};
 use super::kmeans;
 use super::linalg::{TopK, assign, dot};
+use super::opq::{self, Opq};
 use super::pq::{self, Pq};
 use crate::kind::Cancel;
 use anyhow::{Context, bail};
@@ -35,7 +36,11 @@ pub struct List {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct IvfPq {
+    /// The dimension of the IVF-PQ: the vectors', or OPQ's output.
     pub d: usize,
+    /// OPQ's transform applied to vectors and queries before anything else (`OPQ{M}_{d},IVF…`); faiss's
+    /// `IndexPreTransform` around the `IndexIVFPQ` in the file.
+    pub opq: Option<Opq>,
     /// The coarse centroids, `nlist · d` values.
     pub centroids: Vec<f32>,
     pub pq: Pq,
@@ -53,27 +58,45 @@ impl IvfPq {
     pub fn ntotal(&self) -> u64 {
         self.lists.iter().map(|l| l.ids.len() as u64).sum()
     }
+    /// The dimension of the vectors and queries it takes.
+    pub fn input_dim(&self) -> usize {
+        self.opq.as_ref().map_or(self.d, |o| o.d_in)
+    }
 
-    /// Trains the coarse quantizer (spherical k-means; an HNSW graph over it with `hnsw` neighbours) and the PQ
-    /// (on residuals) on `sample`.
+    /// Trains the OPQ transform (when `opq` gives its output dimension; 0: the input's) on `sample`, then on
+    /// the transformed sample the coarse quantizer (spherical k-means; an HNSW graph over it with `hnsw`
+    /// neighbours) and the PQ (on residuals), as faiss trains an `IndexPreTransform` and the index it holds.
     pub fn train(
         sample: &[f32],
         d: usize,
         nlist: usize,
         m: usize,
         hnsw: Option<usize>,
+        opq: Option<usize>,
         cancel: &Cancel,
     ) -> anyhow::Result<IvfPq> {
         let n = sample.len() / d;
         if n < nlist {
             bail!("IVF{nlist} needs at least {nlist} training vectors, the sample has {n}");
         }
+        let opq = match opq {
+            Some(d_out) => Some(Opq::train(sample, d, if d_out == 0 { d } else { d_out }, m, cancel)?),
+            None => None,
+        };
+        let rotated;
+        let (sample, d) = match &opq {
+            Some(o) => {
+                rotated = o.apply(sample);
+                (&rotated[..], o.d_out)
+            }
+            None => (sample, d),
+        };
         let p = kmeans::Params { k: nlist, iterations: COARSE_ITERATIONS, spherical: true, seed: 1234 };
         let centroids = kmeans::train(sample, d, &p, cancel)?;
         let residuals = residuals(sample, d, &centroids);
         let pq = Pq::train(&residuals, d, m, 4321, cancel)?;
         let graph = hnsw.map(|h| Graph::build(&centroids, d, h, 5678));
-        Ok(IvfPq { d, centroids, pq, graph, nprobe: 1, lists: vec![List::default(); nlist] })
+        Ok(IvfPq { d, opq, centroids, pq, graph, nprobe: 1, lists: vec![List::default(); nlist] })
     }
 
     /// Lists scanned per query, stored in the file for faiss; an HNSW quantizer searches `2·nprobe` candidates
@@ -85,8 +108,9 @@ impl IvfPq {
         }
     }
 
-    /// Adds whole rows with ids `first`, `first + 1`, …
+    /// Adds whole rows (of [`IvfPq::input_dim`]) with ids `first`, `first + 1`, …
     pub fn add(&mut self, first: i64, rows: &[f32]) {
+        let rows = &*self.transform(rows);
         let d = self.d;
         let labels = assign(rows, &self.centroids, d, None);
         let mut res = Vec::with_capacity(rows.len());
@@ -102,6 +126,14 @@ impl IvfPq {
         }
     }
 
+    /// Rows as the IVF-PQ takes them: through OPQ's transform when there is one.
+    fn transform<'a>(&self, rows: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.opq {
+            Some(o) => o.apply(rows).into(),
+            None => rows.into(),
+        }
+    }
+
     /// The lists to scan for a query: the `nprobe` best centroids.
     fn probe(&self, q: &[f32], nprobe: usize) -> Vec<(i64, f32)> {
         let mut top = TopK::new(nprobe.clamp(1, self.nlist()));
@@ -113,6 +145,7 @@ impl IvfPq {
 
     /// The top `k` (id, score) scanning `nprobe` lists.
     pub fn search(&self, q: &[f32], k: usize, nprobe: usize) -> Vec<(i64, f32)> {
+        let q = &*self.transform(q);
         let table = self.pq.ip_table(q);
         let m = self.pq.m;
         let mut top = TopK::new(k);
@@ -127,12 +160,13 @@ impl IvfPq {
 
     /// Searches many queries on the rayon pool.
     pub fn search_many(&self, queries: &[f32], k: usize, nprobe: usize) -> Vec<Vec<(i64, f32)>> {
-        queries.par_chunks_exact(self.d).map(|q| self.search(q, k, nprobe)).collect()
+        queries.par_chunks_exact(self.input_dim()).map(|q| self.search(q, k, nprobe)).collect()
     }
 
     /// Bytes the index takes in memory and on disk, near enough: codes, ids and the trained tables.
     pub fn bytes(&self) -> u64 {
-        self.ntotal() * (self.pq.m as u64 + 8) + 4 * (self.centroids.len() + self.pq.centroids.len()) as u64
+        let opq = self.opq.as_ref().map_or(0, |o| o.a.len());
+        self.ntotal() * (self.pq.m as u64 + 8) + 4 * (self.centroids.len() + self.pq.centroids.len() + opq) as u64
     }
 
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
@@ -144,6 +178,13 @@ impl IvfPq {
 
     fn write_to<W: std::io::Write>(&self, out: &mut Out<W>) -> std::io::Result<()> {
         let nlist = self.nlist() as u64;
+        if let Some(o) = &self.opq {
+            // faiss's IndexPreTransform: its header (the input dimension), one transform, then the index.
+            out.bytes(opq::PRE_TRANSFORM)?;
+            out.header(o.d_in, self.ntotal(), true)?;
+            out.i32(1)?;
+            o.write_to(out)?;
+        }
         out.bytes(IVF_PQ)?;
         out.header(self.d, self.ntotal(), true)?;
         out.u64(nlist)?;
@@ -176,6 +217,24 @@ impl IvfPq {
             }
         }
         Ok(())
+    }
+
+    /// Reads what follows an `IxPT` code: one OPQ transform, then the `IwPQ` index.
+    pub fn read_pre_transform(c: &mut Cursor) -> anyhow::Result<IvfPq> {
+        let (d, ntotal) = c.header()?;
+        if c.i32()? != 1 || &c.fourcc()? != opq::FOURCC {
+            bail!("an IndexPreTransform other than one linear transform is not one dsmake writes");
+        }
+        let o = Opq::read_body(c)?;
+        if &c.fourcc()? != IVF_PQ {
+            bail!("the IndexPreTransform holds an index other than IndexIVFPQ");
+        }
+        let mut ivf = IvfPq::read_body(c)?;
+        if o.d_in != d || o.d_out != ivf.d || ivf.ntotal() != ntotal {
+            bail!("the transform {} → {} does not fit the index of {} ({d} outside)", o.d_in, o.d_out, ivf.d);
+        }
+        ivf.opq = Some(o);
+        Ok(ivf)
     }
 
     /// Reads what follows the `IwPQ` code.
@@ -238,7 +297,7 @@ impl IvfPq {
             list.ids =
                 c.take(n * 8)?.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
         }
-        let index = IvfPq { d, centroids, pq, graph, nprobe, lists };
+        let index = IvfPq { d, opq: None, centroids, pq, graph, nprobe, lists };
         if index.ntotal() != ntotal {
             bail!("the lists hold {} vectors, the header says {ntotal}", index.ntotal());
         }
@@ -279,7 +338,7 @@ mod tests {
         let (d, n) = (32, 4000);
         // m = 16: two dimensions a code byte.
         let x = clustered(n, d, 5);
-        let mut ivf = IvfPq::train(&x, d, 16, 16, Some(4), &Cancel::default()).unwrap();
+        let mut ivf = IvfPq::train(&x, d, 16, 16, Some(4), None, &Cancel::default()).unwrap();
         ivf.set_nprobe(4);
         assert_eq!(ivf.graph.as_ref().map(|g| g.ef_search), Some(16));
         ivf.add(0, &x[..2000 * d]);
@@ -325,6 +384,6 @@ mod tests {
         ivf.write(&path).unwrap();
         let super::super::faiss::Index::IvfPq(back) = super::super::faiss::read(&path).unwrap() else { panic!() };
         assert_eq!(*back, ivf);
-        assert!(IvfPq::train(&x[..10 * d], d, 16, 8, None, &Cancel::default()).is_err());
+        assert!(IvfPq::train(&x[..10 * d], d, 16, 8, None, None, &Cancel::default()).is_err());
     }
 }

@@ -16,16 +16,27 @@ pub struct Params {
 
 /// `k` centroids (k·d values) of the rows of `x`. Needs at least `k` rows.
 pub fn train(x: &[f32], d: usize, p: &Params, cancel: &Cancel) -> anyhow::Result<Vec<f32>> {
+    train_from(x, d, p, None, cancel)
+}
+
+/// As [`train`], starting from the centroids `init` (k·d values) when given: OPQ retrains its product
+/// quantiser each round from the last round's centroids.
+pub fn train_from(x: &[f32], d: usize, p: &Params, init: Option<&[f32]>, cancel: &Cancel) -> anyhow::Result<Vec<f32>> {
     let n = x.len() / d;
     anyhow::ensure!(n >= p.k && p.k > 0, "k-means needs at least {} points, it has {n}", p.k);
     let mut rng = fastrand::Rng::with_seed(p.seed);
-    // Distinct seeds: a partial Fisher–Yates shuffle of the row numbers.
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in 0..p.k {
-        let j = rng.usize(i..n);
-        order.swap(i, j);
-    }
-    let mut c: Vec<f32> = order[..p.k].iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect();
+    let mut c: Vec<f32> = match init {
+        Some(init) if init.len() == p.k * d => init.to_vec(),
+        _ => {
+            // Distinct seeds: a partial Fisher–Yates shuffle of the row numbers.
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in 0..p.k {
+                let j = rng.usize(i..n);
+                order.swap(i, j);
+            }
+            order[..p.k].iter().flat_map(|&i| x[i * d..(i + 1) * d].iter().copied()).collect()
+        }
+    };
     for _ in 0..p.iterations {
         cancel.check()?;
         let labels = if p.spherical { assign(x, &c, d, None) } else { assign(x, &c, d, Some(&norms(&c, d))) };

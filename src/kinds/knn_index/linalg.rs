@@ -40,6 +40,66 @@ pub fn scores(a: &[f32], b: &[f32], d: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// A matrix view over a slice: element (i, j) at `data[i·rs + j·cs]` (a transpose is the same data with the
+/// strides swapped).
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
+        View { data, rows, cols, rs: cols, cs: 1 }
+    }
+    pub fn t(self) -> View<'a> {
+        View { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `a · b` as a row-major matrix, on the rayon pool (for the few large products of OPQ training).
+pub fn matmul(a: View, b: View) -> Vec<f32> {
+    assert!(a.cols == b.rows && a.fits() && b.fits(), "matmul of {}x{} by {}x{}", a.rows, a.cols, b.rows, b.cols);
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let mut out = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    // SAFETY: `out` holds m·n values (row stride n); every element gemm reads of `a` and `b` lies inside their
+    // slices (`fits`: the last element's offset is below the length). gemm writes only `out`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+    out
+}
+
 /// Squared norms of rows of `d` values.
 pub fn norms(rows: &[f32], d: usize) -> Vec<f32> {
     rows.chunks_exact(d).map(|r| r.iter().map(|x| x * x).sum()).collect()
@@ -168,6 +228,12 @@ mod tests {
             };
             assert!((0..3).all(|o| dist(j as usize) <= dist(o) + 1e-4));
         }
+        let p = matmul(View::rows(&a, 7, d), View::rows(&b, 3, d).t());
+        assert!(p.iter().zip(&s).all(|(x, y)| (x - y).abs() < 1e-4));
+        // aᵀ·a: a 5×5 product over the 7 rows.
+        let g = matmul(View::rows(&a, 7, d).t(), View::rows(&a, 7, d));
+        let want: f32 = (0..7).map(|r| a[r * d + 1] * a[r * d + 3]).sum();
+        assert!((g[d + 3] - want).abs() < 1e-4 && (g[3 * d + 1] - want).abs() < 1e-4);
         let mut top = TopK::new(2);
         for (id, score) in [(1, 0.5), (2, 0.9), (3, 0.1), (4, 0.9)] {
             top.push(score, id);

@@ -13,10 +13,12 @@
 //! - with `usearch = true`, a usearch HNSW graph per side beside (`image.usearch`).
 //!
 //! Training is its own target when the step reads a `knn-train` step ([`train`]); otherwise the step trains
-//! on a sample itself. Parts are streamed: a chunk of rows is in memory at a time besides the index, and the
+//! on a sample itself. Encoding is one target a part when it also reads a `knn-encode` step ([`encode`]):
+//! adding a part then encodes that part only. Parts are streamed: a chunk of rows is in memory at a time besides the index, and the
 //! index's size is bounded by `max_index_memory_usage`.
 
 mod build;
+pub mod encode;
 pub mod factory;
 pub mod faiss;
 mod graph;
@@ -25,6 +27,7 @@ pub mod ivfpq;
 mod kmeans;
 pub mod linalg;
 pub mod meta;
+pub mod opq;
 mod parts;
 pub mod pq;
 mod probes;
@@ -32,7 +35,8 @@ mod settings;
 pub mod train;
 pub mod vectors;
 
-pub use settings::{Embeddings, Metric, Settings, TrainSettings, settings};
+pub use encode::KnnEncode;
+pub use settings::{Embeddings, EncodeSettings, Metric, Settings, TrainSettings, settings};
 pub use train::KnnTrain;
 
 use crate::kind::{BuildCx, Built, Inputs, Kind, Mapping, SettingError, ShardCx, Shards};

@@ -28,6 +28,19 @@ impl Pq {
 
     /// Trains on the rows of `x` (at most 65,536 of them are used, as faiss does).
     pub fn train(x: &[f32], d: usize, m: usize, seed: u64, cancel: &Cancel) -> anyhow::Result<Pq> {
+        Pq::train_from(x, d, m, seed, ITERATIONS, None, cancel)
+    }
+
+    /// As [`Pq::train`] with `iterations` k-means rounds a subspace, starting from `init`'s centroids if given.
+    pub fn train_from(
+        x: &[f32],
+        d: usize,
+        m: usize,
+        seed: u64,
+        iterations: usize,
+        init: Option<&Pq>,
+        cancel: &Cancel,
+    ) -> anyhow::Result<Pq> {
         anyhow::ensure!(m > 0 && d.is_multiple_of(m), "PQ{m} needs a dimension divisible by {m}, not {d}");
         let n = (x.len() / d).min(KSUB * MAX_POINTS_PER_CENTROID);
         anyhow::ensure!(n >= KSUB, "product quantisation needs at least {KSUB} training vectors, it has {n}");
@@ -37,8 +50,8 @@ impl Pq {
             .map(|sub| {
                 let part: Vec<f32> =
                     x[..n * d].chunks_exact(d).flat_map(|r| r[sub * dsub..(sub + 1) * dsub].iter().copied()).collect();
-                let p = kmeans::Params { k: KSUB, iterations: ITERATIONS, spherical: false, seed: seed + sub as u64 };
-                kmeans::train(&part, dsub, &p, cancel)
+                let p = kmeans::Params { k: KSUB, iterations, spherical: false, seed: seed + sub as u64 };
+                kmeans::train_from(&part, dsub, &p, init.map(|pq| pq.sub(sub)), cancel)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Pq { d, m, centroids: subs.concat() })
@@ -69,6 +82,15 @@ impl Pq {
             }
         }
         codes
+    }
+
+    /// The vectors the codes (`m` bytes a row) stand for.
+    pub fn decode_all(&self, codes: &[u8]) -> Vec<f32> {
+        let mut out = vec![0f32; codes.len() / self.m * self.d];
+        for (code, row) in codes.chunks_exact(self.m).zip(out.chunks_exact_mut(self.d)) {
+            self.decode(code, row);
+        }
+        out
     }
 
     /// The vector a code stands for.

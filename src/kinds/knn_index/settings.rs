@@ -75,6 +75,13 @@ crate::settings! {
     }
 }
 
+crate::settings! {
+    pub struct EncodeSettings {
+        /// which embeddings to encode: "both", "image" or "text" (as the knn-train step it reads)
+        embeddings: Embeddings = Embeddings::Both,
+    }
+}
+
 /// A knn-index step's settings, from its effective settings (for `dsmake search`).
 pub fn settings(value: &Value) -> anyhow::Result<Settings> {
     let map = value.as_object().ok_or_else(|| anyhow!("knn-index settings are not a table"))?;

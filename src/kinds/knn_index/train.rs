@@ -100,7 +100,7 @@ impl Kind for KnnTrain {
         let mut outputs = Vec::new();
         let mut sides = serde_json::Map::new();
         for (side, prefix) in s.embeddings.sides() {
-            let IndexKey::IvfPq { nlist, m, hnsw } = key else { break };
+            let IndexKey::IvfPq { nlist, m, hnsw, opq } = key else { break };
             let parts = collect_parts(&cx.inputs, prefix)?;
             let (d, sample) = read_sample(&parts, c.train_rows as usize)?;
             if d != c.dimensions {
@@ -111,7 +111,7 @@ impl Kind for KnnTrain {
                 );
             }
             let t = Instant::now();
-            let ivf = IvfPq::train(&sample, d, nlist, m, hnsw, cx.cancel)?;
+            let ivf = IvfPq::train(&sample, d, nlist, m, hnsw, opq, cx.cancel)?;
             let name = trained_file(side);
             ivf.write(&cx.out_dir.join(&name))?;
             sides.insert(side.to_string(), json!({ "dimensions": d, "train_seconds": t.elapsed().as_secs_f64() }));
