@@ -103,7 +103,7 @@ pub fn process_within(
             let resized = resize((pixels, width, height), nw, nh, downscale)?;
             Some(match o.mode {
                 ResizeMode::CenterCrop => center_crop(&resized, o.image_size),
-                ResizeMode::Border => pad_white(&resized, o.image_size),
+                ResizeMode::Border => pad_white(&resized, o.image_size)?,
                 _ => resized,
             })
         }
@@ -246,12 +246,20 @@ fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
     image::imageops::crop_imm(img, x, y, cw, ch).to_image()
 }
 
-fn pad_white(img: &RgbImage, size: u32) -> RgbImage {
+/// Centred on white, row by row (`imageops::replace` goes pixel by pixel).
+fn pad_white(img: &RgbImage, size: u32) -> Result<RgbImage, String> {
     let (w, h) = img.dimensions();
     let (tw, th) = (size.max(w), size.max(h));
-    let mut out = RgbImage::from_pixel(tw, th, image::Rgb([255, 255, 255]));
-    image::imageops::replace(&mut out, img, i64::from((tw - w) / 2), i64::from((th - h) / 2));
-    out
+    let (x, y) = (((tw - w) / 2) as usize, ((th - h) / 2) as usize);
+    let (row, out_row) = (w as usize * 3, tw as usize * 3);
+    let mut out = vec![255u8; out_row * th as usize];
+    if row > 0 {
+        for (r, src) in img.as_raw().chunks_exact(row).enumerate() {
+            let at = (y + r) * out_row + x * 3;
+            out[at..at + row].copy_from_slice(src);
+        }
+    }
+    RgbImage::from_raw(tw, th, out).ok_or_else(|| "resize error: bad buffer".to_string())
 }
 
 fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions, codec: &mut jpeg::Codec) -> Result<Vec<u8>, String> {
