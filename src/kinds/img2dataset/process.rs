@@ -30,6 +30,11 @@ pub struct Processed {
     pub original_height: u32,
 }
 
+/// Pixel buffers up to this size are kept between images; see `decoding::POOL` for larger ones.
+pub const SMALL: usize = 16 << 20;
+/// Largest pixel buffer kept at all: a 3840×2400 wallpaper decoded whole (a PNG) is 27.6 MB.
+pub const LARGE: usize = 32 << 20;
+
 /// Per-thread state reused across images (a pool per shard): fresh multi-megabyte pixel buffers per image
 /// cost more in page faults and zeroing than the decoding itself.
 #[derive(Default)]
@@ -39,10 +44,14 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A buffer grown for a large image (a full-size decode of over 5 megapixels) is not kept: scratches
-    /// wait in a pool outside the memory budget, so what they keep idle stays small.
-    pub fn shrink_after_huge_image(&mut self) {
-        if self.pixels.capacity() > 16 << 20 {
+    /// Whether the pixel buffer is over `SMALL` bytes (a full-size decode of over 5 megapixels).
+    pub fn is_large(&self) -> bool {
+        self.pixels.capacity() > SMALL
+    }
+
+    /// Lets go of the pixel buffer if it is over `max` bytes.
+    pub fn shrink_past(&mut self, max: usize) {
+        if self.pixels.capacity() > max {
             self.pixels = Vec::new();
         }
     }
