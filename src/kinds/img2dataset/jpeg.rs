@@ -290,6 +290,32 @@ pub(super) mod tests {
         out
     }
 
+    /// A JPEG's EXIF is the first `Exif` APP1 segment of its header (after other APP segments); one after the
+    /// first scan is not looked for, nor anything in a header that is cut.
+    #[test]
+    fn exif_is_read_from_the_header_only() {
+        let jpeg = with_extra_scans(0);
+        let tiff: &[u8] = b"II*\0\x08\0\0\0\0\0";
+        let segment = |marker: u8, body: &[u8]| {
+            let mut s = vec![0xff, marker];
+            s.extend(((body.len() + 2) as u16).to_be_bytes());
+            s.extend_from_slice(body);
+            s
+        };
+        let exif = segment(0xe1, &[b"Exif\0\0", tiff].concat());
+        let mut with = jpeg[..2].to_vec();
+        with.extend(segment(0xe0, b"JFIF\0\x01\x02"));
+        with.extend(segment(0xe1, b"http://ns.adobe.com/xap/1.0/\0"));
+        with.extend(&exif);
+        with.extend(&jpeg[2..]);
+        assert_eq!(exif_segment(&with), Some(tiff));
+        assert_eq!(exif_segment(&jpeg), None);
+        assert_eq!(exif_segment(&with[..with.len() - jpeg.len() + 2 - 4]), None, "cut in the segment");
+        let eoi = jpeg.len() - 2;
+        let after = [&jpeg[..eoi], &exif, &jpeg[eoi..]].concat();
+        assert_eq!(exif_segment(&after), None, "after the first scan");
+    }
+
     /// The scan limit stops libjpeg-turbo at scan 101, and the general decoder is not tried after it.
     #[test]
     fn scans_are_limited() {
