@@ -36,18 +36,32 @@ impl Inner {
         s.buffered + bytes <= self.buffer_limit && s.used + bytes <= self.limit
     }
 
-    /// Wakes those that wait, after a change of `s`: the first new buffer in line, every growing buffer and
-    /// decode (few).
+    /// Wakes those that may go ahead after a change of `s`: the first new buffer in line if it now fits, the
+    /// first decode in line for a slot if one is free, every growing buffer and every decode waiting for room
+    /// for its pixels (few: one per connection held open, one per slot). Nobody else is woken: hundreds may
+    /// wait, and waking them all for every body read or freed cost more CPU than the decodes.
     fn wake(&self, s: &State) {
-        if let Some((_, first)) = s.queue.front() {
+        if let Some((_, bytes, first)) = s.queue.0.front()
+            && self.buffer_ready(s, *bytes)
+        {
             first.notify_one();
         }
         if s.growing > 0 {
             self.grown.notify_all();
         }
-        if s.decode_waiting > 0 {
+        if s.admitting > 0 {
             self.decoded.notify_all();
         }
+        if s.decodes < self.slots
+            && let Some((.., first)) = s.slot_queue.0.front()
+        {
+            first.notify_one();
+        }
+    }
+
+    /// Whether a new buffer of `bytes` may go ahead, its turn come: it fits, or no other buffer is held.
+    fn buffer_ready(&self, s: &State, bytes: u64) -> bool {
+        s.buffers.is_empty() || (s.growing == 0 && self.fits(s, bytes))
     }
 }
 
@@ -59,7 +73,7 @@ struct Inner {
     state: Mutex<State>,
     /// Growing buffers wait here (few: one per connection held open).
     grown: Condvar,
-    /// Decodes wait here, for a slot or for room for their pixels (at most a few per slot).
+    /// Decodes wait here for room for their pixels (at most one per slot).
     decoded: Condvar,
 }
 
@@ -76,14 +90,19 @@ struct State {
     /// Buffers waiting to grow: new buffers wait behind them (a growing one is a body whose connection is
     /// open, with its timeout running).
     growing: usize,
-    /// New buffers waiting for room, first come first served, each on its own condition variable: only the
-    /// first is woken by a release (hundreds may wait; waking all of them for every body freed cost more CPU
-    /// than the decodes), and it wakes the next when it gets in.
-    queue: VecDeque<(u64, Arc<Condvar>)>,
-    /// Decodes waiting.
-    decode_waiting: usize,
+    /// New buffers waiting for room (ticket, bytes), first come first served, each on its own condition
+    /// variable: only the first is woken, once it fits, and it wakes the next when it gets in.
+    queue: Line,
+    /// Decodes waiting for a slot, served the same way: one woken per slot freed.
+    slot_queue: Line,
+    /// Decodes waiting for room for their pixels.
+    admitting: usize,
     next_ticket: u64,
 }
+
+/// Waiters (ticket, bytes asked, their own condition variable) in the order they came.
+#[derive(Default)]
+struct Line(VecDeque<(u64, u64, Arc<Condvar>)>);
 
 impl State {
     fn add(&mut self, bytes: u64) {
@@ -138,9 +157,9 @@ impl MemoryBudget {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A decode waits (polling `cancel`) until `ready` says the state allows going ahead, then lets `take`
-    /// change it.
-    fn wait_decode<T>(
+    /// A decode waits (polling `cancel`) until `ready` says there is room for its pixels, then lets `take`
+    /// change the state.
+    fn wait_for_room<T>(
         &self,
         cancel: &Cancel,
         ready: impl Fn(&State) -> bool,
@@ -148,11 +167,11 @@ impl MemoryBudget {
     ) -> Result<T, Cancelled> {
         let mut state = self.state();
         if !ready(&state) {
-            state.decode_waiting += 1;
+            state.admitting += 1;
             while !ready(&state) && !cancel.is_cancelled() {
                 state = self.0.decoded.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
             }
-            state.decode_waiting -= 1;
+            state.admitting -= 1;
             if !ready(&state) {
                 return Err(Cancelled);
             }
@@ -160,55 +179,78 @@ impl MemoryBudget {
         Ok(take(&mut state))
     }
 
-    /// Changes the state with `f`, then wakes whoever may now go ahead: the first new buffer in line, the
-    /// growing buffers and the decodes (only where some wait).
+    /// Waits in `line` (polling `cancel`) until first in it and `ready`, then lets `take` change the state
+    /// (with this waiter's ticket); goes ahead at once when nobody waits and `ready`. Whoever may go ahead
+    /// next is woken, also when this one gives up.
+    fn wait_in_line<T>(
+        &self,
+        cancel: &Cancel,
+        bytes: u64,
+        line: fn(&mut State) -> &mut Line,
+        ready: impl Fn(&State) -> bool,
+        take: impl FnOnce(&mut State, u64) -> T,
+    ) -> Result<T, Cancelled> {
+        let mut state = self.state();
+        state.next_ticket += 1;
+        let ticket = state.next_ticket;
+        if line(&mut state).0.is_empty() && ready(&state) {
+            return Ok(take(&mut state, ticket));
+        }
+        let mine = Arc::new(Condvar::new());
+        line(&mut state).0.push_back((ticket, bytes, mine.clone()));
+        let admitted = loop {
+            let first = line(&mut state).0.front().is_some_and(|(t, ..)| *t == ticket);
+            if first && ready(&state) {
+                break true;
+            }
+            if cancel.is_cancelled() {
+                break false;
+            }
+            state = mine.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
+        };
+        line(&mut state).0.retain(|(t, ..)| *t != ticket);
+        let out = admitted.then(|| take(&mut state, ticket));
+        self.0.wake(&state);
+        out.ok_or(Cancelled)
+    }
+
+    /// Changes the state with `f`, then wakes whoever may now go ahead (see `Inner::wake`).
     fn release(&self, f: impl FnOnce(&mut State)) {
         let mut state = self.state();
         f(&mut state);
         self.0.wake(&state);
     }
 
-    /// `bytes` to be buffered (a body to download): waits until they fit beside what is held, or no other
-    /// buffer is held.
+    /// `bytes` to be buffered (a body to download): waits its turn until they fit beside what is held, or no
+    /// other buffer is held.
     pub fn buffer(&self, bytes: u64, cancel: &Cancel) -> Result<Buffer, Cancelled> {
         let inner = &self.0;
-        let ready = |s: &State| s.buffers.is_empty() || (s.growing == 0 && inner.fits(s, bytes));
-        let mut state = self.state();
-        state.next_ticket += 1;
-        let ticket = state.next_ticket;
-        if !state.queue.is_empty() || !ready(&state) {
-            let mine = Arc::new(Condvar::new());
-            state.queue.push_back((ticket, mine.clone()));
-            let first = |s: &State| s.queue.front().is_some_and(|(t, _)| *t == ticket);
-            while !(cancel.is_cancelled() || first(&state) && ready(&state)) {
-                state = mine.wait_timeout(state, POLL).unwrap_or_else(|p| p.into_inner()).0;
-            }
-            let admitted = first(&state) && ready(&state);
-            state.queue.retain(|(t, _)| *t != ticket);
-            // The next in line may fit too (or, if this one gave up, may fit where it did not).
-            if let Some((_, next)) = state.queue.front() {
-                next.notify_one();
-            }
-            if !admitted {
-                return Err(Cancelled);
-            }
-        }
-        state.buffered += bytes;
-        state.add(bytes);
-        state.buffers.insert(ticket);
+        let ticket = self.wait_in_line(
+            cancel,
+            bytes,
+            |s| &mut s.queue,
+            |s| inner.buffer_ready(s, bytes),
+            |s, ticket| {
+                s.buffered += bytes;
+                s.add(bytes);
+                s.buffers.insert(ticket);
+                ticket
+            },
+        )?;
         Ok(Buffer { budget: self.clone(), bytes, ticket })
     }
 
     /// Whether a buffer of `bytes` would go ahead now, with no other waiting for room.
     pub fn has_room(&self, bytes: u64) -> bool {
         let s = self.state();
-        s.buffers.is_empty() || (s.growing == 0 && s.queue.is_empty() && self.0.fits(&s, bytes))
+        s.queue.0.is_empty() && self.0.buffer_ready(&s, bytes)
     }
 
-    /// A decode slot: waits until one of the build's slots is free. Its pixels are admitted on the slot.
+    /// A decode slot: waits its turn until one of the build's slots is free. Its pixels are admitted on the
+    /// slot.
     pub fn decode(&self, cancel: &Cancel) -> Result<Decode, Cancelled> {
         let slots = self.0.slots;
-        self.wait_decode(cancel, |s| s.decodes < slots, |s| s.decodes += 1)?;
+        self.wait_in_line(cancel, 0, |s| &mut s.slot_queue, |s| s.decodes < slots, |s, _| s.decodes += 1)?;
         Ok(Decode { budget: self.clone(), bytes: 0 })
     }
 }
@@ -297,7 +339,7 @@ impl Decode {
             self.budget.release(|s| s.add(bytes));
         } else {
             let limit = self.budget.0.limit;
-            self.budget.wait_decode(
+            self.budget.wait_for_room(
                 cancel,
                 |s| s.decoding == 0 || s.used + bytes <= limit,
                 |s| {
@@ -435,7 +477,7 @@ mod tests {
         let held = budget.buffer(60 * MIB, &cancel).unwrap();
         let (budget2, cancel2) = (budget.clone(), cancel_big.clone());
         let big = std::thread::spawn(move || budget2.buffer(20 * MIB, &cancel2).is_err());
-        while budget.state().queue.is_empty() {
+        while budget.state().queue.0.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
         }
         let (budget2, cancel2) = (budget.clone(), cancel.clone());
@@ -447,7 +489,7 @@ mod tests {
         small.join().unwrap();
         drop(held);
         assert_eq!(budget.in_use(), 0);
-        assert!(budget.state().queue.is_empty());
+        assert!(budget.state().queue.0.is_empty());
     }
 
     /// Decode slots are shared by the whole budget; a decode's pixels wait for room but never for buffers'
@@ -481,6 +523,36 @@ mod tests {
         drop(two);
         assert_eq!(budget.in_use(), 36 * MIB);
         assert!(budget.peak() <= budget.limit());
+    }
+
+    /// Decodes waiting for a slot get it in the order they asked, one per slot freed.
+    #[test]
+    fn decodes_get_slots_in_order() {
+        let budget = MemoryBudget::new(100 * MIB, 1);
+        let cancel = Cancel::default();
+        let held = budget.decode(&cancel).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..4 {
+            let (budget2, cancel2, order2) = (budget.clone(), cancel.clone(), order.clone());
+            waiters.push(std::thread::spawn(move || {
+                let slot = budget2.decode(&cancel2).unwrap();
+                order2.lock().unwrap().push(i);
+                std::thread::sleep(Duration::from_millis(20));
+                drop(slot);
+            }));
+            while budget.state().slot_queue.0.len() <= i {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert!(order.lock().unwrap().is_empty(), "the one slot is held");
+        drop(held);
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3]);
+        assert!(budget.state().slot_queue.0.is_empty());
+        assert_eq!(budget.state().decodes, 0);
     }
 
     /// Many threads buffering and decoding at once: the budget is never exceeded, nothing is left held.

@@ -65,7 +65,7 @@ pub fn exif_json(bytes: &[u8]) -> Option<String> {
         return Some(Json::Object(Map::from_iter([(LEFT_OUT_KEY.to_string(), Json::String(note))])).to_string());
     }
     // kamadak-exif parses lazily: this reads the entries' positions, not their values.
-    let exif = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)).ok()?;
+    let exif = read(bytes)?;
     let tiff = Tiff { buf: exif.buf(), le: exif.little_endian() };
     let mut entries = tiff.entries();
     // Tags that EXIF defines come first, so that entries a stranger invented cannot spend the budget before
@@ -123,6 +123,17 @@ pub fn exif_json(bytes: &[u8]) -> Option<String> {
         tags.insert(LEFT_OUT_KEY.to_string(), Json::String(note));
     }
     (!tags.is_empty()).then(|| Json::Object(tags).to_string())
+}
+
+/// An image's EXIF, parsed lazily. A JPEG's comes from its header (`jpeg::exif_segment`): kamadak-exif's own
+/// reader walks a JPEG without EXIF to its end, copying the entropy-coded data as it goes, which cost more
+/// than resizing. Other formats through kamadak-exif, which walks their chunks.
+pub fn read(bytes: &[u8]) -> Option<exif::Exif> {
+    if bytes.starts_with(&[0xff, 0xd8]) {
+        let tiff = super::jpeg::exif_segment(bytes)?;
+        return exif::Reader::new().read_raw(tiff.to_vec()).ok();
+    }
+    exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)).ok()
 }
 
 /// The size of a PNG's `eXIf` chunk or a WebP's `EXIF` chunk, found without reading it. A JPEG's EXIF fits

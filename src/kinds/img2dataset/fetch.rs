@@ -242,24 +242,24 @@ impl Fetcher {
             None => held.shrink_to(CONNECTION + first),
         }
         let mut reader = body.with_config().limit(max).reader();
-        let mut bytes = vec![0u8; first as usize];
-        let mut filled = 0;
+        // Read into the spare capacity (`read_to_end` within a `take` of it), not into a zeroed buffer: zeroing
+        // a body's worth of fresh memory first cost as much as receiving it.
+        let mut bytes = Vec::with_capacity(first as usize);
         loop {
-            if filled == bytes.len() {
+            if bytes.len() == bytes.capacity() {
                 // Up to a byte past the cap, where the reader's limit says the body is too large.
-                let more = (bytes.len() as u64).clamp(64 << 10, 8 << 20).min(max + 1 - filled as u64);
+                let more = (bytes.len() as u64).clamp(64 << 10, 8 << 20).min(max + 1 - bytes.len() as u64);
                 held.grow(more, &self.cancel).map_err(|_| interrupted())?;
                 bytes.reserve_exact(more as usize);
-                bytes.resize(filled + more as usize, 0);
             }
-            match reader.read(&mut bytes[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            let spare = (bytes.capacity() - bytes.len()) as u64;
+            match (&mut reader).take(spare).read_to_end(&mut bytes) {
+                Ok(n) if (n as u64) < spare => break,
+                Ok(_) => {}
                 Err(e) => return Err(ureq::Error::from(e)),
             }
         }
-        bytes.truncate(filled);
+        let filled = bytes.len();
         if bytes.capacity() - filled > 64 << 10 {
             bytes.shrink_to_fit();
         }

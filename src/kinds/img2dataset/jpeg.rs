@@ -143,9 +143,10 @@ fn refused(e: &turbojpeg::Error) -> Option<Result<Decoded, String>> {
     None
 }
 
-/// Where the next 0xFF from `at` is; the end when there is none.
+/// Where the next 0xFF from `at` is; the end when there is none. (memchr: entropy-coded data is most of a
+/// file, and a byte-at-a-time search cost a percent of a build.)
 fn next_ff(bytes: &[u8], at: usize) -> usize {
-    bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0xff)).map_or(bytes.len(), |p| at + p)
+    bytes.get(at..).and_then(|rest| memchr::memchr(0xff, rest)).map_or(bytes.len(), |p| at + p)
 }
 
 /// Why a JPEG's data ends before its end-of-image marker, walking its markers as libjpeg reads them:
@@ -196,9 +197,39 @@ fn largest_reduction(w: u32, h: u32, tw: u32, th: u32) -> ScalingFactor {
         .unwrap_or(ScalingFactor::ONE)
 }
 
+/// The TIFF data of a JPEG's EXIF: the first APP1 segment that starts `Exif\0\0`, looked for in the header
+/// only (up to the first scan, where libjpeg and exifread look too). `None` for a JPEG without one, or one
+/// whose header is cut or malformed.
+pub fn exif_segment(bytes: &[u8]) -> Option<&[u8]> {
+    let mut at = 2; // after SOI
+    loop {
+        // The next marker, past stray bytes and fill bytes.
+        at = next_ff(bytes, at);
+        while bytes.get(at) == Some(&0xff) {
+            at += 1;
+        }
+        let marker = *bytes.get(at)?;
+        at += 1;
+        match marker {
+            0x00 | 0x01 | 0xd0..=0xd7 => continue,
+            // SOI, EOI, SOS: no EXIF in the header.
+            0xd8..=0xda => return None,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+        let segment = bytes.get(at + 2..(at + len).max(at + 2))?;
+        if marker == 0xe1
+            && let Some(tiff) = segment.strip_prefix(b"Exif\0\0")
+        {
+            return Some(tiff);
+        }
+        at += len.max(2);
+    }
+}
+
 /// The EXIF orientation, read from the APP1 segment without decoding anything.
 fn orientation(bytes: &[u8]) -> Orientation {
-    let Ok(exif) = exif::Reader::new().read_from_container(&mut std::io::Cursor::new(bytes)) else {
+    let Some(exif) = super::exif::read(bytes) else {
         return Orientation::NoTransforms;
     };
     exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)
@@ -257,6 +288,32 @@ pub(super) mod tests {
         }
         out.extend_from_slice(&jpeg[eoi..]);
         out
+    }
+
+    /// A JPEG's EXIF is the first `Exif` APP1 segment of its header (after other APP segments); one after the
+    /// first scan is not looked for, nor anything in a header that is cut.
+    #[test]
+    fn exif_is_read_from_the_header_only() {
+        let jpeg = with_extra_scans(0);
+        let tiff: &[u8] = b"II*\0\x08\0\0\0\0\0";
+        let segment = |marker: u8, body: &[u8]| {
+            let mut s = vec![0xff, marker];
+            s.extend(((body.len() + 2) as u16).to_be_bytes());
+            s.extend_from_slice(body);
+            s
+        };
+        let exif = segment(0xe1, &[b"Exif\0\0", tiff].concat());
+        let mut with = jpeg[..2].to_vec();
+        with.extend(segment(0xe0, b"JFIF\0\x01\x02"));
+        with.extend(segment(0xe1, b"http://ns.adobe.com/xap/1.0/\0"));
+        with.extend(&exif);
+        with.extend(&jpeg[2..]);
+        assert_eq!(exif_segment(&with), Some(tiff));
+        assert_eq!(exif_segment(&jpeg), None);
+        assert_eq!(exif_segment(&with[..with.len() - jpeg.len() + 2 - 4]), None, "cut in the segment");
+        let eoi = jpeg.len() - 2;
+        let after = [&jpeg[..eoi], &exif, &jpeg[eoi..]].concat();
+        assert_eq!(exif_segment(&after), None, "after the first scan");
     }
 
     /// The scan limit stops libjpeg-turbo at scan 101, and the general decoder is not tried after it.

@@ -30,6 +30,11 @@ pub struct Processed {
     pub original_height: u32,
 }
 
+/// Pixel buffers up to this size are kept between images; see `decoding::POOL` for larger ones.
+pub const SMALL: usize = 16 << 20;
+/// Largest pixel buffer kept at all: a 3840×2400 wallpaper decoded whole (a PNG) is 27.6 MB.
+pub const LARGE: usize = 32 << 20;
+
 /// Per-thread state reused across images (a pool per shard): fresh multi-megabyte pixel buffers per image
 /// cost more in page faults and zeroing than the decoding itself.
 #[derive(Default)]
@@ -39,10 +44,14 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A buffer grown for a large image (a full-size decode of over 5 megapixels) is not kept: scratches
-    /// wait in a pool outside the memory budget, so what they keep idle stays small.
-    pub fn shrink_after_huge_image(&mut self) {
-        if self.pixels.capacity() > 16 << 20 {
+    /// Whether the pixel buffer is over `SMALL` bytes (a full-size decode of over 5 megapixels).
+    pub fn is_large(&self) -> bool {
+        self.pixels.capacity() > SMALL
+    }
+
+    /// Lets go of the pixel buffer if it is over `max` bytes.
+    pub fn shrink_past(&mut self, max: usize) {
+        if self.pixels.capacity() > max {
             self.pixels = Vec::new();
         }
     }
@@ -103,7 +112,7 @@ pub fn process_within(
             let resized = resize((pixels, width, height), nw, nh, downscale)?;
             Some(match o.mode {
                 ResizeMode::CenterCrop => center_crop(&resized, o.image_size),
-                ResizeMode::Border => pad_white(&resized, o.image_size),
+                ResizeMode::Border => pad_white(&resized, o.image_size)?,
                 _ => resized,
             })
         }
@@ -246,12 +255,20 @@ fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
     image::imageops::crop_imm(img, x, y, cw, ch).to_image()
 }
 
-fn pad_white(img: &RgbImage, size: u32) -> RgbImage {
+/// Centred on white, row by row (`imageops::replace` goes pixel by pixel).
+fn pad_white(img: &RgbImage, size: u32) -> Result<RgbImage, String> {
     let (w, h) = img.dimensions();
     let (tw, th) = (size.max(w), size.max(h));
-    let mut out = RgbImage::from_pixel(tw, th, image::Rgb([255, 255, 255]));
-    image::imageops::replace(&mut out, img, i64::from((tw - w) / 2), i64::from((th - h) / 2));
-    out
+    let (x, y) = (((tw - w) / 2) as usize, ((th - h) / 2) as usize);
+    let (row, out_row) = (w as usize * 3, tw as usize * 3);
+    let mut out = vec![255u8; out_row * th as usize];
+    if row > 0 {
+        for (r, src) in img.as_raw().chunks_exact(row).enumerate() {
+            let at = (y + r) * out_row + x * 3;
+            out[at..at + row].copy_from_slice(src);
+        }
+    }
+    RgbImage::from_raw(tw, th, out).ok_or_else(|| "resize error: bad buffer".to_string())
 }
 
 fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions, codec: &mut jpeg::Codec) -> Result<Vec<u8>, String> {

@@ -333,8 +333,9 @@ fn one_row(
             return Some(fail("failed_to_download", "hash mismatch".to_string()));
         }
     }
-    let processed =
-        decoding::decode(cx.memory, cx.cancel, |scratch, admit| process::process_within(bytes, popts, scratch, admit));
+    let processed = decoding::decode(cx.memory, cx.cancel, decoding::decodes_large(bytes), |scratch, admit| {
+        process::process_within(bytes, popts, scratch, admit)
+    });
     Some(match processed.ok()? {
         Ok(image) => {
             let exif = if s.extract_exif { exif_json(bytes) } else { None };
