@@ -41,7 +41,7 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
         let target = &source.targets[t];
         let dir = &workspace.pipeline.steps[target.step].dir;
         let record = source.record(t).context("a fresh target has a manifest")?;
-        let manifest_at = manifest_path(dir, &target.shard);
+        let manifest_at = manifest_path(dir, target.shard());
         to.delete(&manifest_at)?;
         for output in &record.outputs {
             let path = join(dir, &output.name);

@@ -115,7 +115,7 @@ impl Job {
                 };
                 let expect = match (&input.source, record) {
                     (None, Some(record)) => Some(Expected {
-                        manifest: manifest_path(dir, &input.shard),
+                        manifest: manifest_path(dir, input.shard()),
                         key: record.key.to_string(),
                         outputs: record.outputs.clone(),
                     }),
@@ -123,7 +123,7 @@ impl Job {
                 };
                 JobInput {
                     target: input.name.clone(),
-                    shard: input.shard.clone(),
+                    shard: input.shard().to_string(),
                     files,
                     rows: record.and_then(|r| r.rows),
                     pending: None,
@@ -136,7 +136,7 @@ impl Job {
             pipeline: pipeline.name.clone(),
             target: target.name.clone(),
             step: step.name.clone(),
-            shard: target.shard.clone(),
+            shard: target.shard().to_string(),
             dir: step.dir.clone(),
             key: target.key.to_string(),
             key_parts: plan.key_parts(pipeline, t),

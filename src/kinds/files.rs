@@ -2,10 +2,11 @@
 //! content. A source: nothing is built, downstream steps read the files where they are.
 
 use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards, SourceFile};
-use crate::util::glob;
+use crate::util::{glob, walk};
 use anyhow::{Context, bail};
+use rayon::prelude::*;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
 pub struct Files;
@@ -53,46 +54,44 @@ impl Kind for Files {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let base_dir = cx.base_dir;
-        let mut found: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+        // (shard id, path, metadata) of every match, in the order of the patterns.
+        let mut found: Vec<(String, PathBuf, Metadata)> = Vec::new();
         for pattern in &s.paths {
             let full = base_dir.join(pattern);
             let base = literal_base(&full);
-            let mut matched = 0;
-            for path in matches(&full, &base).with_context(|| format!("cannot search `{pattern}`"))? {
-                matched += 1;
-                let id = path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned();
-                let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
-                match found.get(&id) {
-                    Some((other, _)) if *other != path => bail!(
-                        "`{}` and `{}` would both be shard `{id}`: use globs whose matches have distinct names",
-                        other.display(),
-                        path.display()
-                    ),
-                    _ => {
-                        found.insert(id, (path, display));
-                    }
-                }
-            }
-            if matched == 0 {
+            let matched = matches(&full, &base).with_context(|| format!("cannot search `{pattern}`"))?;
+            if matched.is_empty() {
                 bail!("`{pattern}` matches no file (relative to {})", shown_dir(base_dir));
             }
+            found.extend(matched.into_iter().map(|(path, meta)| {
+                (path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned(), path, meta)
+            }));
         }
-        let paths: Vec<PathBuf> = found.values().map(|(p, _)| p.clone()).collect();
-        let identities = cx.stat_cache.identities(&paths)?;
-        // Folders that a glob matched are not shards.
-        Ok(Shards::Known(
-            found
-                .into_iter()
-                .zip(identities)
-                .filter_map(|(entry, identity)| Some((entry, identity?)))
-                .map(|((id, (path, display)), identity)| ShardSpec {
-                    id,
-                    coords: json!({}),
-                    inputs: Vec::new(),
-                    source: Some(SourceFile { path, display, size: identity.size, blake3: identity.blake3 }),
-                })
-                .collect(),
-        ))
+        // By id; a stable sort keeps the first pattern's match first among equal ids.
+        found.par_sort_by(|a, b| a.0.cmp(&b.0));
+        let mut unique: Vec<(String, PathBuf, Metadata)> = Vec::with_capacity(found.len());
+        for (id, path, meta) in found {
+            match unique.last() {
+                Some((last, other, _)) if *last == id && *other != path => bail!(
+                    "`{}` and `{}` would both be shard `{id}`: use globs whose matches have distinct names",
+                    other.display(),
+                    path.display()
+                ),
+                Some((last, _, _)) if *last == id => {}
+                _ => unique.push((id, path, meta)),
+            }
+        }
+        let specs: Vec<Option<ShardSpec>> = unique
+            .into_par_iter()
+            .map(|(id, path, meta)| {
+                // Folders that a glob matched (and other files that are not regular) are not shards.
+                let Some(identity) = cx.stat_cache.identity_of(&path, &meta)? else { return Ok(None) };
+                let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
+                let source = SourceFile { path, display, size: identity.size, blake3: identity.blake3 };
+                Ok(Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(source) }))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Shards::Known(specs.into_iter().flatten().collect()))
     }
 
     fn build(&self, _: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
@@ -100,29 +99,15 @@ impl Kind for Files {
     }
 }
 
-/// Files under `base` that the pattern `full` matches. A walk of the folder (entry types come with the
-/// directory entries: no stat per file) with ripgrep's glob matcher; `*` stays within one folder, `**`
+/// Files under `base` that the pattern `full` matches, with their metadata (see `util::walk`: one stat
+/// per file, relative to its folder), matched with ripgrep's glob matcher; `*` stays within one folder, `**`
 /// crosses folders.
-fn matches(full: &Path, base: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn matches(full: &Path, base: &Path) -> anyhow::Result<Vec<(PathBuf, Metadata)>> {
     let relative = full.strip_prefix(base).unwrap_or(full);
     let pattern = relative.to_string_lossy();
     let matcher = glob(&pattern)?.compile_matcher();
     let depth = if pattern.contains("**") { usize::MAX } else { relative.components().count() };
-    let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(base).min_depth(1).max_depth(depth).follow_links(true) {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if entry.file_type().is_dir() {
-            continue;
-        }
-        if entry.path().strip_prefix(base).is_ok_and(|rel| matcher.is_match(rel)) {
-            out.push(entry.into_path());
-        }
-    }
-    Ok(out)
+    walk::files(base, depth, |rel| matcher.is_match(rel))
 }
 
 fn shown_dir(dir: &Path) -> String {
