@@ -2,6 +2,7 @@
 //! content. A source: nothing is built, downstream steps read the files where they are.
 
 use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards, SourceFile};
+use crate::util::stat_cache::Identity;
 use crate::util::{glob, walk};
 use anyhow::{Context, bail};
 use rayon::prelude::*;
@@ -54,44 +55,46 @@ impl Kind for Files {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let base_dir = cx.base_dir;
-        // (shard id, path, metadata) of every match, in the order of the patterns.
-        let mut found: Vec<(String, PathBuf, Metadata)> = Vec::new();
+        // (shard id, path, identity) of every match, in the order of the patterns; no identity for what is
+        // not a regular file (a folder a glob matched): it is matched, but not a shard.
+        let mut found: Vec<(String, PathBuf, Option<Identity>)> = Vec::new();
         for pattern in &s.paths {
             let full = base_dir.join(pattern);
             let base = literal_base(&full);
-            let matched = matches(&full, &base).with_context(|| format!("cannot search `{pattern}`"))?;
+            let identity = |path: PathBuf, meta: &Metadata| {
+                let identity = cx.stat_cache.identity_of(&path, meta)?;
+                Ok(Some((path, identity)))
+            };
+            let matched = matches(&full, &base, identity).with_context(|| format!("cannot search `{pattern}`"))?;
             if matched.is_empty() {
                 bail!("`{pattern}` matches no file (relative to {})", shown_dir(base_dir));
             }
-            found.extend(matched.into_iter().map(|(path, meta)| {
-                (path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned(), path, meta)
+            found.extend(matched.into_iter().map(|(path, identity)| {
+                (path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned(), path, identity)
             }));
         }
         // By id; a stable sort keeps the first pattern's match first among equal ids.
         found.par_sort_by(|a, b| a.0.cmp(&b.0));
-        let mut unique: Vec<(String, PathBuf, Metadata)> = Vec::with_capacity(found.len());
-        for (id, path, meta) in found {
-            match unique.last() {
-                Some((last, other, _)) if *last == id && *other != path => bail!(
-                    "`{}` and `{}` would both be shard `{id}`: use globs whose matches have distinct names",
-                    other.display(),
-                    path.display()
-                ),
-                Some((last, _, _)) if *last == id => {}
-                _ => unique.push((id, path, meta)),
-            }
+        if let Some(pair) = found.windows(2).find(|pair| pair[0].0 == pair[1].0 && pair[0].1 != pair[1].1) {
+            bail!(
+                "`{}` and `{}` would both be shard `{}`: use globs whose matches have distinct names",
+                pair[0].1.display(),
+                pair[1].1.display(),
+                pair[0].0
+            );
         }
-        let specs: Vec<Option<ShardSpec>> = unique
-            .into_par_iter()
-            .map(|(id, path, meta)| {
-                // Folders that a glob matched (and other files that are not regular) are not shards.
-                let Some(identity) = cx.stat_cache.identity_of(&path, &meta)? else { return Ok(None) };
-                let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
-                let source = SourceFile { path, display, size: identity.size, blake3: identity.blake3 };
-                Ok(Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(source) }))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Shards::Known(specs.into_iter().flatten().collect()))
+        found.dedup_by(|later, first| later.0 == first.0);
+        Ok(Shards::Known(
+            found
+                .into_par_iter()
+                .filter_map(|(id, path, identity)| {
+                    let identity = identity?;
+                    let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
+                    let source = SourceFile { path, display, size: identity.size, blake3: identity.blake3 };
+                    Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(source) })
+                })
+                .collect(),
+        ))
     }
 
     fn build(&self, _: &Settings, cx: &BuildCx) -> anyhow::Result<Built> {
@@ -99,15 +102,19 @@ impl Kind for Files {
     }
 }
 
-/// Files under `base` that the pattern `full` matches, with their metadata (see `util::walk`: one stat
-/// per file, relative to its folder), matched with ripgrep's glob matcher; `*` stays within one folder, `**`
+/// What `visit` makes of each file under `base` that the pattern `full` matches, and of its metadata (see
+/// `util::walk`: one stat per file, relative to its folder), matched with ripgrep's glob matcher; `*` stays within one folder, `**`
 /// crosses folders.
-fn matches(full: &Path, base: &Path) -> anyhow::Result<Vec<(PathBuf, Metadata)>> {
+fn matches<T: Send>(
+    full: &Path,
+    base: &Path,
+    visit: impl Fn(PathBuf, &Metadata) -> anyhow::Result<Option<T>> + Sync,
+) -> anyhow::Result<Vec<T>> {
     let relative = full.strip_prefix(base).unwrap_or(full);
     let pattern = relative.to_string_lossy();
     let matcher = glob(&pattern)?.compile_matcher();
     let depth = if pattern.contains("**") { usize::MAX } else { relative.components().count() };
-    walk::files(base, depth, |rel| matcher.is_match(rel))
+    walk::files(base, depth, |rel| matcher.is_match(rel), visit)
 }
 
 fn shown_dir(dir: &Path) -> String {

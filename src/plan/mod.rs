@@ -155,7 +155,7 @@ impl Plan {
     /// What the store holds for target `t` (its current manifest, fresh or not).
     pub fn record(&self, t: usize) -> Option<&Record> {
         let target = &self.targets[t];
-        self.states[target.step].as_ref()?.records.get(target.shard())
+        self.states[target.step].as_ref()?.records.get(target.shard()).map(|r| &**r)
     }
 
     /// Everything that went into target `t`'s key, for its manifest and for explaining a change. Built on
@@ -321,7 +321,7 @@ pub fn make(
                     spec.source.as_ref().map(|f| SourceIdentity { blake3: &f.blake3, path: &f.display }).as_ref(),
                 );
                 let name = format!("{}/{}", step.name, spec.id);
-                let record = state.and_then(|st| st.records.get(&spec.id));
+                let record = state.and_then(|st| st.records.get(&spec.id)).map(|r| &**r);
                 // A retried build stands for the key its settings and inputs give (and, while fresh, what reads
                 // it sees its own key); anything rebuilt from scratch goes back to that key.
                 let retried = record
