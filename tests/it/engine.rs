@@ -535,6 +535,8 @@ fn the_json_plan_streams_in_the_memory_of_the_plan() {
     let peak = |format: &str| -> (i64, u64) {
         let out = s.path(&format!("plan.{format}"));
         let mut cmd = s.command(&["plan", "pipeline.toml", "--format", format]);
+        // Reaped by wait4 below, which gives its rusage (Child::wait does not).
+        #[allow(clippy::zombie_processes)]
         let child = cmd.stdout(std::fs::File::create(&out).unwrap()).spawn().expect("run dsmake");
         let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
         // SAFETY: the child is ours and not yet reaped; both pointers are to live locals.
