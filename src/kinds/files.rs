@@ -70,7 +70,7 @@ impl Kind for Files {
                 bail!("`{pattern}` matches no file (relative to {})", shown_dir(base_dir));
             }
             found.extend(matched.into_iter().map(|(path, identity)| {
-                (path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned(), path, identity)
+                (walk::relative(&path, &base).unwrap_or(&path).to_string_lossy().into_owned(), path, identity)
             }));
         }
         // By id; a stable sort keeps the first pattern's match first among equal ids.
@@ -89,7 +89,7 @@ impl Kind for Files {
                 .into_par_iter()
                 .filter_map(|(id, path, identity)| {
                     let identity = identity?;
-                    let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
+                    let display = walk::relative(&path, base_dir).unwrap_or(&path).to_string_lossy().into_owned();
                     let source = SourceFile { path, display, size: identity.size, blake3: identity.blake3 };
                     Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(source) })
                 })

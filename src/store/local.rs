@@ -43,7 +43,7 @@ impl Store for LocalStore {
         let prefix = prefix.trim_end_matches('/');
         let dir = self.path(prefix);
         let object = |path: PathBuf, meta: &fs::Metadata| {
-            let rel = path.strip_prefix(&dir).ok().and_then(Path::to_str);
+            let rel = crate::util::walk::relative(&path, &dir).and_then(Path::to_str);
             Ok(rel.map(|rel| meta_of(super::join(prefix, rel), meta)))
         };
         crate::util::walk::files(&dir, usize::MAX, |_| true, object)

@@ -5,8 +5,10 @@
 
 use anyhow::{Context, bail};
 use rayon::prelude::*;
+use std::ffi::OsStr;
 use std::fs::{self, DirEntry, Metadata};
 use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -74,7 +76,7 @@ pub fn files<T: Send>(
                 }
                 continue;
             }
-            if path.strip_prefix(base).is_ok_and(&keep) {
+            if relative(&path, base).is_some_and(&keep) {
                 kept.push((path, entry, linked.map(Box::new)));
                 if kept.len() == BATCH {
                     stat_and_visit(&mut kept, &visit, &mut out)?;
@@ -84,6 +86,18 @@ pub fn files<T: Send>(
         stat_and_visit(&mut kept, &visit, &mut out)?;
     }
     Ok(out)
+}
+
+/// `path` relative to `base`, where `path` is `base` joined with more: by its bytes, as `Path::strip_prefix`
+/// would give it after parsing both into components, which a walk of 10⁶ files pays for.
+pub fn relative<'a>(path: &'a Path, base: &Path) -> Option<&'a Path> {
+    let (bytes, head) = (path.as_os_str().as_bytes(), base.as_os_str().as_bytes());
+    match bytes.strip_prefix(head) {
+        Some([b'/', rest @ ..]) if !head.is_empty() && !head.ends_with(b"/") => {
+            Some(Path::new(OsStr::from_bytes(rest)))
+        }
+        _ => path.strip_prefix(base).ok(),
+    }
 }
 
 fn stat_and_visit<T: Send>(
@@ -120,6 +134,14 @@ mod tests {
         let mut found: Vec<String> = files(base, depth, keep, name).unwrap();
         found.sort();
         found
+    }
+
+    #[test]
+    fn relative_paths_match_strip_prefix() {
+        for (path, base) in [("/a/b/c.txt", "/a"), ("/a/b/c.txt", "/a/"), ("a/b", "a"), ("/ab/c", "/a"), ("x/y", "")] {
+            let (path, base) = (Path::new(path), Path::new(base));
+            assert_eq!(relative(path, base), path.strip_prefix(base).ok(), "{path:?} in {base:?}");
+        }
     }
 
     #[test]
