@@ -42,7 +42,7 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
         let target = &source.targets[t];
         let dir = &workspace.pipeline.steps[target.step].dir;
         let record = source.record(t).context("a fresh target has a manifest")?;
-        let manifest_at = manifest_path(dir, &target.shard);
+        let manifest_at = manifest_path(dir, target.shard());
         let bytes_of = from.read(&manifest_at)?.with_context(|| format!("{manifest_at} vanished"))?;
         let mut manifest = Manifest::parse(&bytes_of, &manifest_at)?;
         if manifest.key != record.key.to_string() {

@@ -118,7 +118,7 @@ impl Job {
                 };
                 let expect = match (&input.source, record) {
                     (None, Some(record)) => Some(Expected {
-                        manifest: manifest_path(dir, &input.shard),
+                        manifest: manifest_path(dir, input.shard()),
                         key: record.key.to_string(),
                         outputs: record.outputs.clone(),
                     }),
@@ -126,7 +126,7 @@ impl Job {
                 };
                 JobInput {
                     target: input.name.clone(),
-                    shard: input.shard.clone(),
+                    shard: input.shard().to_string(),
                     files,
                     rows: record.and_then(|r| r.rows),
                     pending: None,
@@ -139,7 +139,7 @@ impl Job {
             pipeline: pipeline.name.clone(),
             target: target.name.clone(),
             step: step.name.clone(),
-            shard: target.shard.clone(),
+            shard: target.shard().to_string(),
             dir: step.dir.clone(),
             key: target.key.to_string(),
             key_parts: plan.key_parts(pipeline, t),
@@ -154,7 +154,7 @@ impl Job {
                     .map(|r| r.outputs.iter().map(|o| JobFile::Store(join(&step.dir, &o.name))).collect())
                     .unwrap_or_default(),
                 expect: plan.record(t).map(|r| Expected {
-                    manifest: manifest_path(&step.dir, &target.shard),
+                    manifest: manifest_path(&step.dir, target.shard()),
                     key: r.key.to_string(),
                     outputs: r.outputs.clone(),
                 }),

@@ -116,7 +116,7 @@ async fn run_round(
                 progress.done(&name, outcome.manifest.duration_s);
                 let target = &plan.targets[t];
                 if let Some(state) = plan.states[target.step].as_mut() {
-                    state.insert(&target.shard, record.clone());
+                    state.insert(target.shard(), record.clone());
                 }
                 built.insert(t, record);
                 for &d in dependents.get(&t).into_iter().flatten() {

@@ -1,5 +1,6 @@
 //! Shards: how a step's targets are derived from its inputs' targets.
 
+use crate::util::digest::Digest;
 use serde_json::{Value, json};
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -22,7 +23,8 @@ pub struct SourceFile {
     /// The path as the user wrote it, relative to the pipeline file; shown in plans.
     pub display: String,
     pub size: u64,
-    pub blake3: String,
+    /// The content's blake3, as bytes: a plan holds one per source file.
+    pub blake3: Digest,
 }
 
 #[derive(Debug)]

@@ -2,10 +2,12 @@
 //! content. A source: nothing is built, downstream steps read the files where they are.
 
 use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards, SourceFile};
-use crate::util::glob;
+use crate::util::stat_cache::Identity;
+use crate::util::{glob, walk};
 use anyhow::{Context, bail};
+use rayon::prelude::*;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
 pub struct Files;
@@ -53,43 +55,43 @@ impl Kind for Files {
 
     fn shards(&self, s: &Settings, cx: &ShardCx) -> anyhow::Result<Shards> {
         let base_dir = cx.base_dir;
-        let mut found: BTreeMap<String, (PathBuf, String)> = BTreeMap::new();
+        // (shard id, path, identity) of every match, in the order of the patterns; no identity for what is
+        // not a regular file (a folder a glob matched): it is matched, but not a shard.
+        let mut found: Vec<(String, PathBuf, Option<Identity>)> = Vec::new();
         for pattern in &s.paths {
             let full = base_dir.join(pattern);
             let base = literal_base(&full);
-            let mut matched = 0;
-            for path in matches(&full, &base).with_context(|| format!("cannot search `{pattern}`"))? {
-                matched += 1;
-                let id = path.strip_prefix(&base).unwrap_or(&path).to_string_lossy().into_owned();
-                let display = path.strip_prefix(base_dir).unwrap_or(&path).to_string_lossy().into_owned();
-                match found.get(&id) {
-                    Some((other, _)) if *other != path => bail!(
-                        "`{}` and `{}` would both be shard `{id}`: use globs whose matches have distinct names",
-                        other.display(),
-                        path.display()
-                    ),
-                    _ => {
-                        found.insert(id, (path, display));
-                    }
-                }
-            }
-            if matched == 0 {
+            let identity = |path: PathBuf, meta: &Metadata| {
+                let identity = cx.stat_cache.identity_of(&path, meta)?;
+                Ok(Some((path, identity)))
+            };
+            let matched = matches(&full, &base, identity).with_context(|| format!("cannot search `{pattern}`"))?;
+            if matched.is_empty() {
                 bail!("`{pattern}` matches no file (relative to {})", shown_dir(base_dir));
             }
+            found.extend(matched.into_iter().map(|(path, identity)| {
+                (walk::relative(&path, &base).unwrap_or(&path).to_string_lossy().into_owned(), path, identity)
+            }));
         }
-        let paths: Vec<PathBuf> = found.values().map(|(p, _)| p.clone()).collect();
-        let identities = cx.stat_cache.identities(&paths)?;
-        // Folders that a glob matched are not shards.
+        // By id; a stable sort keeps the first pattern's match first among equal ids.
+        found.par_sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = found.windows(2).find(|pair| pair[0].0 == pair[1].0 && pair[0].1 != pair[1].1) {
+            bail!(
+                "`{}` and `{}` would both be shard `{}`: use globs whose matches have distinct names",
+                pair[0].1.display(),
+                pair[1].1.display(),
+                pair[0].0
+            );
+        }
+        found.dedup_by(|later, first| later.0 == first.0);
         Ok(Shards::Known(
             found
-                .into_iter()
-                .zip(identities)
-                .filter_map(|(entry, identity)| Some((entry, identity?)))
-                .map(|((id, (path, display)), identity)| ShardSpec {
-                    id,
-                    coords: json!({}),
-                    inputs: Vec::new(),
-                    source: Some(SourceFile { path, display, size: identity.size, blake3: identity.blake3 }),
+                .into_par_iter()
+                .filter_map(|(id, path, identity)| {
+                    let identity = identity?;
+                    let display = walk::relative(&path, base_dir).unwrap_or(&path).to_string_lossy().into_owned();
+                    let source = SourceFile { path, display, size: identity.size, blake3: identity.blake3 };
+                    Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(source) })
                 })
                 .collect(),
         ))
@@ -100,29 +102,19 @@ impl Kind for Files {
     }
 }
 
-/// Files under `base` that the pattern `full` matches. A walk of the folder (entry types come with the
-/// directory entries: no stat per file) with ripgrep's glob matcher; `*` stays within one folder, `**`
+/// What `visit` makes of each file under `base` that the pattern `full` matches, and of its metadata (see
+/// `util::walk`: one stat per file, relative to its folder), matched with ripgrep's glob matcher; `*` stays within one folder, `**`
 /// crosses folders.
-fn matches(full: &Path, base: &Path) -> anyhow::Result<Vec<PathBuf>> {
+fn matches<T: Send>(
+    full: &Path,
+    base: &Path,
+    visit: impl Fn(PathBuf, &Metadata) -> anyhow::Result<Option<T>> + Sync,
+) -> anyhow::Result<Vec<T>> {
     let relative = full.strip_prefix(base).unwrap_or(full);
     let pattern = relative.to_string_lossy();
     let matcher = glob(&pattern)?.compile_matcher();
     let depth = if pattern.contains("**") { usize::MAX } else { relative.components().count() };
-    let mut out = Vec::new();
-    for entry in walkdir::WalkDir::new(base).min_depth(1).max_depth(depth).follow_links(true) {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if entry.file_type().is_dir() {
-            continue;
-        }
-        if entry.path().strip_prefix(base).is_ok_and(|rel| matcher.is_match(rel)) {
-            out.push(entry.into_path());
-        }
-    }
-    Ok(out)
+    walk::files(base, depth, |rel| matcher.is_match(rel), visit)
 }
 
 fn shown_dir(dir: &Path) -> String {

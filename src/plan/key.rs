@@ -35,7 +35,7 @@ pub fn retry_key(of_key: &str, attempt: u32) -> Digest {
 /// with sorted keys has them, so both encodings agree).
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceIdentity<'a> {
-    pub blake3: &'a str,
+    pub blake3: &'a Digest,
     pub path: &'a str,
 }
 
@@ -138,8 +138,9 @@ mod tests {
         let inputs = p.inputs.iter().zip(&digests).map(|(i, d)| (i.target.as_str(), d));
         assert_eq!(keyer.key(&p.shard, &p.coords, inputs, None).to_string(), p.key());
 
-        let source = SourceIdentity { blake3: "abc", path: "data/a.txt" };
-        p.source = Some(json!({"path": "data/a.txt", "blake3": "abc"}));
+        let digest = Digest::from(blake3::hash(b"abc"));
+        let source = SourceIdentity { blake3: &digest, path: "data/a.txt" };
+        p.source = Some(json!({"path": "data/a.txt", "blake3": digest.to_string()}));
         p.inputs.clear();
         assert_eq!(keyer.key(&p.shard, &p.coords, std::iter::empty(), Some(&source)).to_string(), p.key());
     }

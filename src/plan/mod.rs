@@ -58,6 +58,13 @@ pub enum Action {
     Blocked,
 }
 
+impl Target {
+    /// The shard id, unique within the step.
+    pub fn shard(&self) -> &str {
+        &self.name[self.shard_at..]
+    }
+}
+
 impl Action {
     /// As plans print it (and as JSON spells it).
     pub fn name(self) -> &'static str {
@@ -78,9 +85,9 @@ impl Action {
 #[derive(Debug)]
 pub struct Target {
     pub step: usize,
-    pub shard: String,
-    /// `step/shard`
+    /// `step/shard`: the shard id is its tail ([`Target::shard`]), so a target holds one string, not two.
     pub name: String,
+    shard_at: usize,
     pub key: Digest,
     /// This shard's slice of its inputs (part of the key).
     pub coords: serde_json::Value,
@@ -159,7 +166,7 @@ impl Plan {
     /// What the store holds for target `t` (its current manifest, fresh or not).
     pub fn record(&self, t: usize) -> Option<&Record> {
         let target = &self.targets[t];
-        self.states[target.step].as_ref()?.records.get(&target.shard)
+        self.states[target.step].as_ref()?.records.get(target.shard()).map(|r| &**r)
     }
 
     /// Everything that went into target `t`'s key, for its manifest and for explaining a change. Built on
@@ -171,7 +178,7 @@ impl Plan {
             kind: step.kind.name().to_string(),
             kind_version: step.kind.version(),
             settings: step.settings.clone(),
-            shard: target.shard.clone(),
+            shard: target.shard().to_string(),
             coords: target.coords.clone(),
             inputs: target
                 .inputs
@@ -238,7 +245,18 @@ pub fn make(
     let mut views: Vec<Vec<InputShard>> = Vec::with_capacity(pipeline.steps.len());
     let mut stale_to_explain = Vec::new();
 
+    // The last step that reads each step: its view is dropped once that one is planned.
+    let mut last_reader = vec![0; pipeline.steps.len()];
+    for s in 0..pipeline.steps.len() {
+        for i in pipeline.inputs_of(s) {
+            last_reader[i] = s;
+        }
+    }
+
     for (s, step) in pipeline.steps.iter().enumerate() {
+        for (view, _) in views.iter_mut().zip(&last_reader).filter(|(_, last)| **last < s) {
+            *view = Vec::new();
+        }
         let inputs = pipeline.inputs_of(s);
         let first = plan.targets.len();
         let waiting = inputs.iter().find(|&&i| plan.steps[i].unknown.is_some());
@@ -302,67 +320,73 @@ pub fn make(
         let forced = options.force.contains(&step.name);
         let retrying = options.retry_failed.contains(&step.name);
         let keyer = StepKeyer::new(step.kind.name(), step.kind.version(), &step.settings);
-        plan.targets.reserve(specs.len());
-        for spec in specs {
-            if !is_valid_shard_id(&spec.id) {
-                bail!("step `{}` made an invalid shard id `{}`", step.name, spec.id);
-            }
-            let input_targets: Vec<usize> =
-                spec.inputs.iter().map(|&(from, shard)| plan.steps[inputs[from]].targets.start + shard).collect();
-            let key = keyer.key(
-                &spec.id,
-                &spec.coords,
-                input_targets.iter().map(|&t| (plan.targets[t].name.as_str(), &plan.targets[t].key)),
-                spec.source.as_ref().map(|f| SourceIdentity { blake3: &f.blake3, path: &f.display }).as_ref(),
-            );
-            let name = format!("{}/{}", step.name, spec.id);
-            let record = state.and_then(|st| st.records.get(&spec.id));
-            // A retried build stands for the key its settings and inputs give (and, while fresh, what reads it
-            // sees its own key); anything rebuilt from scratch goes back to that key.
-            let retried = record
-                .and_then(|r| Some((r.key, r.retry.as_ref()?)))
-                .filter(|(_, r)| Digest::from_hex(&r.of_key) == Some(key));
-            let (action, reason) = match state {
-                None => (Action::Source, None),
-                Some(st) => freshness(st, &spec.id, &retried.map_or(key, |(k, _)| k), record),
-            };
-            let again = || options.built_this_run.contains(&name);
-            let retryable = record.and_then(|r| r.retryable).unwrap_or(0);
-            let mut retry = None;
-            let (action, reason) = match action {
-                Action::Fresh if forced && !again() => {
-                    (Action::Stale, Some(format!("forced with --force {}", step.name)))
-                }
-                Action::Fresh if retrying && retryable > 0 && !again() => {
-                    let attempt = retried.map_or(1, |(_, previous)| previous.attempt + 1);
-                    retry = Some(Box::new(RetryOf { of_key: key.to_string(), attempt }));
-                    let rows = if retryable == 1 { "row" } else { "rows" };
-                    (Action::Stale, Some(format!("retrying {retryable} failed {rows} (--retry-failed {})", step.name)))
-                }
-                Action::Stale if reason.is_none() => {
-                    stale_to_explain.push(plan.targets.len());
-                    (action, reason)
-                }
-                _ => (action, reason),
-            };
-            plan.targets.push(Target {
-                step: s,
-                shard: spec.id,
-                name,
-                coords: spec.coords,
-                inputs: input_targets,
-                source: spec.source.map(Box::new),
-                key: match (&retry, retried) {
-                    (Some(retry), _) => key::retry_key(&retry.of_key, retry.attempt),
-                    (None, Some((own, _))) if action == Action::Fresh => own,
-                    _ => key,
-                },
-                action,
-                reason,
-                selected: true,
-                retry,
-            });
+        if let Some(bad) = specs.iter().find(|spec| !is_valid_shard_id(&spec.id)) {
+            bail!("step `{}` made an invalid shard id `{}`", step.name, bad.id);
         }
+        plan.targets.reserve(specs.len());
+        // Each target's key and freshness depend only on its spec, its inputs' targets (earlier steps) and
+        // the store: a step's targets are made side by side.
+        let made: Vec<Target> = specs
+            .into_par_iter()
+            .map(|spec| {
+                let input_targets: Vec<usize> =
+                    spec.inputs.iter().map(|&(from, shard)| plan.steps[inputs[from]].targets.start + shard).collect();
+                let key = keyer.key(
+                    &spec.id,
+                    &spec.coords,
+                    input_targets.iter().map(|&t| (plan.targets[t].name.as_str(), &plan.targets[t].key)),
+                    spec.source.as_ref().map(|f| SourceIdentity { blake3: &f.blake3, path: &f.display }).as_ref(),
+                );
+                let name = format!("{}/{}", step.name, spec.id);
+                let record = state.and_then(|st| st.records.get(&spec.id)).map(|r| &**r);
+                // A retried build stands for the key its settings and inputs give (and, while fresh, what reads
+                // it sees its own key); anything rebuilt from scratch goes back to that key.
+                let retried = record
+                    .and_then(|r| Some((r.key, r.retry.as_ref()?)))
+                    .filter(|(_, r)| Digest::from_hex(&r.of_key) == Some(key));
+                let (action, reason) = match state {
+                    None => (Action::Source, None),
+                    Some(st) => freshness(st, &spec.id, &retried.map_or(key, |(k, _)| k), record),
+                };
+                let again = || options.built_this_run.contains(&name);
+                let retryable = record.and_then(|r| r.retryable).unwrap_or(0);
+                let mut retry = None;
+                let (action, reason) = match action {
+                    Action::Fresh if forced && !again() => {
+                        (Action::Stale, Some(format!("forced with --force {}", step.name)))
+                    }
+                    Action::Fresh if retrying && retryable > 0 && !again() => {
+                        let attempt = retried.map_or(1, |(_, previous)| previous.attempt + 1);
+                        retry = Some(Box::new(RetryOf { of_key: key.to_string(), attempt }));
+                        let rows = if retryable == 1 { "row" } else { "rows" };
+                        let why = format!("retrying {retryable} failed {rows} (--retry-failed {})", step.name);
+                        (Action::Stale, Some(why))
+                    }
+                    _ => (action, reason),
+                };
+                Target {
+                    step: s,
+                    shard_at: step.name.len() + 1,
+                    name,
+                    coords: spec.coords,
+                    inputs: input_targets,
+                    source: spec.source.map(Box::new),
+                    key: match (&retry, retried) {
+                        (Some(retry), _) => key::retry_key(&retry.of_key, retry.attempt),
+                        (None, Some((own, _))) if action == Action::Fresh => own,
+                        _ => key,
+                    },
+                    action,
+                    reason,
+                    selected: true,
+                    retry,
+                }
+            })
+            .collect();
+        // A stale target without a reason yet has another key: explaining that takes its manifest, read in bulk.
+        let unexplained = made.iter().enumerate().filter(|(_, t)| t.action == Action::Stale && t.reason.is_none());
+        stale_to_explain.extend(unexplained.map(|(i, _)| first + i));
+        plan.targets.extend(made);
         let range = first..plan.targets.len();
         // What later steps see of this one's shards: a copy of each id and file, so only where a step reads it.
         let read = pipeline.steps.iter().any(|later| later.from.contains(&step.name));
@@ -371,7 +395,7 @@ pub fn make(
                 .clone()
                 .filter(|_| read)
                 .map(|t| InputShard {
-                    id: plan.targets[t].shard.clone(),
+                    id: plan.targets[t].shard().to_string(),
                     file: plan.targets[t].source.as_ref().map(|s| s.path.clone()),
                     rows: if plan.targets[t].action == Action::Fresh {
                         plan.record(t).and_then(|r| r.rows)
@@ -541,7 +565,7 @@ fn explain_stale(plan: &mut Plan, pipeline: &Pipeline, store: &dyn Store, stale:
         .par_iter()
         .map(|&t| {
             let target = &plan.targets[t];
-            let path = manifest_path(&pipeline.steps[target.step].dir, &target.shard);
+            let path = manifest_path(&pipeline.steps[target.step].dir, target.shard());
             let old = store.read(&path).ok().flatten().and_then(|bytes| Manifest::parse(&bytes, &path).ok());
             match old {
                 Some(old) => reason::explain(&old.key_parts, &plan.key_parts(pipeline, t), &describe_input),
@@ -628,7 +652,7 @@ fn select(plan: &mut Plan, pipeline: &Pipeline, options: &PlanOptions) -> anyhow
             continue;
         }
         let before = stack.len();
-        stack.extend(step_plan.targets.clone().filter(|&t| shard.is_none_or(|id| plan.targets[t].shard == id)));
+        stack.extend(step_plan.targets.clone().filter(|&t| shard.is_none_or(|id| plan.targets[t].shard() == id)));
         if stack.len() == before && shard.is_some() {
             selection_error!("--target {spec}: step `{step}` has no shard `{}`", shard.unwrap_or_default());
         }
@@ -705,13 +729,13 @@ mod tests {
     }
 
     fn file(path: &str) -> SourceFile {
-        SourceFile { path: PathBuf::from(path), display: path.to_string(), size: 1, blake3: "b".into() }
+        SourceFile { path: PathBuf::from(path), display: path.to_string(), size: 1, blake3: Digest::default() }
     }
 
     fn target(name: &str, source: Option<&str>) -> Target {
         Target {
             step: 0,
-            shard: name.split_once('/').map_or(name, |(_, s)| s).to_string(),
+            shard_at: name.find('/').map_or(0, |at| at + 1),
             name: name.to_string(),
             key: Digest::default(),
             coords: json!({}),

@@ -170,7 +170,7 @@ fn grouped_reasons(out: &mut dyn Write, plan: &Plan, listed: &[&Target]) -> std:
     let mut by_shape: HashMap<(usize, Action, String), usize> = HashMap::new();
     for &t in listed {
         let reason = t.reason.as_deref().unwrap_or("");
-        let shape = (t.step, t.action, reason_shape(reason, &t.shard));
+        let shape = (t.step, t.action, reason_shape(reason, t.shard()));
         let g = *by_shape.entry(shape).or_insert_with(|| {
             groups.push(Group { first: t, examples: Vec::new(), count: 0, alike: true });
             groups.len() - 1
@@ -265,7 +265,7 @@ struct TargetJson<'a> {
 struct SourceJson<'a> {
     path: &'a str,
     size: u64,
-    blake3: &'a str,
+    blake3: &'a crate::util::digest::Digest,
 }
 
 impl Serialize for PlanJson<'_> {
@@ -313,7 +313,7 @@ impl Serialize for Targets<'_> {
         serializer.collect_seq(plan.targets.iter().filter(|t| t.selected).map(|t| TargetJson {
             target: &t.name,
             step: &plan.steps[t.step].name,
-            shard: &t.shard,
+            shard: t.shard(),
             key: &t.key,
             action: t.action,
             reason: t.reason.as_deref(),

@@ -6,9 +6,8 @@
 //! (f64), manifest version, manifest size. Strings are a u32 length + UTF-8; integers little-endian.
 
 use super::manifest::{OutputFile, RetryOf};
-use super::record::Record;
+use super::record::{Record, Records};
 use crate::util::digest::Digest;
-use std::collections::HashMap;
 
 const MAGIC: &[u8; 8] = b"DSMKIX05";
 /// The format before outputs had versions: read as records without them (their manifests have none either),
@@ -56,7 +55,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
+pub fn encode(records: &Records) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(MAGIC.len() + records.len() * 192));
     w.0.extend_from_slice(MAGIC);
     for (shard, r) in records {
@@ -82,14 +81,14 @@ pub fn encode(records: &HashMap<String, Record>) -> Vec<u8> {
 }
 
 /// `None` when the bytes are not an index of this format (an old one, or damaged): it is then rebuilt.
-pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
+pub fn decode(bytes: &[u8]) -> Option<Records> {
     let (mut r, versions) = match bytes.strip_prefix(MAGIC) {
         Some(rest) => (Reader(rest), true),
         None => (Reader(bytes.strip_prefix(MAGIC_WITHOUT_VERSIONS)?), false),
     };
     // Sized up front from the bytes (a record takes at least ~100 of them): growing a map of 10⁶ records
     // step by step holds the old table and the new one at once, twice the memory for a moment.
-    let mut records = HashMap::with_capacity(bytes.len() / 128);
+    let mut records = Records::with_capacity(bytes.len() / 128);
     while !r.0.is_empty() {
         let shard = r.str()?;
         let key = Digest(r.take(32)?.try_into().ok()?);
@@ -115,7 +114,7 @@ pub fn decode(bytes: &[u8]) -> Option<HashMap<String, Record>> {
             manifest_version: r.str()?,
             manifest_size: r.u64()?,
         };
-        records.insert(shard, record);
+        records.insert(shard, Box::new(record));
     }
     Some(records)
 }
@@ -143,7 +142,7 @@ mod tests {
             manifest_version: "\"etag\"".into(),
             manifest_size: 873,
         };
-        let records: HashMap<String, Record> = [("00001".to_string(), record)].into();
+        let records: Records = [("00001".to_string(), Box::new(record))].into();
         let bytes = encode(&records);
         let back = decode(&bytes).unwrap();
         assert_eq!(format!("{:?}", back["00001"]), format!("{:?}", records["00001"]));

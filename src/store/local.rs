@@ -2,7 +2,6 @@
 
 use super::{ObjectMeta, Store};
 use anyhow::{Context, bail};
-use rayon::prelude::*;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::MetadataExt;
@@ -67,56 +66,16 @@ impl Store for LocalStore {
     }
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
-        // Walk the folders (the entry type comes with the directory entry, no stat), then stat the files in
-        // parallel: a step folder can hold hundreds of thousands of them. Each is stated through its entry,
-        // relative to the open folder (fstatat), so the kernel does not walk the whole path again for each.
-        // Each file's store path is made only once it is stated: the walk keeps its folder's index in `dirs`.
-        let mut dirs: Vec<String> = Vec::new();
-        let mut files: Vec<(usize, fs::DirEntry)> = Vec::new();
-        let mut stack = vec![(self.path(prefix), prefix.trim_end_matches('/').to_string())];
-        while let Some((dir, rel)) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-            };
-            let at = dirs.len();
-            for entry in entries {
-                let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-                match entry.file_type() {
-                    Ok(kind) if kind.is_dir() => {
-                        let Some(name) = entry.file_name().to_str().map(|name| super::join(&rel, name)) else {
-                            continue;
-                        };
-                        stack.push((entry.path(), name));
-                    }
-                    Ok(_) => files.push((at, entry)),
-                    Err(e) => return Err(e).with_context(|| format!("cannot stat {}", entry.path().display())),
-                }
-            }
-            dirs.push(rel);
-        }
-        let stats: Vec<Option<ObjectMeta>> = files
-            .into_par_iter()
-            .map(|(at, entry)| {
-                let file_name = entry.file_name();
-                let Some(name) = file_name.to_str() else { return Ok(None) };
-                let rel = || super::join(&dirs[at], name);
-                match entry.metadata() {
-                    // An entry's metadata is the link's own: a symlinked object is what it points to.
-                    Ok(meta) if meta.file_type().is_symlink() => match fs::metadata(entry.path()) {
-                        Ok(meta) => Ok(Some(meta_of(rel(), &meta))),
-                        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                        Err(e) => Err(e).with_context(|| format!("cannot stat {}", entry.path().display())),
-                    },
-                    Ok(meta) => Ok(Some(meta_of(rel(), &meta))),
-                    // Removed between the listing and the stat: it is not there.
-                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(e).with_context(|| format!("cannot stat {}", entry.path().display())),
-                }
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(stats.into_iter().flatten().collect())
+        // One walk (util::walk): each file stated through its folder's entry, side by side, folder by folder,
+        // and its store path made only once it is stated. A linked object is what it points to.
+        let prefix = prefix.trim_end_matches('/');
+        let dir = self.path(prefix);
+        let object = |path: PathBuf, meta: &fs::Metadata| {
+            let rel = crate::util::walk::relative(&path, &dir).and_then(Path::to_str);
+            Ok(rel.map(|rel| meta_of(super::join(prefix, rel), meta)))
+        };
+        crate::util::walk::files(&dir, usize::MAX, |_| true, object)
+            .with_context(|| format!("cannot list {}", dir.display()))
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {

@@ -4,12 +4,12 @@
 //! machine) are read.
 
 use super::manifest::Manifest;
-pub use super::record::Record;
+pub use super::record::{Record, Records};
 use super::{META_DIR, Store, is_temporary};
 use crate::util::sized_names::SizedNames;
 use anyhow::Context;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 const INDEX_NAME: &str = "index.dsmake";
 
@@ -22,7 +22,7 @@ pub struct StepState {
     /// Objects the listing returned, counted as they came (a listing that returned one twice counts it twice).
     pub listed: usize,
     /// By shard id.
-    pub records: HashMap<String, Record>,
+    pub records: Records,
     /// Manifests that could not be read, with why: their targets count as missing.
     pub unreadable: BTreeMap<String, String>,
     pub manifests_read: usize,
@@ -34,9 +34,9 @@ impl StepState {
         // The index first: what it lists is where the folder's objects are expected, so it tells where to cut
         // a listing into ranges of about a page each.
         let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
-        let mut cached: HashMap<String, Record> = match store.read(&index_path) {
+        let mut cached: Records = match store.read(&index_path) {
             Ok(Some(bytes)) => super::index_codec::decode(&bytes).unwrap_or_default(),
-            _ => HashMap::new(),
+            _ => Records::new(),
         };
         let splits = store.list_range_size().map_or_else(Vec::new, |page| split_points(dir, &cached, page));
         let mut listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
@@ -98,7 +98,7 @@ impl StepState {
         for (shard, record) in read {
             match record {
                 Ok(record) => {
-                    records.insert(shard, record);
+                    records.insert(shard, Box::new(record));
                 }
                 Err(e) => {
                     unreadable.insert(shard, format!("{e:#}"));
@@ -118,7 +118,7 @@ impl StepState {
 
     /// Records a target built by this run.
     pub fn insert(&mut self, shard: &str, record: Record) {
-        self.records.insert(shard.to_string(), record);
+        self.records.insert(shard.to_string(), Box::new(record));
         self.index_stale = true;
     }
 
@@ -160,7 +160,7 @@ const SAMPLES_PER_RANGE: usize = 32;
 /// manifest and outputs), so that each range holds about [`RANGE_FILL`] of a page of `page` objects. Records
 /// are sampled (a hash map's order is as good as random), so a step of 10⁶ targets sorts a few thousand paths,
 /// not millions. Empty when one page holds everything.
-fn split_points(dir: &str, records: &HashMap<String, Record>, page: usize) -> Vec<String> {
+fn split_points(dir: &str, records: &Records, page: usize) -> Vec<String> {
     let expected: usize = records.values().map(|r| 1 + r.outputs.len()).sum::<usize>() + 1;
     let per_range = ((page as f64 * RANGE_FILL) as usize).max(1);
     if expected <= page || records.is_empty() {
@@ -201,8 +201,8 @@ mod tests {
 
     #[test]
     fn split_points_cut_the_expected_objects_into_ranges_of_most_of_a_page() {
-        let records: HashMap<String, Record> =
-            (0..3000).map(|i| (format!("{i:05}"), record(&format!("{i:05}.tar")))).collect();
+        let records: Records =
+            (0..3000).map(|i| (format!("{i:05}"), Box::new(record(&format!("{i:05}.tar"))))).collect();
         let splits = split_points("p/s", &records, 1000);
         // 6001 expected objects in ranges of 750: 9 ranges, 8 cuts, sorted, inside the folder.
         assert_eq!(splits.len(), 8, "{splits:?}");
@@ -211,6 +211,6 @@ mod tests {
         // Outputs sort before `_dsmake/`, so the cuts fall among both kinds of object.
         assert!(splits.iter().any(|s| s.ends_with(".tar")) && splits.iter().any(|s| s.ends_with(".json")));
         assert!(split_points("p/s", &records, 10_000).is_empty(), "one page holds everything");
-        assert!(split_points("p/s", &HashMap::new(), 1).is_empty(), "no index: one listing");
+        assert!(split_points("p/s", &Records::new(), 1).is_empty(), "no index: one listing");
     }
 }

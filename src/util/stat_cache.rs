@@ -3,14 +3,15 @@
 //! a file modified within the last moment before it was hashed is not cached: a second write in the same
 //! timestamp tick would go unseen.
 
+use super::digest::Digest;
 use anyhow::Context;
-use rayon::prelude::*;
 use std::collections::HashMap;
+use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// A file whose mtime is this close to the moment it was hashed is hashed again next time.
@@ -52,8 +53,8 @@ fn decode(bytes: &[u8]) -> Option<HashMap<Box<[u8]>, Entry>> {
     Some(entries)
 }
 
-fn encode(entries: &HashMap<Box<[u8]>, Entry>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + entries.len() * 128);
+fn encode<'a>(entries: impl Iterator<Item = (&'a Box<[u8]>, &'a Entry)>, count: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + count * 128);
     out.extend_from_slice(MAGIC);
     for (path, e) in entries {
         out.extend_from_slice(&(path.len() as u32).to_le_bytes());
@@ -70,65 +71,64 @@ fn encode(entries: &HashMap<Box<[u8]>, Entry>) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct StatCache {
     file: Option<PathBuf>,
-    /// By the path's bytes: hashing a `Path` walks its components, which a plan of 10⁶ files pays for.
-    entries: Mutex<HashMap<Box<[u8]>, Entry>>,
-    dirty: AtomicBool,
+    /// What the cache file held, by the path's bytes (hashing a `Path` walks its components, which a plan of
+    /// 10⁶ files pays for). Read-only once opened, so the files of a plan are looked up without a lock.
+    loaded: HashMap<Box<[u8]>, Entry>,
+    /// Files hashed by this process; they win over `loaded` when saved.
+    added: Mutex<HashMap<Box<[u8]>, Entry>>,
     pub hashed_files: AtomicU64,
     pub hashed_bytes: AtomicU64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Identity {
     pub size: u64,
-    pub blake3: String,
+    pub blake3: Digest,
 }
 
 impl StatCache {
     /// Opens the cache kept in `file`; a missing or unreadable cache starts empty.
     pub fn open(file: PathBuf) -> Self {
-        let entries = std::fs::read(&file).ok().and_then(|bytes| decode(&bytes)).unwrap_or_default();
-        StatCache { file: Some(file), entries: Mutex::new(entries), ..Default::default() }
+        let loaded = std::fs::read(&file).ok().and_then(|bytes| decode(&bytes)).unwrap_or_default();
+        StatCache { file: Some(file), loaded, ..Default::default() }
     }
 
-    /// Identities of many paths, hashed in parallel where the cache cannot vouch for them; `None` for a path
-    /// that is not a regular file (a folder a glob matched). One stat per path.
-    pub fn identities(&self, paths: &[PathBuf]) -> anyhow::Result<Vec<Option<Identity>>> {
-        paths.par_iter().map(|p| self.identity_if_file(p)).collect()
-    }
-
-    pub fn identity(&self, path: &Path) -> anyhow::Result<Identity> {
-        self.identity_if_file(path)?.with_context(|| format!("{} is not a regular file", path.display()))
-    }
-
-    fn identity_if_file(&self, path: &Path) -> anyhow::Result<Option<Identity>> {
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    /// The identity of the file at `path`, whose metadata the caller has (from its directory listing: one
+    /// stat per file, relative to the open folder); `None` when it is not a regular file (a folder a glob
+    /// matched). Hashed only where the cache cannot vouch for it.
+    pub fn identity_of(&self, path: &Path, meta: &Metadata) -> anyhow::Result<Option<Identity>> {
         if !meta.is_file() {
             return Ok(None);
         }
         let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
         let ctime_ns = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
         let (size, ino) = (meta.size(), meta.ino());
-        if let Some(hit) = self.lock().get(path.as_os_str().as_bytes())
-            && hit.size == size
-            && hit.mtime_ns == mtime_ns
-            && hit.ctime_ns == ctime_ns
-            && hit.ino == ino
-        {
-            return Ok(Some(Identity { size, blake3: blake3::Hash::from_bytes(hit.blake3).to_hex().to_string() }));
+        let vouches =
+            |hit: &Entry| hit.size == size && hit.mtime_ns == mtime_ns && hit.ctime_ns == ctime_ns && hit.ino == ino;
+        let bytes = path.as_os_str().as_bytes();
+        if let Some(hit) = self.loaded.get(bytes).filter(|hit| vouches(hit)) {
+            return Ok(Some(Identity { size, blake3: Digest(hit.blake3) }));
+        }
+        if let Some(hit) = self.lock().get(bytes).filter(|hit| vouches(hit)) {
+            return Ok(Some(Identity { size, blake3: Digest(hit.blake3) }));
         }
         let started = SystemTime::now();
         let digest = super::files::hash(path)?;
-        let blake3 = digest.to_hex().to_string();
         self.hashed_files.fetch_add(1, Ordering::Relaxed);
         self.hashed_bytes.fetch_add(size, Ordering::Relaxed);
         let modified = meta.modified().unwrap_or(started);
         let settled = started.duration_since(modified).is_ok_and(|age| age > RACY_WINDOW);
         if settled {
             let entry = Entry { size, mtime_ns, ctime_ns, ino, blake3: *digest.as_bytes() };
-            self.lock().insert(path.as_os_str().as_bytes().into(), entry);
-            self.dirty.store(true, Ordering::Relaxed);
+            self.lock().insert(bytes.into(), entry);
         }
-        Ok(Some(Identity { size, blake3 }))
+        Ok(Some(Identity { size, blake3: digest.into() }))
+    }
+
+    /// The identity of the regular file at `path` (one stat).
+    pub fn identity(&self, path: &Path) -> anyhow::Result<Identity> {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        self.identity_of(path, &meta)?.with_context(|| format!("{} is not a regular file", path.display()))
     }
 
     /// Writes the cache back if anything was added (atomically: a crash leaves the old cache).
@@ -136,16 +136,18 @@ impl StatCache {
         let Some(file) = &self.file else {
             return Ok(());
         };
-        if !self.dirty.load(Ordering::Relaxed) {
+        let added = self.lock();
+        if added.is_empty() {
             return Ok(());
         }
-        let bytes = encode(&self.lock());
+        let kept = self.loaded.iter().filter(|(path, _)| !added.contains_key(*path));
+        let bytes = encode(kept.chain(added.iter()), self.loaded.len() + added.len());
         super::files::write_atomically(file, &bytes)
             .with_context(|| format!("cannot write the stat cache {}", file.display()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, Entry>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.added.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -165,14 +167,14 @@ mod tests {
         let cache = StatCache::open(cache_file.clone());
         let first = cache.identity(&file).unwrap();
         cache.save().unwrap();
-        assert_eq!(first.blake3, blake3::hash(b"one").to_hex().to_string());
+        assert_eq!(first.blake3, blake3::hash(b"one").into());
 
         let cache = StatCache::open(cache_file);
         cache.identity(&file).unwrap();
         assert_eq!(cache.hashed_files.load(Ordering::Relaxed), 0);
 
         std::fs::write(&file, "two!").unwrap();
-        assert_eq!(cache.identity(&file).unwrap().blake3, blake3::hash(b"two!").to_hex().to_string());
+        assert_eq!(cache.identity(&file).unwrap().blake3, blake3::hash(b"two!").into());
         assert_eq!(cache.hashed_files.load(Ordering::Relaxed), 1);
     }
 }

@@ -519,3 +519,42 @@ fn a_plan_with_many_stale_targets_groups_them_by_reason_and_v_lists_each() {
     let few = s.run(&["plan", "--set", "mode=lower"]).stdout;
     assert!(few.contains("\nStale:\n  lengths/05.txt  stale    output 05.len is missing\n"), "{few}");
 }
+
+/// `plan --format json` writes the plan as it serialises it: its peak memory is the plan's, whatever the
+/// size of the JSON. Rendered into a string (or a tree of values) first, the JSON of 40,000 targets (tens of
+/// MB) would add at least its own size to the peak; measured against the table of the same plan.
+#[test]
+fn the_json_plan_streams_in_the_memory_of_the_plan() {
+    let s = Sandbox::new(common::COPIES);
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(s.path(&format!("data/{i:06}.txt")), format!("{i}\n")).unwrap();
+    }
+    // Peak resident memory (KiB) of one run, from the kernel's accounting of exactly that child; and what it
+    // wrote to stdout.
+    let peak = |format: &str| -> (i64, u64) {
+        let out = s.path(&format!("plan.{format}"));
+        let mut cmd = s.command(&["plan", "pipeline.toml", "--format", format]);
+        // Reaped by wait4 below, which gives its rusage (Child::wait does not).
+        #[allow(clippy::zombie_processes)]
+        let child = cmd.stdout(std::fs::File::create(&out).unwrap()).spawn().expect("run dsmake");
+        let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+        // SAFETY: the child is ours and not yet reaped; both pointers are to live locals.
+        let reaped = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+        assert_eq!(reaped, child.id() as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "plan --format {format} failed");
+        (usage.ru_maxrss, std::fs::metadata(&out).unwrap().len())
+    };
+    // Warm the stat cache, so that both measured runs only stat the sources.
+    peak("human");
+    let (table_kib, _) = peak("human");
+    let (json_kib, json_bytes) = peak("json");
+    let plan: Value = serde_json::from_slice(&std::fs::read(s.path("plan.json")).unwrap()).unwrap();
+    assert_eq!(plan["targets"].as_array().map(Vec::len), Some(40_000));
+    assert!(json_bytes > 10_000_000, "the JSON is large enough to show: {json_bytes} bytes");
+    let extra = (json_kib - table_kib) * 1024;
+    assert!(
+        extra < json_bytes as i64 / 3,
+        "--format json peaked {extra} bytes above the table (JSON: {json_bytes} bytes): the JSON is held in memory"
+    );
+}

@@ -27,7 +27,7 @@ fn engine_plan_fixture() {
         let step = &pipeline.steps[target.step];
         let input = plan.targets[target.inputs[0]].source.as_ref().expect("a source input");
         let bytes = std::fs::read(&input.path).expect("the source file");
-        let name = target.shard.clone();
+        let name = target.shard().to_string();
         let path = store.local_path(&join(&step.dir, &name)).expect("a local store");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &bytes).unwrap();
@@ -52,7 +52,7 @@ fn engine_plan_fixture() {
             dsmake_version: "fixture".into(),
             host: "fixture".into(),
         };
-        let at = store.local_path(&format!("{}/{META_DIR}/{}.json", step.dir, target.shard)).unwrap();
+        let at = store.local_path(&format!("{}/{META_DIR}/{}.json", step.dir, target.shard())).unwrap();
         std::fs::create_dir_all(at.parent().unwrap()).unwrap();
         std::fs::write(at, serde_json::to_vec(&manifest).unwrap()).unwrap();
     });

@@ -70,21 +70,11 @@ fn plans_with_listings_not_a_request_per_target() {
     assert_eq!(plan["stats"]["manifests_read"], 0);
 }
 
-/// Forty one-line targets: 81 objects in the step folder, listed in pages of 5.
-const MANY: &str = r#"
-[steps.raw]
-kind = "files"
-paths = "data/*.txt"
-
-[steps.copy]
-kind = "command"
-from = "raw"
-run = "cp {input} {output}"
-"#;
+/// Forty one-line targets (common::COPIES): 81 objects in the step folder, listed in pages of 5.
 
 #[test]
 fn lists_in_parallel_ranges_exactly_what_one_listing_finds() {
-    let mut s = Sandbox::on(Backend::S3, MANY);
+    let mut s = Sandbox::on(Backend::S3, common::COPIES);
     for i in 0..40 {
         s.write(&format!("data/{i:03}.txt"), &format!("row {i}\n"));
     }

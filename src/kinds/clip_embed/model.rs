@@ -159,7 +159,7 @@ fn local_identity(dir: &Path, shown: &str, stat_cache: &StatCache) -> anyhow::Re
     let names = crate::clip::format::model_files(dir).with_context(|| format!("model_path `{shown}`"))?;
     let mut files = Map::new();
     for name in names {
-        files.insert(name.clone(), Value::String(stat_cache.identity(&dir.join(&name))?.blake3));
+        files.insert(name.clone(), Value::String(stat_cache.identity(&dir.join(&name))?.blake3.to_string()));
     }
     Ok(Value::Object(files))
 }

@@ -237,6 +237,18 @@ pub fn venv_python(script: &str, args: &[&Path]) -> String {
     stdout.into_owned()
 }
 
+/// The files of `data/*.txt`, each copied by a target of its own: a plan as large as the files are many.
+pub const COPIES: &str = r#"
+[steps.raw]
+kind = "files"
+paths = "data/*.txt"
+
+[steps.copy]
+kind = "command"
+from = "raw"
+run = "cp {input} {output}"
+"#;
+
 /// A secret's stand-in: tests search everything dsmake writes or prints for it.
 pub const CANARY: &str = "canary-5f2c9e71d3";
 
