@@ -694,18 +694,7 @@ mod tests {
             blake3: String::new(),
             version: version.into(),
         };
-        let record = |version: &str| Record {
-            key,
-            outputs: vec![output(version)],
-            rows: None,
-            failures: None,
-            retryable: None,
-            retry: None,
-            started_at: String::new(),
-            duration_s: 0.0,
-            manifest_version: String::new(),
-            manifest_size: 0,
-        };
+        let record = |version: &str| Record::with_outputs(key, vec![output(version)]);
         let listed = |version: &str| {
             let mut state = StepState::default();
             state.files.push_tagged("0.tar", 10, version_tag(version));

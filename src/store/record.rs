@@ -30,6 +30,23 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record of a manifest with just these outputs, for tests.
+    #[cfg(test)]
+    pub fn with_outputs(key: Digest, outputs: Vec<OutputFile>) -> Self {
+        Record {
+            key,
+            outputs,
+            rows: None,
+            failures: None,
+            retryable: None,
+            retry: None,
+            started_at: String::new(),
+            duration_s: 0.0,
+            manifest_version: String::new(),
+            manifest_size: 0,
+        }
+    }
+
     pub fn new(manifest: &Manifest, meta: &ObjectMeta) -> Self {
         Record {
             key: Digest::from_hex(&manifest.key).unwrap_or_default(),

@@ -185,18 +185,10 @@ mod tests {
     use crate::store::manifest::OutputFile;
 
     fn record(output: &str) -> Record {
-        Record {
-            key: Default::default(),
-            outputs: vec![OutputFile { name: output.into(), size: 1, blake3: String::new(), version: String::new() }],
-            rows: None,
-            failures: None,
-            retryable: None,
-            retry: None,
-            started_at: String::new(),
-            duration_s: 0.0,
-            manifest_version: String::new(),
-            manifest_size: 0,
-        }
+        Record::with_outputs(
+            Default::default(),
+            vec![OutputFile { name: output.into(), size: 1, blake3: String::new(), version: String::new() }],
+        )
     }
 
     #[test]
