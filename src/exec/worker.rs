@@ -55,16 +55,8 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget)
         .inputs
         .iter()
         .map(|input| {
-            let files = input
-                .files
-                .iter()
-                .enumerate()
-                .map(|(n, file)| local_file(store, file, &in_dir, n))
-                .collect::<anyhow::Result<Vec<_>>>()
-                .with_context(|| format!("input {}", input.target))?;
-            if let Some(expect) = &input.expect {
-                verify_input(store, &input.target, expect, &input.files, &files)?;
-            }
+            let what = || format!("input {}", input.target);
+            let files = local_files(store, &input.files, &in_dir, &input.target, input.expect.as_ref(), what)?;
             Ok(LocalInput { target: input.target.clone(), shard: input.shard.clone(), files, rows: input.rows })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -72,17 +64,8 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget)
     let previous_dir = scratch.path().join("previous");
     let previous = match &job.retry {
         Some(retry) => {
-            let files = retry
-                .previous
-                .iter()
-                .enumerate()
-                .map(|(n, file)| local_file(store, file, &previous_dir, n))
-                .collect::<anyhow::Result<Vec<_>>>()
-                .with_context(|| format!("the last build of {}", job.target))?;
-            if let Some(expect) = &retry.expect {
-                verify_input(store, &job.target, expect, &retry.previous, &files)?;
-            }
-            files
+            let what = || format!("the last build of {}", job.target);
+            local_files(store, &retry.previous, &previous_dir, &job.target, retry.expect.as_ref(), what)?
         }
         None => Vec::new(),
     };
@@ -329,6 +312,28 @@ fn verify_input(
             false => Err(changed(at, format!("has blake3 {digest}, but its manifest records {}", output.blake3))),
         }
     })
+}
+
+/// The local paths of `files` (fetched into `dir` where the store is remote; `what` they are, for errors),
+/// checked against what their manifest says where `expect` is given.
+fn local_files(
+    store: &dyn Store,
+    files: &[JobFile],
+    dir: &Path,
+    target: &str,
+    expect: Option<&Expected>,
+    what: impl Fn() -> String,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let local = files
+        .iter()
+        .enumerate()
+        .map(|(n, file)| local_file(store, file, dir, n))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(what)?;
+    if let Some(expect) = expect {
+        verify_input(store, target, expect, files, &local)?;
+    }
+    Ok(local)
 }
 
 fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {

@@ -389,7 +389,7 @@ pub fn make(
         plan.targets.extend(made);
         let range = first..plan.targets.len();
         // What later steps see of this one's shards: a copy of each id and file, so only where a step reads it.
-        let read = pipeline.steps.iter().any(|later| later.from.contains(&step.name));
+        let read = last_reader[s] > s;
         views.push(
             range
                 .clone()

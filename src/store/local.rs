@@ -31,27 +31,29 @@ impl LocalStore {
     /// one NFS folder, included). Striped: a lock file per object would leave one file per target behind.
     fn object_lock(&self, path: &str) -> anyhow::Result<File> {
         const STRIPES: u8 = 64;
-        let dir = self.root.join(".dsmake").join("locks");
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let stripe = blake3::hash(path.as_bytes()).as_bytes()[0] % STRIPES;
-        let lock = dir.join(format!("objects-{stripe:02}.lock"));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .with_context(|| format!("cannot open the lock {}", lock.display()))?;
+        let (file, lock) = self.lock_file(&format!("objects-{stripe:02}.lock"))?;
         file.lock().with_context(|| format!("cannot lock {}", lock.display()))?;
         Ok(file)
     }
 
-    /// The content tag of the object at `dest` (its blake3), `None` when there is none.
-    fn tag_of(dest: &Path) -> anyhow::Result<Option<String>> {
-        match fs::read(dest) {
-            Ok(bytes) => Ok(Some(blake3::hash(&bytes).to_hex().to_string())),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.display())),
-        }
+    /// Opens (creating it if need be) the lock file `name` in the store's `.dsmake/locks`; not yet locked.
+    fn lock_file(&self, name: &str) -> anyhow::Result<(File, PathBuf)> {
+        let dir = self.root.join(".dsmake").join("locks");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(name);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        Ok((file, path))
+    }
+
+    /// The content tag of the object at `path` (its blake3), `None` when there is none.
+    fn tag_of(&self, path: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.read_tagged(path)?.map(|(_, tag)| tag))
     }
 }
 
@@ -137,18 +139,16 @@ impl Store for LocalStore {
     }
 
     fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>> {
-        let dest = self.path(path);
         let _held = self.object_lock(path)?;
-        if Self::tag_of(&dest)?.as_deref() != Some(tag) {
+        if self.tag_of(path)?.as_deref() != Some(tag) {
             return Ok(None);
         }
         self.write(path, bytes).map(Some)
     }
 
     fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool> {
-        let dest = self.path(path);
         let _held = self.object_lock(path)?;
-        if Self::tag_of(&dest)?.as_deref() != Some(tag) {
+        if self.tag_of(path)?.as_deref() != Some(tag) {
             return Ok(false);
         }
         self.delete(path)?;
@@ -197,15 +197,7 @@ impl Store for LocalStore {
     }
 
     fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
-        let dir = self.root.join(".dsmake").join("locks");
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join(format!("{pipeline}.lock"));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        let (file, path) = self.lock_file(&format!("{pipeline}.lock"))?;
         let started = Instant::now();
         let mut told = false;
         loop {

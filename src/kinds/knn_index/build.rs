@@ -100,10 +100,11 @@ impl Trained {
         Ok(path.clone())
     }
 
-    pub(super) fn side(&self, side: &str) -> anyhow::Result<IvfPq> {
+    /// The trained index of a side and the blake3 of its file (read once for both).
+    pub fn side_with_hash(&self, side: &str) -> anyhow::Result<(IvfPq, [u8; 32])> {
         let path = self.side_path(side)?;
-        match super::faiss::read(&path)? {
-            super::faiss::Index::IvfPq(ivf) => Ok(*ivf),
+        match super::faiss::read_hashed(&path, true)? {
+            (super::faiss::Index::IvfPq(ivf), Some(hash)) => Ok((*ivf, hash)),
             _ => bail!("{} is not an IVF-PQ index", path.display()),
         }
     }
@@ -154,7 +155,7 @@ fn build_side(
         .inputs
         .iter()
         .flat_map(|i| &i.files)
-        .filter_map(|f| Some((part_number(f, prefix, ".ivfpq")?, f.clone())))
+        .filter_map(|f| Some((part_number(f, prefix, super::encode::ENCODED_EXT)?, f.clone())))
         .collect();
     let mut trained_hash = None;
     let (d, total) = shapes(parts)?;

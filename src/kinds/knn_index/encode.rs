@@ -11,9 +11,9 @@
 //! File layout (little-endian): `DKpl`, the trained file's blake3 (32 bytes), rows, nlist, code size (u64),
 //! the list sizes (u64 each), then each list's codes and its row numbers within the part (u32).
 
-use super::build::{Trained, trained_inputs};
+use super::build::trained_inputs;
 use super::ivfpq::{IvfPq, List};
-use super::parts::{collect_parts, part_number};
+use super::parts::{any_part_number, collect_parts};
 use super::settings::EncodeSettings;
 use super::{CHUNK, vectors};
 use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards};
@@ -26,9 +26,12 @@ const MAGIC: &[u8; 4] = b"DKpl";
 
 pub struct KnnEncode;
 
+/// How the encoding of a part ends (what a knn-index looks for among its inputs).
+pub const ENCODED_EXT: &str = ".ivfpq";
+
 /// The encoding of part `number` of the side whose parts are `{prefix}_N.npy`.
 pub fn encoded_file(prefix: &str, number: &str) -> String {
-    format!("{prefix}_{number}.ivfpq")
+    format!("{prefix}_{number}{ENCODED_EXT}")
 }
 
 impl Kind for KnnEncode {
@@ -70,11 +73,7 @@ impl Kind for KnnEncode {
             let id = match &shard.file {
                 None => shard.id.clone(),
                 Some(file) => {
-                    let number = ["img_emb", "text_emb"]
-                        .iter()
-                        .find_map(|p| part_number(file, p, ".npy"))
-                        .or_else(|| part_number(file, "metadata", ".parquet"));
-                    let Some(number) = number else { continue };
+                    let Some(number) = any_part_number(file) else { continue };
                     number
                 }
             };
@@ -187,13 +186,4 @@ pub fn read(path: &Path, hash: &[u8; 32], nlist: usize, m: usize) -> anyhow::Res
         Ok(Encoded { rows, lists })
     })()
     .with_context(|| format!("{}", path.display()))
-}
-
-impl Trained {
-    /// The trained index of a side and the blake3 of its file.
-    pub fn side_with_hash(&self, side: &str) -> anyhow::Result<(IvfPq, [u8; 32])> {
-        let path = self.side_path(side)?;
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        Ok((self.side(side)?, *blake3::hash(&bytes).as_bytes()))
-    }
 }

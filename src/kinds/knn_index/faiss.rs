@@ -189,10 +189,16 @@ impl Index {
 }
 
 pub fn read(path: &Path) -> anyhow::Result<Index> {
+    Ok(read_hashed(path, false)?.0)
+}
+
+/// The index in `path`, and the blake3 of its bytes where `hash` asks for it (read once for both).
+pub fn read_hashed(path: &Path, hash: bool) -> anyhow::Result<(Index, Option<[u8; 32]>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse(&bytes).with_context(|| {
+    let index = parse(&bytes).with_context(|| {
         format!("{} is not a faiss index dsmake reads (IndexFlatIP, IndexIVFPQ, OPQ + IndexIVFPQ)", path.display())
-    })
+    })?;
+    Ok((index, hash.then(|| *blake3::hash(&bytes).as_bytes())))
 }
 
 fn parse(bytes: &[u8]) -> anyhow::Result<Index> {

@@ -27,10 +27,10 @@ pub const PRE_TRANSFORM: &[u8; 4] = b"IxPT";
 /// Outer rounds (faiss's `niter` is 50; the objective changes little after 20 on CLIP-like data).
 pub const ITERATIONS: usize = 20;
 /// PQ k-means rounds in the first outer round and in each later one (faiss: `niter_pq_0`, `niter_pq`).
-const PQ_ITERATIONS_FIRST: usize = 25;
+const PQ_ITERATIONS_FIRST: usize = super::pq::ITERATIONS;
 const PQ_ITERATIONS: usize = 4;
-/// Sample rows used, faiss's `max_train_points` (256 · 256).
-const MAX_TRAIN: usize = 65_536;
+/// Sample rows used, faiss's `max_train_points`: what PQ trains on.
+const MAX_TRAIN: usize = super::pq::KSUB * super::pq::MAX_POINTS_PER_CENTROID;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Opq {
@@ -65,9 +65,10 @@ impl Opq {
         for row in sample[..n * d_in].chunks_exact(d_in) {
             mean.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
         }
+        mean.iter_mut().for_each(|s| *s /= n as f64);
         let mut x = vec![0f32; n * d];
         for (row, out) in sample[..n * d_in].chunks_exact(d_in).zip(x.chunks_exact_mut(d)) {
-            out.iter_mut().zip(row.iter().zip(&mean)).for_each(|(o, (v, s))| *o = v - (*s / n as f64) as f32);
+            out.iter_mut().zip(row.iter().zip(&mean)).for_each(|(o, (v, s))| *o = v - *s as f32);
         }
         // The first d_out rows of a random d × d rotation.
         let mut r = random_rotation(d, 1234);

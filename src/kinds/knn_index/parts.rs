@@ -27,6 +27,15 @@ pub(super) fn part_number(path: &Path, prefix: &str, ext: &str) -> Option<String
     (!number.is_empty()).then(|| number.to_string())
 }
 
+/// The part number of any file of a clip-retrieval embeddings folder: `img_emb_N.npy`, `text_emb_N.npy` or
+/// `metadata_N.parquet`.
+pub(super) fn any_part_number(path: &Path) -> Option<String> {
+    ["img_emb", "text_emb"]
+        .iter()
+        .find_map(|p| part_number(path, p, ".npy"))
+        .or_else(|| part_number(path, "metadata", ".parquet"))
+}
+
 /// Pairs every `{prefix}_N.npy` of the inputs with a `metadata_N.parquet`: the one of the same input target
 /// (clip-embed's part), else the only one of that number among all inputs (`files` steps holding
 /// clip-retrieval output made elsewhere). Parts keep the inputs' order.

@@ -9,9 +9,9 @@ use rayon::prelude::*;
 
 pub const KSUB: usize = 256;
 /// Sample points per centroid for training, faiss's `max_points_per_centroid`.
-const MAX_POINTS_PER_CENTROID: usize = 256;
+pub(super) const MAX_POINTS_PER_CENTROID: usize = 256;
 /// faiss's `ProductQuantizer::cp.niter`.
-const ITERATIONS: usize = 25;
+pub(super) const ITERATIONS: usize = 25;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pq {

@@ -154,11 +154,7 @@ fn units(cx: &ShardCx, prefix: &str) -> anyhow::Result<Result<Vec<Unit>, String>
                 }
                 continue;
             };
-            let number = ["img_emb", "text_emb"]
-                .iter()
-                .find_map(|p| super::parts::part_number(file, p, ".npy"))
-                .or_else(|| super::parts::part_number(file, "metadata", ".parquet"));
-            let Some(number) = number else { continue };
+            let Some(number) = super::parts::any_part_number(file) else { continue };
             let at = *by_number.entry(number).or_insert_with(|| {
                 out.push(Unit { shards: Vec::new(), rows: 0, dimensions: None });
                 out.len() - 1

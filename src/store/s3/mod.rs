@@ -201,20 +201,7 @@ impl Store for S3Store {
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        self.retrying(|| async {
-            match self.client.get_object().bucket(&self.bucket).key(self.key(path)).send().await {
-                Ok(out) => {
-                    let bytes = out
-                        .body
-                        .collect()
-                        .await
-                        .map_err(|e| Transient(format!("reading {}: {e}", self.where_(path))))?;
-                    Ok(Some(bytes.into_bytes().to_vec()))
-                }
-                Err(e) if is_not_found(&e) => Ok(None),
-                Err(e) => Err(describe(e, &format!("reading {}", self.where_(path)))),
-            }
-        })
+        Ok(self.read_tagged(path)?.map(|(bytes, _)| bytes))
     }
 
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
