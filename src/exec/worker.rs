@@ -6,7 +6,7 @@ use crate::kind::{BuildCx, Cancel, LocalInput, MemoryBudget};
 use crate::kinds;
 use crate::retry::Transient;
 use crate::store::manifest::{self, Manifest, OutputFile};
-use crate::store::{ObjectMeta, Store, join, manifest_path};
+use crate::store::{ObjectMeta, Store, join, manifest_path, version_tag};
 use crate::util::hash_file;
 use anyhow::{Context, anyhow, bail};
 use rayon::prelude::*;
@@ -214,7 +214,9 @@ fn replaced(target: &str, dir: &str, differs: &str) -> anyhow::Error {
 }
 
 /// The first of `outputs` whose object in `dir` lacks the recorded size or blake3, described; `None` when all
-/// match. Objects of stores without local paths are downloaded into `check_dir` to be hashed.
+/// match. Objects of stores without local paths are downloaded into `check_dir` to be hashed, unless the store
+/// reports the very version (S3: the ETag) the manifest recorded for them: as Bazel trusts a digest it
+/// recorded, that version is those bytes, and a HEAD costs a round trip where a download costs the object.
 fn differing_output(
     store: &dyn Store,
     dir: &str,
@@ -226,6 +228,17 @@ fn differing_output(
         let (path, fetched) = match store.local_path(&at) {
             Some(path) => (path, false),
             None => {
+                if store.versions_identify_content() && version_tag(&output.version) != 0 {
+                    match store.head(&at)? {
+                        None => return Ok(Some(format!("{at} is missing"))),
+                        Some(meta) if meta.size != output.size => {
+                            return Ok(Some(format!("{at} is {} bytes, not {}", meta.size, output.size)));
+                        }
+                        Some(meta) if meta.version == output.version => continue,
+                        // Another version may still hold the same bytes (uploaded again): the hash decides.
+                        Some(_) => {}
+                    }
+                }
                 std::fs::create_dir_all(check_dir).with_context(|| format!("cannot create {}", check_dir.display()))?;
                 let dest = check_dir.join(format!("{n}"));
                 store.fetch(&at, &dest).with_context(|| format!("reading {at} back to check it"))?;
@@ -456,10 +469,21 @@ mod tests {
     }
 
     /// A store that lets "another build" act at the worst moment: just before this build's conditional write of
-    /// its manifest, after it has checked that the objects are its own.
+    /// its manifest, after it has checked that the objects are its own. `remote`: it behaves as S3 does, with
+    /// no local paths and content versions (here an object's blake3, as an ETag is its MD5), and counts the
+    /// objects downloaded.
     struct Interleaved<'a> {
         inner: &'a LocalStore,
         before_swap: std::sync::Mutex<Option<OtherBuild<'a>>>,
+        remote: bool,
+        fetched: std::sync::atomic::AtomicUsize,
+    }
+
+    impl<'a> Interleaved<'a> {
+        fn new(inner: &'a LocalStore, other_build: Option<OtherBuild<'a>>, remote: bool) -> Interleaved<'a> {
+            let fetched = std::sync::atomic::AtomicUsize::new(0);
+            Interleaved { inner, before_swap: std::sync::Mutex::new(other_build), remote, fetched }
+        }
     }
 
     type OtherBuild<'a> = Box<dyn FnOnce(&LocalStore) + Send + 'a>;
@@ -499,10 +523,21 @@ mod tests {
             self.inner.delete(path)
         }
         fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
-            self.inner.local_path(path)
+            if self.remote { None } else { self.inner.local_path(path) }
         }
         fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
+            self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.inner.fetch(path, dest)
+        }
+        fn head(&self, path: &str) -> anyhow::Result<Option<ObjectMeta>> {
+            if !self.remote {
+                return self.inner.head(path);
+            }
+            Ok(self.inner.read_tagged(path)?.map(|(bytes, tag)| ObjectMeta {
+                path: path.to_string(),
+                size: bytes.len() as u64,
+                version: tag,
+            }))
         }
         fn scratch_root(&self) -> std::path::PathBuf {
             self.inner.scratch_root()
@@ -510,6 +545,44 @@ mod tests {
         fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
             self.inner.lock(pipeline)
         }
+        fn versions_identify_content(&self) -> bool {
+            self.remote
+        }
+    }
+
+    /// `m` with each output's version set as a remote store records it at upload (see `Interleaved`).
+    fn uploaded(mut m: Manifest) -> Manifest {
+        for output in &mut m.outputs {
+            output.version = output.blake3.clone();
+        }
+        m
+    }
+
+    #[test]
+    fn a_remote_object_with_the_recorded_version_is_not_downloaded_to_be_checked() {
+        let theirs = uploaded(manifest(&[("a", b"AAAA"), ("b", b"BBBB")]));
+        let (root, inner, at) = store_with(&[("a", b"AAAA"), ("b", b"BBBB")], &theirs);
+        let store = Interleaved::new(&inner, None, true);
+        let ours = uploaded(manifest(&[("a", b"aaaa"), ("b", b"bbbb")]));
+        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        assert_eq!(outcome.manifest.outputs, theirs.outputs, "their manifest is adopted");
+        assert_eq!(store.fetched.load(std::sync::atomic::Ordering::Relaxed), 0, "versions vouched for both");
+
+        // A version the manifest does not record (the same bytes uploaded again): downloaded and hashed.
+        let mut other = theirs.clone();
+        other.outputs[1].version = "an-etag-of-another-upload".into();
+        inner.write(&at, &serde_json::to_vec(&other).unwrap()).unwrap();
+        let ours = uploaded(manifest(&[("a", b"aaaa"), ("b", b"bbbb")]));
+        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        assert_eq!(outcome.manifest.outputs, other.outputs);
+        assert_eq!(store.fetched.load(std::sync::atomic::Ordering::Relaxed), 1, "only step/b was downloaded");
+
+        // Bytes that differ are found either way, by size from the HEAD, by blake3 after a download.
+        inner.write("step/b", b"XXXX").unwrap();
+        inner.write(&at, &serde_json::to_vec(&theirs).unwrap()).unwrap();
+        let ours = uploaded(manifest(&[("a", b"AAAA"), ("b", b"XXXX")]));
+        let outcome = commit(&store, "step", &at, ours.clone(), &root.path().join("check")).unwrap();
+        assert_eq!(outcome.manifest.outputs, ours.outputs, "the objects are ours: ours replaces theirs");
     }
 
     #[test]
@@ -520,16 +593,17 @@ mod tests {
         let ours = manifest(&[("a", b"BBBB"), ("b", b"BBBB")]);
         let c = manifest(&[("a", b"CCCC"), ("b", b"CCCC")]);
         let (root, inner, at) = store_with(&[("a", b"BBBB"), ("b", b"BBBB")], &a);
-        let store = Interleaved {
-            inner: &inner,
-            before_swap: std::sync::Mutex::new(Some(Box::new(|store: &LocalStore| {
+        let store = Interleaved::new(
+            &inner,
+            Some(Box::new(|store: &LocalStore| {
                 store.write("step/a", b"CCCC").unwrap();
                 store.write("step/b", b"CCCC").unwrap();
                 let (_, tag) = store.read_tagged(&manifest_path("step", "s0")).unwrap().unwrap();
                 let written = store.write_if_tag(&manifest_path("step", "s0"), &serde_json::to_vec(&c).unwrap(), &tag);
                 assert!(written.unwrap().is_some(), "C replaces A's manifest");
-            }))),
-        };
+            })),
+            false,
+        );
         let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, c.outputs, "the objects are C's: C's manifest is adopted");
         assert_eq!(stored_manifest(&inner, &at).unwrap().outputs, c.outputs);

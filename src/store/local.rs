@@ -192,6 +192,14 @@ impl Store for LocalStore {
         Ok(())
     }
 
+    fn head(&self, path: &str) -> anyhow::Result<Option<ObjectMeta>> {
+        match fs::metadata(self.path(path)) {
+            Ok(meta) => Ok(Some(meta_of(path.to_string(), &meta))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot stat {}", self.path(path).display())),
+        }
+    }
+
     fn scratch_root(&self) -> PathBuf {
         self.root.join(".dsmake").join("scratch")
     }

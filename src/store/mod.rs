@@ -65,6 +65,10 @@ pub trait Store: Send + Sync {
     fn local_path(&self, path: &str) -> Option<PathBuf>;
     /// Copies an object to a local file (for stores without `local_path`).
     fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()>;
+    /// An object's size and version as the store reports it now, without its bytes (S3: a HEAD), or `None`
+    /// when there is no such object. Where versions identify content, a version equal to the one a build
+    /// recorded vouches for the bytes without downloading them.
+    fn head(&self, path: &str) -> anyhow::Result<Option<ObjectMeta>>;
     /// A local folder for workers' scratch space (on the same file system as the store, where it is local,
     /// so that publishing is a rename).
     fn scratch_root(&self) -> PathBuf;

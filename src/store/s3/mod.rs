@@ -319,6 +319,20 @@ impl Store for S3Store {
         Ok(())
     }
 
+    fn head(&self, path: &str) -> anyhow::Result<Option<ObjectMeta>> {
+        self.retrying(|| async {
+            match self.client.head_object().bucket(&self.bucket).key(self.key(path)).send().await {
+                Ok(out) => Ok(Some(ObjectMeta {
+                    path: path.to_string(),
+                    size: out.content_length().unwrap_or(0).max(0) as u64,
+                    version: version(out.e_tag(), out.last_modified()),
+                })),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(describe(e, &format!("checking {}", self.where_(path)))),
+            }
+        })
+    }
+
     fn scratch_root(&self) -> PathBuf {
         std::env::temp_dir().join("dsmake-scratch")
     }
