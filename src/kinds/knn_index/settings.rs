@@ -126,9 +126,7 @@ impl Choice {
         let key = match (self.index_key, self.exact) {
             (Some(key), _) => key,
             (None, Some(true)) => IndexKey::Flat,
-            (None, Some(false)) => {
-                factory::choose(n, d, self.budget.min(IndexKey::Flat.bytes(n, d).saturating_sub(1)))?
-            }
+            (None, Some(false)) => factory::choose_approximate(n, d, self.budget)?,
             (None, None) => factory::choose(n, d, self.budget)?,
         };
         key.check(n, d)?;
