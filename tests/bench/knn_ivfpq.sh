@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dsmake's `knn-index` building IVF-PQ indices in faiss's format vs faiss-cpu's Python path building the same
 # index_factory strings, on the same machine, the same vectors, in one run. Prints for each factory string and
-# tool: build seconds and peak RSS (the whole process, /usr/bin/time), index bytes, and for each nprobe the
+# tool: build seconds (wall, and CPU: user + system, which a shared machine does not inflate as much) and peak RSS
+# (the whole process, /usr/bin/time), index bytes, and for each nprobe the
 # recall figures below and single-thread queries/s, all measured by faiss on each file with the same queries.
 #
 #   tests/bench/knn_ivfpq.sh                 # 1,000,000 x 768, IVF1024,PQ64x8 and OPQ64_768,IVF1024,PQ64x8
@@ -90,13 +91,13 @@ nprobe = 16
 max_index_memory_usage = "64G"
 EOF
   echo "== dsmake knn-index ($FACTORY)"
-  (cd "$WORK" && /usr/bin/time -f "%e %M" -o "$WORK/dsmake$i.time" "$DSMAKE" build "knn$i.toml" --store "$WORK/store$i" -q)
+  (cd "$WORK" && /usr/bin/time -f "%e %U %S %M" -o "$WORK/dsmake$i.time" "$DSMAKE" build "knn$i.toml" --store "$WORK/store$i" -q)
   mv "$WORK/store$i/knn$i/knn$i/image.index" "$WORK/dsmake$i.index"
   mv "$WORK/store$i/knn$i/knn$i/image.json" "$WORK/dsmake$i.json"
   rm -rf "$WORK/store$i"
 
   echo "== faiss-cpu $("$PY" -c 'import faiss; print(faiss.__version__)') ($FACTORY)"
-  /usr/bin/time -f "%e %M" -o "$WORK/faiss$i.time" "$PY" - "$WORK" "$FACTORY" "$i" <<'EOF'
+  /usr/bin/time -f "%e %U %S %M" -o "$WORK/faiss$i.time" "$PY" - "$WORK" "$FACTORY" "$i" <<'EOF'
 import glob, sys
 import faiss, numpy as np
 work, factory, i = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -164,20 +165,21 @@ def measure(path, nprobe):
     return r10, one10, af_one20, af_r20, 1e3 / ms, ms
 
 print(f"\n{n} x {d} vectors (DATA={data}); build on {threads} threads, queries on 1 thread, 1,000 held-out queries")
-head = (f"{'':8} {'build s':>7} {'RSS MB':>7} {'index MB':>8} {'nprobe':>6} {'10-recall@10':>12} {'1-recall@10':>11} "
+head = (f"{'':8} {'build s':>7} {'CPU s':>7} {'RSS MB':>7} {'index MB':>8} {'nprobe':>6} {'10-recall@10':>12} {'1-recall@10':>11} "
         f"{'af 1-recall@20':>14} {'af 20-recall@20':>15} {'queries/s':>9} {'ms/query':>8}")
 for i, factory in enumerate(factories):
     print(f"\n{factory}")
     print(head)
     for tool in ("dsmake", "faiss"):
         path = f"{work}/{tool}{i}.index"
-        seconds, kb = open(f"{work}/{tool}{i}.time").read().split()
+        seconds, user, system, kb = open(f"{work}/{tool}{i}.time").read().split()
+        cpu = float(user) + float(system)
         for j, nprobe in enumerate(nprobes):
             r10, one10, af1, af20, qps, ms = measure(path, nprobe)
             if j == 0:
-                lead = f"{tool:8} {float(seconds):7.1f} {int(kb) / 1024:7.0f} {os.path.getsize(path) / 2**20:8.1f}"
+                lead = f"{tool:8} {float(seconds):7.1f} {cpu:7.1f} {int(kb) / 1024:7.0f} {os.path.getsize(path) / 2**20:8.1f}"
             else:
-                lead = f"{'':8} {'':>7} {'':>7} {'':>8}"
+                lead = f"{'':8} {'':>7} {'':>7} {'':>7} {'':>8}"
             print(f"{lead} {nprobe:6d} {r10:12.3f} {one10:11.3f} {af1:14.3f} {af20:15.3f} {qps:9.0f} {ms:8.2f}")
     infos = json.load(open(f"{work}/dsmake{i}.json"))
     print(f"dsmake's build split: train {infos['train_seconds']:.1f} s, add {infos['add_seconds']:.1f} s")

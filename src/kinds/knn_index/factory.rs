@@ -1,16 +1,12 @@
 //! Which index: a faiss `index_factory` string given by the user, or one chosen from the vector count and the
-//! memory budget as autofaiss's `get_optimal_index_keys_v2` chooses (criteo/autofaiss,
+//! memory budget as autofaiss's `get_optimal_index_keys_v2` chooses ([`autofaiss`]; criteo/autofaiss,
 //! autofaiss/external/optimize.py), within the index types dsmake writes:
 //!
-//! - fewer than 1,000 vectors, or an exact index that fits `max_index_memory_usage`: `Flat`. autofaiss
-//!   picks `HNSW{M}` when a graph fits the budget; dsmake writes the exact index there instead (always
-//!   right, and brute force stays well under a second per query at the sizes that fit a few GB).
-//! - otherwise `IVF{nlist},PQ{M}x8`: `nlist` autofaiss's first choice for the count (4·√n rounded to a power
-//!   of two below 10⁶ vectors, then 2¹⁴, 2¹⁶, 2¹⁷), `M` the largest of autofaiss's PQ sizes (256, 128, 64,
-//!   48, 32, 24, 16, 8, 4) below and dividing the dimension whose codes and ids (`M + 8` bytes a vector) fit
-//!   the budget; from 1,000 lists on the coarse quantizer is an HNSW graph (`IVF16384_HNSW32,PQ256x8`), as
-//!   autofaiss's. autofaiss also rotates vectors with OPQ before PQ (`OPQ256_768,…`); dsmake does not write
-//!   OPQ yet, so its codes are plain PQ.
+//! - where autofaiss keeps the f32 vectors (`Flat` below 1,000 vectors, `HNSW15` below 10,000, `HNSW{M}` when
+//!   a graph fits the budget, `IVF{nlist},Flat` below 10⁶ when it fits), dsmake writes the exact `Flat` index:
+//!   its faiss writer has neither `IndexHNSWFlat` nor `IndexIVFFlat`, and the exact index is no larger;
+//! - otherwise autofaiss's quantized key, as it is: `OPQ{M}_{y},IVF{nlist},PQ{M}x8`, with an HNSW coarse
+//!   quantizer (`IVF{nlist}_HNSW32`) from 1,000 lists on, every part of which dsmake trains and writes.
 
 use anyhow::{Context, bail};
 

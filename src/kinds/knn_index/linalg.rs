@@ -117,7 +117,7 @@ pub fn normalize(row: &mut [f32]) {
     }
 }
 
-/// Rows of `a` per block and rows of `b` per chunk in [`assign`]: a block's scores (256 × 1024 f32, 1 MB) stay
+/// Rows of `a` per block and rows of `b` per chunk in [`assign`]: a block's scores (1024 × 256 f32, 1 MB) stay
 /// in one thread's cache and in one buffer that thread reuses, whatever the number of centroids.
 const BLOCK_ROWS: usize = 256;
 const CHUNK_COLS: usize = 1024;
@@ -130,8 +130,9 @@ thread_local! {
 
 /// For each row of `a`, the row of `b` nearest to it: the largest inner product, or (with `l2`) the
 /// smallest squared distance `|a|² − 2·a·b + |b|²`, ranked as `a·b − |b|²/2` (`b_norms` from [`norms`]), as
-/// faiss's exhaustive search does it: `a·bᵀ` by gemm in blocks of rows and chunks of `b`, then each row's best
-/// kept across chunks. Blocks run on the rayon pool; memory is one block's scores a thread.
+/// faiss's exhaustive search does it: the products by gemm for a block of rows and a chunk of `b` at a time,
+/// each row's best kept across chunks (the first of equals, as a plain loop finds it). Blocks run on the rayon
+/// pool; memory is one block's scores a thread.
 pub fn assign(a: &[f32], b: &[f32], d: usize, l2: Option<&[f32]>) -> Vec<u32> {
     use rayon::prelude::*;
     let (n, k) = (a.len() / d, b.len() / d);
@@ -140,13 +141,15 @@ pub fn assign(a: &[f32], b: &[f32], d: usize, l2: Option<&[f32]>) -> Vec<u32> {
         None => vec![0.0; k],
     };
     let mut labels = vec![0u32; n];
-    labels.par_chunks_mut(BLOCK_ROWS).zip(a.par_chunks(BLOCK_ROWS * d)).for_each(|(out, block)| {
-        let mut best = vec![f32::NEG_INFINITY; out.len()];
+    labels.par_chunks_mut(BLOCK_ROWS).zip(a.par_chunks(BLOCK_ROWS * d)).for_each(|(at, block)| {
+        let mut best = vec![f32::NEG_INFINITY; at.len()];
         SCORES.with_borrow_mut(|s| {
             for (c, chunk) in b.chunks(CHUNK_COLS * d).enumerate() {
-                scores(block, chunk, d, s);
+                // Centroids × rows: a row's scores lie down a column, so that the search for each row's best
+                // runs across rows, in SIMD lanes, with nothing to merge at the end of a row.
+                scores(chunk, block, d, s);
                 let first = c * CHUNK_COLS;
-                best_of_rows(s, &offsets[first..first + chunk.len() / d], first as u32, &mut best, out);
+                best_down_columns(s, &offsets[first..first + chunk.len() / d], first as u32, &mut best, at);
             }
         });
     });
@@ -154,37 +157,16 @@ pub fn assign(a: &[f32], b: &[f32], d: usize, l2: Option<&[f32]>) -> Vec<u32> {
 }
 
 crate::util::simd::simd_dispatch! {
-    /// For each row of `s` (`offsets.len()` scores of columns `first…`), `s − offsets`' largest entry and its
-    /// column when above `best` (the first of equals, as a plain loop finds it): lanes of 16 columns keep their
-    /// own best, merged at the end of the row.
-    fn best_of_rows(s: &[f32], offsets: &[f32], first: u32, best: &mut [f32], at: &mut [u32]) {
-        const L: usize = 16;
-        let k = offsets.len();
-        let whole = k - k % L;
-        for ((row, best), at) in s.chunks_exact(k).zip(best.iter_mut()).zip(at.iter_mut()) {
-            let mut lane_best = [f32::NEG_INFINITY; L];
-            let mut lane_at = [0u32; L];
-            for (j, (r, o)) in row[..whole].chunks_exact(L).zip(offsets[..whole].chunks_exact(L)).enumerate() {
-                for l in 0..L {
-                    let v = r[l] - o[l];
-                    let better = v > lane_best[l];
-                    lane_best[l] = if better { v } else { lane_best[l] };
-                    lane_at[l] = if better { (j * L + l) as u32 } else { lane_at[l] };
-                }
-            }
-            let (mut v, mut j) = (f32::NEG_INFINITY, 0u32);
-            for l in 0..L {
-                if lane_best[l] > v || (lane_best[l] == v && lane_at[l] < j) {
-                    (v, j) = (lane_best[l], lane_at[l]);
-                }
-            }
-            for c in whole..k {
-                if row[c] - offsets[c] > v {
-                    (v, j) = (row[c] - offsets[c], c as u32);
-                }
-            }
-            if v > *best {
-                (*best, *at) = (v, first + j);
+    /// `s` holds a row per centroid (`first`, `first + 1`, …) and a column per vector: where a centroid's score
+    /// less its offset beats a vector's `best`, it becomes its best and `at`.
+    fn best_down_columns(s: &[f32], offsets: &[f32], first: u32, best: &mut [f32], at: &mut [u32]) {
+        for (j, (row, &offset)) in s.chunks_exact(best.len()).zip(offsets).enumerate() {
+            let j = first + j as u32;
+            for ((v, best), at) in row.iter().zip(best.iter_mut()).zip(at.iter_mut()) {
+                let v = v - offset;
+                let better = v > *best;
+                *best = if better { v } else { *best };
+                *at = if better { j } else { *at };
             }
         }
     }
