@@ -9,6 +9,7 @@
 #   N=200000 FACTORIES="IVF512,PQ96x8" NPROBES="16 64" tests/bench/knn_ivfpq.sh
 #   DATA=spectrum tests/bench/knn_ivfpq.sh  # vectors whose variance falls off over the directions
 #   DSMAKE=/tmp/my-dsmake tests/bench/knn_ivfpq.sh           # a release binary built beforehand
+#   BASELINE=/tmp/old-dsmake tests/bench/knn_ivfpq.sh        # also another dsmake binary (before a change)
 #
 # Run it under the bench lock on a shared machine: flock /tmp/dsmake-bench.lock tests/bench/knn_ivfpq.sh
 # 10^7 x 768 does not fit this 24 GB machine on faiss's Python path (the f32 vectors alone are 30 GB, the
@@ -90,11 +91,15 @@ index_key = "$FACTORY"
 nprobe = 16
 max_index_memory_usage = "64G"
 EOF
-  echo "== dsmake knn-index ($FACTORY)"
-  (cd "$WORK" && /usr/bin/time -f "%e %U %S %M" -o "$WORK/dsmake$i.time" "$DSMAKE" build "knn$i.toml" --store "$WORK/store$i" -q)
-  mv "$WORK/store$i/knn$i/knn$i/image.index" "$WORK/dsmake$i.index"
-  mv "$WORK/store$i/knn$i/knn$i/image.json" "$WORK/dsmake$i.json"
-  rm -rf "$WORK/store$i"
+  for tool in dsmake ${BASELINE:+baseline}; do
+    bin=$DSMAKE
+    [ "$tool" = baseline ] && bin=$BASELINE
+    echo "== $tool knn-index ($FACTORY)"
+    (cd "$WORK" && /usr/bin/time -f "%e %U %S %M" -o "$WORK/$tool$i.time" "$bin" build "knn$i.toml" --store "$WORK/store$i" -q)
+    mv "$WORK/store$i/knn$i/knn$i/image.index" "$WORK/$tool$i.index"
+    mv "$WORK/store$i/knn$i/knn$i/image.json" "$WORK/$tool$i.json"
+    rm -rf "$WORK/store$i"
+  done
 
   echo "== faiss-cpu $("$PY" -c 'import faiss; print(faiss.__version__)') ($FACTORY)"
   /usr/bin/time -f "%e %U %S %M" -o "$WORK/faiss$i.time" "$PY" - "$WORK" "$FACTORY" "$i" <<'EOF'
@@ -170,8 +175,10 @@ head = (f"{'':8} {'build s':>7} {'CPU s':>7} {'RSS MB':>7} {'index MB':>8} {'npr
 for i, factory in enumerate(factories):
     print(f"\n{factory}")
     print(head)
-    for tool in ("dsmake", "faiss"):
+    for tool in ("dsmake", "baseline", "faiss"):
         path = f"{work}/{tool}{i}.index"
+        if not os.path.exists(path):
+            continue
         seconds, user, system, kb = open(f"{work}/{tool}{i}.time").read().split()
         cpu = float(user) + float(system)
         for j, nprobe in enumerate(nprobes):
@@ -181,6 +188,8 @@ for i, factory in enumerate(factories):
             else:
                 lead = f"{'':8} {'':>7} {'':>7} {'':>7} {'':>8}"
             print(f"{lead} {nprobe:6d} {r10:12.3f} {one10:11.3f} {af1:14.3f} {af20:15.3f} {qps:9.0f} {ms:8.2f}")
-    infos = json.load(open(f"{work}/dsmake{i}.json"))
-    print(f"dsmake's build split: train {infos['train_seconds']:.1f} s, add {infos['add_seconds']:.1f} s")
+    for tool in ("dsmake", "baseline"):
+        if os.path.exists(f"{work}/{tool}{i}.json"):
+            infos = json.load(open(f"{work}/{tool}{i}.json"))
+            print(f"{tool}'s build split: train {infos['train_seconds']:.1f} s, add {infos['add_seconds']:.1f} s")
 EOF

@@ -334,7 +334,7 @@ mod tests {
     /// `get_optimal_quantization`, `get_optimal_nb_clusters`), and what dsmake builds for it.
     #[test]
     fn chooses_as_autofaiss_get_optimal_index_keys_v2() {
-        let cases: [(u64, usize, &str, &str, &str); 14] = [
+        let cases: [(u64, usize, &str, &str, &str); 16] = [
             // Fewer than 1,000 vectors (flat_threshold).
             (500, 768, "1B", "Flat", "Flat"),
             // Below 10,000 (quantization_threshold) HNSW15 whatever the budget; dsmake: exact.
@@ -366,6 +366,8 @@ mod tests {
             (20_000, 64, "1M", "OPQ32_96,IVF512,PQ32x8", "OPQ32_96,IVF512,PQ32x8"),
             (12_000, 32, "400000", "OPQ24_48,IVF512,PQ24x8", "OPQ24_48,IVF512,PQ24x8"),
             (15_000, 32, "400000", "OPQ16_48,IVF512,PQ16x8", "OPQ16_48,IVF512,PQ16x8"),
+            (12_000, 32, "200000", "OPQ8_40,IVF512,PQ8x8", "OPQ8_40,IVF512,PQ8x8"),
+            (16_000, 32, "200000", "OPQ4_28,IVF512,PQ4x8", "OPQ4_28,IVF512,PQ4x8"),
             // 1,144 times: more than PQ4's 256: no key.
             (400_000_000, 768, "1G", "(none)", "raise it"),
         ];
