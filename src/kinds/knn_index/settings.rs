@@ -53,8 +53,8 @@ crate::settings! {
         expansion_search: i64 = 768,
         /// how the usearch graph stores vectors: "f16", "bf16", "f32" or "i8"
         quantization: Quantization = Quantization::F16,
-        /// true: an exact IndexFlatIP whatever its size (index_key = "Flat"); false: approximate even when an
-        /// exact index fits the budget; default: as the budget decides
+        /// true: an exact IndexFlatIP whatever its size (index_key = "Flat"); false: approximate (autofaiss's
+        /// quantized key) even where autofaiss keeps the vectors; default: as autofaiss's choice decides
         exact_faiss: Option<bool>,
     }
 }
