@@ -35,32 +35,29 @@
 # dsmake's), add every part, and write the index file; faiss reads the parts one at a time (not all at once)
 # so that its peak memory is not inflated.
 #
-# Measured on the 2-core machine, shared with other builds and tests while it ran (times are noisy; dsmake
-# alone built IVF1024,PQ64x8 in 95 s before), 10^6 x 768, DATA=iso, default FACTORIES, NPROBES="16 64 256":
-#                       build s  RSS MB  index MB  nprobe  10-recall@10  1-recall@10  af 1-recall@20  af 20-recall@20  q/s
+# Measured on the 2-core machine, shared with other builds and tests while it ran (wall times are noisy; CPU
+# seconds less so), N=200000 PARTS=4 DATA=spectrum NPROBES="16 64", BASELINE = dsmake before assignment
+# stopped allocating a fresh score block per 1,024 rows (page faults were ~40% of OPQ training) and searched
+# each row's best down SIMD lanes:
+#                       build s   CPU s  RSS MB  index MB  nprobe  10-recall@10  1-recall@10  af 1-recall@20  af 20-recall@20
 #   IVF1024,PQ64x8
-#     dsmake              201.8     420      72.4      16         0.209        0.285           0.453            0.329   710
-#                                                     256         0.209        0.285           0.453            0.329    84
-#     faiss               327.3     905      72.4      16         0.207        0.271           0.454            0.324  1315
-#                                                     256         0.207        0.271           0.454            0.324    87
+#     dsmake               34.6    33.4     419      17.5      16         0.789        0.966           0.999            0.872
+#     baseline            113.7   102.4     417      17.5      16         0.789        0.966           0.999            0.872
+#     faiss               159.7   147.8     647      17.5      16         0.790        0.958           1.000            0.871
 #   OPQ64_768,IVF1024,PQ64x8
-#     dsmake              798.6     814      74.7      16         0.203        0.290           0.447            0.324  1192
-#                                                     256         0.203        0.290           0.447            0.324    80
-#     faiss               509.5    1338      74.7      16         0.209        0.273           0.440            0.323  1124
-#                                                     256         0.209        0.273           0.440            0.323    83
-# (dsmake's OPQ build: 564 s training, of which OPQ's 20 rounds are most; faiss's OPQ is faster to train.)
-# Recall does not move from nprobe 16 to 256: on isotropic data the ceiling is PQ64's quantisation error, not
-# the lists scanned, and no rotation (OPQ) lowers it. 12 ms a query at nprobe 256 is about autofaiss's 10 ms.
+#     dsmake              146.3   158.1     821      19.7      16         0.850        0.994           1.000            0.912
+#     baseline            354.6   520.1     811      19.7      16         0.852        0.994           1.000            0.914
+#     faiss               318.6   422.4    1297      19.7      16         0.847        0.987           1.000            0.909
+# (nprobe 64: the same recall to 0.002. dsmake's OPQ build: 137.8 s training, 8.3 s adding.) With variance that
+# falls off over the directions, 1-recall@10 passes 0.9 with plain PQ64 and OPQ lifts every figure; dsmake's
+# recall matches faiss's on the same factory string. Queries/s (single thread, measured by faiss on each file):
+# 2,700-4,100 at nprobe 16, alike for all three.
 #
-# N=200000 PARTS=4 DATA=spectrum NPROBES="16 64" (same machine, as shared):
-#   IVF1024,PQ64x8
-#     dsmake              248.2     419      17.5      16         0.789        0.966           0.999            0.872
-#     faiss               187.1     647      17.5      16         0.790        0.958           1.000            0.871
-#   OPQ64_768,IVF1024,PQ64x8
-#     dsmake              526.7     812      19.7      16         0.852        0.994           1.000            0.914
-#     faiss               485.3    1297      19.7      16         0.847        0.987           1.000            0.909
-# (nprobe 64: the same recall to 0.002.) With variance that falls off over the directions, 1-recall@10 passes 0.9
-# with plain PQ64 and OPQ lifts every figure; dsmake's recall matches faiss's on the same factory string.
+# Before that change, 10^6 x 768, DATA=iso, default FACTORIES, NPROBES="16 64 256" (build s, RSS MB, index MB,
+# 1-recall@10 at nprobe 16): IVF1024,PQ64x8 dsmake 201.8 s, 420, 72.4, 0.285; faiss 327.3 s, 905, 72.4, 0.271.
+# OPQ64_768,IVF1024,PQ64x8 dsmake 798.6 s, 814, 74.7, 0.290; faiss 509.5 s, 1338, 74.7, 0.273. Recall does not
+# move from nprobe 16 to 256 there: on isotropic data the ceiling is PQ64's quantisation error, not the lists
+# scanned, and no rotation (OPQ) lowers it. 12 ms a query at nprobe 256 is about autofaiss's 10 ms.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-1000000}
