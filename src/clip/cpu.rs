@@ -8,6 +8,7 @@
 //!
 //! Other devices and dtypes take candle's ops (transformer.rs); the results agree to float rounding.
 
+use crate::util::simd::simd_dispatch;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -213,38 +214,6 @@ impl CustomOp1 for Attention {
         });
         Ok((CpuStorage::F32(out), Shape::from((b, queries, d))))
     }
-}
-
-/// Defines `fn $name` that runs `$body` compiled for the widest x86 SIMD this CPU has: the kernels are plain
-/// loops that the compiler vectorises, and the crate's baseline target (SSE2) would leave most width unused.
-macro_rules! simd_dispatch {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        $(#[$doc])*
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn generic($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
-                    generic($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
-                    generic($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            generic($($arg),*)
-        }
-    };
 }
 
 simd_dispatch! {

@@ -7,6 +7,7 @@ mod glob;
 pub mod memory;
 pub mod named_file;
 pub mod secret;
+pub mod simd;
 pub mod sized_names;
 pub mod stat_cache;
 pub mod suggest;

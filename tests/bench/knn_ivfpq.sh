@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # dsmake's `knn-index` building IVF-PQ indices in faiss's format vs faiss-cpu's Python path building the same
 # index_factory strings, on the same machine, the same vectors, in one run. Prints for each factory string and
-# tool: build seconds and peak RSS (the whole process, /usr/bin/time), index bytes, and for each nprobe the
+# tool: build seconds (wall, and CPU: user + system, which a shared machine does not inflate as much) and peak RSS
+# (the whole process, /usr/bin/time), index bytes, and for each nprobe the
 # recall figures below and single-thread queries/s, all measured by faiss on each file with the same queries.
 #
 #   tests/bench/knn_ivfpq.sh                 # 1,000,000 x 768, IVF1024,PQ64x8 and OPQ64_768,IVF1024,PQ64x8
 #   N=200000 FACTORIES="IVF512,PQ96x8" NPROBES="16 64" tests/bench/knn_ivfpq.sh
 #   DATA=spectrum tests/bench/knn_ivfpq.sh  # vectors whose variance falls off over the directions
 #   DSMAKE=/tmp/my-dsmake tests/bench/knn_ivfpq.sh           # a release binary built beforehand
+#   BASELINE=/tmp/old-dsmake tests/bench/knn_ivfpq.sh        # also another dsmake binary (before a change)
 #
 # Run it under the bench lock on a shared machine: flock /tmp/dsmake-bench.lock tests/bench/knn_ivfpq.sh
 # 10^7 x 768 does not fit this 24 GB machine on faiss's Python path (the f32 vectors alone are 30 GB, the
@@ -33,32 +35,29 @@
 # dsmake's), add every part, and write the index file; faiss reads the parts one at a time (not all at once)
 # so that its peak memory is not inflated.
 #
-# Measured on the 2-core machine, shared with other builds and tests while it ran (times are noisy; dsmake
-# alone built IVF1024,PQ64x8 in 95 s before), 10^6 x 768, DATA=iso, default FACTORIES, NPROBES="16 64 256":
-#                       build s  RSS MB  index MB  nprobe  10-recall@10  1-recall@10  af 1-recall@20  af 20-recall@20  q/s
+# Measured on the 2-core machine, shared with other builds and tests while it ran (wall times are noisy; CPU
+# seconds less so), N=200000 PARTS=4 DATA=spectrum NPROBES="16 64", BASELINE = dsmake before assignment
+# stopped allocating a fresh score block per 1,024 rows (page faults were ~40% of OPQ training) and searched
+# each row's best down SIMD lanes:
+#                       build s   CPU s  RSS MB  index MB  nprobe  10-recall@10  1-recall@10  af 1-recall@20  af 20-recall@20
 #   IVF1024,PQ64x8
-#     dsmake              201.8     420      72.4      16         0.209        0.285           0.453            0.329   710
-#                                                     256         0.209        0.285           0.453            0.329    84
-#     faiss               327.3     905      72.4      16         0.207        0.271           0.454            0.324  1315
-#                                                     256         0.207        0.271           0.454            0.324    87
+#     dsmake               34.6    33.4     419      17.5      16         0.789        0.966           0.999            0.872
+#     baseline            113.7   102.4     417      17.5      16         0.789        0.966           0.999            0.872
+#     faiss               159.7   147.8     647      17.5      16         0.790        0.958           1.000            0.871
 #   OPQ64_768,IVF1024,PQ64x8
-#     dsmake              798.6     814      74.7      16         0.203        0.290           0.447            0.324  1192
-#                                                     256         0.203        0.290           0.447            0.324    80
-#     faiss               509.5    1338      74.7      16         0.209        0.273           0.440            0.323  1124
-#                                                     256         0.209        0.273           0.440            0.323    83
-# (dsmake's OPQ build: 564 s training, of which OPQ's 20 rounds are most; faiss's OPQ is faster to train.)
-# Recall does not move from nprobe 16 to 256: on isotropic data the ceiling is PQ64's quantisation error, not
-# the lists scanned, and no rotation (OPQ) lowers it. 12 ms a query at nprobe 256 is about autofaiss's 10 ms.
+#     dsmake              146.3   158.1     821      19.7      16         0.850        0.994           1.000            0.912
+#     baseline            354.6   520.1     811      19.7      16         0.852        0.994           1.000            0.914
+#     faiss               318.6   422.4    1297      19.7      16         0.847        0.987           1.000            0.909
+# (nprobe 64: the same recall to 0.002. dsmake's OPQ build: 137.8 s training, 8.3 s adding.) With variance that
+# falls off over the directions, 1-recall@10 passes 0.9 with plain PQ64 and OPQ lifts every figure; dsmake's
+# recall matches faiss's on the same factory string. Queries/s (single thread, measured by faiss on each file):
+# 2,700-4,100 at nprobe 16, alike for all three.
 #
-# N=200000 PARTS=4 DATA=spectrum NPROBES="16 64" (same machine, as shared):
-#   IVF1024,PQ64x8
-#     dsmake              248.2     419      17.5      16         0.789        0.966           0.999            0.872
-#     faiss               187.1     647      17.5      16         0.790        0.958           1.000            0.871
-#   OPQ64_768,IVF1024,PQ64x8
-#     dsmake              526.7     812      19.7      16         0.852        0.994           1.000            0.914
-#     faiss               485.3    1297      19.7      16         0.847        0.987           1.000            0.909
-# (nprobe 64: the same recall to 0.002.) With variance that falls off over the directions, 1-recall@10 passes 0.9
-# with plain PQ64 and OPQ lifts every figure; dsmake's recall matches faiss's on the same factory string.
+# Before that change, 10^6 x 768, DATA=iso, default FACTORIES, NPROBES="16 64 256" (build s, RSS MB, index MB,
+# 1-recall@10 at nprobe 16): IVF1024,PQ64x8 dsmake 201.8 s, 420, 72.4, 0.285; faiss 327.3 s, 905, 72.4, 0.271.
+# OPQ64_768,IVF1024,PQ64x8 dsmake 798.6 s, 814, 74.7, 0.290; faiss 509.5 s, 1338, 74.7, 0.273. Recall does not
+# move from nprobe 16 to 256 there: on isotropic data the ceiling is PQ64's quantisation error, not the lists
+# scanned, and no rotation (OPQ) lowers it. 12 ms a query at nprobe 256 is about autofaiss's 10 ms.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-1000000}
@@ -89,14 +88,18 @@ index_key = "$FACTORY"
 nprobe = 16
 max_index_memory_usage = "64G"
 EOF
-  echo "== dsmake knn-index ($FACTORY)"
-  (cd "$WORK" && /usr/bin/time -f "%e %M" -o "$WORK/dsmake$i.time" "$DSMAKE" build "knn$i.toml" --store "$WORK/store$i" -q)
-  mv "$WORK/store$i/knn$i/knn$i/image.index" "$WORK/dsmake$i.index"
-  mv "$WORK/store$i/knn$i/knn$i/image.json" "$WORK/dsmake$i.json"
-  rm -rf "$WORK/store$i"
+  for tool in dsmake ${BASELINE:+baseline}; do
+    bin=$DSMAKE
+    [ "$tool" = baseline ] && bin=$BASELINE
+    echo "== $tool knn-index ($FACTORY)"
+    (cd "$WORK" && /usr/bin/time -f "%e %U %S %M" -o "$WORK/$tool$i.time" "$bin" build "knn$i.toml" --store "$WORK/store$i" -q)
+    mv "$WORK/store$i/knn$i/knn$i/image.index" "$WORK/$tool$i.index"
+    mv "$WORK/store$i/knn$i/knn$i/image.json" "$WORK/$tool$i.json"
+    rm -rf "$WORK/store$i"
+  done
 
   echo "== faiss-cpu $("$PY" -c 'import faiss; print(faiss.__version__)') ($FACTORY)"
-  /usr/bin/time -f "%e %M" -o "$WORK/faiss$i.time" "$PY" - "$WORK" "$FACTORY" "$i" <<'EOF'
+  /usr/bin/time -f "%e %U %S %M" -o "$WORK/faiss$i.time" "$PY" - "$WORK" "$FACTORY" "$i" <<'EOF'
 import glob, sys
 import faiss, numpy as np
 work, factory, i = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -164,21 +167,26 @@ def measure(path, nprobe):
     return r10, one10, af_one20, af_r20, 1e3 / ms, ms
 
 print(f"\n{n} x {d} vectors (DATA={data}); build on {threads} threads, queries on 1 thread, 1,000 held-out queries")
-head = (f"{'':8} {'build s':>7} {'RSS MB':>7} {'index MB':>8} {'nprobe':>6} {'10-recall@10':>12} {'1-recall@10':>11} "
+head = (f"{'':8} {'build s':>7} {'CPU s':>7} {'RSS MB':>7} {'index MB':>8} {'nprobe':>6} {'10-recall@10':>12} {'1-recall@10':>11} "
         f"{'af 1-recall@20':>14} {'af 20-recall@20':>15} {'queries/s':>9} {'ms/query':>8}")
 for i, factory in enumerate(factories):
     print(f"\n{factory}")
     print(head)
-    for tool in ("dsmake", "faiss"):
+    for tool in ("dsmake", "baseline", "faiss"):
         path = f"{work}/{tool}{i}.index"
-        seconds, kb = open(f"{work}/{tool}{i}.time").read().split()
+        if not os.path.exists(path):
+            continue
+        seconds, user, system, kb = open(f"{work}/{tool}{i}.time").read().split()
+        cpu = float(user) + float(system)
         for j, nprobe in enumerate(nprobes):
             r10, one10, af1, af20, qps, ms = measure(path, nprobe)
             if j == 0:
-                lead = f"{tool:8} {float(seconds):7.1f} {int(kb) / 1024:7.0f} {os.path.getsize(path) / 2**20:8.1f}"
+                lead = f"{tool:8} {float(seconds):7.1f} {cpu:7.1f} {int(kb) / 1024:7.0f} {os.path.getsize(path) / 2**20:8.1f}"
             else:
-                lead = f"{'':8} {'':>7} {'':>7} {'':>8}"
+                lead = f"{'':8} {'':>7} {'':>7} {'':>7} {'':>8}"
             print(f"{lead} {nprobe:6d} {r10:12.3f} {one10:11.3f} {af1:14.3f} {af20:15.3f} {qps:9.0f} {ms:8.2f}")
-    infos = json.load(open(f"{work}/dsmake{i}.json"))
-    print(f"dsmake's build split: train {infos['train_seconds']:.1f} s, add {infos['add_seconds']:.1f} s")
+    for tool in ("dsmake", "baseline"):
+        if os.path.exists(f"{work}/{tool}{i}.json"):
+            infos = json.load(open(f"{work}/{tool}{i}.json"))
+            print(f"{tool}'s build split: train {infos['train_seconds']:.1f} s, add {infos['add_seconds']:.1f} s")
 EOF

@@ -508,18 +508,20 @@ fn knn_train_is_its_own_target_and_retrains_only_when_the_key_no_longer_fits() {
         venv_python("check_clip_back.py", &[&s.store().join("pipeline/knn"), Path::new("count"), Path::new("20000")]);
     assert!(out.contains("ok"), "{out}");
 
-    // Chosen from the budget: 9,000 vectors of 32 fit 350,000 bytes as IVF512,PQ16x8; 12,000 only as PQ8.
-    let s = Sandbox::new(&pipeline("max_index_memory_usage = \"350000\""));
+    // Chosen from the budget as autofaiss's get_optimal_index_keys_v2 chooses (src/kinds/knn_index/factory.rs):
+    // 12,000 vectors of 32 in 200,000 bytes as OPQ8_40,IVF512,PQ8x8 (16 bytes a vector with its id); 16,000
+    // only with PQ4.
+    let s = Sandbox::new(&pipeline("max_index_memory_usage = \"200000\""));
     for n in 0..3 {
-        write_part(&s, n, 3000, d);
+        write_part(&s, n, 4000, d);
     }
     assert_eq!(built(&s.build(&[])), ["knn/all", "knn_train/all"]);
-    assert_eq!(infos(&s, "knn", "image")["index_key"], "IVF512,PQ16x8");
-    write_part(&s, 3, 3000, d);
+    assert_eq!(infos(&s, "knn", "image")["index_key"], "OPQ8_40,IVF512,PQ8x8");
+    write_part(&s, 3, 4000, d);
     let plan = s.plan(&[]);
     let train = actions(&plan).into_iter().find(|(t, _, _)| t == "knn_train/all").unwrap();
     assert_eq!(train.1, "stale", "{train:?}");
-    assert!(train.2.starts_with(r#"shard.index_key: "IVF512,PQ16x8" → "IVF512,PQ8x8""#), "{train:?}");
+    assert!(train.2.starts_with(r#"shard.index_key: "OPQ8_40,IVF512,PQ8x8" → "OPQ4_28,IVF512,PQ4x8""#), "{train:?}");
 }
 
 /// Encoding is one target a part (knn-encode): adding a part encodes that part only (the knn-train target and

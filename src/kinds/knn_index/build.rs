@@ -164,11 +164,12 @@ fn build_side(
         None => choice.key(total, d)?,
     };
     key.check(total, d)?;
-    if key.trained() && key.bytes(total, d) > choice.budget {
+    if key.trained() && !key.fits(total, d, choice.budget) {
         bail!(
-            "{key} takes {} bytes for {total} vectors of {d}, over max_index_memory_usage ({} bytes): raise it, or \
-             choose fewer PQ bytes{}",
+            "{key} takes {} bytes for {total} vectors of {d} (its codes and ids, as autofaiss counts them: {} \
+             bytes), over max_index_memory_usage ({} bytes): raise it, or choose fewer PQ bytes{}",
             key.bytes(total, d),
+            key.code_bytes(total),
             choice.budget,
             if trained.is_some() { " (the knn-train step retrains once its plan sees the new count)" } else { "" }
         );
@@ -275,10 +276,12 @@ fn build_side(
             (1.0, None, None)
         }
         Sink::Ivf(mut ivf) => {
+            let transformed = ivf.transform(&queries);
             let (nprobe, recall) = match s.nprobe {
-                Some(n) => (n as usize, recall_at(&ivf, &queries, &truth, n as usize)),
-                None => tune_nprobe(&ivf, &queries, &truth),
+                Some(n) => (n as usize, recall_at(&ivf, &transformed, &truth, n as usize)),
+                None => tune_nprobe(&ivf, &transformed, &truth),
             };
+            drop(transformed);
             ivf.set_nprobe(nprobe);
             let nprobe = ivf.nprobe;
             let latency = latency_ms(&ivf, &queries, nprobe);
@@ -360,8 +363,9 @@ fn shapes(parts: &[Part]) -> anyhow::Result<(usize, u64)> {
     Ok((d, total))
 }
 
+/// recall@10 of `queries` (through [`IvfPq::transform`]) against `truth`.
 fn recall_at(ivf: &IvfPq, queries: &[f32], truth: &[Vec<i64>], nprobe: usize) -> f64 {
-    let found = ivf.search_many(queries, 10, nprobe);
+    let found = ivf.search_many_transformed(queries, 10, nprobe);
     let hits: usize =
         found.iter().zip(truth).map(|(f, t)| t.iter().filter(|id| f.iter().any(|r| r.0 == **id)).count()).sum();
     hits as f64 / truth.iter().map(Vec::len).sum::<usize>().max(1) as f64

@@ -126,8 +126,8 @@ impl IvfPq {
         }
     }
 
-    /// Rows as the IVF-PQ takes them: through OPQ's transform when there is one.
-    fn transform<'a>(&self, rows: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+    /// Rows as the IVF-PQ takes them: through OPQ's transform when there is one (one product for many rows).
+    pub fn transform<'a>(&self, rows: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
         match &self.opq {
             Some(o) => o.apply(rows).into(),
             None => rows.into(),
@@ -145,7 +145,11 @@ impl IvfPq {
 
     /// The top `k` (id, score) scanning `nprobe` lists.
     pub fn search(&self, q: &[f32], k: usize, nprobe: usize) -> Vec<(i64, f32)> {
-        let q = &*self.transform(q);
+        self.search_transformed(&self.transform(q), k, nprobe)
+    }
+
+    /// As [`IvfPq::search`] for a query already through [`IvfPq::transform`].
+    fn search_transformed(&self, q: &[f32], k: usize, nprobe: usize) -> Vec<(i64, f32)> {
         let table = self.pq.ip_table(q);
         let m = self.pq.m;
         let mut top = TopK::new(k);
@@ -158,9 +162,10 @@ impl IvfPq {
         top.sorted()
     }
 
-    /// Searches many queries on the rayon pool.
-    pub fn search_many(&self, queries: &[f32], k: usize, nprobe: usize) -> Vec<Vec<(i64, f32)>> {
-        queries.par_chunks_exact(self.input_dim()).map(|q| self.search(q, k, nprobe)).collect()
+    /// Searches many queries, already through [`IvfPq::transform`] (once for all: tuning `nprobe` searches
+    /// the same queries many times), on the rayon pool.
+    pub fn search_many_transformed(&self, queries: &[f32], k: usize, nprobe: usize) -> Vec<Vec<(i64, f32)>> {
+        queries.par_chunks_exact(self.d).map(|q| self.search_transformed(q, k, nprobe)).collect()
     }
 
     /// Bytes the index takes in memory and on disk, near enough: codes, ids and the trained tables.

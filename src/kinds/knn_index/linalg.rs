@@ -117,34 +117,59 @@ pub fn normalize(row: &mut [f32]) {
     }
 }
 
+/// Rows of `a` per block and rows of `b` per chunk in [`assign`]: a block's scores (1024 × 256 f32, 1 MB) stay
+/// in one thread's cache and in one buffer that thread reuses, whatever the number of centroids.
+const BLOCK_ROWS: usize = 256;
+const CHUNK_COLS: usize = 1024;
+
+thread_local! {
+    /// [`assign`]'s scores: allocated once a thread, not once a block (a fresh megabyte a block cost more in
+    /// page faults than the products themselves).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// For each row of `a`, the row of `b` nearest to it: the largest inner product, or (with `l2`) the
-/// smallest squared distance, ranked as `2·a·b − |b|²` (`b_norms` from [`norms`]). Blocks of rows run on the
-/// rayon pool.
+/// smallest squared distance `|a|² − 2·a·b + |b|²`, ranked as `a·b − |b|²/2` (`b_norms` from [`norms`]), as
+/// faiss's exhaustive search does it: the products by gemm for a block of rows and a chunk of `b` at a time,
+/// each row's best kept across chunks (the first of equals, as a plain loop finds it). Blocks run on the rayon
+/// pool; memory is one block's scores a thread.
 pub fn assign(a: &[f32], b: &[f32], d: usize, l2: Option<&[f32]>) -> Vec<u32> {
     use rayon::prelude::*;
-    const BLOCK: usize = 1024;
-    let k = b.len() / d;
-    a.par_chunks(BLOCK * d)
-        .flat_map_iter(|block| {
-            let mut s = Vec::new();
-            scores(block, b, d, &mut s);
-            s.chunks_exact(k)
-                .map(|row| {
-                    let mut best = (f32::NEG_INFINITY, 0u32);
-                    for (j, &v) in row.iter().enumerate() {
-                        let v = match l2 {
-                            Some(n) => 2.0 * v - n[j],
-                            None => v,
-                        };
-                        if v > best.0 {
-                            best = (v, j as u32);
-                        }
-                    }
-                    best.1
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let (n, k) = (a.len() / d, b.len() / d);
+    let offsets: Vec<f32> = match l2 {
+        Some(norms) => norms.iter().map(|v| 0.5 * v).collect(),
+        None => vec![0.0; k],
+    };
+    let mut labels = vec![0u32; n];
+    labels.par_chunks_mut(BLOCK_ROWS).zip(a.par_chunks(BLOCK_ROWS * d)).for_each(|(at, block)| {
+        let mut best = vec![f32::NEG_INFINITY; at.len()];
+        SCORES.with_borrow_mut(|s| {
+            for (c, chunk) in b.chunks(CHUNK_COLS * d).enumerate() {
+                // Centroids × rows: a row's scores lie down a column, so that the search for each row's best
+                // runs across rows, in SIMD lanes, with nothing to merge at the end of a row.
+                scores(chunk, block, d, s);
+                let first = c * CHUNK_COLS;
+                best_down_columns(s, &offsets[first..first + chunk.len() / d], first as u32, &mut best, at);
+            }
+        });
+    });
+    labels
+}
+
+crate::util::simd::simd_dispatch! {
+    /// `s` holds a row per centroid (`first`, `first + 1`, …) and a column per vector: where a centroid's score
+    /// less its offset beats a vector's `best`, it becomes its best and `at`.
+    fn best_down_columns(s: &[f32], offsets: &[f32], first: u32, best: &mut [f32], at: &mut [u32]) {
+        for (j, (row, &offset)) in s.chunks_exact(best.len()).zip(offsets).enumerate() {
+            let j = first + j as u32;
+            for ((v, best), at) in row.iter().zip(best.iter_mut()).zip(at.iter_mut()) {
+                let v = v - offset;
+                let better = v > *best;
+                *best = if better { v } else { *best };
+                *at = if better { j } else { *at };
+            }
+        }
+    }
 }
 
 /// The `k` best (score, id) pairs seen, best first once [`TopK::sorted`] is called.
@@ -234,6 +259,25 @@ mod tests {
         let g = matmul(View::rows(&a, 7, d).t(), View::rows(&a, 7, d));
         let want: f32 = (0..7).map(|r| a[r * d + 1] * a[r * d + 3]).sum();
         assert!((g[d + 3] - want).abs() < 1e-4 && (g[3 * d + 1] - want).abs() < 1e-4);
+        // Many rows and centroids: several row blocks and centroid chunks, lanes and a tail; the first of
+        // equal centroids wins, as in a plain loop.
+        let (d, n, k) = (3, 600, 2 * CHUNK_COLS + 37);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let a: Vec<f32> = (0..n * d).map(|_| rng.f32() - 0.5).collect();
+        let mut b: Vec<f32> = (0..k * d).map(|_| rng.f32() - 0.5).collect();
+        b.copy_within(0..d, (k - 1) * d);
+        let nb = norms(&b, d);
+        for l2 in [true, false] {
+            let got = assign(&a, &b, d, l2.then_some(&nb[..]));
+            for (i, row) in a.chunks_exact(d).enumerate() {
+                let rank = |j: usize| {
+                    let p = dot(row, &b[j * d..(j + 1) * d]);
+                    if l2 { p - 0.5 * nb[j] } else { p }
+                };
+                let want = (0..k).fold(0, |best, j| if rank(j) > rank(best) { j } else { best });
+                assert!((rank(got[i] as usize) - rank(want)).abs() < 1e-5 && got[i] != k as u32 - 1, "row {i}");
+            }
+        }
         let mut top = TopK::new(2);
         for (id, score) in [(1, 0.5), (2, 0.9), (3, 0.1), (4, 0.9)] {
             top.push(score, id);

@@ -2,9 +2,9 @@
 //! (all-to-one), for inner-product queries:
 //!
 //! - `image.index` and `text.index`: faiss indices in faiss's own format ([`faiss`]): an exact `IndexFlatIP`
-//!   while it fits `max_index_memory_usage`, else `IVF{nlist},PQ{M}x8` ([`ivfpq`]; with an HNSW coarse
-//!   quantizer, `IVF{nlist}_HNSW{M}`) chosen from the count and the budget as autofaiss chooses ([`factory`]),
-//!   or the `index_key` given. clip_back loads them with
+//!   where autofaiss keeps the vectors, else `IVF{nlist},PQ{M}x8` ([`ivfpq`]; with an HNSW coarse quantizer,
+//!   `IVF{nlist}_HNSW{M}`; behind OPQ, `OPQ{M}_{y},…`) chosen from the count and the budget as autofaiss
+//!   chooses ([`factory`]), or the `index_key` given. clip_back loads them with
 //!   `faiss.read_index`; the IVF's `nprobe` is stored in the file, where clip_back finds it.
 //! - `image.json`, `text.json`: autofaiss's index infos (index key and parameters, size, compression ratio,
 //!   latency), plus recall@10 against exact search on sample queries.

@@ -71,7 +71,7 @@ impl Opq {
             out.iter_mut().zip(row.iter().zip(&mean)).for_each(|(o, (v, s))| *o = v - *s as f32);
         }
         // The first d_out rows of a random d × d rotation.
-        let mut r = random_rotation(d, 1234);
+        let mut r = random_rotation(d, 1234).context("OPQ's random start did not converge")?;
         r.truncate(d_out * d);
         let mut pq: Option<Pq> = None;
         for round in 0..rounds {
@@ -168,27 +168,18 @@ fn polar(m: &[f32], rows: usize, cols: usize) -> anyhow::Result<Vec<f32>> {
     bail!("Newton–Schulz did not reach an orthogonal matrix in 200 steps")
 }
 
-/// A random `d × d` rotation: Gaussian rows made orthonormal by Gram–Schmidt (faiss: `float_randn`, QR).
-fn random_rotation(d: usize, seed: u64) -> Vec<f32> {
+/// A random `d × d` rotation: the polar factor of a Gaussian matrix (faiss takes the Q of its QR; both are
+/// uniformly distributed rotations), in gemm products rather than a scalar O(d³) Gram–Schmidt.
+fn random_rotation(d: usize, seed: u64) -> anyhow::Result<Vec<f32>> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut a: Vec<f64> = (0..d * d)
+    let g: Vec<f32> = (0..d * d)
         .map(|_| {
             // Box–Muller.
             let (u, v) = (rng.f64().max(f64::MIN_POSITIVE), rng.f64());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
         })
         .collect();
-    for i in 0..d {
-        for j in 0..i {
-            let p: f64 = (0..d).map(|k| a[i * d + k] * a[j * d + k]).sum();
-            for k in 0..d {
-                a[i * d + k] -= p * a[j * d + k];
-            }
-        }
-        let n: f64 = (0..d).map(|k| a[i * d + k] * a[i * d + k]).sum::<f64>().sqrt();
-        (0..d).for_each(|k| a[i * d + k] /= n);
-    }
-    a.into_iter().map(|v| v as f32).collect()
+    polar(&g, d, d)
 }
 
 #[cfg(test)]

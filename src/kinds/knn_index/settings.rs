@@ -53,8 +53,8 @@ crate::settings! {
         expansion_search: i64 = 768,
         /// how the usearch graph stores vectors: "f16", "bf16", "f32" or "i8"
         quantization: Quantization = Quantization::F16,
-        /// true: an exact IndexFlatIP whatever its size (index_key = "Flat"); false: approximate even when an
-        /// exact index fits the budget; default: as the budget decides
+        /// true: an exact IndexFlatIP whatever its size (index_key = "Flat"); false: approximate (autofaiss's
+        /// quantized key) even where autofaiss keeps the vectors; default: as autofaiss's choice decides
         exact_faiss: Option<bool>,
     }
 }
@@ -126,9 +126,7 @@ impl Choice {
         let key = match (self.index_key, self.exact) {
             (Some(key), _) => key,
             (None, Some(true)) => IndexKey::Flat,
-            (None, Some(false)) => {
-                factory::choose(n, d, self.budget.min(IndexKey::Flat.bytes(n, d).saturating_sub(1)))?
-            }
+            (None, Some(false)) => factory::choose_approximate(n, d, self.budget)?,
             (None, None) => factory::choose(n, d, self.budget)?,
         };
         key.check(n, d)?;
