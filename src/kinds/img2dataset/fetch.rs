@@ -380,3 +380,27 @@ impl Fetcher {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept buffer comes back, with the bytes it held, for a body it fits without much to spare; not for
+    /// a body a quarter or more smaller (the budget counts its capacity), and one that would take the pool
+    /// past its bound is not kept. (Sizes no other test uses: the pool is the process's.)
+    #[test]
+    fn body_buffers_are_kept_within_bounds() {
+        let mut held = Vec::with_capacity(3_000_017);
+        held.extend_from_slice(b"earlier body");
+        let at = held.as_ptr();
+        keep_buffer(held);
+        let small = buffer_for(2_000_003);
+        assert_ne!(small.as_ptr(), at, "too large for it");
+        let reused = buffer_for(2_900_009);
+        assert_eq!(reused.as_ptr(), at);
+        assert_eq!((&reused[..], reused.capacity()), (&b"earlier body"[..], 3_000_017));
+        keep_buffer(Vec::with_capacity(KEEP_BODIES + 1));
+        let pool = BODIES.lock().unwrap();
+        assert!(pool.iter().map(Vec::capacity).sum::<usize>() <= KEEP_BODIES, "over the bound: not kept");
+    }
+}

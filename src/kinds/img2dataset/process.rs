@@ -451,6 +451,26 @@ pub(super) mod tests {
         assert!(white.pixels().all(|px| px.0.iter().all(|&c| c > 250)), "alpha composited on white");
     }
 
+    /// A scratch's buffers carry nothing from one image to the next: a small image after a large one (of
+    /// each mode and format) comes out as it does with a fresh scratch.
+    #[test]
+    fn a_reused_scratch_gives_what_a_fresh_one_gives() {
+        let large = image::DynamicImage::ImageRgb8(card(900, 700));
+        let small = image::DynamicImage::ImageRgb8(card(150, 40));
+        for mode in [ResizeMode::Border, ResizeMode::CenterCrop, ResizeMode::KeepRatio, ResizeMode::No] {
+            for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+                let mut o = options(mode);
+                o.image_size = 96;
+                let mut scratch = Scratch::default();
+                process(&encode_as(&large, format), &o, &mut scratch).unwrap();
+                let again = process(&encode_as(&small, format), &o, &mut scratch).unwrap();
+                let fresh = process_(&encode_as(&small, format), &o).unwrap();
+                assert_eq!((again.width, again.height), (fresh.width, fresh.height), "{mode:?} {format:?}");
+                assert!(again.bytes == fresh.bytes, "{mode:?} {format:?}");
+            }
+        }
+    }
+
     #[test]
     fn checks_come_before_work() {
         let mut o = options(ResizeMode::Border);
