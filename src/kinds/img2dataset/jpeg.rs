@@ -86,9 +86,7 @@ pub fn decode(
     if let Err(e) = admit(cost) {
         return Some(Err(e));
     }
-    if pixels.len() < n {
-        pixels.resize(n, 0);
-    }
+    super::process::room(pixels, n);
     decompressor.set_scaling_factor(scale).ok()?;
     let image = Image { pixels: &mut pixels[..n], width: sw, pitch: sw * 3, height: sh, format: PixelFormat::RGB };
     if let Err(e) = decompressor.decompress(bytes, image) {

@@ -41,6 +41,11 @@ pub const LARGE: usize = 32 << 20;
 pub struct Scratch {
     pixels: Vec<u8>,
     codec: jpeg::Codec,
+    /// The resizer keeps its intermediate buffer between images.
+    resizer: Resizer,
+    /// The resized image, and the cropped or padded one made from it: output-sized.
+    resized: Vec<u8>,
+    framed: Vec<u8>,
 }
 
 impl Scratch {
@@ -49,10 +54,19 @@ impl Scratch {
         self.pixels.capacity() > SMALL
     }
 
-    /// Lets go of the pixel buffer if it is over `max` bytes.
+    /// Lets go of the pixel buffer if it is over `max` bytes, and of the output-sized ones and the resizer's
+    /// if they are over `SMALL` (a large `image_size`).
     pub fn shrink_past(&mut self, max: usize) {
         if self.pixels.capacity() > max {
             self.pixels = Vec::new();
+        }
+        for buffer in [&mut self.resized, &mut self.framed] {
+            if buffer.capacity() > SMALL {
+                *buffer = Vec::new();
+            }
+        }
+        if self.resizer.size_of_internal_buffers() > SMALL {
+            self.resizer.reset_internal_buffers();
         }
     }
 
@@ -102,17 +116,18 @@ pub fn process_within(
         None => decode_any(bytes, format, o, &mut scratch.pixels, admit)?,
     };
     let Decoded { width, height, original_width, original_height, .. } = decoded;
+    let Scratch { pixels: buffer, codec, resizer, resized, framed } = scratch;
     let pixels: &[u8] = match &decoded.pixels {
-        Pixels::Scratch(n) => &scratch.pixels[..*n],
+        Pixels::Scratch(n) => &buffer[..*n],
         Pixels::Owned(v) => v,
     };
-    let out: Option<RgbImage> = match resized_size(o, original_width, original_height)? {
+    let out = match resized_size(o, original_width, original_height)? {
         None => None,
         Some((nw, nh, downscale)) => {
-            let resized = resize((pixels, width, height), nw, nh, downscale)?;
+            let resized = (resize(resizer, (pixels, width, height), nw, nh, downscale, resized)?, nw, nh);
             Some(match o.mode {
-                ResizeMode::CenterCrop => center_crop(&resized, o.image_size),
-                ResizeMode::Border => pad_white(&resized, o.image_size)?,
+                ResizeMode::CenterCrop => center_crop(resized, o.image_size, framed),
+                ResizeMode::Border => pad_white(resized, o.image_size, framed),
                 _ => resized,
             })
         }
@@ -127,11 +142,8 @@ pub fn process_within(
             original_height,
         });
     }
-    let (pixels, width, height) = match &out {
-        Some(img) => (img.as_raw().as_slice(), img.width(), img.height()),
-        None => (pixels, width, height),
-    };
-    let bytes = encode(pixels, width, height, o, &mut scratch.codec)?;
+    let (pixels, width, height) = out.unwrap_or((pixels, width, height));
+    let bytes = encode(pixels, width, height, o, codec)?;
     Ok(Processed { bytes, width, height, original_width, original_height })
 }
 
@@ -165,9 +177,7 @@ fn decode_any(
     admit(decoding.saturating_add(after))?;
     let decoded = if fast {
         let n = total as usize;
-        if scratch.len() < n {
-            scratch.resize(n, 0);
-        }
+        room(scratch, n);
         decoder.read_image(&mut scratch[..n]).map_err(|e| format!("image decoding error: {e}"))?;
         Decoded {
             pixels: Pixels::Scratch(n),
@@ -231,44 +241,75 @@ fn composite_on_white(img: &DynamicImage) -> RgbImage {
     out
 }
 
-/// Resizes to `nw`×`nh`: area-like filtering when shrinking (OpenCV's INTER_AREA), Lanczos when growing
-/// (INTER_LANCZOS4).
-fn resize((pixels, w, h): (&[u8], u32, u32), nw: u32, nh: u32, downscale: bool) -> Result<RgbImage, String> {
+/// Makes `buffer` at least `n` bytes long. One too small is replaced rather than grown: growing would copy
+/// what it holds (the last image's pixels) for nothing.
+pub(super) fn room(buffer: &mut Vec<u8>, n: usize) {
+    if buffer.len() < n {
+        if buffer.capacity() < n {
+            *buffer = Vec::new();
+            buffer.reserve_exact(n);
+        }
+        buffer.resize(n, 0);
+    }
+}
+
+/// An RGB image: its pixels, width and height.
+type Rgb<'a> = (&'a [u8], u32, u32);
+
+/// Resizes to `nw`×`nh` into `out`: area-like filtering when shrinking (OpenCV's INTER_AREA), Lanczos when
+/// growing (INTER_LANCZOS4). The pixels as they are when the size is already right.
+fn resize<'a>(
+    resizer: &mut Resizer,
+    (pixels, w, h): Rgb<'a>,
+    nw: u32,
+    nh: u32,
+    downscale: bool,
+    out: &'a mut Vec<u8>,
+) -> Result<&'a [u8], String> {
     use fast_image_resize::PixelType;
     use fast_image_resize::images::{Image, ImageRef};
     if (nw, nh) == (w, h) {
-        return RgbImage::from_raw(w, h, pixels.to_vec()).ok_or_else(|| "resize error: bad buffer".to_string());
+        return Ok(pixels);
     }
     let src = ImageRef::new(w, h, pixels, PixelType::U8x3).map_err(|e| format!("resize error: {e}"))?;
-    let mut dst = Image::new(nw, nh, PixelType::U8x3);
+    let n = nw as usize * nh as usize * 3;
+    room(out, n);
+    let mut dst =
+        Image::from_slice_u8(nw, nh, &mut out[..n], PixelType::U8x3).map_err(|e| format!("resize error: {e}"))?;
     let filter = if downscale { FilterType::Box } else { FilterType::Lanczos3 };
-    Resizer::new()
+    resizer
         .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)))
         .map_err(|e| format!("resize error: {e}"))?;
-    RgbImage::from_raw(nw, nh, dst.into_vec()).ok_or_else(|| "resize error: bad buffer".to_string())
+    Ok(&out[..n])
 }
 
-fn center_crop(img: &RgbImage, size: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
+/// The centre `size`×`size` (or less, on a short side), into `out`.
+fn center_crop<'a>((pixels, w, h): Rgb<'_>, size: u32, out: &'a mut Vec<u8>) -> Rgb<'a> {
     let (cw, ch) = (size.min(w), size.min(h));
-    let (x, y) = ((w - cw) / 2, (h - ch) / 2);
-    image::imageops::crop_imm(img, x, y, cw, ch).to_image()
+    let (x, y) = (((w - cw) / 2) as usize, ((h - ch) / 2) as usize);
+    let (row, in_row) = (cw as usize * 3, w as usize * 3);
+    out.clear();
+    for r in y..y + ch as usize {
+        let at = r * in_row + x * 3;
+        out.extend_from_slice(&pixels[at..at + row]);
+    }
+    (&out[..], cw, ch)
 }
 
-/// Centred on white, row by row (`imageops::replace` goes pixel by pixel).
-fn pad_white(img: &RgbImage, size: u32) -> Result<RgbImage, String> {
-    let (w, h) = img.dimensions();
+/// Centred on white, row by row, into `out`.
+fn pad_white<'a>((pixels, w, h): Rgb<'_>, size: u32, out: &'a mut Vec<u8>) -> Rgb<'a> {
     let (tw, th) = (size.max(w), size.max(h));
     let (x, y) = (((tw - w) / 2) as usize, ((th - h) / 2) as usize);
     let (row, out_row) = (w as usize * 3, tw as usize * 3);
-    let mut out = vec![255u8; out_row * th as usize];
+    out.clear();
+    out.resize(out_row * th as usize, 255);
     if row > 0 {
-        for (r, src) in img.as_raw().chunks_exact(row).enumerate() {
+        for (r, src) in pixels.chunks_exact(row).enumerate() {
             let at = (y + r) * out_row + x * 3;
             out[at..at + row].copy_from_slice(src);
         }
     }
-    RgbImage::from_raw(tw, th, out).ok_or_else(|| "resize error: bad buffer".to_string())
+    (&out[..], tw, th)
 }
 
 fn encode(pixels: &[u8], w: u32, h: u32, o: &ProcessOptions, codec: &mut jpeg::Codec) -> Result<Vec<u8>, String> {
@@ -408,6 +449,26 @@ pub(super) mod tests {
         let p = process_(&encode(&rgba, ImageFormat::WebP), &o).unwrap();
         let white = image::load_from_memory(&p.bytes).unwrap().to_rgb8();
         assert!(white.pixels().all(|px| px.0.iter().all(|&c| c > 250)), "alpha composited on white");
+    }
+
+    /// A scratch's buffers carry nothing from one image to the next: a small image after a large one (of
+    /// each mode and format) comes out as it does with a fresh scratch.
+    #[test]
+    fn a_reused_scratch_gives_what_a_fresh_one_gives() {
+        let large = image::DynamicImage::ImageRgb8(card(900, 700));
+        let small = image::DynamicImage::ImageRgb8(card(150, 40));
+        for mode in [ResizeMode::Border, ResizeMode::CenterCrop, ResizeMode::KeepRatio, ResizeMode::No] {
+            for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+                let mut o = options(mode);
+                o.image_size = 96;
+                let mut scratch = Scratch::default();
+                process(&encode_as(&large, format), &o, &mut scratch).unwrap();
+                let again = process(&encode_as(&small, format), &o, &mut scratch).unwrap();
+                let fresh = process_(&encode_as(&small, format), &o).unwrap();
+                assert_eq!((again.width, again.height), (fresh.width, fresh.height), "{mode:?} {format:?}");
+                assert!(again.bytes == fresh.bytes, "{mode:?} {format:?}");
+            }
+        }
     }
 
     #[test]

@@ -41,9 +41,7 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>, admit: Adm
     if let Err(e) = admit(n as u64 + after_decode_bytes(o, w, h, tw, th)) {
         return Some(Err(e));
     }
-    if pixels.len() < n {
-        pixels.resize(n, 0);
-    }
+    super::process::room(pixels, n);
     config.output.colorspace = webp::WEBP_CSP_MODE::MODE_RGB;
     config.output.is_external_memory = 1;
     config.output.u.RGBA =
