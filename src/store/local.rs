@@ -252,7 +252,8 @@ mod tests {
 
     #[test]
     fn mtime_versions_read_as_the_format_they_replace() {
-        for (seconds, nanos) in [(1_764_500_000, 5), (0, 0), (7, 999_999_999), (-3, 120), (i64::MIN, 1), (i64::MAX, 0)] {
+        for (seconds, nanos) in [(1_764_500_000, 5), (0, 0), (7, 999_999_999), (-3, 120), (i64::MIN, 1), (i64::MAX, 0)]
+        {
             assert_eq!(mtime_version(seconds, nanos), format!("{seconds}.{nanos:09}"));
         }
     }

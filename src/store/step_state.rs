@@ -7,6 +7,7 @@ use super::manifest::Manifest;
 pub use super::record::{Record, Records};
 use super::{META_DIR, Store, is_temporary};
 use crate::util::sized_names::SizedNames;
+use crate::util::text_order;
 use anyhow::Context;
 use foldhash::HashMapExt;
 use rayon::prelude::*;
@@ -56,8 +57,8 @@ impl StepState {
         let manifest_prefix = format!("{META_DIR}/");
         let mut to_read = Vec::new();
         let mut vouched = 0;
-        for &(_, _, at) in &order {
-            let m = &listing[at as usize];
+        for &at in &order {
+            let m = &listing[at];
             let Some(rel) = m.path.strip_prefix(&prefix) else { continue };
             let pushed = match tagged {
                 true => files.push_tagged(rel, m.size, super::version_tag(&m.version)),
@@ -152,12 +153,11 @@ impl StepState {
     }
 }
 
-/// The listing's positions in the order of its paths. Sorted by a 16-byte key of each path, then (on a tie)
-/// by the whole path: the same order as the paths', but most comparisons read the sort's own array, not two
-/// scattered strings (10⁶ objects in a large step). The key is which of three runs the path's part after the
-/// folder falls in (before the manifests' folder, in it, after it), then its next 15 bytes (after the
-/// manifests' folder's name in that run), zero-padded: within a run, the keys' order is the paths'.
-fn sorted_order(listing: &[super::ObjectMeta], prefix_len: usize) -> Vec<(u64, u64, u32)> {
+/// The listing's positions in the order of its paths (see `util::text_order`). The key is which of three runs
+/// the path's part after the folder falls in (before the manifests' folder, in it, after it), then its next 15
+/// bytes (after the manifests' folder's name in that run): every manifest's path starts alike, so the plain
+/// first 16 bytes would tie for all of them.
+fn sorted_order(listing: &[super::ObjectMeta], prefix_len: usize) -> Vec<usize> {
     let manifests = format!("{META_DIR}/");
     let key = |path: &str| {
         let rel = path.get(prefix_len..).unwrap_or_default();
@@ -166,25 +166,9 @@ fn sorted_order(listing: &[super::ObjectMeta], prefix_len: usize) -> Vec<(u64, u
             None if rel < manifests.as_str() => (0, rel),
             None => (2, rel),
         };
-        let mut bytes = [0u8; 16];
-        bytes[0] = run;
-        let n = tail.len().min(15);
-        bytes[1..=n].copy_from_slice(&tail.as_bytes()[..n]);
-        let (high, low) = bytes.split_at(8);
-        (u64::from_be_bytes(high.try_into().unwrap_or_default()), u64::from_be_bytes(low.try_into().unwrap_or_default()))
+        (run << 120) | (text_order::head(tail.as_bytes()) >> 8)
     };
-    let mut order: Vec<(u64, u64, u32)> = listing
-        .par_iter()
-        .enumerate()
-        .map(|(at, m)| {
-            let (high, low) = key(&m.path);
-            (high, low, at as u32)
-        })
-        .collect();
-    order.par_sort_unstable_by(|a, b| {
-        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| listing[a.2 as usize].path.cmp(&listing[b.2 as usize].path))
-    });
-    order
+    text_order::order(listing.len(), |at| listing[at].path.as_str(), key)
 }
 
 /// Ranges of the listing aim at this share of a page, so that most fit in one request though the split
@@ -252,7 +236,7 @@ mod tests {
             .iter()
             .map(|p| super::super::ObjectMeta { path: p.to_string(), size: 0, version: String::new() })
             .collect();
-        let order: Vec<&str> = sorted_order(&listing, 2).iter().map(|&(_, _, at)| paths[at as usize]).collect();
+        let order: Vec<&str> = sorted_order(&listing, 2).iter().map(|&at| paths[at]).collect();
         let mut sorted = paths.to_vec();
         sorted.sort_unstable();
         assert_eq!(order, sorted);

@@ -10,6 +10,7 @@ pub mod secret;
 pub mod sized_names;
 pub mod stat_cache;
 pub mod suggest;
+pub mod text_order;
 pub mod walk;
 
 pub use cache::cache_dir;
