@@ -17,8 +17,9 @@ use mimalloc as _;
 /// While held, mimalloc keeps freed memory for `ms` milliseconds before giving it back to the system, then
 /// the delay it had is restored. dsmake purges at once (main.rs, for builds that move hundreds of MB a
 /// second), but a plan of 10⁶ targets frees and refills hundreds of MB within moments, and giving pages back
-/// only to fault them in again cost a tenth of its time (measured: 0.85 s of 8.7 s of CPU at 10⁶ targets,
-/// for 80 MB more resident). Nothing changes where `MIMALLOC_PURGE_DELAY` says otherwise.
+/// only to fault them in again cost up to a tenth of its CPU time (measured at 10⁶ targets: 0.4 to 0.8 s of
+/// about 8 s, for 80 MB more resident; 50 ms did as well as 200 and held less at 10⁵). Nothing changes where
+/// `MIMALLOC_PURGE_DELAY` says otherwise.
 pub struct HoldFreed(Option<std::ffi::c_long>);
 
 pub fn hold_freed(ms: u32) -> HoldFreed {
