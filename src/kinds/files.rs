@@ -3,7 +3,7 @@
 
 use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards, SourceFile};
 use crate::util::stat_cache::Identity;
-use crate::util::{glob, walk};
+use crate::util::{glob, text_order, walk};
 use anyhow::{Context, bail};
 use rayon::prelude::*;
 use serde_json::json;
@@ -73,8 +73,12 @@ impl Kind for Files {
                 (walk::relative(&path, &base).unwrap_or(&path).to_string_lossy().into_owned(), path, identity)
             }));
         }
-        // By id; a stable sort keeps the first pattern's match first among equal ids.
-        found.par_sort_by(|a, b| a.0.cmp(&b.0));
+        // By id; equal ids stay in match order, so the first pattern's match comes first.
+        let order = text_order::order(found.len(), |at| found[at].0.as_str(), |id| text_order::head(id.as_bytes()));
+        let mut slots: Vec<Option<_>> = found.into_iter().map(Some).collect();
+        let mut found: Vec<(String, PathBuf, Option<Identity>)> =
+            order.into_iter().filter_map(|at| slots[at].take()).collect();
+        drop(slots);
         if let Some(pair) = found.windows(2).find(|pair| pair[0].0 == pair[1].0 && pair[0].1 != pair[1].1) {
             bail!(
                 "`{}` and `{}` would both be shard `{}`: use globs whose matches have distinct names",

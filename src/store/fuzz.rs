@@ -4,7 +4,7 @@
 
 use super::index_codec::{decode, encode};
 use super::manifest::{InputKey, KeyParts, Manifest, OutputFile, RetryOf};
-use super::record::Record;
+use super::record::{Record, Records};
 use crate::util::fuzz::{config, damage, damaged};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -135,6 +135,7 @@ proptest! {
 
     #[test]
     fn an_index_round_trips(records in prop::collection::hash_map(text(), record().prop_map(Box::new), 0..6)) {
+        let records: Records = records.into_iter().collect();
         let back = decode(&encode(&records)).expect("an index just written decodes");
         prop_assert_eq!(back.len(), records.len());
         for (shard, r) in &records {
@@ -157,6 +158,7 @@ proptest! {
         records in prop::collection::hash_map(text(), record().prop_map(Box::new), 1..4),
         damage in prop::collection::vec(damage(), 1..5),
     ) {
+        let records: Records = records.into_iter().collect();
         let _ = decode(&damaged(&encode(&records), &damage));
     }
 

@@ -8,6 +8,7 @@
 use super::manifest::{OutputFile, RetryOf};
 use super::record::{Record, Records};
 use crate::util::digest::Digest;
+use foldhash::HashMapExt;
 
 const MAGIC: &[u8; 8] = b"DSMKIX05";
 /// The format before outputs had versions: read as records without them (their manifests have none either),
@@ -142,7 +143,7 @@ mod tests {
             manifest_version: "\"etag\"".into(),
             manifest_size: 873,
         };
-        let records: Records = [("00001".to_string(), Box::new(record))].into();
+        let records: Records = [("00001".to_string(), Box::new(record))].into_iter().collect();
         let bytes = encode(&records);
         let back = decode(&bytes).unwrap();
         assert_eq!(format!("{:?}", back["00001"]), format!("{:?}", records["00001"]));

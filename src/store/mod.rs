@@ -121,7 +121,15 @@ pub fn version_tag(version: &str) -> u64 {
 
 /// Joins store-relative path segments with `/`.
 pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        return name.to_string();
+    }
+    // Sized up front: a listing joins one path per object.
+    let mut path = String::with_capacity(dir.len() + 1 + name.len());
+    path.push_str(dir);
+    path.push('/');
+    path.push_str(name);
+    path
 }
 
 /// Folder (inside a step's folder) that holds manifests and the step index.

@@ -7,7 +7,9 @@ use super::manifest::Manifest;
 pub use super::record::{Record, Records};
 use super::{META_DIR, Store, is_temporary};
 use crate::util::sized_names::SizedNames;
+use crate::util::text_order;
 use anyhow::Context;
+use foldhash::HashMapExt;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -39,11 +41,11 @@ impl StepState {
             _ => Records::new(),
         };
         let splits = store.list_range_size().map_or_else(Vec::new, |page| split_points(dir, &cached, page));
-        let mut listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
+        let listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
         let listed = listing.len();
         // Sorted, the listing becomes one buffer of names (see SizedNames) instead of a map entry per object.
-        listing.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let prefix = format!("{dir}/");
+        let order = sorted_order(&listing, prefix.len());
         let bytes = listing.iter().map(|m| m.path.len().saturating_sub(prefix.len())).sum();
         let mut files = SizedNames::with_capacity(listing.len(), bytes);
         // Versions only where they mean content (S3's ETags): a local folder's are times, and 10⁶ of them would
@@ -55,7 +57,8 @@ impl StepState {
         let manifest_prefix = format!("{META_DIR}/");
         let mut to_read = Vec::new();
         let mut vouched = 0;
-        for m in listing {
+        for &at in &order {
+            let m = &listing[at];
             let Some(rel) = m.path.strip_prefix(&prefix) else { continue };
             let pushed = match tagged {
                 true => files.push_tagged(rel, m.size, super::version_tag(&m.version)),
@@ -74,7 +77,7 @@ impl StepState {
                 Some(r) if r.manifest_version == m.version && r.manifest_size == m.size => vouched += 1,
                 _ => {
                     cached.remove(shard);
-                    to_read.push((shard.to_string(), m));
+                    to_read.push((shard.to_string(), m.clone()));
                 }
             }
         }
@@ -150,6 +153,24 @@ impl StepState {
     }
 }
 
+/// The listing's positions in the order of its paths (see `util::text_order`). The key is which of three runs
+/// the path's part after the folder falls in (before the manifests' folder, in it, after it), then its next 15
+/// bytes (after the manifests' folder's name in that run): every manifest's path starts alike, so the plain
+/// first 16 bytes would tie for all of them.
+fn sorted_order(listing: &[super::ObjectMeta], prefix_len: usize) -> Vec<usize> {
+    let manifests = format!("{META_DIR}/");
+    let key = |path: &str| {
+        let rel = path.get(prefix_len..).unwrap_or_default();
+        let (run, tail) = match rel.strip_prefix(&manifests) {
+            Some(tail) => (1, tail),
+            None if rel < manifests.as_str() => (0, rel),
+            None => (2, rel),
+        };
+        (run << 120) | (text_order::head(tail.as_bytes()) >> 8)
+    };
+    text_order::order(listing.len(), |at| listing[at].path.as_str(), key)
+}
+
 /// Ranges of the listing aim at this share of a page, so that most fit in one request though the split
 /// points are only estimates.
 const RANGE_FILL: f64 = 0.75;
@@ -189,6 +210,36 @@ mod tests {
             Default::default(),
             vec![OutputFile { name: output.into(), size: 1, blake3: String::new(), version: String::new() }],
         )
+    }
+
+    #[test]
+    fn the_sorted_order_is_the_order_of_the_paths() {
+        let paths = [
+            "d/b",
+            "d/ab\0c",
+            "d/ab",
+            "d/_dsmake/x.json",
+            "d/_dsmake/part_00000000000002.json",
+            "d/_dsmake/part_00000000000001.json",
+            "d/_dsmake",
+            "d/_dsmake/",
+            "d/_dsmakf",
+            "d/_dsmaka/z",
+            "d/abcdefghijklmnopq2",
+            "d/abcdefghijklmnopq1",
+            "d/abcdefghijklmnopq",
+            "d/",
+            "d/~",
+            "d/\u{e4}",
+        ];
+        let listing: Vec<super::super::ObjectMeta> = paths
+            .iter()
+            .map(|p| super::super::ObjectMeta { path: p.to_string(), size: 0, version: String::new() })
+            .collect();
+        let order: Vec<&str> = sorted_order(&listing, 2).iter().map(|&at| paths[at]).collect();
+        let mut sorted = paths.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(order, sorted);
     }
 
     #[test]

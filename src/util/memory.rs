@@ -3,6 +3,44 @@
 
 use anyhow::{Context, bail};
 
+/// `mi_option_purge_delay` in the v3 mimalloc.h that libmimalloc-sys vendors (as in main.rs).
+const PURGE_DELAY: std::ffi::c_int = 15;
+
+unsafe extern "C" {
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+// The allocator's crate, linked into every binary of this crate (tests too), for the options above.
+use mimalloc as _;
+
+/// While held, mimalloc keeps freed memory for `ms` milliseconds before giving it back to the system, then
+/// the delay it had is restored. dsmake purges at once (main.rs, for builds that move hundreds of MB a
+/// second), but a plan of 10⁶ targets frees and refills hundreds of MB within moments, and giving pages back
+/// only to fault them in again cost up to a tenth of its CPU time (measured at 10⁶ targets: 0.4 to 0.8 s of
+/// about 8 s, for 80 MB more resident; 50 ms did as well as 200 and held less at 10⁵). Nothing changes where
+/// `MIMALLOC_PURGE_DELAY` says otherwise.
+pub struct HoldFreed(Option<std::ffi::c_long>);
+
+pub fn hold_freed(ms: u32) -> HoldFreed {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return HoldFreed(None);
+    }
+    // SAFETY: reading and setting a mimalloc option is thread-safe; any non-negative delay is valid.
+    let previous = unsafe { mi_option_get(PURGE_DELAY) };
+    unsafe { mi_option_set(PURGE_DELAY, std::ffi::c_long::from(ms)) };
+    HoldFreed(Some(previous))
+}
+
+impl Drop for HoldFreed {
+    fn drop(&mut self) {
+        if let Some(previous) = self.0 {
+            // SAFETY: as in `hold_freed`; `previous` is the value mimalloc gave.
+            unsafe { mi_option_set(PURGE_DELAY, previous) };
+        }
+    }
+}
+
 /// Bytes this process can still use: the kernel's `MemAvailable`, or less when a cgroup (a container, a
 /// systemd slice) limits the process further. `None` where neither can be read.
 pub fn available() -> Option<u64> {
@@ -66,6 +104,17 @@ mod tests {
         for bad in ["", "MiB", "12 parsecs", "0", "-5M", "1e400"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn holding_freed_memory_sets_the_delay_and_restores_it() {
+        let before = unsafe { mi_option_get(PURGE_DELAY) };
+        let held = hold_freed(200);
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(unsafe { mi_option_get(PURGE_DELAY) }, 200);
+        }
+        drop(held);
+        assert_eq!(unsafe { mi_option_get(PURGE_DELAY) }, before);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod simd;
 pub mod sized_names;
 pub mod stat_cache;
 pub mod suggest;
+pub mod text_order;
 pub mod walk;
 
 pub use cache::cache_dir;

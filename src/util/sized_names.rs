@@ -9,11 +9,27 @@ pub struct SizedNames {
     entries: Vec<(usize, u64)>,
     /// Per name, in order, a tag of its version, where names were pushed with one ([`SizedNames::push_tagged`]).
     tags: Vec<u64>,
+    /// Per name, in order, its first 8 bytes as a big-endian number (zero-padded): a lookup compares these,
+    /// side by side in one array, and reads a name's text only where they tie, instead of two scattered
+    /// reads per step of the search (20 steps in 10⁶ names).
+    heads: Vec<u64>,
+}
+
+fn head(name: &str) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = name.len().min(8);
+    bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 impl SizedNames {
     pub fn with_capacity(names: usize, bytes: usize) -> Self {
-        SizedNames { text: String::with_capacity(bytes), entries: Vec::with_capacity(names), tags: Vec::new() }
+        SizedNames {
+            text: String::with_capacity(bytes),
+            entries: Vec::with_capacity(names),
+            tags: Vec::new(),
+            heads: Vec::with_capacity(names),
+        }
     }
 
     /// Appends `name`; it must sort after every name pushed so far (a repeat of the last one is ignored).
@@ -26,6 +42,7 @@ impl SizedNames {
         }
         self.text.push_str(name);
         self.entries.push((self.text.len(), size));
+        self.heads.push(head(name));
         true
     }
 
@@ -55,9 +72,11 @@ impl SizedNames {
 
     fn find(&self, name: &str) -> Option<usize> {
         let (mut low, mut high) = (0, self.entries.len());
+        let wanted = head(name);
         while low < high {
             let mid = low + (high - low) / 2;
-            match self.name(mid).cmp(name) {
+            // The same order as the names': heads that differ order as their names do.
+            match self.heads[mid].cmp(&wanted).then_with(|| self.name(mid).cmp(name)) {
                 std::cmp::Ordering::Less => low = mid + 1,
                 std::cmp::Ordering::Greater => high = mid,
                 std::cmp::Ordering::Equal => return Some(mid),
@@ -88,19 +107,23 @@ mod tests {
     fn finds_what_was_pushed_in_order_and_refuses_what_is_out_of_order() {
         let mut names = SizedNames::with_capacity(4, 32);
         assert_eq!(names.get("a"), None);
-        for (name, size) in [("_dsmake/x.json", 7), ("a/b.tar", 1), ("a/c", 0), ("b", 12)] {
+        for (name, size) in [("_dsmake/x.json", 7), ("a/b.tar", 1), ("a/c", 0), ("a/c\0", 3), ("b", 12)] {
             assert!(names.push(name, size));
         }
         assert!(!names.push("a/c", 5), "a repeat");
         assert!(!names.push("a", 5), "out of order");
-        assert_eq!(names.len(), 4);
+        assert_eq!(names.len(), 5);
+        assert_eq!(names.get("a/c\0"), Some(3), "a name that only a zero byte sets apart");
         assert_eq!(names.get("a/b.tar"), Some(1));
         assert_eq!(names.get("_dsmake/x.json"), Some(7));
         assert_eq!(names.get("b"), Some(12));
         assert_eq!(names.get("a/c"), Some(0));
         assert_eq!(names.get("a"), None);
         assert_eq!(names.get("c"), None);
-        assert_eq!(names.iter().map(|(n, _)| n).collect::<Vec<_>>(), ["_dsmake/x.json", "a/b.tar", "a/c", "b"]);
+        assert_eq!(
+            names.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["_dsmake/x.json", "a/b.tar", "a/c", "a/c\0", "b"]
+        );
         assert_eq!(names.tag("a/b.tar"), None, "pushed without tags");
     }
 

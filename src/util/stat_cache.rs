@@ -5,7 +5,7 @@
 
 use super::digest::Digest;
 use anyhow::Context;
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -72,7 +72,7 @@ fn encode<'a>(entries: impl Iterator<Item = (&'a Box<[u8]>, &'a Entry)>, count: 
 pub struct StatCache {
     file: Option<PathBuf>,
     /// What the cache file held, by the path's bytes (hashing a `Path` walks its components, which a plan of
-    /// 10⁶ files pays for). Read-only once opened, so the files of a plan are looked up without a lock.
+    /// 10⁶ files pays for), hashed with foldhash (SipHash was a visible share of such a plan). Read-only once opened, so the files of a plan are looked up without a lock.
     loaded: HashMap<Box<[u8]>, Entry>,
     /// Files hashed by this process; they win over `loaded` when saved.
     added: Mutex<HashMap<Box<[u8]>, Entry>>,

@@ -39,7 +39,9 @@ pub fn files<T: Send>(
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", base.display())),
     };
-    let mut out = Vec::new();
+    // Each batch's results, joined once at the end: growing one vector of 10⁶ results doubled and copied it
+    // twenty times over.
+    let mut out: Vec<Vec<T>> = Vec::new();
     // Each folder to read, with its depth and the (device, inode) of it and its ancestors: a loop test.
     let mut stack = vec![(base.to_path_buf(), 1, vec![(root.dev(), root.ino())])];
     while let Some((dir, depth, ancestors)) = stack.pop() {
@@ -85,7 +87,14 @@ pub fn files<T: Send>(
         }
         stat_and_visit(&mut kept, &visit, &mut out)?;
     }
-    Ok(out)
+    if out.len() == 1 {
+        return Ok(out.pop().unwrap_or_default());
+    }
+    let mut all = Vec::with_capacity(out.iter().map(Vec::len).sum());
+    for batch in out {
+        all.extend(batch);
+    }
+    Ok(all)
 }
 
 /// `path` relative to `base`, where `path` is `base` joined with more: by its bytes, as `Path::strip_prefix`
@@ -103,8 +112,11 @@ pub fn relative<'a>(path: &'a Path, base: &Path) -> Option<&'a Path> {
 fn stat_and_visit<T: Send>(
     kept: &mut Vec<Kept>,
     visit: &(impl Fn(PathBuf, &Metadata) -> anyhow::Result<Option<T>> + Sync),
-    out: &mut Vec<T>,
+    out: &mut Vec<Vec<T>>,
 ) -> anyhow::Result<()> {
+    if kept.is_empty() {
+        return Ok(());
+    }
     let visited: Vec<Option<T>> = kept
         .par_drain(..)
         .map(|(path, entry, linked)| {
@@ -119,7 +131,7 @@ fn stat_and_visit<T: Send>(
             visit(path, &meta)
         })
         .collect::<anyhow::Result<_>>()?;
-    out.extend(visited.into_iter().flatten());
+    out.push(visited.into_iter().flatten().collect());
     Ok(())
 }
 
