@@ -53,6 +53,12 @@
 # recall matches faiss's on the same factory string. Queries/s (single thread, measured by faiss on each file):
 # 2,700-4,100 at nprobe 16, alike for all three.
 #
+# After it, 10^6 x 768, DATA=spectrum, NPROBES=16, one run each (load 2-6: CI ran beside it), 1-recall@10:
+#   IVF1024,PQ64x8   dsmake  98.8 s (CPU  58.6), 420 MB, 72.4 MB index, 0.765; faiss 333.8 s (CPU 232.4),  904 MB, 0.761
+#   IVF1024,PQ128x8  dsmake  55.5 s (CPU  64.6), 417 MB, 133.5 MB,      0.914; faiss 537.3 s (CPU 424.4),  986 MB, 0.914
+#   IVF1024,PQ256x8  dsmake 120.6 s (CPU  85.2), 456 MB, 255.5 MB,      0.991; faiss 588.0 s (CPU 754.1), 1155 MB, 0.995
+# A million vectors are denser than 2*10^5: 64 bytes a vector no longer reach 0.9 there, 128 do (both tools).
+#
 # Before that change, 10^6 x 768, DATA=iso, default FACTORIES, NPROBES="16 64 256" (build s, RSS MB, index MB,
 # 1-recall@10 at nprobe 16): IVF1024,PQ64x8 dsmake 201.8 s, 420, 72.4, 0.285; faiss 327.3 s, 905, 72.4, 0.271.
 # OPQ64_768,IVF1024,PQ64x8 dsmake 798.6 s, 814, 74.7, 0.290; faiss 509.5 s, 1338, 74.7, 0.273. Recall does not
