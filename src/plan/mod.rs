@@ -198,7 +198,7 @@ pub fn make(
 ) -> anyhow::Result<Plan> {
     let started = Instant::now();
     // What planning frees (listings, specs, views) it soon fills again: see `hold_freed`.
-    let _held = crate::util::memory::hold_freed(50);
+    let _held = crate::util::memory::hold_freed();
     check_step_names(pipeline, options)?;
     let requests_before = store.requests();
     let hashed_before = stat_cache.hashed_files.load(Ordering::Relaxed);

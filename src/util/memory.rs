@@ -14,29 +14,44 @@ unsafe extern "C" {
 // The allocator's crate, linked into every binary of this crate (tests too), for the options above.
 use mimalloc as _;
 
-/// While held, mimalloc keeps freed memory for `ms` milliseconds before giving it back to the system, then
-/// the delay it had is restored. dsmake purges at once (main.rs, for builds that move hundreds of MB a
-/// second), but a plan of 10⁶ targets frees and refills hundreds of MB within moments, and giving pages back
-/// only to fault them in again cost up to a tenth of its CPU time (measured at 10⁶ targets: 0.4 to 0.8 s of
-/// about 8 s, for 80 MB more resident; 50 ms did as well as 200 and held less at 10⁵). Nothing changes where
-/// `MIMALLOC_PURGE_DELAY` says otherwise.
-pub struct HoldFreed(Option<std::ffi::c_long>);
+/// While any is held, mimalloc keeps freed memory for [`HOLD_MS`] milliseconds before giving it back to the
+/// system; when the last is dropped, the delay it had before the first is restored (holds may overlap: tests
+/// plan in parallel). dsmake purges at once (main.rs, for builds that move hundreds of MB a second), but a plan
+/// of 10⁶ targets frees and refills hundreds of MB within moments, and giving pages back only to fault them in
+/// again cost up to a tenth of its CPU time (measured at 10⁶ targets: 0.4 to 0.8 s of about 8 s, for 80 MB more
+/// resident; 50 ms did as well as 200 and held less at 10⁵). Nothing changes where `MIMALLOC_PURGE_DELAY` says
+/// otherwise.
+pub struct HoldFreed(bool);
 
-pub fn hold_freed(ms: u32) -> HoldFreed {
+pub const HOLD_MS: std::ffi::c_long = 50;
+
+/// Holds in force, and the delay before the first of them; changed only under this lock.
+static HOLDS: std::sync::Mutex<(usize, std::ffi::c_long)> = std::sync::Mutex::new((0, 0));
+
+pub fn hold_freed() -> HoldFreed {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return HoldFreed(None);
+        return HoldFreed(false);
     }
-    // SAFETY: reading and setting a mimalloc option is thread-safe; any non-negative delay is valid.
-    let previous = unsafe { mi_option_get(PURGE_DELAY) };
-    unsafe { mi_option_set(PURGE_DELAY, std::ffi::c_long::from(ms)) };
-    HoldFreed(Some(previous))
+    let mut holds = HOLDS.lock().unwrap_or_else(|p| p.into_inner());
+    if holds.0 == 0 {
+        // SAFETY: reading and setting a mimalloc option is thread-safe; any non-negative delay is valid.
+        holds.1 = unsafe { mi_option_get(PURGE_DELAY) };
+        unsafe { mi_option_set(PURGE_DELAY, HOLD_MS) };
+    }
+    holds.0 += 1;
+    HoldFreed(true)
 }
 
 impl Drop for HoldFreed {
     fn drop(&mut self) {
-        if let Some(previous) = self.0 {
-            // SAFETY: as in `hold_freed`; `previous` is the value mimalloc gave.
-            unsafe { mi_option_set(PURGE_DELAY, previous) };
+        if !self.0 {
+            return;
+        }
+        let mut holds = HOLDS.lock().unwrap_or_else(|p| p.into_inner());
+        holds.0 -= 1;
+        if holds.0 == 0 {
+            // SAFETY: as in `hold_freed`; the value is the one mimalloc gave.
+            unsafe { mi_option_set(PURGE_DELAY, holds.1) };
         }
     }
 }
@@ -108,13 +123,21 @@ mod tests {
 
     #[test]
     fn holding_freed_memory_sets_the_delay_and_restores_it() {
-        let before = unsafe { mi_option_get(PURGE_DELAY) };
-        let held = hold_freed(200);
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(unsafe { mi_option_get(PURGE_DELAY) }, 200);
+        let get = || unsafe { mi_option_get(PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            assert!(!hold_freed().0, "the user's setting stands");
+            return;
         }
-        drop(held);
-        assert_eq!(unsafe { mi_option_get(PURGE_DELAY) }, before);
+        let first = hold_freed();
+        let second = hold_freed();
+        assert_eq!(get(), HOLD_MS);
+        drop(first);
+        assert_eq!(get(), HOLD_MS, "still held by the second");
+        drop(second);
+        // Plans of other tests may hold it meanwhile; the last of all restores the delay from before the first.
+        let holds = HOLDS.lock().unwrap();
+        assert_eq!(get(), if holds.0 == 0 { holds.1 } else { HOLD_MS });
+        assert_ne!(holds.1, HOLD_MS, "the delay from before (main.rs's or mimalloc's default) is saved");
     }
 
     #[test]
