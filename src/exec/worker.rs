@@ -232,7 +232,7 @@ fn differing_output(
                     match store.head(&at)? {
                         None => return Ok(Some(format!("{at} is missing"))),
                         Some(meta) if meta.size != output.size => {
-                            return Ok(Some(format!("{at} is {} bytes, not {}", meta.size, output.size)));
+                            return Ok(Some(wrong_size(&at, meta.size, output.size)));
                         }
                         Some(meta) if meta.version == output.version => continue,
                         // Another version may still hold the same bytes (uploaded again): the hash decides.
@@ -246,7 +246,7 @@ fn differing_output(
             }
         };
         let found = match std::fs::metadata(&path) {
-            Ok(meta) if meta.len() != output.size => Some(format!("{at} is {} bytes, not {}", meta.len(), output.size)),
+            Ok(meta) if meta.len() != output.size => Some(wrong_size(&at, meta.len(), output.size)),
             Ok(_) => {
                 let digest = hash_file(&path)?;
                 (digest != output.blake3).then(|| format!("{at} has blake3 {digest}, not {}", output.blake3))
@@ -262,6 +262,10 @@ fn differing_output(
         }
     }
     Ok(None)
+}
+
+fn wrong_size(at: &str, found: u64, recorded: u64) -> String {
+    format!("{at} is {found} bytes, not {recorded}")
 }
 
 /// Local inputs larger than this are checked by size only: hashing them on every build would cost more than

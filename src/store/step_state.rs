@@ -77,7 +77,7 @@ impl StepState {
                 Some(r) if r.manifest_version == m.version && r.manifest_size == m.size => vouched += 1,
                 _ => {
                     cached.remove(shard);
-                    to_read.push((shard.to_string(), m.clone()));
+                    to_read.push((shard.to_string(), m));
                 }
             }
         }
