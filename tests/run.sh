@@ -22,6 +22,8 @@ PY_REQUIREMENTS="webdataset==1.0.2 pyarrow==22.0.0 numpy==2.3.5 pillow==12.0.0"
 PY_REQUIREMENTS="$PY_REQUIREMENTS pyspark==3.5.5 boto3==1.35.49 pyyaml==6.0.4 checkov==3.2.500"
 # knn-index: faiss-cpu reads image.index/text.index and usearch the HNSW file; tests/bench/ compares with faiss.
 PY_REQUIREMENTS="$PY_REQUIREMENTS faiss-cpu==1.15.1 usearch==2.26.6"
+# moto's S3 server lists ETags as S3 does (s3s-fs lists none): tests/it/common/moto.rs. Its server runs on flask.
+PY_REQUIREMENTS="$PY_REQUIREMENTS moto[s3]==5.2.5"
 # clip-retrieval's clip_back serves the knn-index folder in tests/python/check_clip_back.py: the package itself
 # without its dependencies (torch, its CLIP stack: the test queries by embedding), and what clip_back.py imports.
 CLIP_BACK="clip-retrieval==2.44.0"
@@ -29,7 +31,7 @@ PY_REQUIREMENTS="$PY_REQUIREMENTS flask==3.1.3 flask-restful==0.3.10 flask-cors=
 PY_REQUIREMENTS="$PY_REQUIREMENTS h5py==3.16.0 pandas==3.1.1 prometheus-client==0.26.0"
 # CLIP caption cleaning: open_clip runs ftfy.fix_text on every caption (tests/python/ftfy_clean_cases.py).
 PY_REQUIREMENTS="$PY_REQUIREMENTS ftfy==6.3.1"
-if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov, faiss, usearch, ftfy, flask, flask_restful, flask_cors, fire, fsspec, h5py, pandas, prometheus_client" 2>/dev/null \
+if ! .venv/bin/python -c "import webdataset, pyarrow, numpy, PIL, pyspark, boto3, yaml, checkov, faiss, usearch, ftfy, flask, flask_restful, flask_cors, fire, fsspec, h5py, pandas, prometheus_client, moto.server" 2>/dev/null \
    || ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('clip_retrieval')" 2>/dev/null \
    || [ "$(cat .venv/.dsmake-requirements 2>/dev/null)" != "$PY_REQUIREMENTS $CLIP_BACK" ]; then
   echo "== creating .venv with $PY_REQUIREMENTS $CLIP_BACK"

@@ -163,7 +163,8 @@ fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) 
 
     // A change to `copy` alone makes it stale, so a build reads `noise`'s outputs again. The plan calls `noise`
     // fresh: a local folder lists sizes (and times, which copies of a folder do not keep), and s3s-fs lists no
-    // ETags (S3 does, and its plan would call `noise` stale: `plan::tests`); the worker that reads it refuses it.
+    // ETags (S3 and moto do, and their plans call `noise` stale: `s3_store::a_listing_with_another_etag_…`);
+    // the worker that reads it refuses it.
     s.write("pipeline.toml", &pipeline("; true"));
     let run = s.run(&["build", "--retries", "0"]);
     assert_ne!(run.code, 0, "{}", run.stderr);

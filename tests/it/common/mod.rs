@@ -19,6 +19,7 @@ macro_rules! on_every_store {
 pub mod golden;
 pub mod http;
 pub mod hub_mock;
+pub mod moto;
 pub mod parquet_rows;
 pub mod proxy;
 pub mod s3;
@@ -33,6 +34,8 @@ use std::time::{Duration, SystemTime};
 pub enum Backend {
     Local,
     S3,
+    /// S3 on moto's server (`common::moto`), which lists ETags; its objects are not files a test can read.
+    Moto,
 }
 
 pub struct Sandbox {
@@ -77,6 +80,7 @@ impl Sandbox {
         let (bucket, endpoint) = match backend {
             Backend::Local => (None, None),
             Backend::S3 => (Some(s3::bucket()), Some(s3::server().endpoint.clone())),
+            Backend::Moto => (Some(moto::bucket()), Some(moto::endpoint().to_string())),
         };
         let sandbox =
             Sandbox { dir: tempfile::tempdir().expect("tempdir"), backend, bucket, endpoint, env: Vec::new() };
@@ -99,6 +103,7 @@ impl Sandbox {
     /// The store's objects on disk: the local store's folder, or the folder where s3s-fs keeps the bucket's
     /// objects (one file per object), so tests can damage a store the way a user or a crash would.
     pub fn store(&self) -> PathBuf {
+        assert_ne!(self.backend, Backend::Moto, "moto keeps its objects in memory: read them through S3");
         match &self.bucket {
             None => self.path("store"),
             Some(bucket) => s3::server().root.join(bucket).join("store"),
@@ -182,6 +187,45 @@ impl Sandbox {
         let run = self.run(&args);
         assert_eq!(run.code, 0, "plan failed:\n{}", run.stderr);
         run.json()
+    }
+}
+
+/// Starts a server that lives exactly as long as the test process, its output dropped. It is started from a
+/// thread that never ends: PR_SET_PDEATHSIG fires when the thread that forked the child exits.
+pub fn spawn_for_the_test_process(mut command: Command) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    // SAFETY: prctl only sets a flag on the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let (ready, started_or_not) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let child = command.spawn();
+        let started = child.is_ok();
+        let _ = ready.send(child.err().map(|e| e.to_string()));
+        if started {
+            loop {
+                std::thread::park();
+            }
+        }
+    });
+    match started_or_not.recv() {
+        Ok(None) => Ok(()),
+        Ok(Some(error)) => Err(error),
+        Err(_) => Err("the thread that starts it ended".to_string()),
+    }
+}
+
+/// Waits until a server started on 127.0.0.1 accepts connections on `port`.
+pub fn wait_listening(name: &str, port: u16, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{name} did not start listening on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

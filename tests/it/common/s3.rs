@@ -1,12 +1,11 @@
 //! A real S3-compatible server (`s3s-fs`, installed by tests/run.sh) started once per test binary on
 //! 127.0.0.1, and buckets for sandboxes. It dies with the test process.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const ACCESS_KEY: &str = "dsmake-test";
 pub const SECRET_KEY: &str = "dsmake-test-secret";
@@ -17,7 +16,7 @@ pub struct S3Server {
     pub root: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
@@ -32,45 +31,18 @@ pub fn server() -> &'static S3Server {
         // SAFETY: registers a plain `extern "C"` function with no captured state.
         unsafe { libc::atexit(remove_root_at_exit) };
         let port = free_port();
-        let root_for_thread = root.clone();
-        let (ready, started_or_not) = std::sync::mpsc::channel();
-        // The server is started from a thread that never ends: PR_SET_PDEATHSIG fires when the thread that
-        // forked the child exits, so the server lives exactly as long as the test process.
-        std::thread::spawn(move || {
-            let mut command = Command::new("s3s-fs");
-            command
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(&root_for_thread)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: prctl only sets a flag on the child before exec.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = command.spawn();
-            let started = child.is_ok();
-            ready.send(child.err().map(|e| e.to_string())).unwrap();
-            if started {
-                loop {
-                    std::thread::park();
-                }
-            }
-        });
-        if let Some(error) = started_or_not.recv().unwrap() {
+        let mut command = Command::new("s3s-fs");
+        command
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&root);
+        if let Err(error) = super::spawn_for_the_test_process(command) {
             panic!(
                 "cannot start s3s-fs ({error}): install it with \
                  `cargo install s3s-fs --version 0.14.1 --features binary --locked` (tests/run.sh does)"
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start listening on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_listening("s3s-fs", port, Duration::from_secs(10));
         S3Server { endpoint: format!("http://127.0.0.1:{port}"), root }
     })
 }
