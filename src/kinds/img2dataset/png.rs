@@ -257,7 +257,7 @@ mod tests {
                 let mut o = options(mode);
                 o.image_size = 96;
                 o.encode = Encode::Png;
-                let ((a, asked), (b, full)) = (run(rows, &o), run(general, &o));
+                let ((a, asked), (b, _)) = (run(rows, &o), run(general, &o));
                 let (a, b) = (a.unwrap(), b.unwrap());
                 assert_eq!(
                     (a.width, a.height, a.original_width, a.original_height),
