@@ -2,7 +2,8 @@
 //! sizes and rounding, alpha composited on white, the same checks and their messages. Differences, on
 //! purpose: the dimensions are read from the header and checked against a pixel cap before anything is
 //! decoded; EXIF orientation is applied; a JPEG is decoded scaled in the DCT when the output is much smaller
-//! (`jpeg.rs`); WebP is written lossless (the `image` crate has no lossy encoder).
+//! (`jpeg.rs`), a PNG averaged in blocks row by row (`png.rs`); WebP is written lossless (the `image` crate has
+//! no lossy encoder).
 //!
 //! The work per image is bounded by counts, not by a clock: the body by the download cap, the decoded
 //! pixels and the resize target by `max_pixels` (from the header, before allocating), a progressive JPEG's
@@ -84,7 +85,8 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
 }
 
 /// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,
-/// resize, crop or pad, encode. WebP goes through libwebp, rescaled while decoding (`webp.rs`). Each decoder
+/// resize, crop or pad, encode. WebP goes through libwebp, rescaled while decoding (`webp.rs`); a PNG shrunk
+/// fourfold or more is reduced in blocks as its rows are inflated (`png.rs`). Each decoder
 /// asks `admit` for the bytes the work will allocate once it has read the header, before allocating them.
 pub fn process_within(
     bytes: &[u8],
