@@ -1080,7 +1080,8 @@ fn noisy_card(w: u32, h: u32, seed: u32) -> image::DynamicImage {
 /// at once (requests' buffers, bodies waiting to be decoded, the pixels of decodes) stay within 4 MiB, but for
 /// the one body at a time that may always grow (the oldest, so that growing bodies never wait on each other),
 /// where an unbounded build of the same rows holds several times that; and the outputs are the same. Bodies come with a
-/// Content-Length and without one (chunked), as PNGs (decoded at full size) and JPEGs (scaled while decoding).
+/// Content-Length and without one (chunked), as PNGs (reduced in blocks as their rows are inflated) and JPEGs
+/// (scaled while decoding).
 #[test]
 fn shards_built_at_once_share_one_memory_budget_and_stay_within_it() {
     let jpegs: Vec<Vec<u8>> =

@@ -17,7 +17,8 @@ static POOL: Mutex<Vec<Scratch>> = Mutex::new(Vec::new());
 const KEEP_LARGE: usize = 2;
 
 /// Whether an image of these bytes is likely to decode whole at a large size: a large file of a format decoded
-/// at full size (JPEG and WebP are scaled while decoding, to about the output size).
+/// at full size (JPEG and WebP are scaled while decoding, to about the output size; a PNG shrunk fourfold is
+/// reduced row by row, but which PNG is, only its header says).
 pub fn decodes_large(bytes: &[u8]) -> bool {
     bytes.len() > 1 << 20 && !bytes.starts_with(&[0xff, 0xd8]) && !bytes.starts_with(b"RIFF")
 }

@@ -111,6 +111,7 @@ pub fn decode(
         original_height: oh,
         upright: orientation == Orientation::NoTransforms,
         composited: false,
+        covers: None,
     }))
 }
 

@@ -27,6 +27,7 @@ mod fuzz;
 mod jpeg;
 mod options;
 mod output;
+mod png;
 mod previous;
 mod process;
 mod settings;

@@ -81,6 +81,9 @@ pub struct Decoded {
     pub upright: bool,
     /// Alpha was composited on white, so the original bytes cannot be kept.
     pub composited: bool,
+    /// The width and height, in these pixels, that the original covers when it is less than all of them: a
+    /// block-reduced image whose last blocks are partial (`png.rs`). The resizer reads that region.
+    pub covers: Option<(f64, f64)>,
 }
 
 impl ProcessOptions {

@@ -2,7 +2,8 @@
 //! sizes and rounding, alpha composited on white, the same checks and their messages. Differences, on
 //! purpose: the dimensions are read from the header and checked against a pixel cap before anything is
 //! decoded; EXIF orientation is applied; a JPEG is decoded scaled in the DCT when the output is much smaller
-//! (`jpeg.rs`); WebP is written lossless (the `image` crate has no lossy encoder).
+//! (`jpeg.rs`), a PNG averaged in blocks row by row (`png.rs`); WebP is written lossless (the `image` crate has
+//! no lossy encoder).
 //!
 //! The work per image is bounded by counts, not by a clock: the body by the download cap, the decoded
 //! pixels and the resize target by `max_pixels` (from the header, before allocating), a progressive JPEG's
@@ -17,7 +18,7 @@ use super::options::{
     Admit, Decoded, Encode, Pixels, ProcessOptions, ResizeMode, after_decode_bytes, check_dimensions, check_size,
     resized_size,
 };
-use super::{jpeg, webp};
+use super::{jpeg, png, webp};
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage};
 use std::io::Cursor;
@@ -84,7 +85,8 @@ pub fn process(bytes: &[u8], o: &ProcessOptions, scratch: &mut Scratch) -> Resul
 }
 
 /// Processes one image: decode (JPEG through libjpeg-turbo, scaled where the output allows), check,
-/// resize, crop or pad, encode. WebP goes through libwebp, rescaled while decoding (`webp.rs`). Each decoder
+/// resize, crop or pad, encode. WebP goes through libwebp, rescaled while decoding (`webp.rs`); a PNG shrunk
+/// fourfold or more is reduced in blocks as its rows are inflated (`png.rs`). Each decoder
 /// asks `admit` for the bytes the work will allocate once it has read the header, before allocating them.
 pub fn process_within(
     bytes: &[u8],
@@ -109,6 +111,7 @@ pub fn process_within(
     let turbo = match format {
         ImageFormat::Jpeg => jpeg::decode(bytes, o, &mut scratch.codec, &mut scratch.pixels, admit),
         ImageFormat::WebP => webp::decode(bytes, o, &mut scratch.pixels, admit),
+        ImageFormat::Png => png::decode(bytes, o, &mut scratch.pixels, admit),
         _ => None,
     };
     let decoded = match turbo {
@@ -124,7 +127,8 @@ pub fn process_within(
     let out = match resized_size(o, original_width, original_height)? {
         None => None,
         Some((nw, nh, downscale)) => {
-            let resized = (resize(resizer, (pixels, width, height), nw, nh, downscale, resized)?, nw, nh);
+            let source = (pixels, width, height);
+            let resized = (resize(resizer, source, decoded.covers, (nw, nh), downscale, resized)?, nw, nh);
             Some(match o.mode {
                 ResizeMode::CenterCrop => center_crop(resized, o.image_size, framed),
                 ResizeMode::Border => pad_white(resized, o.image_size, framed),
@@ -187,6 +191,7 @@ fn decode_any(
             original_height: h,
             upright,
             composited: false,
+            covers: None,
         }
     } else {
         let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("image decoding error: {e}"))?;
@@ -202,6 +207,7 @@ fn decode_any(
             original_height: height,
             upright,
             composited,
+            covers: None,
         }
     };
     check_size(o, decoded.original_width, decoded.original_height)?;
@@ -257,18 +263,19 @@ pub(super) fn room(buffer: &mut Vec<u8>, n: usize) {
 type Rgb<'a> = (&'a [u8], u32, u32);
 
 /// Resizes to `nw`×`nh` into `out`: area-like filtering when shrinking (OpenCV's INTER_AREA), Lanczos when
-/// growing (INTER_LANCZOS4). The pixels as they are when the size is already right.
+/// growing (INTER_LANCZOS4); from the top-left `covers` region of the pixels when given. The pixels as they
+/// are when the size is already right.
 fn resize<'a>(
     resizer: &mut Resizer,
     (pixels, w, h): Rgb<'a>,
-    nw: u32,
-    nh: u32,
+    covers: Option<(f64, f64)>,
+    (nw, nh): (u32, u32),
     downscale: bool,
     out: &'a mut Vec<u8>,
 ) -> Result<&'a [u8], String> {
     use fast_image_resize::PixelType;
     use fast_image_resize::images::{Image, ImageRef};
-    if (nw, nh) == (w, h) {
+    if (nw, nh) == (w, h) && covers.is_none() {
         return Ok(pixels);
     }
     let src = ImageRef::new(w, h, pixels, PixelType::U8x3).map_err(|e| format!("resize error: {e}"))?;
@@ -277,9 +284,11 @@ fn resize<'a>(
     let mut dst =
         Image::from_slice_u8(nw, nh, &mut out[..n], PixelType::U8x3).map_err(|e| format!("resize error: {e}"))?;
     let filter = if downscale { FilterType::Box } else { FilterType::Lanczos3 };
-    resizer
-        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)))
-        .map_err(|e| format!("resize error: {e}"))?;
+    let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
+    if let Some((cw, ch)) = covers {
+        options = options.crop(0.0, 0.0, cw, ch);
+    }
+    resizer.resize(&src, &mut dst, &options).map_err(|e| format!("resize error: {e}"))?;
     Ok(&out[..n])
 }
 
@@ -352,7 +361,7 @@ pub(super) mod tests {
         }
     }
 
-    fn process_(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
+    pub(in super::super) fn process_(bytes: &[u8], o: &ProcessOptions) -> Result<Processed, String> {
         process(bytes, o, &mut Scratch::default())
     }
 
@@ -384,7 +393,7 @@ pub(super) mod tests {
     }
 
     /// A photo-like test card: gradients, a sharp-edged grid and noise, so resampling errors show.
-    fn card(w: u32, h: u32) -> RgbImage {
+    pub(in super::super) fn card(w: u32, h: u32) -> RgbImage {
         let mut seed = 7u32;
         RgbImage::from_fn(w, h, |x, y| {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -394,7 +403,7 @@ pub(super) mod tests {
         })
     }
 
-    fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
+    pub(in super::super) fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
         assert_eq!(a.dimensions(), b.dimensions());
         let se: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
         10.0 * (255.0f64.powi(2) / (se / a.as_raw().len() as f64)).log10()
@@ -544,7 +553,7 @@ pub(super) mod tests {
 
     /// Each decoder asks the budget for its bytes once the header is read and before it allocates: a refusal
     /// fails the row with nothing allocated, and what it asks covers the pixel buffer it fills; a JPEG bound for
-    /// 64 px asks for its eighth-size decode, not the full one.
+    /// 64 px asks for its eighth-size decode, not the full one, and a PNG for its rows reduced in blocks.
     #[test]
     fn decoders_ask_the_budget_before_allocating() {
         let img = image::DynamicImage::ImageRgb8(card(800, 600));
@@ -568,7 +577,7 @@ pub(super) mod tests {
         }
         let [jpeg, png, webp] = asked[..] else { unreachable!() };
         assert!(jpeg < full / 8 && webp < full / 8, "scaled while decoding: {jpeg}, {webp}");
-        assert!(png >= full, "decoded at full size: {png}");
+        assert!(png < full / 4, "reduced row by row: {png}");
     }
 
     fn encode_as(img: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {

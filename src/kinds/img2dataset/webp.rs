@@ -63,6 +63,7 @@ pub fn decode(bytes: &[u8], o: &ProcessOptions, pixels: &mut Vec<u8>, admit: Adm
         original_height: h,
         upright: true,
         composited: false,
+        covers: None,
     }))
 }
 
