@@ -4,11 +4,10 @@
 //! timestamp tick would go unseen.
 
 use super::digest::Digest;
+use super::walk::FileMeta;
 use anyhow::Context;
 use foldhash::{HashMap, HashMapExt};
-use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,13 +95,13 @@ impl StatCache {
     /// The identity of the file at `path`, whose metadata the caller has (from its directory listing: one
     /// stat per file, relative to the open folder); `None` when it is not a regular file (a folder a glob
     /// matched). Hashed only where the cache cannot vouch for it.
-    pub fn identity_of(&self, path: &Path, meta: &Metadata) -> anyhow::Result<Option<Identity>> {
+    pub fn identity_of(&self, path: &Path, meta: &FileMeta) -> anyhow::Result<Option<Identity>> {
         if !meta.is_file() {
             return Ok(None);
         }
-        let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-        let ctime_ns = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
-        let (size, ino) = (meta.size(), meta.ino());
+        let mtime_ns = meta.mtime as i128 * 1_000_000_000 + meta.mtime_nsec as i128;
+        let ctime_ns = meta.ctime as i128 * 1_000_000_000 + meta.ctime_nsec as i128;
+        let (size, ino) = (meta.size, meta.ino);
         let vouches =
             |hit: &Entry| hit.size == size && hit.mtime_ns == mtime_ns && hit.ctime_ns == ctime_ns && hit.ino == ino;
         let bytes = path.as_os_str().as_bytes();
@@ -128,7 +127,8 @@ impl StatCache {
     /// The identity of the regular file at `path` (one stat).
     pub fn identity(&self, path: &Path) -> anyhow::Result<Identity> {
         let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-        self.identity_of(path, &meta)?.with_context(|| format!("{} is not a regular file", path.display()))
+        self.identity_of(path, &FileMeta::of(&meta))?
+            .with_context(|| format!("{} is not a regular file", path.display()))
     }
 
     /// Writes the cache back if anything was added (atomically: a crash leaves the old cache).
