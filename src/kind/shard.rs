@@ -1,6 +1,7 @@
 //! Shards: how a step's targets are derived from its inputs' targets.
 
 use crate::util::digest::Digest;
+use rayon::prelude::*;
 use serde_json::{Value, json};
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -108,6 +109,16 @@ fn one_to_one(inputs: &[InputShards]) -> Result<Vec<ShardSpec>, String> {
     let Some(first) = inputs.first() else {
         return Ok(Vec::new());
     };
+    if inputs.len() == 1 {
+        // One input (the usual case, up to 10⁶ shards): nothing to pair, so the specs are made side by side.
+        let spec = |(s, shard): (usize, &InputShard)| ShardSpec {
+            id: shard.id.clone(),
+            coords: json!({}),
+            inputs: vec![(0, s)],
+            source: None,
+        };
+        return Ok(first.shards.par_iter().enumerate().map(spec).collect());
+    }
     let mut out = Vec::with_capacity(first.shards.len());
     for (s, shard) in first.shards.iter().enumerate() {
         let mut reads = vec![(0, s)];

@@ -405,7 +405,10 @@ fn stat_batch<T: Send>(
             visit(rel, &meta)
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(visited.into_iter().flatten().collect())
+    // Sized up front: collecting from `flatten` regrew the vector a dozen times per batch.
+    let mut kept = Vec::with_capacity(visited.iter().filter(|v| v.is_some()).count());
+    kept.extend(visited.into_iter().flatten());
+    Ok(kept)
 }
 
 /// `path` relative to `base`, where `path` is `base` joined with more: by its bytes, as `Path::strip_prefix`
