@@ -14,8 +14,9 @@ pub struct ShardSpec {
     pub coords: Value,
     /// The input targets this shard reads: (position in `from`, shard index in that step).
     pub inputs: Vec<(usize, usize)>,
-    /// For sources: the file this shard is.
-    pub source: Option<SourceFile>,
+    /// For sources: the file this shard is. Boxed: the plan's target keeps this box, and a spec without one
+    /// (most steps') stays small.
+    pub source: Option<Box<SourceFile>>,
 }
 
 #[derive(Debug, Clone)]

@@ -94,7 +94,7 @@ impl Kind for Files {
                     let identity = identity?;
                     let display = walk::relative(&path, base_dir).unwrap_or(&path).to_string_lossy().into_owned();
                     let source = SourceFile { path, display, size: identity.size, blake3: identity.blake3 };
-                    Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(source) })
+                    Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(Box::new(source)) })
                 })
                 .collect(),
         ))

@@ -375,7 +375,7 @@ pub fn make(
                     name,
                     coords: spec.coords,
                     inputs: input_targets,
-                    source: spec.source.map(Box::new),
+                    source: spec.source,
                     key: match (&retry, retried) {
                         (Some(retry), _) => key::retry_key(&retry.of_key, retry.attempt),
                         (None, Some((own, _))) if action == Action::Fresh => own,
@@ -767,7 +767,7 @@ mod tests {
             id: id.into(),
             coords: json!({}),
             inputs: vec![],
-            source: Some(file(path)),
+            source: Some(Box::new(file(path))),
         };
         let err = check_unique_ids("raw", "files", &[is("a", "x/a"), is("a", "y/a")], describe).unwrap_err();
         assert!(err.to_string().contains("one is the file x/a, the other is the file y/a"), "{err}");
