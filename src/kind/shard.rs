@@ -316,4 +316,14 @@ mod tests {
         ];
         assert!(Mapping::OneToOne.shards(&inputs).is_err());
     }
+
+    #[test]
+    fn one_to_one_of_a_single_input_keeps_its_order() {
+        let names: Vec<String> = (0..5000).map(|i| format!("{:05}", (i * 7919) % 5000)).collect();
+        let many = shards(&names.iter().map(|n| (n.as_str(), None)).collect::<Vec<_>>());
+        let inputs = [InputShards { step: "a", shards: &many, rows_per_shard: None }];
+        let Shards::Known(out) = Mapping::OneToOne.shards(&inputs).unwrap() else { panic!() };
+        assert_eq!(out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), names);
+        assert!(out.iter().enumerate().all(|(i, s)| s.inputs == [(0, i)] && s.source.is_none()));
+    }
 }
