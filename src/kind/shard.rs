@@ -1,6 +1,7 @@
 //! Shards: how a step's targets are derived from its inputs' targets.
 
 use crate::util::digest::Digest;
+use rayon::prelude::*;
 use serde_json::{Value, json};
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -13,8 +14,9 @@ pub struct ShardSpec {
     pub coords: Value,
     /// The input targets this shard reads: (position in `from`, shard index in that step).
     pub inputs: Vec<(usize, usize)>,
-    /// For sources: the file this shard is.
-    pub source: Option<SourceFile>,
+    /// For sources: the file this shard is. Boxed: the plan's target keeps this box, and a spec without one
+    /// (most steps') stays small.
+    pub source: Option<Box<SourceFile>>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +110,16 @@ fn one_to_one(inputs: &[InputShards]) -> Result<Vec<ShardSpec>, String> {
     let Some(first) = inputs.first() else {
         return Ok(Vec::new());
     };
+    if inputs.len() == 1 {
+        // One input (the usual case, up to 10⁶ shards): nothing to pair, so the specs are made side by side.
+        let spec = |(s, shard): (usize, &InputShard)| ShardSpec {
+            id: shard.id.clone(),
+            coords: json!({}),
+            inputs: vec![(0, s)],
+            source: None,
+        };
+        return Ok(first.shards.par_iter().enumerate().map(spec).collect());
+    }
     let mut out = Vec::with_capacity(first.shards.len());
     for (s, shard) in first.shards.iter().enumerate() {
         let mut reads = vec![(0, s)];
@@ -303,5 +315,15 @@ mod tests {
             InputShards { step: "c", shards: &c, rows_per_shard: None },
         ];
         assert!(Mapping::OneToOne.shards(&inputs).is_err());
+    }
+
+    #[test]
+    fn one_to_one_of_a_single_input_keeps_its_order() {
+        let names: Vec<String> = (0..5000).map(|i| format!("{:05}", (i * 7919) % 5000)).collect();
+        let many = shards(&names.iter().map(|n| (n.as_str(), None)).collect::<Vec<_>>());
+        let inputs = [InputShards { step: "a", shards: &many, rows_per_shard: None }];
+        let Shards::Known(out) = Mapping::OneToOne.shards(&inputs).unwrap() else { panic!() };
+        assert_eq!(out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), names);
+        assert!(out.iter().enumerate().all(|(i, s)| s.inputs == [(0, i)] && s.source.is_none()));
     }
 }

@@ -3,11 +3,11 @@
 
 use crate::kind::{BuildCx, Built, Inputs, Kind, SettingError, ShardCx, ShardSpec, Shards, SourceFile};
 use crate::util::stat_cache::Identity;
-use crate::util::{glob, text_order, walk};
+use crate::util::walk::{self, FileMeta};
+use crate::util::{glob, text_order};
 use anyhow::{Context, bail};
 use rayon::prelude::*;
 use serde_json::json;
-use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
 pub struct Files;
@@ -61,17 +61,16 @@ impl Kind for Files {
         for pattern in &s.paths {
             let full = base_dir.join(pattern);
             let base = literal_base(&full);
-            let identity = |path: PathBuf, meta: &Metadata| {
+            let identity = |rel: &Path, meta: &FileMeta| {
+                let path = base.join(rel);
                 let identity = cx.stat_cache.identity_of(&path, meta)?;
-                Ok(Some((path, identity)))
+                Ok(Some((rel.to_string_lossy().into_owned(), path, identity)))
             };
             let matched = matches(&full, &base, identity).with_context(|| format!("cannot search `{pattern}`"))?;
             if matched.is_empty() {
                 bail!("`{pattern}` matches no file (relative to {})", shown_dir(base_dir));
             }
-            found.extend(matched.into_iter().map(|(path, identity)| {
-                (walk::relative(&path, &base).unwrap_or(&path).to_string_lossy().into_owned(), path, identity)
-            }));
+            found.extend(matched);
         }
         // By id; equal ids stay in match order, so the first pattern's match comes first.
         let order = text_order::order(found.len(), |at| found[at].0.as_str(), |id| text_order::head(id.as_bytes()));
@@ -95,7 +94,7 @@ impl Kind for Files {
                     let identity = identity?;
                     let display = walk::relative(&path, base_dir).unwrap_or(&path).to_string_lossy().into_owned();
                     let source = SourceFile { path, display, size: identity.size, blake3: identity.blake3 };
-                    Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(source) })
+                    Some(ShardSpec { id, coords: json!({}), inputs: Vec::new(), source: Some(Box::new(source)) })
                 })
                 .collect(),
         ))
@@ -112,7 +111,7 @@ impl Kind for Files {
 fn matches<T: Send>(
     full: &Path,
     base: &Path,
-    visit: impl Fn(PathBuf, &Metadata) -> anyhow::Result<Option<T>> + Sync,
+    visit: impl Fn(&Path, &FileMeta) -> anyhow::Result<Option<T>> + Sync,
 ) -> anyhow::Result<Vec<T>> {
     let relative = full.strip_prefix(base).unwrap_or(full);
     let pattern = relative.to_string_lossy();

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 /// Files being written start with this; listings of outputs skip them and `gc` removes them.
 pub use crate::util::files::TEMP_PREFIX;
 use crate::util::files::{sync_dir, temp_beside, write_atomically};
+use crate::util::walk::FileMeta;
 
 pub struct LocalStore {
     root: PathBuf,
@@ -61,6 +62,10 @@ fn meta_of(path: String, meta: &fs::Metadata) -> ObjectMeta {
     ObjectMeta { path, size: meta.size(), version: mtime_version(meta.mtime(), meta.mtime_nsec()) }
 }
 
+fn listed(path: String, meta: &FileMeta) -> ObjectMeta {
+    ObjectMeta { path, size: meta.size, version: mtime_version(meta.mtime, i64::from(meta.mtime_nsec)) }
+}
+
 /// `{seconds}.{nanoseconds:09}`, written digit by digit into a string of its size: a listing makes one per
 /// object (10⁶ in a large step), where `format!` cost a formatter and a regrown string each.
 fn mtime_version(seconds: i64, nanos: i64) -> String {
@@ -97,10 +102,7 @@ impl Store for LocalStore {
         // and its store path made only once it is stated. A linked object is what it points to.
         let prefix = prefix.trim_end_matches('/');
         let dir = self.path(prefix);
-        let object = |path: PathBuf, meta: &fs::Metadata| {
-            let rel = crate::util::walk::relative(&path, &dir).and_then(Path::to_str);
-            Ok(rel.map(|rel| meta_of(super::join(prefix, rel), meta)))
-        };
+        let object = |rel: &Path, meta: &FileMeta| Ok(rel.to_str().map(|rel| listed(super::join(prefix, rel), meta)));
         crate::util::walk::files(&dir, usize::MAX, |_| true, object)
             .with_context(|| format!("cannot list {}", dir.display()))
     }

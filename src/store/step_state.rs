@@ -36,12 +36,25 @@ impl StepState {
         // The index first: what it lists is where the folder's objects are expected, so it tells where to cut
         // a listing into ranges of about a page each.
         let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
-        let mut cached: Records = match store.read(&index_path) {
+        let index = || match store.read(&index_path) {
             Ok(Some(bytes)) => super::index_codec::decode(&bytes).unwrap_or_default(),
             _ => Records::new(),
         };
-        let splits = store.list_range_size().map_or_else(Vec::new, |page| split_points(dir, &cached, page));
-        let listing = store.list_split(dir, &splits).with_context(|| format!("cannot list {dir} in the store"))?;
+        let list = |splits: &[String]| {
+            store.list_split(dir, splits).with_context(|| format!("cannot list {dir} in the store"))
+        };
+        // A store that lists in one piece (a local folder) needs nothing from the index to list: both at once.
+        let (mut cached, listing) = match store.list_range_size() {
+            Some(page) => {
+                let cached = index();
+                let listing = list(&split_points(dir, &cached, page))?;
+                (cached, listing)
+            }
+            None => {
+                let (cached, listing) = rayon::join(index, || list(&[]));
+                (cached, listing?)
+            }
+        };
         let listed = listing.len();
         // Sorted, the listing becomes one buffer of names (see SizedNames) instead of a map entry per object.
         let prefix = format!("{dir}/");

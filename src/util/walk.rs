@@ -1,92 +1,285 @@
-//! The files under a folder, each with its metadata, for globs over 10⁶ files: the folders are read once,
-//! and each file a caller keeps is stated through its directory entry (statx relative to the open folder,
-//! in parallel), so the kernel does not walk the whole path again per file and the caller needs no second
-//! stat.
+//! The files under a folder, each with its metadata, for globs over 10⁶ files. Each folder is opened once and
+//! read with `readdir`; the names of its kept files go into one buffer (no path, entry or metadata allocated
+//! per file), and each is stated with `statx` relative to the open folder, in parallel batches, asking only for
+//! the fields [`FileMeta`] holds. While one batch is stated, the next is read: reading a folder is serial.
 
 use anyhow::{Context, bail};
 use rayon::prelude::*;
-use std::ffi::OsStr;
-use std::fs::{self, DirEntry, Metadata};
-use std::io::ErrorKind;
+use std::ffi::{CStr, CString, OsStr};
+use std::io::{self, ErrorKind};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Files are stated in batches of this many, side by side: what waits for its stat stays small (a folder
-/// can hold 10⁶ files), and an entry holds its folder open, so no batch spans folders (a walk may cross
-/// thousands).
+/// can hold 10⁶ files).
 const BATCH: usize = 16_384;
 
-/// A kept file before it is stated: its path, its directory entry, and, for a link, what it points to.
-type Kept = (PathBuf, DirEntry, Option<Box<Metadata>>);
+/// What a walk knows of a file: the fields of one `statx` that callers use (sizes, times and the inode for
+/// the stat cache, the type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub ctime: i64,
+    pub ctime_nsec: u32,
+    pub ino: u64,
+    pub dev: u64,
+    mode: u32,
+}
+
+impl FileMeta {
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// The modification time (`None` where `SystemTime` cannot hold it).
+    pub fn modified(&self) -> Option<SystemTime> {
+        let nanos = Duration::from_nanos(u64::from(self.mtime_nsec));
+        match u64::try_from(self.mtime) {
+            Ok(secs) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs) + nanos),
+            Err(_) => {
+                SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(self.mtime.unsigned_abs()))?.checked_add(nanos)
+            }
+        }
+    }
+
+    /// The same fields from a `std::fs::Metadata`.
+    pub fn of(meta: &std::fs::Metadata) -> FileMeta {
+        use std::os::unix::fs::MetadataExt;
+        FileMeta {
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec() as u32,
+            ino: meta.ino(),
+            dev: meta.dev(),
+            mode: meta.mode(),
+        }
+    }
+
+    fn of_statx(stx: &libc::statx) -> FileMeta {
+        FileMeta {
+            size: stx.stx_size,
+            mtime: stx.stx_mtime.tv_sec,
+            mtime_nsec: stx.stx_mtime.tv_nsec,
+            ctime: stx.stx_ctime.tv_sec,
+            ctime_nsec: stx.stx_ctime.tv_nsec,
+            ino: stx.stx_ino,
+            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            mode: u32::from(stx.stx_mode),
+        }
+    }
+}
+
+/// The fields [`FileMeta`] holds: the kernel may skip the rest.
+const MASK: u32 =
+    libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_SIZE | libc::STATX_MTIME | libc::STATX_CTIME | libc::STATX_INO;
+
+/// `statx` of `name` relative to the open folder `dir` (`AT_FDCWD`: the working folder); `follow`: what a
+/// link points to rather than the link.
+fn statx(dir: libc::c_int, name: &CStr, follow: bool) -> io::Result<FileMeta> {
+    let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `name` is a NUL-terminated string and `stx` a buffer of the struct's size, both valid for the
+    // call; `dir` is an open folder or AT_FDCWD.
+    let rc = unsafe { libc::statx(dir, name.as_ptr(), flags, MASK, stx.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx succeeded, so it filled the struct (and it was zeroed before: every field is initialised).
+    Ok(FileMeta::of_statx(unsafe { stx.assume_init_ref() }))
+}
+
+/// Opens the folder `name` relative to `dir` (`AT_FDCWD`: the working folder), following links.
+fn open_dir(dir: libc::c_int, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated and valid for the call; the flags open a folder read-only.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An open folder being read.
+struct Reader {
+    dir: std::ptr::NonNull<libc::DIR>,
+}
+
+// SAFETY: a `DIR` stream may be used from any thread as long as one thread at a time does: `Reader` is not
+// `Sync`, and `read` takes it by `&mut`.
+unsafe impl Send for Reader {}
+
+impl Reader {
+    /// Reads the folder open as `fd` (its own descriptor: `fd` stays usable, for statx, until `self` drops).
+    fn new(fd: &OwnedFd) -> io::Result<Reader> {
+        // SAFETY: dup of an open descriptor.
+        let own = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if own < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `own` is an open folder descriptor that nothing else owns; fdopendir takes it over.
+        let dir = unsafe { libc::fdopendir(own) };
+        match std::ptr::NonNull::new(dir) {
+            Some(dir) => Ok(Reader { dir }),
+            None => {
+                let e = io::Error::last_os_error();
+                // SAFETY: fdopendir failed, so `own` is still ours to close.
+                unsafe { libc::close(own) };
+                Err(e)
+            }
+        }
+    }
+
+    /// The next entry's name (without `.` and `..`) and type (`DT_*`), `None` at the end.
+    fn next(&mut self) -> io::Result<Option<(&CStr, u8)>> {
+        loop {
+            // errno is the only way readdir tells an error from the end.
+            // SAFETY: writing this thread's errno.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: `self.dir` is an open stream, used by one thread at a time.
+            let entry = unsafe { libc::readdir64(self.dir.as_ptr()) };
+            if entry.is_null() {
+                let e = io::Error::last_os_error();
+                return if e.raw_os_error() == Some(0) { Ok(None) } else { Err(e) };
+            }
+            // SAFETY: readdir returned an entry, valid until the next call on this stream (which needs `&mut
+            // self`, so the borrow ends first); its name is NUL-terminated.
+            let (name, kind) = unsafe { (CStr::from_ptr((*entry).d_name.as_ptr()), (*entry).d_type) };
+            if name.to_bytes() != b"." && name.to_bytes() != b".." {
+                return Ok(Some((name, kind)));
+            }
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // SAFETY: the stream is open and dropped once; closedir closes its descriptor.
+        unsafe { libc::closedir(self.dir.as_ptr()) };
+    }
+}
+
+/// Kept files of one folder waiting for their stat: each one's path relative to the walk's base, NUL-
+/// terminated, in one buffer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// Per file: where its relative path starts in `bytes`, where its name (relative to the folder) starts,
+    /// and, for a link, the metadata of what it points to (stated while reading, to know whether it is a
+    /// folder).
+    files: Vec<(u32, u32, Option<FileMeta>)>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.files.clear();
+    }
+
+    /// The relative path and the name (NUL-terminated) of file `i`.
+    fn file(&self, i: usize) -> (&Path, &CStr) {
+        let (start, name_at, _) = self.files[i];
+        let end = self.files.get(i + 1).map_or(self.bytes.len(), |f| f.0 as usize) - 1;
+        let rel = Path::new(OsStr::from_bytes(&self.bytes[start as usize..end]));
+        // The terminating NUL is the one pushed after the path; a name holds none (readdir's came from a CStr).
+        let name = CStr::from_bytes_with_nul(&self.bytes[name_at as usize..=end]).unwrap_or_default();
+        (rel, name)
+    }
+}
+
+/// A folder to read: its path relative to the walk's base (empty: the base), its depth (1: the base), and
+/// the (device, inode) of it and of its ancestors: a loop test.
+struct Folder {
+    rel: Vec<u8>,
+    depth: usize,
+    ancestors: Vec<(u64, u64)>,
+}
 
 /// Files (anything but folders) under `base`, down to `max_depth` levels (1: its own entries), whose path
-/// relative to `base` `keep` accepts: what `visit` makes of each one's path and metadata (`None`: leave it
-/// out), in no order. `visit` runs as the files are stated, side by side, so that no metadata outlives its
-/// file's turn: at 10⁶ files, a `Metadata` each would be 170 MB. Symbolic links are followed: a link to a
-/// folder is walked as a folder (a link to one of its own ancestors is an error: a loop), a link to a file
-/// has the file's metadata. A dangling link, or a file removed during the walk, is not there; neither is
-/// anything under a missing `base`.
+/// relative to `base` `keep` accepts: what `visit` makes of each one's relative path and metadata (`None`:
+/// leave it out), in no order. `visit` runs as the files are stated, side by side. Symbolic links are
+/// followed: a link to a folder is walked as a folder (a link to one of its own ancestors is an error: a
+/// loop), a link to a file has the file's metadata. A dangling link, or a file removed during the walk, is
+/// not there; neither is anything under a missing `base`.
 pub fn files<T: Send>(
     base: &Path,
     max_depth: usize,
     keep: impl Fn(&Path) -> bool + Sync,
-    visit: impl Fn(PathBuf, &Metadata) -> anyhow::Result<Option<T>> + Sync,
+    visit: impl Fn(&Path, &FileMeta) -> anyhow::Result<Option<T>> + Sync,
 ) -> anyhow::Result<Vec<T>> {
-    let root = match fs::metadata(base) {
+    let Ok(base_c) = CString::new(base.as_os_str().as_bytes()) else {
+        bail!("cannot read {}: the path holds a NUL byte", base.display());
+    };
+    let root = match statx(libc::AT_FDCWD, &base_c, true) {
         Ok(meta) if meta.is_dir() => meta,
         Ok(_) => return Ok(Vec::new()),
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", base.display())),
     };
+    let base_fd = match open_dir(libc::AT_FDCWD, &base_c) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", base.display())),
+    };
+    let full = |rel: &[u8]| match rel.is_empty() {
+        true => base.to_path_buf(),
+        false => base.join(OsStr::from_bytes(rel)),
+    };
     // Each batch's results, joined once at the end: growing one vector of 10⁶ results doubled and copied it
     // twenty times over.
     let mut out: Vec<Vec<T>> = Vec::new();
-    // Each folder to read, with its depth and the (device, inode) of it and its ancestors: a loop test.
-    let mut stack = vec![(base.to_path_buf(), 1, vec![(root.dev(), root.ino())])];
-    while let Some((dir, depth, ancestors)) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-        };
-        // The folder's kept files, each with the metadata of what it links to if it is a link.
-        let mut kept: Vec<Kept> = Vec::with_capacity(BATCH.min(64));
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-            let path = entry.path();
-            let kind = entry.file_type().with_context(|| format!("cannot stat {}", path.display()))?;
-            let linked = match kind.is_symlink().then(|| fs::metadata(&path)) {
-                None => None,
-                Some(Ok(meta)) => Some(meta),
-                Some(Err(e)) if e.kind() == ErrorKind::NotFound => continue,
-                Some(Err(e)) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
-            };
-            if linked.as_ref().map_or(kind.is_dir(), Metadata::is_dir) {
-                if depth < max_depth {
-                    let meta = match linked {
-                        Some(meta) => meta,
-                        None => fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?,
-                    };
-                    let id = (meta.dev(), meta.ino());
-                    if ancestors.contains(&id) {
-                        bail!("{} links back to a folder it is in: a file system loop", path.display());
-                    }
-                    let mut inside = ancestors.clone();
-                    inside.push(id);
-                    stack.push((path, depth + 1, inside));
-                }
-                continue;
+    let mut stack = vec![Folder { rel: Vec::new(), depth: 1, ancestors: vec![(root.dev, root.ino)] }];
+    let (mut reading, mut stating) = (Batch::default(), Batch::default());
+    while let Some(folder) = stack.pop() {
+        let fd = match folder.rel.is_empty() {
+            true => base_fd.try_clone(),
+            false => {
+                let rel = CString::new(folder.rel.as_slice()).unwrap_or_default();
+                open_dir(base_fd.as_raw_fd(), &rel)
             }
-            if relative(&path, base).is_some_and(&keep) {
-                kept.push((path, entry, linked.map(Box::new)));
-                if kept.len() == BATCH {
-                    stat_and_visit(&mut kept, &visit, &mut out)?;
-                }
+        };
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", full(&folder.rel).display())),
+        };
+        let mut reader = Reader::new(&fd).with_context(|| format!("cannot read {}", full(&folder.rel).display()))?;
+        let dir = fd.as_raw_fd();
+        loop {
+            // Read the next batch while the last one is stated.
+            reading.clear();
+            let (read, stated) = rayon::join(
+                || read_batch(&mut reader, dir, &folder, max_depth, &keep, &mut reading, &full),
+                || stat_batch(dir, &stating, &visit, &full),
+            );
+            stating.clear();
+            out.push(stated?);
+            let (subfolders, done) = read?;
+            for sub in subfolders {
+                stack.push(sub);
+            }
+            std::mem::swap(&mut reading, &mut stating);
+            if done {
+                out.push(stat_batch(dir, &stating, &visit, &full)?);
+                stating.clear();
+                break;
             }
         }
-        stat_and_visit(&mut kept, &visit, &mut out)?;
     }
+    out.retain(|batch| !batch.is_empty());
     if out.len() == 1 {
         return Ok(out.pop().unwrap_or_default());
     }
@@ -95,6 +288,127 @@ pub fn files<T: Send>(
         all.extend(batch);
     }
     Ok(all)
+}
+
+/// Reads up to [`BATCH`] kept files of `folder` into `batch`: the subfolders met on the way (to walk later)
+/// and whether the folder is read to its end.
+fn read_batch(
+    reader: &mut Reader,
+    dir: libc::c_int,
+    folder: &Folder,
+    max_depth: usize,
+    keep: &(impl Fn(&Path) -> bool + Sync),
+    batch: &mut Batch,
+    full: &(impl Fn(&[u8]) -> PathBuf + Sync),
+) -> anyhow::Result<(Vec<Folder>, bool)> {
+    let mut subfolders = Vec::new();
+    while batch.files.len() < BATCH {
+        let Some((name, kind)) =
+            reader.next().with_context(|| format!("cannot read {}", full(&folder.rel).display()))?
+        else {
+            return Ok((subfolders, true));
+        };
+        // The relative path, NUL-terminated, straight into the batch's buffer; taken back out if not kept.
+        let start = batch.bytes.len();
+        if !folder.rel.is_empty() {
+            batch.bytes.extend_from_slice(&folder.rel);
+            batch.bytes.push(b'/');
+        }
+        let name_at = batch.bytes.len();
+        batch.bytes.extend_from_slice(name.to_bytes_with_nul());
+        let name = CStr::from_bytes_with_nul(&batch.bytes[name_at..]).unwrap_or_default();
+        let stat_here = |follow: bool| match statx(dir, name, follow) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot stat {}", full(&batch.bytes[start..batch.bytes.len() - 1]).display())),
+        };
+        // The type from the entry where the file system gives it, else from a stat of the entry itself.
+        let (mut is_dir, mut is_link) = (kind == libc::DT_DIR, kind == libc::DT_LNK);
+        if kind == libc::DT_UNKNOWN {
+            let Some(meta) = stat_here(false)? else {
+                batch.bytes.truncate(start);
+                continue;
+            };
+            (is_dir, is_link) = (meta.is_dir(), meta.is_symlink());
+        }
+        // A link is what it points to: stated now, to know whether it is a folder; a dangling one is not there.
+        let mut linked = None;
+        if is_link {
+            let Some(meta) = stat_here(true)? else {
+                batch.bytes.truncate(start);
+                continue;
+            };
+            is_dir = meta.is_dir();
+            linked = Some(meta);
+        }
+        let rel = &batch.bytes[start..batch.bytes.len() - 1];
+        if is_dir {
+            if folder.depth < max_depth {
+                let meta = match linked {
+                    Some(meta) => meta,
+                    None => match stat_here(true)? {
+                        Some(meta) => meta,
+                        None => {
+                            batch.bytes.truncate(start);
+                            continue;
+                        }
+                    },
+                };
+                let id = (meta.dev, meta.ino);
+                if folder.ancestors.contains(&id) {
+                    bail!("{} links back to a folder it is in: a file system loop", full(rel).display());
+                }
+                let mut ancestors = folder.ancestors.clone();
+                ancestors.push(id);
+                subfolders.push(Folder { rel: rel.to_vec(), depth: folder.depth + 1, ancestors });
+            }
+            batch.bytes.truncate(start);
+            continue;
+        }
+        if !keep(Path::new(OsStr::from_bytes(rel))) {
+            batch.bytes.truncate(start);
+            continue;
+        }
+        let (Ok(start), Ok(name_at)) = (u32::try_from(start), u32::try_from(name_at)) else {
+            bail!("cannot read {}: too many long names", full(&folder.rel).display());
+        };
+        batch.files.push((start, name_at, linked));
+    }
+    Ok((subfolders, false))
+}
+
+/// States the files of `batch`, side by side, and visits each (a file removed since it was read is not
+/// there).
+fn stat_batch<T: Send>(
+    dir: libc::c_int,
+    batch: &Batch,
+    visit: &(impl Fn(&Path, &FileMeta) -> anyhow::Result<Option<T>> + Sync),
+    full: &(impl Fn(&[u8]) -> PathBuf + Sync),
+) -> anyhow::Result<Vec<T>> {
+    let visited: Vec<Option<T>> = (0..batch.files.len())
+        .into_par_iter()
+        .with_min_len(256)
+        .map(|i| {
+            let (rel, name) = batch.file(i);
+            let meta = match batch.files[i].2 {
+                Some(meta) => meta,
+                None => match statx(dir, name, false) {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot stat {}", full(rel.as_os_str().as_bytes()).display()));
+                    }
+                },
+            };
+            visit(rel, &meta)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // Sized up front: collecting from `flatten` regrew the vector a dozen times per batch.
+    let mut kept = Vec::with_capacity(visited.iter().filter(|v| v.is_some()).count());
+    kept.extend(visited.into_iter().flatten());
+    Ok(kept)
 }
 
 /// `path` relative to `base`, where `path` is `base` joined with more: by its bytes, as `Path::strip_prefix`
@@ -109,43 +423,30 @@ pub fn relative<'a>(path: &'a Path, base: &Path) -> Option<&'a Path> {
     }
 }
 
-fn stat_and_visit<T: Send>(
-    kept: &mut Vec<Kept>,
-    visit: &(impl Fn(PathBuf, &Metadata) -> anyhow::Result<Option<T>> + Sync),
-    out: &mut Vec<Vec<T>>,
-) -> anyhow::Result<()> {
-    if kept.is_empty() {
-        return Ok(());
-    }
-    let visited: Vec<Option<T>> = kept
-        .par_drain(..)
-        .map(|(path, entry, linked)| {
-            let meta = match linked {
-                Some(meta) => *meta,
-                None => match entry.metadata() {
-                    Ok(meta) => meta,
-                    Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
-                },
-            };
-            visit(path, &meta)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    out.push(visited.into_iter().flatten().collect());
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
 
     fn names(base: &Path, depth: usize, keep: impl Fn(&Path) -> bool + Sync) -> Vec<String> {
-        let name = |path: PathBuf, meta: &Metadata| {
-            Ok(Some(format!("{} {}", path.strip_prefix(base).unwrap().display(), meta.len())))
-        };
+        let name = |rel: &Path, meta: &FileMeta| Ok(Some(format!("{} {}", rel.display(), meta.size)));
         let mut found: Vec<String> = files(base, depth, keep, name).unwrap();
         found.sort();
         found
+    }
+
+    /// What std's metadata says of each file, by a plain recursive walk: the reference the walk must match.
+    fn with_std(base: &Path, rel: &Path, out: &mut Vec<(PathBuf, FileMeta)>) {
+        for entry in fs::read_dir(base.join(rel)).unwrap() {
+            let entry = entry.unwrap();
+            let rel = rel.join(entry.file_name());
+            match fs::metadata(base.join(&rel)) {
+                Ok(meta) if meta.is_dir() => with_std(base, &rel, out),
+                Ok(meta) => out.push((rel, FileMeta::of(&meta))),
+                Err(_) => {}
+            }
+        }
     }
 
     #[test]
@@ -164,9 +465,9 @@ mod tests {
         fs::write(base.join("top.txt"), "1").unwrap();
         fs::write(base.join("a/mid.txt"), "22").unwrap();
         fs::write(base.join("a/b/low.csv"), "333").unwrap();
-        std::os::unix::fs::symlink(base.join("a/mid.txt"), base.join("link.txt")).unwrap();
-        std::os::unix::fs::symlink(base.join("gone"), base.join("dangling.txt")).unwrap();
-        std::os::unix::fs::symlink(base.join("a/b"), base.join("linked")).unwrap();
+        symlink(base.join("a/mid.txt"), base.join("link.txt")).unwrap();
+        symlink(base.join("gone"), base.join("dangling.txt")).unwrap();
+        symlink(base.join("a/b"), base.join("linked")).unwrap();
 
         assert_eq!(names(base, 1, |_| true), ["link.txt 2", "top.txt 1"]);
         assert_eq!(
@@ -178,10 +479,69 @@ mod tests {
             ["a/b/low.csv 3", "linked/low.csv 3"]
         );
         assert!(files(&base.join("missing"), 1, |_| true, |_, _| Ok(Some(()))).unwrap().is_empty());
+        assert!(files(&base.join("top.txt"), 1, |_| true, |_, _| Ok(Some(()))).unwrap().is_empty(), "not a folder");
+        // A base that is a link to a folder is walked as the folder.
+        let other = tempfile::tempdir().unwrap();
+        symlink(base.join("a"), other.path().join("to-a")).unwrap();
+        assert_eq!(names(&other.path().join("to-a"), usize::MAX, |_| true), ["b/low.csv 3", "mid.txt 2"]);
 
-        std::os::unix::fs::symlink(base.join("a"), base.join("a/b/up")).unwrap();
+        symlink(base.join("a"), base.join("a/b/up")).unwrap();
         let err = files(base, usize::MAX, |_| true, |_, _| Ok(Some(()))).unwrap_err();
         assert!(format!("{err:#}").contains("a file system loop"), "{err:#}");
         assert_eq!(names(base, 2, |_| true).len(), 4, "not deep enough to meet the loop");
+    }
+
+    #[test]
+    fn a_link_to_itself_is_an_error_and_a_file_removed_before_its_stat_is_not_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        fs::write(base.join("stays"), "s").unwrap();
+        fs::write(base.join("goes"), "g").unwrap();
+        // `keep` runs as the folder is read, before the stats: removing a file there is a removal mid-walk.
+        let removing = |rel: &Path| {
+            if rel == Path::new("goes") {
+                fs::remove_file(base.join(rel)).unwrap();
+            }
+            true
+        };
+        assert_eq!(names(base, 1, removing), ["stays 1"]);
+
+        symlink(base.join("self"), base.join("self")).unwrap();
+        let err = files(base, 1, |_| true, |_, _| Ok(Some(()))).unwrap_err();
+        assert!(format!("{err:#}").contains(&format!("cannot stat {}", base.join("self").display())), "{err:#}");
+    }
+
+    #[test]
+    fn non_utf8_names_and_errors_of_visit_come_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = OsStr::from_bytes(b"caf\xe9.txt");
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub").join(odd), "1234").unwrap();
+        let found = files(dir.path(), 2, |_| true, |rel, meta| Ok(Some((rel.to_path_buf(), meta.size)))).unwrap();
+        assert_eq!(found, [(Path::new("sub").join(odd), 4)]);
+        let err = files(dir.path(), 2, |_| true, |_, _| -> anyhow::Result<Option<()>> { bail!("refused") });
+        assert_eq!(err.unwrap_err().to_string(), "refused");
+    }
+
+    #[test]
+    fn many_files_in_several_batches_have_the_metadata_std_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        fs::create_dir_all(base.join("x/y")).unwrap();
+        let count = BATCH * 2 + 7;
+        for i in 0..count {
+            let folder = ["", "x/", "x/y/"][i % 3];
+            fs::write(base.join(format!("{folder}{i}")), vec![b'.'; i % 5]).unwrap();
+        }
+        let mut expected = Vec::new();
+        with_std(base, Path::new(""), &mut expected);
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut found = files(base, usize::MAX, |_| true, |rel, meta| Ok(Some((rel.to_path_buf(), *meta)))).unwrap();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(found.len(), count);
+        assert_eq!(found, expected);
+        assert!(found.iter().all(|(_, meta)| meta.is_file() && !meta.is_dir()));
+        let modified = fs::metadata(base.join("0")).unwrap().modified().unwrap();
+        assert_eq!(found.iter().find(|(rel, _)| rel == Path::new("0")).unwrap().1.modified(), Some(modified));
     }
 }
