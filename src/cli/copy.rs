@@ -45,7 +45,7 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
         let manifest_at = manifest_path(dir, target.shard());
         let bytes_of = from.read(&manifest_at)?.with_context(|| format!("{manifest_at} vanished"))?;
         let mut manifest = Manifest::parse(&bytes_of, &manifest_at)?;
-        if manifest.key != record.key.to_string() {
+        if manifest.key != record.key().to_string() {
             anyhow::bail!("{manifest_at} was rebuilt while copying: copy again");
         }
         to.delete(&manifest_at)?;

@@ -55,8 +55,8 @@ pub fn gc(args: GcArgs, out: Output) -> anyhow::Result<()> {
         owned.insert(format!("{}/{META_DIR}/{}", step.dir, StepState::index_name()));
         for t in step.targets.clone() {
             owned.insert(manifest_path(&step.dir, plan.targets[t].shard()));
-            for output in plan.record(t).iter().flat_map(|r| &r.outputs) {
-                owned.insert(join(&step.dir, &output.name));
+            for output in plan.record(t).iter().flat_map(|r| r.outputs()) {
+                owned.insert(join(&step.dir, output.name));
             }
         }
     }

@@ -304,8 +304,8 @@ fn fresh_index(plan: &Plan, pipeline: &Pipeline, step: usize, pipeline_arg: &str
     let record = plan.record(t).context("a fresh target without a record")?;
     Ok(BuiltIndex {
         key: target.key.to_string(),
-        outputs: record.outputs.iter().map(|o| o.name.clone()).collect(),
-        rows: record.rows,
+        outputs: record.outputs().map(|o| o.name.to_string()).collect(),
+        rows: record.rows(),
     })
 }
 

@@ -54,8 +54,8 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
                 .clone()
                 .filter(|&t| plan.targets[t].selected && plan.targets[t].action == Action::Blocked)
                 .collect();
-            let rows: u64 = fresh.iter().filter_map(|r| r.rows).sum();
-            let failures: u64 = fresh.iter().filter_map(|r| r.failures).sum();
+            let rows: u64 = fresh.iter().filter_map(|r| r.rows()).sum();
+            let failures: u64 = fresh.iter().filter_map(|r| r.failures()).sum();
             let source_bytes: u64 =
                 plan.targets[step.targets.clone()].iter().filter_map(|t| t.source.as_ref().map(|f| f.size)).sum();
             StepStatus {
@@ -72,7 +72,7 @@ fn summarize(plan: &Plan) -> Vec<StepStatus> {
                 rows,
                 failures,
                 failure_rate: (rows > 0).then(|| failures as f64 / rows as f64),
-                last_built: fresh.iter().map(|r| r.started_at.clone()).max(),
+                last_built: fresh.iter().map(|r| r.started_at()).max().map(str::to_string),
             }
         })
         .collect()

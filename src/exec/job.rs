@@ -7,6 +7,7 @@ use crate::store::manifest::{OutputFile, RetryOf};
 use crate::store::step_state::Record;
 use crate::store::{Store, join, manifest_path};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -109,14 +110,16 @@ impl Job {
             .iter()
             .map(|&i| {
                 let input = &plan.targets[i];
-                let record = built.get(&i).or(plan.record(i));
+                // A view into the step's records as a record on its own: a job's few.
+                let record =
+                    built.get(&i).map(Cow::Borrowed).or_else(|| plan.record(i).map(|r| Cow::Owned(r.to_record())));
                 let dir = &pipeline.steps[input.step].dir;
-                let files = match (&input.source, record) {
+                let files = match (&input.source, &record) {
                     (Some(source), _) => vec![JobFile::Local(source.path.clone())],
                     (None, Some(record)) => record.outputs.iter().map(|o| JobFile::Store(join(dir, &o.name))).collect(),
                     (None, None) => Vec::new(),
                 };
-                let expect = match (&input.source, record) {
+                let expect = match (&input.source, &record) {
                     (None, Some(record)) => Some(Expected {
                         manifest: manifest_path(dir, input.shard()),
                         key: record.key.to_string(),
@@ -128,7 +131,7 @@ impl Job {
                     target: input.name.clone(),
                     shard: input.shard().to_string(),
                     files,
-                    rows: record.and_then(|r| r.rows),
+                    rows: record.as_ref().and_then(|r| r.rows),
                     pending: None,
                     expect,
                 }
@@ -151,12 +154,12 @@ impl Job {
                 of: of.clone(),
                 previous: plan
                     .record(t)
-                    .map(|r| r.outputs.iter().map(|o| JobFile::Store(join(&step.dir, &o.name))).collect())
+                    .map(|r| r.outputs().map(|o| JobFile::Store(join(&step.dir, o.name))).collect())
                     .unwrap_or_default(),
                 expect: plan.record(t).map(|r| Expected {
                     manifest: manifest_path(&step.dir, target.shard()),
-                    key: r.key.to_string(),
-                    outputs: r.outputs.clone(),
+                    key: r.key().to_string(),
+                    outputs: r.to_record().outputs,
                 }),
             }),
         }

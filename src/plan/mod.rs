@@ -8,7 +8,7 @@ use crate::error::UsageError;
 use crate::kind::{InputShard, InputShards, ShardCx, ShardSpec, Shards, SourceFile};
 use crate::pipeline::Pipeline;
 use crate::store::manifest::{Manifest, RetryOf};
-use crate::store::step_state::{Record, StepState};
+use crate::store::step_state::{RecordRef, StepState};
 use crate::store::{Store, manifest_path};
 use crate::util::digest::Digest;
 use crate::util::stat_cache::StatCache;
@@ -163,9 +163,9 @@ impl Plan {
     }
 
     /// What the store holds for target `t` (its current manifest, fresh or not).
-    pub fn record(&self, t: usize) -> Option<&Record> {
+    pub fn record(&self, t: usize) -> Option<RecordRef<'_>> {
         let target = &self.targets[t];
-        self.states[target.step].as_ref()?.records.get(target.shard()).map(|r| &**r)
+        self.states[target.step].as_ref()?.records.get(target.shard())
     }
 
     /// Everything that went into target `t`'s key, for its manifest and for explaining a change. Built on
@@ -343,25 +343,25 @@ pub fn make(
                 name.push_str(&step.name);
                 name.push('/');
                 name.push_str(&spec.id);
-                let record = state.and_then(|st| st.records.get(&spec.id)).map(|r| &**r);
+                let record = state.and_then(|st| st.records.get(&spec.id));
                 // A retried build stands for the key its settings and inputs give (and, while fresh, what reads
                 // it sees its own key); anything rebuilt from scratch goes back to that key.
                 let retried = record
-                    .and_then(|r| Some((r.key, r.retry.as_ref()?)))
-                    .filter(|(_, r)| Digest::from_hex(&r.of_key) == Some(key));
+                    .and_then(|r| Some((r.key(), r.retry()?)))
+                    .filter(|(_, (of_key, _))| Digest::from_hex(of_key) == Some(key));
                 let (action, reason) = match state {
                     None => (Action::Source, None),
                     Some(st) => freshness(st, &spec.id, &retried.map_or(key, |(k, _)| k), record),
                 };
                 let again = || options.built_this_run.contains(&name);
-                let retryable = record.and_then(|r| r.retryable).unwrap_or(0);
+                let retryable = record.and_then(|r| r.retryable()).unwrap_or(0);
                 let mut retry = None;
                 let (action, reason) = match action {
                     Action::Fresh if forced && !again() => {
                         (Action::Stale, Some(format!("forced with --force {}", step.name)))
                     }
                     Action::Fresh if retrying && retryable > 0 && !again() => {
-                        let attempt = retried.map_or(1, |(_, previous)| previous.attempt + 1);
+                        let attempt = retried.map_or(1, |(_, (_, attempt))| attempt + 1);
                         retry = Some(Box::new(RetryOf { of_key: key.to_string(), attempt }));
                         let rows = if retryable == 1 { "row" } else { "rows" };
                         let why = format!("retrying {retryable} failed {rows} (--retry-failed {})", step.name);
@@ -404,7 +404,7 @@ pub fn make(
                     id: plan.targets[t].shard().to_string(),
                     file: plan.targets[t].source.as_ref().map(|s| s.path.clone()),
                     rows: if plan.targets[t].action == Action::Fresh {
-                        plan.record(t).and_then(|r| r.rows)
+                        plan.record(t).and_then(|r| r.rows())
                     } else {
                         None
                     },
@@ -524,7 +524,7 @@ fn is_valid_shard_id(id: &str) -> bool {
 /// Fresh when the store's manifest has the wanted key and every output it lists is there with its size, and,
 /// where the store lists content versions (S3's ETags), with the version its manifest recorded.
 /// A key mismatch is marked stale with no reason yet: explaining it takes a manifest read, done in bulk.
-fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<&Record>) -> (Action, Option<String>) {
+fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<RecordRef<'_>>) -> (Action, Option<String>) {
     let Some(record) = record else {
         let reason = match state.unreadable.get(shard) {
             Some(why) => format!("manifest unreadable ({why})"),
@@ -532,20 +532,20 @@ fn freshness(state: &StepState, shard: &str, key: &Digest, record: Option<&Recor
         };
         return (Action::Missing, Some(reason));
     };
-    if record.key != *key {
+    if record.key() != *key {
         return (Action::Stale, None);
     }
-    for output in &record.outputs {
-        match state.has(&output.name, output.size) {
+    for output in record.outputs() {
+        match state.has(output.name, output.size) {
             None => {
                 return (Action::Stale, Some(format!("output {} is missing", output.name)));
             }
             Some(false) => {
-                let now = state.files.get(&output.name).unwrap_or(0);
+                let now = state.files.get(output.name).unwrap_or(0);
                 let reason = format!("output {} changed size ({} → {now} bytes)", output.name, output.size);
                 return (Action::Stale, Some(reason));
             }
-            Some(true) if state.rewritten(&output.name, &output.version) => {
+            Some(true) if state.rewritten(output.name, output.version) => {
                 let reason = format!(
                     "output {} was rewritten since its manifest (the store no longer lists it as version {})",
                     output.name, output.version
@@ -701,15 +701,19 @@ mod tests {
             blake3: String::new(),
             version: version.into(),
         };
-        let record = |version: &str| Record::with_outputs(key, vec![output(version)]);
+        let record = |version: &str| {
+            let mut records = crate::store::step_state::Records::new();
+            records.insert("0", &crate::store::step_state::Record::with_outputs(key, vec![output(version)]));
+            records
+        };
         let listed = |version: &str| {
             let mut state = StepState::default();
             state.files.push_tagged("0.tar", 10, version_tag(version));
             state
         };
         let fresh = (Action::Fresh, None);
-        assert_eq!(freshness(&listed("\"e1\""), "0", &key, Some(&record("\"e1\""))), fresh);
-        let (action, reason) = freshness(&listed("\"e2\""), "0", &key, Some(&record("\"e1\"")));
+        assert_eq!(freshness(&listed("\"e1\""), "0", &key, record("\"e1\"").get("0")), fresh);
+        let (action, reason) = freshness(&listed("\"e2\""), "0", &key, record("\"e1\"").get("0"));
         assert_eq!(action, Action::Stale);
         assert_eq!(
             reason.unwrap(),
@@ -717,11 +721,11 @@ mod tests {
         );
         // Nothing to compare: a manifest without versions (a local store's, an older dsmake's), or a server
         // that lists modification times instead of ETags.
-        assert_eq!(freshness(&listed("\"e2\""), "0", &key, Some(&record(""))), fresh);
-        assert_eq!(freshness(&listed("modified:1000"), "0", &key, Some(&record("\"e1\""))), fresh);
+        assert_eq!(freshness(&listed("\"e2\""), "0", &key, record("").get("0")), fresh);
+        assert_eq!(freshness(&listed("modified:1000"), "0", &key, record("\"e1\"").get("0")), fresh);
         let mut untagged = StepState::default();
         untagged.files.push("0.tar", 10);
-        assert_eq!(freshness(&untagged, "0", &key, Some(&record("\"e1\""))), fresh);
+        assert_eq!(freshness(&untagged, "0", &key, record("\"e1\"").get("0")), fresh);
     }
 
     fn file(path: &str) -> SourceFile {

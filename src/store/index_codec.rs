@@ -5,10 +5,7 @@
 //! (flag byte + u64 each), the retried key and attempt (empty and 0 when not a retry), started_at, duration
 //! (f64), manifest version, manifest size. Strings are a u32 length + UTF-8; integers little-endian.
 
-use super::manifest::{OutputFile, RetryOf};
-use super::record::{Record, Records};
-use crate::util::digest::Digest;
-use foldhash::HashMapExt;
+use super::record::{Fields, Records};
 
 const MAGIC: &[u8; 8] = b"DSMKIX05";
 /// The format before outputs had versions: read as records without them (their manifests have none either),
@@ -45,9 +42,9 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Option<usize> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize)
     }
-    fn str(&mut self) -> Option<String> {
+    fn str(&mut self) -> Option<&'a str> {
         let len = self.u32()?;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
+        std::str::from_utf8(self.take(len)?).ok()
     }
     fn opt(&mut self) -> Option<Option<u64>> {
         let flag = self.take(1)?[0];
@@ -59,63 +56,55 @@ impl<'a> Reader<'a> {
 pub fn encode(records: &Records) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(MAGIC.len() + records.len() * 192));
     w.0.extend_from_slice(MAGIC);
-    for (shard, r) in records {
+    for (shard, r) in records.iter() {
         w.str(shard);
-        w.0.extend_from_slice(&r.key.0);
-        w.0.extend_from_slice(&(r.outputs.len() as u32).to_le_bytes());
-        for output in &r.outputs {
-            w.str(&output.name);
+        w.0.extend_from_slice(&r.key().0);
+        let outputs = r.outputs();
+        w.0.extend_from_slice(&(outputs.len() as u32).to_le_bytes());
+        for output in outputs {
+            w.str(output.name);
             w.u64(output.size);
-            w.str(&output.version);
+            w.str(output.version);
         }
-        w.opt(r.rows);
-        w.opt(r.failures);
-        w.opt(r.retryable);
-        w.str(r.retry.as_ref().map_or("", |retry| retry.of_key.as_str()));
-        w.u64(r.retry.as_ref().map_or(0, |retry| u64::from(retry.attempt)));
-        w.str(&r.started_at);
-        w.u64(r.duration_s.to_bits());
-        w.str(&r.manifest_version);
-        w.u64(r.manifest_size);
+        w.opt(r.rows());
+        w.opt(r.failures());
+        w.opt(r.retryable());
+        let (retried, attempt) = r.retry().unwrap_or(("", 0));
+        w.str(retried);
+        w.u64(u64::from(attempt));
+        w.str(r.started_at());
+        w.u64(r.duration_s().to_bits());
+        w.str(r.manifest_version());
+        w.u64(r.manifest_size());
     }
     w.0
 }
 
 /// `None` when the bytes are not an index of this format (an old one, or damaged): it is then rebuilt.
+/// Decoded straight into [`Records`]: no allocation per record.
 pub fn decode(bytes: &[u8]) -> Option<Records> {
     let (mut r, versions) = match bytes.strip_prefix(MAGIC) {
         Some(rest) => (Reader(rest), true),
         None => (Reader(bytes.strip_prefix(MAGIC_WITHOUT_VERSIONS)?), false),
     };
-    // Sized up front from the bytes (a record takes at least ~100 of them): growing a map of 10⁶ records
-    // step by step holds the old table and the new one at once, twice the memory for a moment.
-    let mut records = Records::with_capacity(bytes.len() / 128);
+    // Sized up front from the bytes (a record takes at least ~100 of them, about half of them strings):
+    // growing 10⁶ records step by step holds the old buffers and the new ones at once for a moment.
+    let mut records = Records::with_capacity(bytes.len() / 128, bytes.len() / 2);
     while !r.0.is_empty() {
-        let shard = r.str()?;
-        let key = Digest(r.take(32)?.try_into().ok()?);
-        let count = r.u32()?;
-        let mut outputs = Vec::with_capacity(count.min(1 << 16));
-        for _ in 0..count {
+        let at = records.begin(r.str()?);
+        let key = r.take(32)?.try_into().ok()?;
+        for _ in 0..r.u32()? {
             let (name, size) = (r.str()?, r.u64()?);
-            let version = if versions { r.str()? } else { String::new() };
-            outputs.push(OutputFile { name, size, blake3: String::new(), version });
+            let version = if versions { r.str()? } else { "" };
+            records.push_output(name, size, version);
         }
-        let record = Record {
-            key,
-            outputs,
-            rows: r.opt()?,
-            failures: r.opt()?,
-            retryable: r.opt()?,
-            retry: {
-                let (of_key, attempt) = (r.str()?, r.u64()?);
-                (!of_key.is_empty()).then_some(RetryOf { of_key, attempt: attempt as u32 })
-            },
-            started_at: r.str()?,
-            duration_s: f64::from_bits(r.u64()?),
-            manifest_version: r.str()?,
-            manifest_size: r.u64()?,
-        };
-        records.insert(shard, Box::new(record));
+        let counts = [r.opt()?, r.opt()?, r.opt()?];
+        let retry = (r.str()?, r.u64()? as u32);
+        let started_at = r.str()?;
+        let duration_s = f64::from_bits(r.u64()?);
+        let (manifest_version, manifest_size) = (r.str()?, r.u64()?);
+        let fields = Fields { key, counts, retry, started_at, duration_s, manifest_version, manifest_size };
+        records.finish(at, &fields);
     }
     Some(records)
 }
@@ -123,6 +112,9 @@ pub fn decode(bytes: &[u8]) -> Option<Records> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::manifest::{OutputFile, RetryOf};
+    use crate::store::record::Record;
+    use crate::util::digest::Digest;
 
     #[test]
     fn round_trips_and_rejects_damage() {
@@ -143,10 +135,11 @@ mod tests {
             manifest_version: "\"etag\"".into(),
             manifest_size: 873,
         };
-        let records: Records = [("00001".to_string(), Box::new(record))].into_iter().collect();
+        let mut records = Records::new();
+        records.insert("00001", &record);
         let bytes = encode(&records);
         let back = decode(&bytes).unwrap();
-        assert_eq!(format!("{:?}", back["00001"]), format!("{:?}", records["00001"]));
+        assert_eq!(format!("{:?}", back.get("00001").unwrap()), format!("{record:?}"));
         assert!(decode(&bytes[..bytes.len() - 3]).is_none());
         assert!(decode(b"{\"format\":1}").is_none());
 
@@ -157,8 +150,8 @@ mod tests {
         let at = old.windows(version.len() + 4).position(|w| w[4..] == *version.as_bytes() && w[0] == 6).unwrap();
         old.drain(at..at + 4 + version.len());
         let back = decode(&old).unwrap();
-        assert_eq!(back["00001"].outputs[0].version, "");
-        assert_eq!(back["00001"].outputs[0].size, 12);
-        assert_eq!(back["00001"].manifest_version, "\"etag\"");
+        let output = back.get("00001").unwrap().outputs().next().unwrap();
+        assert_eq!((output.name, output.size, output.version), ("a/b.tar", 12, ""));
+        assert_eq!(back.get("00001").unwrap().manifest_version(), "\"etag\"");
     }
 }

@@ -4,12 +4,11 @@
 //! machine) are read.
 
 use super::manifest::Manifest;
-pub use super::record::{Record, Records};
+pub use super::record::{OutputRef, Record, RecordRef, Records};
 use super::{META_DIR, Store, is_temporary};
 use crate::util::sized_names::SizedNames;
 use crate::util::text_order;
 use anyhow::Context;
-use foldhash::HashMapExt;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -87,7 +86,7 @@ impl StepState {
                 continue;
             }
             match cached.get(shard) {
-                Some(r) if r.manifest_version == m.version && r.manifest_size == m.size => vouched += 1,
+                Some(r) if r.manifest_version() == m.version && r.manifest_size() == m.size => vouched += 1,
                 _ => {
                     cached.remove(shard);
                     to_read.push((shard.to_string(), m));
@@ -114,7 +113,7 @@ impl StepState {
         for (shard, record) in read {
             match record {
                 Ok(record) => {
-                    records.insert(shard, Box::new(record));
+                    records.insert(&shard, &record);
                 }
                 Err(e) => {
                     unreadable.insert(shard, format!("{e:#}"));
@@ -134,7 +133,7 @@ impl StepState {
 
     /// Records a target built by this run.
     pub fn insert(&mut self, shard: &str, record: Record) {
-        self.records.insert(shard.to_string(), Box::new(record));
+        self.records.insert(shard, &record);
         self.index_stale = true;
     }
 
@@ -195,7 +194,7 @@ const SAMPLES_PER_RANGE: usize = 32;
 /// are sampled (a hash map's order is as good as random), so a step of 10⁶ targets sorts a few thousand paths,
 /// not millions. Empty when one page holds everything.
 fn split_points(dir: &str, records: &Records, page: usize) -> Vec<String> {
-    let expected: usize = records.values().map(|r| 1 + r.outputs.len()).sum::<usize>() + 1;
+    let expected: usize = records.iter().map(|(_, r)| 1 + r.outputs().len()).sum::<usize>() + 1;
     let per_range = ((page as f64 * RANGE_FILL) as usize).max(1);
     if expected <= page || records.is_empty() {
         return Vec::new();
@@ -205,7 +204,7 @@ fn split_points(dir: &str, records: &Records, page: usize) -> Vec<String> {
     let mut sample: Vec<String> = Vec::new();
     for (shard, record) in records.iter().step_by(stride) {
         sample.push(format!("{dir}/{META_DIR}/{shard}.json"));
-        sample.extend(record.outputs.iter().map(|o| format!("{dir}/{}", o.name)));
+        sample.extend(record.outputs().map(|o| format!("{dir}/{}", o.name)));
     }
     sample.sort_unstable();
     let mut splits: Vec<String> = (1..ranges).map(|i| sample[i * sample.len() / ranges].clone()).collect();
@@ -257,8 +256,10 @@ mod tests {
 
     #[test]
     fn split_points_cut_the_expected_objects_into_ranges_of_most_of_a_page() {
-        let records: Records =
-            (0..3000).map(|i| (format!("{i:05}"), Box::new(record(&format!("{i:05}.tar"))))).collect();
+        let mut records = Records::new();
+        for i in 0..3000 {
+            records.insert(&format!("{i:05}"), &record(&format!("{i:05}.tar")));
+        }
         let splits = split_points("p/s", &records, 1000);
         // 6001 expected objects in ranges of 750: 9 ranges, 8 cuts, sorted, inside the folder.
         assert_eq!(splits.len(), 8, "{splits:?}");
