@@ -3,6 +3,10 @@
 # on the local store (issue: "Plan time and peak memory for a pipeline of 100,000 shard targets, all fresh,
 # on the local store: aim under 1 s and under 200 MB; the no-op build time for the same pipeline").
 #
+# Figures (N=500000: 10⁶ targets, 2 cores, 2026-11-30, load 1.3–2): `dsmake plan` 3.48–3.61 s wall, 6.2–6.4 s CPU
+# (2.4 s user, 3.9 s kernel: mostly the 1.5×10⁶ stats), 695 MB peak RSS; the no-op build 3.6–4.0 s against GNU
+# make's 7.1–7.6 s (0.5×). The same runs of 4cc378f: 4.20–4.73 s, 7.0–7.6 s CPU, 902 MB.
+#
 # What it does
 #   1. `cargo build --release`, then uses $CARGO_TARGET_DIR/release/dsmake (./target when unset).
 #   2. In a work folder generates N small source files (one python3 process) and a pipeline:

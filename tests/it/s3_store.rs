@@ -1,5 +1,6 @@
-//! The S3 store against real S3-compatible servers (s3s-fs; moto where ETags must be listed), with a fault-injecting proxy in front of it:
-//! throttling, cut connections and kills never leave a half-written object or manifest visible.
+//! The S3 store against real S3-compatible servers (s3s-fs; moto where ETags must be listed), with a
+//! fault-injecting proxy in front of it: throttling, cut connections and kills never leave a half-written
+//! object or manifest visible.
 
 use crate::common::proxy::Proxy;
 use crate::common::{self, Backend, Sandbox, built, s3, work};
