@@ -150,17 +150,19 @@ impl Job {
             store: store.url(),
             base_dir: pipeline.base_dir.clone(),
             allow_hosts: plan.allow_hosts.clone(),
-            retry: target.retry.as_deref().map(|of| JobRetry {
-                of: of.clone(),
-                previous: plan
-                    .record(t)
-                    .map(|r| r.outputs().map(|o| JobFile::Store(join(&step.dir, o.name))).collect())
-                    .unwrap_or_default(),
-                expect: plan.record(t).map(|r| Expected {
-                    manifest: manifest_path(&step.dir, target.shard()),
-                    key: r.key().to_string(),
-                    outputs: r.to_record().outputs,
-                }),
+            retry: target.retry.as_deref().map(|of| {
+                let record = plan.record(t);
+                JobRetry {
+                    of: of.clone(),
+                    previous: record
+                        .map(|r| r.outputs().map(|o| JobFile::Store(join(&step.dir, o.name))).collect())
+                        .unwrap_or_default(),
+                    expect: record.map(|r| Expected {
+                        manifest: manifest_path(&step.dir, target.shard()),
+                        key: r.key().to_string(),
+                        outputs: r.outputs().map(|o| o.to_file()).collect(),
+                    }),
+                }
             }),
         }
     }

@@ -345,6 +345,18 @@ pub struct OutputRef<'a> {
     pub version: &'a str,
 }
 
+impl OutputRef<'_> {
+    /// The output as a manifest lists it, without its digest (an index keeps none).
+    pub fn to_file(&self) -> OutputFile {
+        OutputFile {
+            name: self.name.to_string(),
+            size: self.size,
+            blake3: String::new(),
+            version: self.version.to_string(),
+        }
+    }
+}
+
 /// One record of [`Records`], borrowed.
 #[derive(Clone, Copy)]
 pub struct RecordRef<'a> {
@@ -417,15 +429,7 @@ impl<'a> RecordRef<'a> {
     pub fn to_record(&self) -> Record {
         Record {
             key: self.key(),
-            outputs: self
-                .outputs()
-                .map(|o| OutputFile {
-                    name: o.name.to_string(),
-                    size: o.size,
-                    blake3: String::new(),
-                    version: o.version.to_string(),
-                })
-                .collect(),
+            outputs: self.outputs().map(|o| o.to_file()).collect(),
             rows: self.rows(),
             failures: self.failures(),
             retryable: self.retryable(),

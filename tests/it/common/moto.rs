@@ -28,10 +28,7 @@ pub fn endpoint() -> &'static str {
 
 /// A new, empty bucket (CreateBucket; moto checks no signature).
 pub fn bucket() -> String {
-    let name = format!("m{:016x}", {
-        use std::hash::{BuildHasher, RandomState};
-        RandomState::new().hash_one(std::time::SystemTime::now())
-    });
+    let name = format!("m{:016x}", super::s3::fastrand_u64());
     let address = endpoint().trim_start_matches("http://");
     let mut stream = TcpStream::connect(address).expect("connect to moto_server");
     write!(stream, "PUT /{name} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")

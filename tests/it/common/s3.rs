@@ -76,7 +76,7 @@ pub fn bucket() -> String {
     name
 }
 
-fn fastrand_u64() -> u64 {
+pub fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
