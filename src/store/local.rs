@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Files being written start with this; listings of outputs skip them and `gc` removes them.
 pub use crate::util::files::TEMP_PREFIX;
@@ -105,6 +105,34 @@ impl Store for LocalStore {
         let object = |rel: &Path, meta: &FileMeta| Ok(rel.to_str().map(|rel| listed(super::join(prefix, rel), meta)));
         crate::util::walk::files(&dir, usize::MAX, |_| true, object)
             .with_context(|| format!("cannot list {}", dir.display()))
+    }
+
+    fn list_except(&self, prefix: &str, skip: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+        let prefix = prefix.trim_end_matches('/');
+        let dir = self.path(prefix);
+        let object = |rel: &Path, meta: &FileMeta| Ok(rel.to_str().map(|rel| listed(super::join(prefix, rel), meta)));
+        crate::util::walk::files_entering(&dir, usize::MAX, |rel| rel != Path::new(skip), |_| true, object)
+            .with_context(|| format!("cannot list {}", dir.display()))
+    }
+
+    fn folder_stamp(&self, dir: &str) -> Option<(String, SystemTime)> {
+        let meta = fs::metadata(self.path(dir)).ok().filter(|m| m.is_dir() && m.nlink() == 2)?;
+        let stamp = format!(
+            "{}:{}:{}:{}:{}.{:09}:{}.{:09}",
+            meta.dev(),
+            meta.ino(),
+            meta.nlink(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        );
+        let at = |seconds: i64, nanos: i64| {
+            let since = Duration::new(seconds.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+            SystemTime::UNIX_EPOCH + since
+        };
+        Some((stamp, at(meta.mtime(), meta.mtime_nsec()).max(at(meta.ctime(), meta.ctime_nsec()))))
     }
 
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {

@@ -40,6 +40,20 @@ pub trait Store: Send + Sync {
     fn list_split(&self, prefix: &str, _split_after: &[String]) -> anyhow::Result<Vec<ObjectMeta>> {
         self.list(prefix)
     }
+    /// [`Store::list`] less the objects under `prefix/skip/`, which a local folder does not read at all.
+    fn list_except(&self, prefix: &str, skip: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+        let skipped = format!("{}/{skip}/", prefix.trim_end_matches('/'));
+        Ok(self.list(prefix)?.into_iter().filter(|m| !m.path.starts_with(&skipped)).collect())
+    }
+    /// A stamp of the folder `dir` that changes whenever an entry is added to it, removed from it or renamed
+    /// in it (local: its device, inode, link count, size, and change and modification times), with when the
+    /// folder last changed by the file system's clock: while the stamp holds, a listing of a folder whose
+    /// files are only ever written whole, by rename, still stands. `None` where the store has no folders (S3),
+    /// where `dir` is missing, and where it may hold folders (a link count other than 2), whose entries the
+    /// stamp would not cover.
+    fn folder_stamp(&self, _dir: &str) -> Option<(String, std::time::SystemTime)> {
+        None
+    }
     /// An object's bytes, or `None` when there is no such object.
     fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
     /// Writes an object atomically: readers see the old object or the whole new one.

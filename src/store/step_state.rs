@@ -11,8 +11,13 @@ use crate::util::text_order;
 use anyhow::Context;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 const INDEX_NAME: &str = "index.dsmake";
+/// Where notes on steps' manifests' folders are kept (see [`note_path`]), in the store's own folder.
+const NOTES_DIR: &str = ".dsmake/listed";
+/// How long before a plan its manifests' folder must have last changed for its stamp to be noted.
+const SETTLED: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub struct StepState {
@@ -32,40 +37,94 @@ pub struct StepState {
 
 impl StepState {
     pub fn load(store: &dyn Store, dir: &str) -> anyhow::Result<StepState> {
+        Self::load_at(store, dir, SystemTime::now())
+    }
+
+    /// [`StepState::load`] at `checked_at` by the file system's clock (taken before the index and the
+    /// listing, so that what they show is at least as recent).
+    fn load_at(store: &dyn Store, dir: &str, checked_at: SystemTime) -> anyhow::Result<StepState> {
+        let meta_dir = format!("{dir}/{META_DIR}");
+        let stamp = store.folder_stamp(&meta_dir).map(|(stamp, changed)| {
+            let settled = checked_at.duration_since(changed).is_ok_and(|age| age > SETTLED);
+            (stamp, settled)
+        });
         // The index first: what it lists is where the folder's objects are expected, so it tells where to cut
         // a listing into ranges of about a page each.
-        let index_path = format!("{dir}/{META_DIR}/{INDEX_NAME}");
+        let index_path = format!("{meta_dir}/{INDEX_NAME}");
         let index = || match store.read(&index_path) {
-            Ok(Some(bytes)) => super::index_codec::decode(&bytes).unwrap_or_default(),
-            _ => Records::new(),
+            Ok(Some(bytes)) => super::index_codec::decode(&bytes),
+            _ => None,
         };
         let list = |splits: &[String]| {
             store.list_split(dir, splits).with_context(|| format!("cannot list {dir} in the store"))
         };
+
+        // A local manifests' folder unchanged since a listing the index described exactly holds what the index
+        // says (dsmake writes each manifest whole, by rename): only the outputs are listed, and at 10⁶
+        // targets that is half the objects a plan would list and stat.
+        if let Some((stamp, _)) = &stamp
+            && read_note(store, &meta_dir).is_some_and(|noted| noted == *stamp)
+        {
+            let (cached, listing) = rayon::join(index, || {
+                store.list_except(dir, META_DIR).with_context(|| format!("cannot list {dir} in the store"))
+            });
+            let listing = listing?;
+            // Unchanged still: an index or a manifest written meanwhile would show here.
+            let unchanged = || store.folder_stamp(&meta_dir).is_some_and(|(now, _)| now == *stamp);
+            if let Some(cached) = cached
+                && unchanged()
+            {
+                return Ok(Self::from_listing(store, dir, &listing, cached, false));
+            }
+        }
+
         // A store that lists in one piece (a local folder) needs nothing from the index to list: both at once.
-        let (mut cached, listing) = match store.list_range_size() {
+        let (cached, listing) = match store.list_range_size() {
             Some(page) => {
                 let cached = index();
-                let listing = list(&split_points(dir, &cached, page))?;
-                (cached, listing)
+                let splits = split_points(dir, cached.as_ref().unwrap_or(&Records::new()), page);
+                (cached, list(&splits)?)
             }
             None => {
                 let (cached, listing) = rayon::join(index, || list(&[]));
                 (cached, listing?)
             }
         };
+        let had_index = cached.is_some();
+        let state = Self::from_listing(store, dir, &listing, cached.unwrap_or_default(), true);
+        // The index described the folder exactly, and the folder did not change while it was listed: noted,
+        // for the next plan to trust it while it stays so. A folder changed just now is not: a change in the
+        // same tick of the file system's clock could leave its stamp as it is.
+        if let Some((stamp, true)) = &stamp
+            && had_index
+            && !state.index_stale
+            && store.folder_stamp(&meta_dir).is_some_and(|(now, _)| now == *stamp)
+        {
+            write_note(store, &meta_dir, stamp);
+        }
+        Ok(state)
+    }
+
+    /// The state from a listing of the step's folder and the index's records. With `manifests_listed`, the
+    /// records stay where their manifest is listed with the version and size they were read at, the others
+    /// are read again, and those without a manifest dropped; without, the records are what the folder holds.
+    fn from_listing(
+        store: &dyn Store,
+        dir: &str,
+        listing: &[super::ObjectMeta],
+        mut cached: Records,
+        manifests_listed: bool,
+    ) -> StepState {
         let listed = listing.len();
         // Sorted, the listing becomes one buffer of names (see SizedNames) instead of a map entry per object.
         let prefix = format!("{dir}/");
-        let order = sorted_order(&listing, prefix.len());
+        let order = sorted_order(listing, prefix.len());
         let bytes = listing.iter().map(|m| m.path.len().saturating_sub(prefix.len())).sum();
         let mut files = SizedNames::with_capacity(listing.len(), bytes);
         // Versions only where they mean content (S3's ETags): a local folder's are times, and 10⁶ of them would
         // cost a plan time and memory for nothing.
         let tagged = store.versions_identify_content();
 
-        // The index's records stay where their manifest is listed with the version and size they were read
-        // at; the others are read again, and those without a manifest dropped.
         let manifest_prefix = format!("{META_DIR}/");
         let mut to_read = Vec::new();
         let mut vouched = 0;
@@ -76,7 +135,7 @@ impl StepState {
                 true => files.push_tagged(rel, m.size, super::version_tag(&m.version)),
                 false => files.push(rel, m.size),
             };
-            if !pushed {
+            if !pushed || !manifests_listed {
                 continue;
             }
             let Some(shard) = rel.strip_prefix(&manifest_prefix).and_then(|r| r.strip_suffix(".json")) else {
@@ -94,7 +153,7 @@ impl StepState {
             }
         }
         let mut index_stale = !to_read.is_empty();
-        if vouched < cached.len() {
+        if manifests_listed && vouched < cached.len() {
             index_stale = true;
             cached.retain(|shard, _| files.get(&format!("{META_DIR}/{shard}.json")).is_some());
         }
@@ -120,7 +179,7 @@ impl StepState {
                 }
             }
         }
-        Ok(StepState {
+        StepState {
             dir: dir.to_string(),
             files,
             listed,
@@ -128,7 +187,7 @@ impl StepState {
             unreadable,
             manifests_read: to_read.len(),
             index_stale,
-        })
+        }
     }
 
     /// Records a target built by this run.
@@ -163,6 +222,27 @@ impl StepState {
     pub fn index_name() -> &'static str {
         INDEX_NAME
     }
+}
+
+/// Where the note on a step's manifests' folder is kept: the folder, and its stamp when a listing of it
+/// found exactly what the step's index says. Outside the folder, whose stamp writing the note would change.
+fn note_path(meta_dir: &str) -> String {
+    let name = blake3::hash(meta_dir.as_bytes()).to_hex();
+    format!("{NOTES_DIR}/{}.json", &name[..32])
+}
+
+/// The stamp noted for `meta_dir`, if any (a note for another folder, or unreadable, is none).
+fn read_note(store: &dyn Store, meta_dir: &str) -> Option<String> {
+    let bytes = store.read(&note_path(meta_dir)).ok()??;
+    let note: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    (note["folder"] == meta_dir).then(|| note["stamp"].as_str().map(str::to_string))?
+}
+
+/// Notes `stamp` for `meta_dir`. A note not written (a store this user may not write) only costs the next
+/// plan a whole listing.
+fn write_note(store: &dyn Store, meta_dir: &str, stamp: &str) {
+    let note = serde_json::json!({ "folder": meta_dir, "stamp": stamp });
+    let _ = store.write(&note_path(meta_dir), note.to_string().as_bytes());
 }
 
 /// The listing's positions in the order of its paths (see `util::text_order`). The key is which of three runs
@@ -216,12 +296,109 @@ fn split_points(dir: &str, records: &Records, page: usize) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::store::manifest::OutputFile;
+    use std::io::Write;
 
     fn record(output: &str) -> Record {
         Record::with_outputs(
             Default::default(),
             vec![OutputFile { name: output.into(), size: 1, blake3: String::new(), version: String::new() }],
         )
+    }
+
+    /// A local store with `n` built targets of step folder `p/s`, their manifests and the index a build leaves.
+    fn built_store(n: usize) -> (tempfile::TempDir, crate::store::local::LocalStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::local::LocalStore::new(dir.path().to_path_buf());
+        for i in 0..n {
+            publish(&store, &format!("{i:03}"));
+        }
+        StepState::load(&store, "p/s").unwrap().save_index(&store).unwrap();
+        (dir, store)
+    }
+
+    fn publish(store: &dyn Store, shard: &str) {
+        let output = format!("{shard}.txt");
+        store.write(&format!("p/s/{output}"), shard.as_bytes()).unwrap();
+        let manifest = serde_json::json!({
+            "manifest_format": 1, "target": format!("s/{shard}"), "key": "0".repeat(64),
+            "key_parts": {"kind": "command", "kind_version": 1, "settings": {}, "shard": shard, "coords": {},
+                          "inputs": []},
+            "outputs": [{"name": output, "size": shard.len()}],
+            "started_at": "2026-11-30T00:00:00Z", "duration_s": 0.0, "dsmake_version": "test", "host": "test",
+        });
+        store.write(&crate::store::manifest_path("p/s", shard), manifest.to_string().as_bytes()).unwrap();
+    }
+
+    /// Loads at a time far enough after every change for the manifests' folder to count as settled.
+    fn load_later(store: &dyn Store) -> StepState {
+        StepState::load_at(store, "p/s", SystemTime::now() + Duration::from_secs(60)).unwrap()
+    }
+
+    fn shards(state: &StepState) -> Vec<String> {
+        let mut shards: Vec<String> = state.records.iter().map(|(shard, _)| shard.to_string()).collect();
+        shards.sort();
+        shards
+    }
+
+    #[test]
+    fn a_manifests_folder_unchanged_since_the_index_described_it_exactly_is_not_read_again() {
+        let (_dir, store) = built_store(3);
+        let all = || vec!["000".to_string(), "001".to_string(), "002".to_string()];
+        // Listed whole (3 outputs, 3 manifests, the index), every manifest vouched for by the index: noted.
+        let first = load_later(&store);
+        assert_eq!((first.listed, first.manifests_read, shards(&first)), (7, 0, all()));
+        // Unchanged since: the outputs alone are listed, and the records are the index's.
+        let second = load_later(&store);
+        assert_eq!((second.listed, second.manifests_read, shards(&second)), (3, 0, all()));
+        assert!(!second.index_stale);
+        assert_eq!(second.has("001.txt", 3), Some(true));
+        assert_eq!(second.records.get("001").unwrap().outputs().next().unwrap().name, "001.txt");
+
+        // A manifest another build publishes (by rename) changes the folder: listed and read.
+        publish(&store, "003");
+        let third = load_later(&store);
+        assert_eq!((third.listed, third.manifests_read), (9, 1));
+        assert_eq!(shards(&third).len(), 4);
+        // So does one removed (`gc`, or by hand).
+        std::fs::remove_file(_dir.path().join("p/s/_dsmake/000.json")).unwrap();
+        let fourth = load_later(&store);
+        assert_eq!((fourth.listed, shards(&fourth)), (8, vec!["001".into(), "002".into(), "003".into()]));
+        assert!(fourth.index_stale, "the index still names 000 and lacks 003");
+    }
+
+    #[test]
+    fn a_folder_changed_just_now_is_not_noted_nor_one_that_holds_folders() {
+        let (dir, store) = built_store(2);
+        // Changed within the last moments (the index was just written): a later change in the same tick of the
+        // clock could leave its stamp as it is, so it is listed whole each time until it settles.
+        for _ in 0..2 {
+            let now = StepState::load(&store, "p/s").unwrap();
+            assert_eq!((now.listed, now.manifests_read), (5, 0));
+        }
+        assert!(!dir.path().join(NOTES_DIR).exists());
+        // A shard id with a folder in it puts a folder among the manifests, whose entries the stamp of the
+        // manifests' folder does not cover: never noted.
+        publish(&store, "a/000");
+        StepState::load(&store, "p/s").unwrap().save_index(&store).unwrap();
+        for _ in 0..2 {
+            let later = load_later(&store);
+            assert_eq!((later.listed, later.manifests_read, shards(&later).len()), (7, 0, 3));
+        }
+        assert!(!dir.path().join(NOTES_DIR).exists());
+    }
+
+    #[test]
+    fn an_index_damaged_in_place_under_a_note_is_read_around() {
+        let (dir, store) = built_store(2);
+        load_later(&store);
+        assert!(dir.path().join(NOTES_DIR).exists());
+        // Overwritten in place, same folder entries (no rename): the stamp holds, the index does not decode.
+        let index = dir.path().join(format!("p/s/{META_DIR}/{INDEX_NAME}"));
+        let size = std::fs::metadata(&index).unwrap().len() as usize;
+        std::fs::OpenOptions::new().write(true).open(&index).unwrap().write_all(&vec![0xff; size]).unwrap();
+        let state = load_later(&store);
+        assert_eq!((state.listed, state.manifests_read, shards(&state).len()), (5, 2, 2));
+        assert!(state.index_stale);
     }
 
     #[test]
