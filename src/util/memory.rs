@@ -19,12 +19,13 @@ use mimalloc as _;
 /// plan in parallel). dsmake purges at once (main.rs, for builds that move hundreds of MB a second), but a plan
 /// of 10⁶ targets frees and refills hundreds of MB within moments, and giving pages back only to fault them in
 /// again cost up to a tenth of its CPU time. Measured at 10⁶ targets (a plan of about 5 s of CPU): 50 ms
-/// faulted 350,000 pages, 200 ms 280,000, 1 s 215,000 (0.3 s less kernel time than 50 ms, for 75 MB more
-/// resident: 750 MB), never purging 195,000 (790 MB). Nothing changes where `MIMALLOC_PURGE_DELAY` says
+/// faulted 350,000 pages, 200 ms 280,000, 0.9 s 210,000 (0.3 s less kernel time than 50 ms, for 50–80 MB
+/// more resident: 720–750 MB), never purging 195,000 (790 MB). Not mimalloc's own default (1 s), so that a
+/// test can tell a restored delay from a held one. Nothing changes where `MIMALLOC_PURGE_DELAY` says
 /// otherwise.
 pub struct HoldFreed(bool);
 
-pub const HOLD_MS: std::ffi::c_long = 1000;
+pub const HOLD_MS: std::ffi::c_long = 900;
 
 /// Holds in force, and the delay before the first of them; changed only under this lock.
 static HOLDS: std::sync::Mutex<(usize, std::ffi::c_long)> = std::sync::Mutex::new((0, 0));
