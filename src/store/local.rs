@@ -52,6 +52,17 @@ impl LocalStore {
         Ok((file, path))
     }
 
+    /// Every object under `prefix`, not entering the folders (by path relative to it) `enter` refuses: one walk
+    /// (util::walk), each file stated through its folder, side by side, and its store path made only once it
+    /// is stated. A linked object is what it points to.
+    fn listing(&self, prefix: &str, enter: impl Fn(&Path) -> bool + Sync) -> anyhow::Result<Vec<ObjectMeta>> {
+        let prefix = prefix.trim_end_matches('/');
+        let dir = self.path(prefix);
+        let object = |rel: &Path, meta: &FileMeta| Ok(rel.to_str().map(|rel| listed(super::join(prefix, rel), meta)));
+        crate::util::walk::files_entering(&dir, usize::MAX, enter, |_| true, object)
+            .with_context(|| format!("cannot list {}", dir.display()))
+    }
+
     /// The content tag of the object at `path` (its blake3), `None` when there is none.
     fn tag_of(&self, path: &str) -> anyhow::Result<Option<String>> {
         Ok(self.read_tagged(path)?.map(|(_, tag)| tag))
@@ -98,21 +109,11 @@ impl Store for LocalStore {
     }
 
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
-        // One walk (util::walk): each file stated through its folder's entry, side by side, folder by folder,
-        // and its store path made only once it is stated. A linked object is what it points to.
-        let prefix = prefix.trim_end_matches('/');
-        let dir = self.path(prefix);
-        let object = |rel: &Path, meta: &FileMeta| Ok(rel.to_str().map(|rel| listed(super::join(prefix, rel), meta)));
-        crate::util::walk::files(&dir, usize::MAX, |_| true, object)
-            .with_context(|| format!("cannot list {}", dir.display()))
+        self.listing(prefix, |_| true)
     }
 
     fn list_except(&self, prefix: &str, skip: &str) -> anyhow::Result<Vec<ObjectMeta>> {
-        let prefix = prefix.trim_end_matches('/');
-        let dir = self.path(prefix);
-        let object = |rel: &Path, meta: &FileMeta| Ok(rel.to_str().map(|rel| listed(super::join(prefix, rel), meta)));
-        crate::util::walk::files_entering(&dir, usize::MAX, |rel| rel != Path::new(skip), |_| true, object)
-            .with_context(|| format!("cannot list {}", dir.display()))
+        self.listing(prefix, |rel| rel != Path::new(skip))
     }
 
     fn folder_stamp(&self, dir: &str) -> Option<(String, SystemTime)> {
