@@ -49,7 +49,7 @@ export N=${N:-20000} LATENCY_MS=${LATENCY_MS:-30} SERVER=${SERVER:-s3s-fs}
 if [[ $SERVER = garage ]]; then
   GARAGE=${GARAGE:-$(command -v garage || echo "$HOME/.cache/garage-bin/bin/garage")}
   if ! "$GARAGE" --version >/dev/null 2>&1; then
-    echo "garage is missing (looked for \`garage\` on PATH and $HOME/.cache/garage-bin/bin/garage); install it with" >&2
+    echo "no garage at $GARAGE (GARAGE, else \`garage\` on PATH, else ~/.cache/garage-bin/bin/garage); install it with" >&2
     echo "  cargo install garage --version 2.5.0 --no-default-features --features bundled-libs,lmdb --root ~/.cache/garage-bin" >&2
     echo "or point GARAGE at a garage binary." >&2
     exit 1
