@@ -16,6 +16,7 @@ macro_rules! on_every_store {
     };
 }
 
+pub mod garage;
 pub mod golden;
 pub mod http;
 pub mod hub_mock;
@@ -190,11 +191,10 @@ impl Sandbox {
     }
 }
 
-/// Starts a server that lives exactly as long as the test process, its output dropped. It is started from a
-/// thread that never ends: PR_SET_PDEATHSIG fires when the thread that forked the child exits.
-pub fn spawn_for_the_test_process(mut command: Command) -> Result<(), String> {
+/// The child gets SIGKILL when the thread that spawned it ends, so a test process killed mid-run leaves no
+/// server behind.
+pub fn die_with_parent_thread(command: &mut Command) {
     use std::os::unix::process::CommandExt;
-    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     // SAFETY: prctl only sets a flag on the child before exec.
     unsafe {
         command.pre_exec(|| {
@@ -202,6 +202,13 @@ pub fn spawn_for_the_test_process(mut command: Command) -> Result<(), String> {
             Ok(())
         });
     }
+}
+
+/// Starts a server that lives exactly as long as the test process, its output dropped. It is started from a
+/// thread that never ends: PR_SET_PDEATHSIG fires when the thread that forked the child exits.
+pub fn spawn_for_the_test_process(mut command: Command) -> Result<(), String> {
+    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    die_with_parent_thread(&mut command);
     let (ready, started_or_not) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let child = command.spawn();
