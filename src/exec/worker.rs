@@ -98,17 +98,23 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget)
         })
         .collect::<anyhow::Result<_>>()?;
     // An old manifest would vouch for outputs while they are being replaced: remove it before they are. (Not
-    // earlier: a build that fails leaves the last one standing.)
+    // earlier: a build that fails leaves the last one standing.) Under the manifest's lock where the store has
+    // one: another build's manifest cannot land between the removal and the last output, where it would vouch
+    // for a mix of both builds' bytes if this one were killed before its own.
     let manifest_at = manifest_path(&job.dir, &job.shard);
+    let held = store.hold(&manifest_at)?;
     store.delete(&manifest_at)?;
     let record_versions = store.versions_identify_content();
+    let mut published = Vec::with_capacity(outputs.len());
     for output in &mut outputs {
         cancel.check()?;
-        let published = store.publish(&out_dir.join(&output.name), &join(&job.dir, &output.name))?;
+        let meta = store.publish(&out_dir.join(&output.name), &join(&job.dir, &output.name))?;
         if record_versions {
-            output.version = published.version;
+            output.version = meta.version.clone();
         }
+        published.push(meta);
     }
+    drop(held);
 
     let manifest = Manifest {
         manifest_format: manifest::FORMAT,
@@ -126,7 +132,7 @@ pub fn run(job: &Job, store: &dyn Store, cancel: &Cancel, memory: &MemoryBudget)
         dsmake_version: env!("CARGO_PKG_VERSION").to_string(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
     };
-    commit(store, &job.dir, &manifest_at, manifest, &scratch.path().join("check"))
+    commit(store, &job.dir, &manifest_at, manifest, &published, &scratch.path().join("check"))
 }
 
 /// How many times a commit reads the manifest again after another build changed it in between.
@@ -143,16 +149,35 @@ const COMMIT_ATTEMPTS: usize = 8;
 /// objects are the bytes it records; ours replaces it when they are ours; when they mix both builds', no
 /// manifest may vouch for them: it is removed and the target fails as transient, so that a retry or the next
 /// build makes it whole. With another key, two pipelines share a folder.
+///
+/// Where the store can hold the manifest ([`Store::hold`], a local folder), all of this is under its lock, as
+/// another build's removal of the manifest and publishing of its outputs are: uncontended, ours goes in only
+/// if every output is still the object this build published (its size and version, a stat each), so that a
+/// build that published over ours and died before its manifest leaves none.
 fn commit(
     store: &dyn Store,
     dir: &str,
     manifest_at: &str,
     ours: Manifest,
+    published: &[ObjectMeta],
     check_dir: &Path,
 ) -> anyhow::Result<Outcome> {
     let target = &ours.target;
     let bytes = serde_json::to_vec_pretty(&ours)?;
-    if let Some(manifest_meta) = store.write_if_absent(manifest_at, &bytes)? {
+    let held = store.hold(manifest_at)?;
+    let still_ours = || -> anyhow::Result<bool> {
+        for meta in published {
+            let now = store.head(&meta.path)?;
+            if now.as_ref().is_none_or(|now| now.size != meta.size || now.version != meta.version) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    // Replaced since: the loop below decides by content (adopt theirs, or fail as replaced).
+    if (held.is_none() || still_ours()?)
+        && let Some(manifest_meta) = store.write_if_absent(manifest_at, &bytes)?
+    {
         return Ok(Outcome { manifest: ours, manifest_meta });
     }
     for _ in 0..COMMIT_ATTEMPTS {
@@ -436,7 +461,7 @@ mod tests {
         let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
         let (root, store, at) = store_with(&[("a", b"AAAA"), ("b", b"BBBB")], &theirs);
         let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
-        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, theirs.outputs);
     }
 
@@ -446,7 +471,7 @@ mod tests {
         let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
         let (root, store, at) = store_with(&[("a", b"aaaa"), ("b", b"bbbb")], &theirs);
         let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
-        let outcome = commit(&store, "step", &at, ours.clone(), &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours.clone(), &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, ours.outputs);
         assert_eq!(stored_manifest(&store, &at).unwrap().outputs, ours.outputs, "ours is written over theirs");
     }
@@ -456,7 +481,7 @@ mod tests {
         let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
         let (root, store, at) = store_with(&[("a", b"AAAA"), ("b", b"bbbb")], &theirs);
         let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
-        let err = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap_err();
+        let err = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap_err();
         assert!(crate::retry::is_transient(&err), "{err:#}");
         let text = format!("{err:#}");
         assert!(text.contains("step/b has blake3") && text.contains("step/a has blake3"), "{text}");
@@ -468,7 +493,7 @@ mod tests {
         let mut theirs = manifest(&[("a", b"AAAA")]);
         theirs.key = "k2".into();
         let (root, store, at) = store_with(&[("a", b"AAAA")], &theirs);
-        let err = commit(&store, "step", &at, manifest(&[("a", b"AAAA")]), &root.path().join("c")).unwrap_err();
+        let err = commit(&store, "step", &at, manifest(&[("a", b"AAAA")]), &[], &root.path().join("c")).unwrap_err();
         assert!(format!("{err:#}").contains("different key"), "{err:#}");
     }
 
@@ -568,7 +593,7 @@ mod tests {
         let (root, inner, at) = store_with(&[("a", b"AAAA"), ("b", b"BBBB")], &theirs);
         let store = Interleaved::new(&inner, None, true);
         let ours = uploaded(manifest(&[("a", b"aaaa"), ("b", b"bbbb")]));
-        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, theirs.outputs, "their manifest is adopted");
         assert_eq!(store.fetched.load(std::sync::atomic::Ordering::Relaxed), 0, "versions vouched for both");
 
@@ -577,7 +602,7 @@ mod tests {
         other.outputs[1].version = "an-etag-of-another-upload".into();
         inner.write(&at, &serde_json::to_vec(&other).unwrap()).unwrap();
         let ours = uploaded(manifest(&[("a", b"aaaa"), ("b", b"bbbb")]));
-        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, other.outputs);
         assert_eq!(store.fetched.load(std::sync::atomic::Ordering::Relaxed), 1, "only step/b was downloaded");
 
@@ -585,7 +610,7 @@ mod tests {
         inner.write("step/b", b"XXXX").unwrap();
         inner.write(&at, &serde_json::to_vec(&theirs).unwrap()).unwrap();
         let ours = uploaded(manifest(&[("a", b"AAAA"), ("b", b"XXXX")]));
-        let outcome = commit(&store, "step", &at, ours.clone(), &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours.clone(), &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, ours.outputs, "the objects are ours: ours replaces theirs");
     }
 
@@ -608,9 +633,39 @@ mod tests {
             })),
             false,
         );
-        let outcome = commit(&store, "step", &at, ours, &root.path().join("check")).unwrap();
+        let outcome = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, c.outputs, "the objects are C's: C's manifest is adopted");
         assert_eq!(stored_manifest(&inner, &at).unwrap().outputs, c.outputs);
+    }
+
+    #[test]
+    fn a_build_that_published_over_ours_and_died_leaves_no_manifest_over_its_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path().to_path_buf());
+        let at = manifest_path("step", "s0");
+        let publish = |name: &str, bytes: &[u8]| {
+            let local = root.path().join("scratch");
+            std::fs::write(&local, bytes).unwrap();
+            store.publish(&local, &join("step", name)).unwrap()
+        };
+        let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
+        let published = vec![publish("a", b"aaaa"), publish("b", b"bbbb")];
+        // Another build of the same key publishes over ours, under the manifest's lock as a worker does (no
+        // manifest to remove yet), and is killed before its own manifest. Same size: a size check would pass.
+        let other_build = |bytes: &[u8]| {
+            let _held = store.hold(&at).unwrap();
+            publish("b", bytes);
+        };
+        other_build(b"BBBB");
+        let err = commit(&store, "step", &at, ours.clone(), &published, &root.path().join("check")).unwrap_err();
+        assert!(crate::retry::is_transient(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("published over this one's outputs"), "{err:#}");
+        assert!(stored_manifest(&store, &at).is_none(), "no manifest vouches for the other build's bytes");
+        // The same bytes published again are ours by content: the manifest goes in.
+        other_build(b"bbbb");
+        let outcome = commit(&store, "step", &at, ours.clone(), &published, &root.path().join("check")).unwrap();
+        assert_eq!(stored_manifest(&store, &at).unwrap().outputs, ours.outputs);
+        assert_eq!(outcome.manifest.outputs, ours.outputs);
     }
 
     #[test]

@@ -13,6 +13,23 @@ pub use crate::util::files::TEMP_PREFIX;
 use crate::util::files::{sync_dir, temp_beside, write_atomically};
 use crate::util::walk::FileMeta;
 
+thread_local! {
+    /// The object lock files this thread holds (see `LocalStore::object_lock`).
+    static HELD: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A held object lock (`None`: held already by this thread, further up); unlocked when dropped.
+struct ObjectLock(Option<(File, PathBuf)>);
+
+impl Drop for ObjectLock {
+    fn drop(&mut self) {
+        if let Some((_, lock)) = &self.0 {
+            HELD.with_borrow_mut(|held| held.retain(|l| l != lock));
+        }
+        // The file, closed after this, releases the lock.
+    }
+}
+
 pub struct LocalStore {
     root: PathBuf,
 }
@@ -30,12 +47,18 @@ impl LocalStore {
     /// Holds one of a few lock files that conditional writes and deletes take, chosen by the object's path, so
     /// that each compare-and-swap is atomic against every other (processes of several builds, or machines on
     /// one NFS folder, included). Striped: a lock file per object would leave one file per target behind.
-    fn object_lock(&self, path: &str) -> anyhow::Result<File> {
+    /// A thread that holds the stripe already ([`Store::hold`]) goes through: its own conditional writes of the
+    /// object it holds must not wait for itself.
+    fn object_lock(&self, path: &str) -> anyhow::Result<ObjectLock> {
         const STRIPES: u8 = 64;
         let stripe = blake3::hash(path.as_bytes()).as_bytes()[0] % STRIPES;
         let (file, lock) = self.lock_file(&format!("objects-{stripe:02}.lock"))?;
+        if HELD.with_borrow(|held| held.contains(&lock)) {
+            return Ok(ObjectLock(None));
+        }
         file.lock().with_context(|| format!("cannot lock {}", lock.display()))?;
-        Ok(file)
+        HELD.with_borrow_mut(|held| held.push(lock.clone()));
+        Ok(ObjectLock(Some((file, lock))))
     }
 
     /// Opens (creating it if need be) the lock file `name` in the store's `.dsmake/locks`; not yet locked.
@@ -114,6 +137,10 @@ impl Store for LocalStore {
 
     fn list_except(&self, prefix: &str, skip: &str) -> anyhow::Result<Vec<ObjectMeta>> {
         self.listing(prefix, |rel| rel != Path::new(skip))
+    }
+
+    fn hold(&self, path: &str) -> anyhow::Result<Option<Box<dyn std::any::Any>>> {
+        Ok(Some(Box::new(self.object_lock(path)?)))
     }
 
     fn folder_stamp(&self, dir: &str) -> Option<(String, SystemTime)> {

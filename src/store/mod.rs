@@ -67,6 +67,13 @@ pub trait Store: Send + Sync {
     /// Replaces an object only if it still holds the content `tag` names (S3: `If-Match`): compare and swap,
     /// as git updates a ref. `None`, writing nothing, when another writer changed or removed it since.
     fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>>;
+    /// Holds off other processes' conditional writes and deletes of the object at `path` (a target's
+    /// manifest) until the guard drops, where the store can: a local folder's striped lock, which those take;
+    /// this thread's own go through meanwhile. `None` where it cannot (S3, whose manifests record their outputs'
+    /// ETags, so that a plan sees outputs replaced under a manifest).
+    fn hold(&self, _path: &str) -> anyhow::Result<Option<Box<dyn std::any::Any>>> {
+        Ok(None)
+    }
     /// Deletes an object only if it still holds the content `tag` names; false, deleting nothing, otherwise.
     /// Where the server cannot delete conditionally, it deletes: a removed manifest only costs a rebuild.
     fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool>;
