@@ -55,9 +55,9 @@ impl StepState {
             Ok(Some(bytes)) => super::index_codec::decode(&bytes),
             _ => None,
         };
-        let list = |splits: &[String]| {
-            store.list_split(dir, splits).with_context(|| format!("cannot list {dir} in the store"))
-        };
+        let listed = |listing: anyhow::Result<_>| listing.with_context(|| format!("cannot list {dir} in the store"));
+        let list = |splits: &[String]| listed(store.list_split(dir, splits));
+        let unchanged = |stamp: &str| store.folder_stamp(&meta_dir).is_some_and(|(now, _)| now == stamp);
 
         // A local manifests' folder unchanged since a listing the index described exactly holds what the index
         // says (dsmake writes each manifest whole, by rename): only the outputs are listed, and at 10⁶
@@ -65,14 +65,12 @@ impl StepState {
         if let Some((stamp, _)) = &stamp
             && read_note(store, &meta_dir).is_some_and(|noted| noted == *stamp)
         {
-            let (cached, listing) = rayon::join(index, || {
-                store.list_except(dir, META_DIR).with_context(|| format!("cannot list {dir} in the store"))
-            });
+            let (cached, listing) = rayon::join(index, || listed(store.list_except(dir, META_DIR)));
             let listing = listing?;
-            // Unchanged still: an index or a manifest written meanwhile would show here.
-            let unchanged = || store.folder_stamp(&meta_dir).is_some_and(|(now, _)| now == *stamp);
+            // Unchanged still: an index or a manifest written meanwhile would show here. (Otherwise the index
+            // is read again below: it may be a new one.)
             if let Some(cached) = cached
-                && unchanged()
+                && unchanged(stamp)
             {
                 return Ok(Self::from_listing(store, dir, &listing, cached, false));
             }
@@ -98,7 +96,7 @@ impl StepState {
         if let Some((stamp, true)) = &stamp
             && had_index
             && !state.index_stale
-            && store.folder_stamp(&meta_dir).is_some_and(|(now, _)| now == *stamp)
+            && unchanged(stamp)
         {
             write_note(store, &meta_dir, stamp);
         }
@@ -369,10 +367,12 @@ mod tests {
     #[test]
     fn a_folder_changed_just_now_is_not_noted_nor_one_that_holds_folders() {
         let (dir, store) = built_store(2);
-        // Changed within the last moments (the index was just written): a later change in the same tick of the
-        // clock could leave its stamp as it is, so it is listed whole each time until it settles.
+        // Loaded at the moment the folder last changed (the index was just written; a slow machine must not
+        // make it look settled): a later change in the same tick of the clock could leave its stamp as it is, so
+        // it is listed whole each time until it settles.
+        let changed = store.folder_stamp(&format!("p/s/{META_DIR}")).unwrap().1;
         for _ in 0..2 {
-            let now = StepState::load(&store, "p/s").unwrap();
+            let now = StepState::load_at(&store, "p/s", changed).unwrap();
             assert_eq!((now.listed, now.manifests_read), (5, 0));
         }
         assert!(!dir.path().join(NOTES_DIR).exists());
