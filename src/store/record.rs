@@ -276,7 +276,7 @@ impl Records {
         self.outputs.push(OutputEntry { size, name_len: name.len() as u32, version_len: version.len() as u32 });
     }
 
-    /// Ends the record begun at `at` (from [`Records::begin`]) with its other fields.
+    /// Ends the record that [`Records::begin`] started with its other fields.
     pub(super) fn finish(&mut self, Begun { text_at, outputs_at, shard_len }: Begun, fields: &Fields<'_>) {
         let tail_at = self.text.len() - text_at;
         self.text.push_str(fields.retry.0);
