@@ -110,28 +110,33 @@ impl Job {
             .iter()
             .map(|&i| {
                 let input = &plan.targets[i];
-                // A view into the step's records as a record on its own: a job's few.
-                let record =
-                    built.get(&i).map(Cow::Borrowed).or_else(|| plan.record(i).map(|r| Cow::Owned(r.to_record())));
-                let dir = &pipeline.steps[input.step].dir;
-                let files = match (&input.source, &record) {
-                    (Some(source), _) => vec![JobFile::Local(source.path.clone())],
-                    (None, Some(record)) => record.outputs.iter().map(|o| JobFile::Store(join(dir, &o.name))).collect(),
-                    (None, None) => Vec::new(),
+                // What a job needs of the input's record (its key, outputs and rows), from this run's build or
+                // borrowed from the step's records: a job of `per = "all"` has a step's worth of inputs.
+                let record = match built.get(&i) {
+                    Some(r) => Some((r.key, Cow::Borrowed(r.outputs.as_slice()), r.rows)),
+                    None => plan
+                        .record(i)
+                        .map(|r| (r.key(), Cow::Owned(r.outputs().map(|o| o.to_file()).collect()), r.rows())),
                 };
-                let expect = match (&input.source, &record) {
-                    (None, Some(record)) => Some(Expected {
-                        manifest: manifest_path(dir, input.shard()),
-                        key: record.key.to_string(),
-                        outputs: record.outputs.clone(),
-                    }),
-                    _ => None,
+                let rows = record.as_ref().and_then(|(_, _, rows)| *rows);
+                let dir = &pipeline.steps[input.step].dir;
+                let (files, expect) = match (&input.source, record) {
+                    (Some(source), _) => (vec![JobFile::Local(source.path.clone())], None),
+                    (None, Some((key, outputs, _))) => (
+                        outputs.iter().map(|o| JobFile::Store(join(dir, &o.name))).collect(),
+                        Some(Expected {
+                            manifest: manifest_path(dir, input.shard()),
+                            key: key.to_string(),
+                            outputs: outputs.into_owned(),
+                        }),
+                    ),
+                    (None, None) => (Vec::new(), None),
                 };
                 JobInput {
                     target: input.name.clone(),
                     shard: input.shard().to_string(),
                     files,
-                    rows: record.as_ref().and_then(|r| r.rows),
+                    rows,
                     pending: None,
                     expect,
                 }

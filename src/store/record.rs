@@ -133,9 +133,17 @@ impl Default for Records {
     }
 }
 
-fn hash_of(shard: &str) -> u64 {
+/// Kept in each entry, so that probes and growth never hash a shard again; the table starts probing from it.
+fn hash_of(shard: &str) -> u32 {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(shard)
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one(shard) as u32
+}
+
+/// Where a record begun by [`Records::begin`] starts: its strings, its outputs, and its shard's length.
+pub(super) struct Begun {
+    text_at: usize,
+    outputs_at: usize,
+    shard_len: usize,
 }
 
 /// What a record holds, borrowed: how one goes into [`Records`] (from a [`Record`] or from index bytes).
@@ -174,7 +182,7 @@ impl Records {
     }
 
     /// The slot of `shard`: the one holding its entry (live or not), else the empty one where it would go.
-    fn slot(&self, shard: &str, hash: u64) -> usize {
+    fn slot(&self, shard: &str, hash: u32) -> usize {
         let mask = self.slots.len() - 1;
         let mut at = hash as usize & mask;
         loop {
@@ -184,7 +192,7 @@ impl Records {
             }
             let e = &self.entries[entry as usize];
             // The stored hash first: most probes that miss end there, without reading the shard's bytes.
-            if e.hash == hash as u32 && self.text_of(e.text_at, e.shard_len) == shard {
+            if e.hash == hash && self.text_of(e.text_at, e.shard_len) == shard {
                 return at;
             }
             at = (at + 1) & mask;
@@ -255,10 +263,10 @@ impl Records {
     }
 
     /// Starts the record of `shard`: its outputs follow ([`Records::push_output`]), then [`Records::finish`].
-    pub(super) fn begin(&mut self, shard: &str) -> (usize, usize) {
-        let at = (self.text.len(), self.outputs.len());
+    pub(super) fn begin(&mut self, shard: &str) -> Begun {
+        let begun = Begun { text_at: self.text.len(), outputs_at: self.outputs.len(), shard_len: shard.len() };
         self.text.push_str(shard);
-        at
+        begun
     }
 
     pub(super) fn push_output(&mut self, name: &str, size: u64, version: &str) {
@@ -268,11 +276,8 @@ impl Records {
         self.outputs.push(OutputEntry { size, name_len: name.len() as u32, version_len: version.len() as u32 });
     }
 
-    /// Ends the record begun at `at` (from [`Records::begin`]) with its other fields.
-    pub(super) fn finish(&mut self, (text_at, outputs_at): (usize, usize), fields: &Fields<'_>) {
-        let shard_len = self.outputs[outputs_at..]
-            .iter()
-            .fold(self.text.len() - text_at, |len, o| len - o.name_len as usize - o.version_len as usize);
+    /// Ends the record that [`Records::begin`] started with its other fields.
+    pub(super) fn finish(&mut self, Begun { text_at, outputs_at, shard_len }: Begun, fields: &Fields<'_>) {
         let tail_at = self.text.len() - text_at;
         self.text.push_str(fields.retry.0);
         self.text.push_str(fields.started_at);
@@ -299,7 +304,7 @@ impl Records {
             version_len: fields.manifest_version.len() as u32,
             outputs_len: (self.outputs.len() - outputs_at) as u32,
             retry_attempt: fields.retry.1,
-            hash: hash as u32,
+            hash,
             flags,
         };
         if (self.entries.len() + 1) * 2 > self.slots.len() {
@@ -327,7 +332,7 @@ impl Records {
         let mut slots = vec![EMPTY; len];
         for &entry in self.slots.iter().filter(|&&e| e != EMPTY) {
             let e = &self.entries[entry as usize];
-            let mut at = hash_of(self.text_of(e.text_at, e.shard_len)) as usize & (len - 1);
+            let mut at = e.hash as usize & (len - 1);
             while slots[at] != EMPTY {
                 at = (at + 1) & (len - 1);
             }

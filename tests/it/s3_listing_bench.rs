@@ -134,9 +134,9 @@ fn s3_listing_bench() {
         let seconds = started.elapsed().as_secs_f64();
         assert_eq!(state.listed, 2 * n + 1, "every object listed once");
         assert_eq!(state.manifests_read, 0, "the index vouches for every manifest");
-        let server_cpu = match (server_cpu, &garage) {
-            (Some(before), Some(garage)) => format!("{:>6.2} s", garage.cpu_seconds() - before),
-            _ => "     -  ".to_string(),
+        let server_cpu = match garage.as_ref().zip(server_cpu) {
+            Some((garage, before)) => format!("{:>6.2} s", garage.cpu_seconds() - before),
+            None => "     -  ".to_string(),
         };
         println!(
             "   {label:<36} {seconds:>7.2} s  {:>5} requests  CPU: client+proxy {:>6.2} s, server {server_cpu}",

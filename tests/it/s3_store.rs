@@ -298,17 +298,17 @@ outputs = "{shard}.copy"
     // Same size, other bytes, put by another writer: only the listing's ETag tells.
     s.overwrite_in_store("pipeline/noise/a.bin", &[7u8; 4096]);
     let plan = s.plan(&[]);
-    let work = work(&plan);
-    assert_eq!(work.len(), 1, "{work:?}");
-    assert_eq!((work[0].0.as_str(), work[0].1.as_str()), ("noise/all", "stale"));
+    let stale = work(&plan);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!((stale[0].0.as_str(), stale[0].1.as_str()), ("noise/all", "stale"));
     assert!(
-        work[0]
+        stale[0]
             .2
             .starts_with("output a.bin was rewritten since its manifest (the store no longer lists it as version \""),
         "{}",
-        work[0].2
+        stale[0].2
     );
 
     assert_eq!(built(&s.build(&[])), ["noise/all"]);
-    assert_eq!(common::work(&s.plan(&[])), Vec::<(String, String, String)>::new(), "fresh after the rebuild");
+    assert_eq!(work(&s.plan(&[])), Vec::<(String, String, String)>::new(), "fresh after the rebuild");
 }
