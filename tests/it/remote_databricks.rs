@@ -5,7 +5,6 @@
 
 use crate::common::{self, Backend, Sandbox, built, s3, work};
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -37,13 +36,8 @@ fn start_mock(state: &Path) -> Mock {
         .envs(s3::env(&s3::server().endpoint))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: prctl only sets a flag on the child before exec: the server dies with the test.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    // The server dies with the test.
+    common::die_with_parent_thread(&mut command);
     let mut child = command.spawn().expect("start the mock Jobs API (needs the .venv from tests/run.sh)");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
