@@ -110,18 +110,7 @@ fn one_to_one(inputs: &[InputShards]) -> Result<Vec<ShardSpec>, String> {
     let Some(first) = inputs.first() else {
         return Ok(Vec::new());
     };
-    if inputs.len() == 1 {
-        // One input (the usual case, up to 10⁶ shards): nothing to pair, so the specs are made side by side.
-        let spec = |(s, shard): (usize, &InputShard)| ShardSpec {
-            id: shard.id.clone(),
-            coords: json!({}),
-            inputs: vec![(0, s)],
-            source: None,
-        };
-        return Ok(first.shards.par_iter().enumerate().map(spec).collect());
-    }
-    let mut out = Vec::with_capacity(first.shards.len());
-    for (s, shard) in first.shards.iter().enumerate() {
+    let spec = |(s, shard): (usize, &InputShard)| {
         let mut reads = vec![(0, s)];
         for (i, other) in inputs.iter().enumerate().skip(1) {
             let at = other.shards.iter().position(|o| o.id == shard.id).ok_or_else(|| {
@@ -129,8 +118,15 @@ fn one_to_one(inputs: &[InputShards]) -> Result<Vec<ShardSpec>, String> {
             })?;
             reads.push((i, at));
         }
-        out.push(ShardSpec { id: shard.id.clone(), coords: json!({}), inputs: reads, source: None });
+        Ok(ShardSpec { id: shard.id.clone(), coords: json!({}), inputs: reads, source: None })
+    };
+    if inputs.len() == 1 {
+        // One input (the usual case, up to 10⁶ shards): nothing to pair (nor to fail), so the specs are made
+        // side by side.
+        return first.shards.par_iter().enumerate().map(spec).collect();
     }
+    // In order: the first shard without a partner is the one reported.
+    let out = first.shards.iter().enumerate().map(spec).collect::<Result<Vec<_>, String>>()?;
     for other in inputs.iter().skip(1) {
         if other.shards.len() != first.shards.len() {
             return Err(format!(

@@ -394,12 +394,11 @@ pub fn make(
         plan.targets.extend(made);
         let range = first..plan.targets.len();
         // What later steps see of this one's shards: a copy of each id and file, so only where a step reads it.
-        let read = last_reader[s] > s;
+        // An empty range where none does: indexed, so the copies are collected straight into place.
+        let shown = if last_reader[s] > s { range.clone() } else { range.end..range.end };
         views.push(
-            range
-                .clone()
+            shown
                 .into_par_iter()
-                .filter(|_| read)
                 .map(|t| InputShard {
                     id: plan.targets[t].shard().to_string(),
                     file: plan.targets[t].source.as_ref().map(|s| s.path.clone()),

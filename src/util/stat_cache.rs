@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 /// A file whose mtime is this close to the moment it was hashed is hashed again next time.
 const RACY_WINDOW: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     size: u64,
     mtime_ns: i128,
@@ -51,6 +51,11 @@ fn path_hash(path: &[u8]) -> u64 {
 }
 
 impl Loaded {
+    /// The cache in `file`; empty where it is missing, unreadable or not of this format.
+    fn read(file: &Path) -> Loaded {
+        std::fs::read(file).ok().and_then(Loaded::decode).unwrap_or_default()
+    }
+
     /// `None` when the bytes are not a cache of this format (or are cut short): the cache starts empty.
     fn decode(bytes: Vec<u8>) -> Option<Loaded> {
         let mut rest = bytes.strip_prefix(MAGIC)?;
@@ -99,7 +104,7 @@ impl Loaded {
     }
 }
 
-fn encode<'a>(entries: impl Iterator<Item = (&'a [u8], &'a Entry)>, count: usize) -> Vec<u8> {
+fn encode<'a>(entries: impl Iterator<Item = (&'a [u8], Entry)>, count: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAGIC.len() + count * 128);
     out.extend_from_slice(MAGIC);
     for (path, e) in entries {
@@ -138,9 +143,8 @@ impl StatCache {
     /// Opens the cache kept in `file`; a missing or unreadable cache starts empty.
     pub fn open(file: PathBuf) -> Self {
         let path = file.clone();
-        let load = move || std::fs::read(&path).ok().and_then(Loaded::decode).unwrap_or_default();
         // Without a thread (a process at its limit), it is read at the first look-up instead.
-        let loading = std::thread::Builder::new().name("stat-cache".into()).spawn(load).ok();
+        let loading = std::thread::Builder::new().name("stat-cache".into()).spawn(move || Loaded::read(&path)).ok();
         StatCache { file: Some(file), loading: Mutex::new(loading), ..Default::default() }
     }
 
@@ -149,10 +153,7 @@ impl StatCache {
             let loading = self.loading.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
             match loading {
                 Some(thread) => thread.join().unwrap_or_default(),
-                None => match &self.file {
-                    Some(file) => std::fs::read(file).ok().and_then(Loaded::decode).unwrap_or_default(),
-                    None => Loaded::default(),
-                },
+                None => self.file.as_deref().map(Loaded::read).unwrap_or_default(),
             }
         })
     }
@@ -206,9 +207,9 @@ impl StatCache {
             return Ok(());
         }
         let loaded = self.loaded();
-        let kept: Vec<(&[u8], Entry)> = loaded.iter().filter(|(path, _)| !added.contains_key(*path)).collect();
-        let added_entries = added.iter().map(|(path, e)| (&path[..], e));
-        let bytes = encode(kept.iter().map(|(path, e)| (*path, e)).chain(added_entries), kept.len() + added.len());
+        let kept = loaded.iter().filter(|(path, _)| !added.contains_key(*path));
+        let added_entries = added.iter().map(|(path, e)| (&path[..], *e));
+        let bytes = encode(kept.chain(added_entries), loaded.at.len() + added.len());
         super::files::write_atomically(file, &bytes)
             .with_context(|| format!("cannot write the stat cache {}", file.display()))
     }

@@ -313,9 +313,7 @@ pub fn files_entering<T: Send>(
             stating.clear();
             out.push(stated?);
             let (subfolders, done) = read?;
-            for sub in subfolders {
-                stack.push(sub);
-            }
+            stack.extend(subfolders);
             std::mem::swap(&mut reading, &mut stating);
             if done {
                 out.push(stat_batch(dir, &stating, &visit, &full)?);
@@ -368,14 +366,17 @@ fn read_batch(
             Err(e) => Err(e)
                 .with_context(|| format!("cannot stat {}", full(&batch.bytes[start..batch.bytes.len() - 1]).display())),
         };
-        // The type from the entry where the file system gives it, else from a stat of the entry itself.
+        // The type from the entry where the file system gives it, else from a stat of the entry itself (for a
+        // folder, the one its loop test needs; a file is stated again, after `keep`).
         let (mut is_dir, mut is_link) = (kind == libc::DT_DIR, kind == libc::DT_LNK);
+        let mut own = None;
         if kind == libc::DT_UNKNOWN {
             let Some(meta) = stat_here(false)? else {
                 batch.bytes.truncate(start);
                 continue;
             };
             (is_dir, is_link) = (meta.is_dir(), meta.is_symlink());
+            own = Some(meta);
         }
         // A link is what it points to: stated now, to know whether it is a folder; a dangling one is not there.
         let mut linked = None;
@@ -390,15 +391,14 @@ fn read_batch(
         let rel = &batch.bytes[start..batch.bytes.len() - 1];
         if is_dir {
             if folder.depth < max_depth && enter(Path::new(OsStr::from_bytes(rel))) {
-                let meta = match linked {
-                    Some(meta) => meta,
-                    None => match stat_here(true)? {
-                        Some(meta) => meta,
-                        None => {
-                            batch.bytes.truncate(start);
-                            continue;
-                        }
-                    },
+                // A link's target, else the folder's own stat (taken now if the entry gave its type).
+                let meta = match linked.or(own) {
+                    Some(meta) => Some(meta),
+                    None => stat_here(true)?,
+                };
+                let Some(meta) = meta else {
+                    batch.bytes.truncate(start);
+                    continue;
                 };
                 let id = (meta.dev, meta.ino);
                 if folder.ancestors.contains(&id) {

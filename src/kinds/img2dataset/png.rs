@@ -1,9 +1,9 @@
 //! The common PNG (8-bit RGB, grey or palette, not interlaced, not animated, without EXIF) bound for an output
 //! under a quarter of its size (a wallpaper bound for 256 px), decoded row by row and averaged in k×k blocks as
 //! the rows come: the box pre-shrink that img2dataset's area resize (OpenCV's INTER_AREA) implies, as DCT
-//! scaling is for a JPEG. A 4K wallpaper
-//! then never exists whole in RGB (27.6 MB faulted in and written, then read again by the resizer): one row and
-//! one accumulator row of it do. Every other PNG goes to the general decoder at full size.
+//! scaling is for a JPEG. A 4K wallpaper then never exists whole in RGB (27.6 MB faulted in and written, then
+//! read again by the resizer): one row and one accumulator row of it do. Every other PNG goes to the general
+//! decoder at full size.
 //!
 //! The blocks are k = ⌊min(w / 4·nw, h / 4·nh)⌋ pixels a side, so the reduced image is still at least four
 //! times the output; the resizer's area filter takes it from there, reading the region the original covers
