@@ -6,6 +6,7 @@
 #   tests/bench/img2dataset.sh                  # 1,000 images (a few minutes on 2 cores)
 #   N=2640 tests/bench/img2dataset.sh
 #   DSMAKE=/path/to/dsmake tests/bench/img2dataset.sh   # that binary instead of a release build of this tree
+#   PROGRESSIVE=0.25 N=2640 tests/bench/img2dataset.sh    # a quarter of the JPEGs progressive (default none)
 #
 # The corpus: real photographs from scikit-image's samples (tests/fixtures/clip-golden/images) re-encoded at a
 # LAION-like size mix (longest side mostly 200–1,500 px, about 1 in 10 up to 4,000), and, for WALLPAPERS of the
@@ -31,6 +32,7 @@ PROCESSES=${PROCESSES:-2}
 THREADS=${THREADS:-32}
 PER_SHARD=${PER_SHARD:-250}
 WALLPAPERS=${WALLPAPERS:-0.3}
+PROGRESSIVE=${PROGRESSIVE:-0}
 DSMAKE_ARGS=${DSMAKE_ARGS:-}
 CONCURRENCY=${CONCURRENCY:-}
 I2D_VERSION=${I2D_VERSION:-1.47.0}
@@ -112,6 +114,37 @@ if [ ! -d "$CORPUS" ]; then
   rm -rf "$CORPUS.tmp"
   "$PY" -c "$GENERATOR" "$CORPUS.tmp" "$N" "$WALLPAPERS" "$ROOT/tests/fixtures/clip-golden/images"
   mv "$CORPUS.tmp" "$CORPUS"
+fi
+# PROGRESSIVE (default 0) of the JPEGs re-saved as progressive JPEGs (Pillow, keeping their quantisation tables
+# and subsampling), in a copy of the corpus kept beside it: web servers send both kinds, and a progressive file
+# costs a decoder more (libjpeg-turbo has no fast path for its Huffman decoding).
+if [ "$PROGRESSIVE" != 0 ]; then
+  BASE="$CORPUS"
+  CORPUS="$BASE-progressive-$PROGRESSIVE"
+  if [ ! -d "$CORPUS" ]; then
+    echo "== corpus: $PROGRESSIVE of the JPEGs progressive, into $CORPUS"
+    rm -rf "$CORPUS.tmp"
+    "$PY" - "$BASE" "$CORPUS.tmp" "$PROGRESSIVE" <<'EOF'
+import os, random, sys
+from PIL import Image
+base, out, share = sys.argv[1], sys.argv[2], float(sys.argv[3])
+os.makedirs(out)
+rng, done = random.Random(7), {}
+for name in sorted(os.listdir(base)):
+    src = os.path.join(base, name)
+    ino = os.stat(src).st_ino
+    if ino not in done:  # files linked to one another stay one file
+        dst = os.path.join(out, name)
+        if name.endswith(".jpg") and rng.random() < share:
+            Image.open(src).save(dst, "JPEG", quality="keep", progressive=True)
+        else:
+            os.link(src, dst)
+        done[ino] = dst
+    else:
+        os.link(done[ino], os.path.join(out, name))
+EOF
+    mv "$CORPUS.tmp" "$CORPUS"
+  fi
 fi
 ln -s "$CORPUS" "$WORK/www"
 du -shL "$WORK/www" | sed 's/^/   corpus size: /'

@@ -81,15 +81,33 @@ pub fn decode(
     // coefficients for the whole image at full size (two bytes a sample), which libjpeg keeps until the last scan.
     let upright = orientation == Orientation::NoTransforms;
     let coefficients = if header.is_progressive { 2 * samples(&header) } else { 0 };
+    // Resized from an eighth, a progressive file is decoded from its DC scans (`dc_scans`); a file kept as
+    // downloaded is decoded whole, its check being the point.
+    let dc_only = (header.is_progressive && target.is_some() && scale == ScalingFactor::ONE_EIGHTH)
+        .then(|| super::dc_scans::dc_scans_only(bytes, SCAN_LIMIT))
+        .flatten();
     let (dw, dh) = if transposed { (sh as u32, sw as u32) } else { (sw as u32, sh as u32) };
-    let cost = n as u64 * if upright { 1 } else { 3 } + coefficients + after_decode_bytes(o, ow, oh, dw, dh);
+    let cost = n as u64 * if upright { 1 } else { 3 }
+        + coefficients
+        + dc_only.as_ref().map_or(0, |d| d.len() as u64)
+        + after_decode_bytes(o, ow, oh, dw, dh);
     if let Err(e) = admit(cost) {
         return Some(Err(e));
     }
     super::process::room(pixels, n);
     decompressor.set_scaling_factor(scale).ok()?;
     let image = Image { pixels: &mut pixels[..n], width: sw, pitch: sw * 3, height: sh, format: PixelFormat::RGB };
-    if let Err(e) = decompressor.decompress(bytes, image) {
+    // Whatever libjpeg-turbo makes of the cut-down stream, the whole file decides: its errors and warnings
+    // are the file's.
+    let decoded = match &dc_only {
+        Some(cut) => decompressor.decompress(cut, image).or_else(|_| {
+            let image =
+                Image { pixels: &mut pixels[..n], width: sw, pitch: sw * 3, height: sh, format: PixelFormat::RGB };
+            decompressor.decompress(bytes, image)
+        }),
+        None => decompressor.decompress(bytes, image),
+    };
+    if let Err(e) = decoded {
         return refused(&e);
     }
     let (sw, sh) = (sw as u32, sh as u32);

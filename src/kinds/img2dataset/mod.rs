@@ -18,6 +18,7 @@
 //! successes to the tar as they finish. Destinations are checked before every request and after every
 //! redirect (see `destination` and `fetch`).
 
+mod dc_scans;
 mod decoding;
 mod destination;
 mod exif;
