@@ -8,6 +8,7 @@
 //!
 //! Anything unexpected (a baseline, arithmetic-coded or 12-bit file, a marker out of place, data that ends
 //! early, more scans than the limit) gives `None`, and the whole file is decoded as before, with its errors.
+//! Damage confined to an AC scan left out is not seen: it could not change the pixels at this scale.
 
 /// The rewritten stream, or `None` where the whole file must be decoded.
 pub fn dc_scans_only(bytes: &[u8], scan_limit: u32) -> Option<Vec<u8>> {
@@ -200,13 +201,13 @@ impl BitWriter<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use turbojpeg::{Decompressor, Image, PixelFormat, ScalingFactor, raw};
 
     /// `rgb` (w × h) as a JPEG from libjpeg-turbo at quality 90, with the given subsampling and restart
     /// interval in MCUs (0: none).
-    fn encode(rgb: &[u8], w: usize, h: usize, progressive: bool, subsamp: raw::TJSAMP, restart: i32) -> Vec<u8> {
+    pub fn encode(rgb: &[u8], w: usize, h: usize, progressive: bool, subsamp: raw::TJSAMP, restart: i32) -> Vec<u8> {
         // SAFETY: a fresh handle, used and destroyed here; `rgb` holds w × h × 3 bytes as declared; the
         // output buffer libjpeg-turbo allocates is copied and freed before returning.
         unsafe {
@@ -255,7 +256,7 @@ mod tests {
     }
 
     /// The photograph the tests encode, cut to `w` × `h` from its top left corner.
-    fn photo(w: u32, h: u32) -> Vec<u8> {
+    pub fn photo(w: u32, h: u32) -> Vec<u8> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip-golden/images/chelsea.png");
         image::open(path).unwrap().crop_imm(0, 0, w, h).into_rgb8().into_raw()
     }
@@ -348,6 +349,32 @@ mod tests {
                 let b = process(&baseline, &o, &mut Scratch::default()).unwrap();
                 assert_eq!((a.width, a.height, a.original_width), (b.width, b.height, w));
                 assert!(a.bytes == b.bytes, "sampling {subsamp}, {mode:?}: outputs differ");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::util::fuzz::config(512))]
+
+        /// Damaged progressive files (restart markers, three samplings) are cut down or left whole, never a
+        /// panic; what comes out is never much more than went in, and libjpeg-turbo reads it or says why not.
+        #[test]
+        fn damaged_progressive_files_never_panic(
+            seed in 0..3usize,
+            damage in proptest::collection::vec(crate::util::fuzz::damage(), 1..6),
+        ) {
+            static SEEDS: std::sync::LazyLock<Vec<Vec<u8>>> = std::sync::LazyLock::new(|| {
+                let rgb = photo(120, 72);
+                [raw::TJSAMP_TJSAMP_420, raw::TJSAMP_TJSAMP_444, raw::TJSAMP_TJSAMP_GRAY]
+                    .into_iter()
+                    .zip([0, 3, 1])
+                    .map(|(subsamp, restart)| encode(&rgb, 120, 72, true, subsamp, restart))
+                    .collect()
+            });
+            let bytes = crate::util::fuzz::damaged(&SEEDS[seed], &damage);
+            if let Some(cut) = dc_scans_only(&bytes, 100) {
+                proptest::prop_assert!(cut.len() <= bytes.len() + 1024, "{} bytes from {}", cut.len(), bytes.len());
+                let _ = eighth(&cut);
             }
         }
     }
