@@ -45,14 +45,24 @@ pub fn dc_scans_only(bytes: &[u8], scan_limit: u32) -> Option<Vec<u8>> {
         };
         if marker == 0xda {
             scans += 1;
-            let frame = frame.as_ref()?;
+            let frame = frame.as_mut()?;
             if scans > scan_limit {
                 return None;
             }
             let ns = usize::from(*body.first()?);
-            let spectral_start = *body.get(1 + 2 * ns)?;
+            let ids = body.get(1..1 + 2 * ns)?;
+            let &[first, last, approximation] = body.get(1 + 2 * ns..4 + 2 * ns)? else { return None };
+            if ns == 0 || (first > 0 && ns != 1) || first > last || last > 63 {
+                return None;
+            }
+            for id in ids.iter().step_by(2) {
+                let c = frame.components.iter_mut().find(|c| c.id == *id)?;
+                for k in usize::from(first)..=usize::from(last).min(9) {
+                    c.precision[k] = (approximation & 15) as i8;
+                }
+            }
             // An AC scan holds one component; it goes when that component's IDCT at 1/8 reads DC only.
-            let keep = spectral_start == 0 || !frame.component(*body.get(1)?)?.dc_only;
+            let keep = first == 0 || !frame.components.iter().find(|c| c.id == ids[0])?.dc_only;
             let data = at + len;
             let end = entropy_end(bytes, data)?;
             if keep {
@@ -73,6 +83,11 @@ pub fn dc_scans_only(bytes: &[u8], scan_limit: u32) -> Option<Vec<u8>> {
     }
     let frame = frame?;
     if scans == 0 || !frame.components.iter().any(|c| c.dc_only) {
+        return None;
+    }
+    // Where the whole file leaves any of coefficients 1 to 9 short of full precision, libjpeg smooths its
+    // blocks (their DC too) when decoding it, and would not smooth this stream's: such a file is decoded whole.
+    if frame.components.iter().any(|c| c.precision[1..].iter().any(|&p| p != 0)) {
         return None;
     }
     // No restart markers in the scans below, and one AC table: the 15 end-of-band-run symbols EOB0..EOB14,
@@ -113,6 +128,9 @@ struct Component {
     /// the size doubles while both sampling ratios divide by twice it), which reads AC coefficients: such a
     /// component keeps all its scans (4:2:0's chroma, a small part of the file).
     dc_only: bool,
+    /// The bits still missing from coefficients 0 to 9 (zigzag order) after the scans so far (the point
+    /// transform of the last scan that coded each), −1 before any did: libjpeg's `coef_bits`.
+    precision: [i8; 10],
 }
 
 /// What SOF2 says: the image's size and each component's sampling factors.
@@ -135,7 +153,13 @@ impl Frame {
         let mut components: Vec<Component> = body
             .get(6..6 + 3 * usize::from(n))?
             .chunks_exact(3)
-            .map(|c| Component { id: c[0], h: u64::from(c[1] >> 4), v: u64::from(c[1] & 15), dc_only: false })
+            .map(|c| Component {
+                id: c[0],
+                h: u64::from(c[1] >> 4),
+                v: u64::from(c[1] & 15),
+                dc_only: false,
+                precision: [-1; 10],
+            })
             .collect();
         if components.iter().any(|c| !(1..=4).contains(&c.h) || !(1..=4).contains(&c.v)) {
             return None;
@@ -146,10 +170,6 @@ impl Frame {
             c.dc_only = h_max % (c.h * 2) != 0 || v_max % (c.v * 2) != 0;
         }
         Some(Frame { width, height, components, h_max, v_max })
-    }
-
-    fn component(&self, id: u8) -> Option<&Component> {
-        self.components.iter().find(|c| c.id == id)
     }
 
     /// Blocks in a scan of this component alone: its samples' extent in 8×8 blocks, as libjpeg counts them
@@ -377,5 +397,26 @@ pub(super) mod tests {
                 let _ = eighth(&cut);
             }
         }
+    }
+
+    /// A file whose scans stop short of full precision (its last refinement scan removed) is smoothed by
+    /// libjpeg, so it is decoded whole; so is an AC scan of two components, which no encoder writes.
+    #[test]
+    fn incomplete_or_malformed_progressions_are_decoded_whole() {
+        let jpeg = encode(&photo(64, 48), 64, 48, true, raw::TJSAMP_TJSAMP_444, 0);
+        let last_sos = jpeg.windows(2).rposition(|w| w == [0xff, 0xda]).unwrap();
+        let short = [&jpeg[..last_sos], &jpeg[jpeg.len() - 2..]].concat();
+        assert!(eighth(&short).is_ok(), "libjpeg-turbo reads the shortened file");
+        assert_eq!(dc_scans_only(&short, 100), None);
+        // The first AC scan's header given a second component (Ns 2, its length 2 more), its data kept.
+        let ac = (0..jpeg.len() - 8)
+            .find(|&i| jpeg[i..i + 2] == [0xff, 0xda] && jpeg[i + 4] == 1 && jpeg[i + 7] > 0)
+            .unwrap();
+        let len = u16::from_be_bytes([jpeg[ac + 2], jpeg[ac + 3]]) + 2;
+        let (c, tables) = (jpeg[ac + 5], jpeg[ac + 6]);
+        let header =
+            [&[0xff, 0xda][..], &len.to_be_bytes(), &[2, c, tables, c % 3 + 1, tables], &jpeg[ac + 7..ac + 10]];
+        let two = [&jpeg[..ac], &header.concat(), &jpeg[ac + 10..]].concat();
+        assert_eq!(dc_scans_only(&two, 100), None);
     }
 }
