@@ -3,8 +3,9 @@
 //! most of its decoding: libjpeg-turbo's progressive Huffman decoder has no fast path (a 3840×2160 photo
 //! decodes at 1/8 in about 4× a baseline file's time). The stream given to libjpeg keeps every DC scan as it
 //! is and replaces the AC scans of each component decoded from its DC alone by one scan that codes every AC
-//! coefficient as zero in a few end-of-band runs. The AC coefficients are then known, so libjpeg applies no block smoothing (which would
-//! alter the DC of an incomplete image), and the pixels are exactly those of the whole file at 1/8.
+//! coefficient as zero in a few end-of-band runs. The AC coefficients are then known, so libjpeg applies no
+//! block smoothing (which would alter the DC of an incomplete image), and the pixels are exactly those of the
+//! whole file at 1/8.
 //!
 //! Anything unexpected (a baseline, arithmetic-coded or 12-bit file, a marker out of place, data that ends
 //! early, more scans than the limit) gives `None`, and the whole file is decoded as before, with its errors.
@@ -64,7 +65,7 @@ pub fn dc_scans_only(bytes: &[u8], scan_limit: u32) -> Option<Vec<u8>> {
             // An AC scan holds one component; it goes when that component's IDCT at 1/8 reads DC only.
             let keep = first == 0 || !frame.components.iter().find(|c| c.id == ids[0])?.dc_only;
             let data = at + len;
-            let end = entropy_end(bytes, data)?;
+            let end = super::jpeg::entropy_end(bytes, data)?;
             if keep {
                 segment(&mut out);
                 out.extend_from_slice(&bytes[data..end]);
@@ -107,18 +108,6 @@ pub fn dc_scans_only(bytes: &[u8], scan_limit: u32) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Where a scan's entropy-coded data from `at` ends: the next 0xFF followed by neither a stuffed zero nor a
-/// restart marker. `None` when the data runs to the end of the file.
-fn entropy_end(bytes: &[u8], mut at: usize) -> Option<usize> {
-    loop {
-        at += memchr::memchr(0xff, bytes.get(at..)?)?;
-        match bytes.get(at + 1)? {
-            0x00 | 0xd0..=0xd7 => at += 2,
-            _ => return Some(at),
-        }
-    }
-}
-
 struct Component {
     id: u8,
     h: u64,
@@ -144,10 +133,10 @@ struct Frame {
 
 impl Frame {
     fn parse(body: &[u8]) -> Option<Frame> {
-        let [precision, h1, h0, w1, w0, n, ..] = *body else { return None };
+        let [sample_bits, h1, h0, w1, w0, n, ..] = *body else { return None };
         let (width, height) = (u64::from(u16::from_be_bytes([w1, w0])), u64::from(u16::from_be_bytes([h1, h0])));
         // 12-bit samples, and a height given later by DNL, are left to the whole decode.
-        if precision != 8 || width == 0 || height == 0 || n == 0 {
+        if sample_bits != 8 || width == 0 || height == 0 || n == 0 {
             return None;
         }
         let mut components: Vec<Component> = body

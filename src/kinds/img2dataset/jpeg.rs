@@ -96,18 +96,11 @@ pub fn decode(
     }
     super::process::room(pixels, n);
     decompressor.set_scaling_factor(scale).ok()?;
-    let image = Image { pixels: &mut pixels[..n], width: sw, pitch: sw * 3, height: sh, format: PixelFormat::RGB };
-    // Whatever libjpeg-turbo makes of the cut-down stream, the whole file decides: its errors and warnings
-    // are the file's.
-    let decoded = match &dc_only {
-        Some(cut) => decompressor.decompress(cut, image).or_else(|_| {
-            let image =
-                Image { pixels: &mut pixels[..n], width: sw, pitch: sw * 3, height: sh, format: PixelFormat::RGB };
-            decompressor.decompress(bytes, image)
-        }),
-        None => decompressor.decompress(bytes, image),
-    };
-    if let Err(e) = decoded {
+    // Where libjpeg-turbo refuses the cut-down stream, the whole file decides: its errors and warnings are the
+    // file's.
+    let from_dc =
+        dc_only.as_ref().is_some_and(|cut| decompressor.decompress(cut, rgb(&mut pixels[..n], sw, sh)).is_ok());
+    if !from_dc && let Err(e) = decompressor.decompress(bytes, rgb(&mut pixels[..n], sw, sh)) {
         return refused(&e);
     }
     let (sw, sh) = (sw as u32, sh as u32);
@@ -131,6 +124,11 @@ pub fn decode(
         composited: false,
         covers: None,
     }))
+}
+
+/// `pixels` as libjpeg-turbo's output: packed RGB rows.
+fn rgb(pixels: &mut [u8], width: usize, height: usize) -> Image<&mut [u8]> {
+    Image { pixels, width, pitch: width * 3, height, format: PixelFormat::RGB }
 }
 
 /// Samples in all components at full size, from the subsampling: 3 per pixel at 4:4:4, 1.5 at 4:2:0.
@@ -193,15 +191,20 @@ pub fn ends_early(bytes: &[u8]) -> Option<&'static str> {
             return EARLY;
         }
         if marker == 0xda {
-            // Entropy-coded data runs to the next 0xFF that is not followed by 0x00 or a restart marker.
-            loop {
-                at = next_ff(bytes, at);
-                match bytes.get(at + 1) {
-                    None => return EARLY,
-                    Some(0x00 | 0xd0..=0xd7) => at += 2,
-                    Some(_) => break,
-                }
-            }
+            let Some(end) = entropy_end(bytes, at) else { return EARLY };
+            at = end;
+        }
+    }
+}
+
+/// Where a scan's entropy-coded data from `at` ends: at the next 0xFF followed by neither a stuffed zero nor
+/// a restart marker. `None` when the data runs to the end of the file.
+pub(super) fn entropy_end(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        at = next_ff(bytes, at);
+        match bytes.get(at + 1)? {
+            0x00 | 0xd0..=0xd7 => at += 2,
+            _ => return Some(at),
         }
     }
 }
