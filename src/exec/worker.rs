@@ -402,6 +402,7 @@ pub fn clean_abandoned_scratch(store: &dyn Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::interleaved::Interleaved;
     use crate::store::local::LocalStore;
     use crate::store::manifest::KeyParts;
 
@@ -497,88 +498,6 @@ mod tests {
         assert!(format!("{err:#}").contains("different key"), "{err:#}");
     }
 
-    /// A store that lets "another build" act at the worst moment: just before this build's conditional write of
-    /// its manifest, after it has checked that the objects are its own. `remote`: it behaves as S3 does, with
-    /// no local paths and content versions (here an object's blake3, as an ETag is its MD5), and counts the
-    /// objects downloaded.
-    struct Interleaved<'a> {
-        inner: &'a LocalStore,
-        before_swap: std::sync::Mutex<Option<OtherBuild<'a>>>,
-        remote: bool,
-        fetched: std::sync::atomic::AtomicUsize,
-    }
-
-    impl<'a> Interleaved<'a> {
-        fn new(inner: &'a LocalStore, other_build: Option<OtherBuild<'a>>, remote: bool) -> Interleaved<'a> {
-            let fetched = std::sync::atomic::AtomicUsize::new(0);
-            Interleaved { inner, before_swap: std::sync::Mutex::new(other_build), remote, fetched }
-        }
-    }
-
-    type OtherBuild<'a> = Box<dyn FnOnce(&LocalStore) + Send + 'a>;
-
-    impl Store for Interleaved<'_> {
-        fn url(&self) -> String {
-            self.inner.url()
-        }
-        fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
-            self.inner.list(prefix)
-        }
-        fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-            self.inner.read(path)
-        }
-        fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
-            self.inner.write(path, bytes)
-        }
-        fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>> {
-            self.inner.write_if_absent(path, bytes)
-        }
-        fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
-            self.inner.read_tagged(path)
-        }
-        fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>> {
-            if let Some(other_build) = self.before_swap.lock().unwrap().take() {
-                other_build(self.inner);
-            }
-            self.inner.write_if_tag(path, bytes, tag)
-        }
-        fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool> {
-            self.inner.delete_if_tag(path, tag)
-        }
-        fn publish(&self, local: &Path, path: &str) -> anyhow::Result<ObjectMeta> {
-            self.inner.publish(local, path)
-        }
-        fn delete(&self, path: &str) -> anyhow::Result<()> {
-            self.inner.delete(path)
-        }
-        fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
-            if self.remote { None } else { self.inner.local_path(path) }
-        }
-        fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
-            self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.fetch(path, dest)
-        }
-        fn head(&self, path: &str) -> anyhow::Result<Option<ObjectMeta>> {
-            if !self.remote {
-                return self.inner.head(path);
-            }
-            Ok(self.inner.read_tagged(path)?.map(|(bytes, tag)| ObjectMeta {
-                path: path.to_string(),
-                size: bytes.len() as u64,
-                version: tag,
-            }))
-        }
-        fn scratch_root(&self) -> std::path::PathBuf {
-            self.inner.scratch_root()
-        }
-        fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
-            self.inner.lock(pipeline)
-        }
-        fn versions_identify_content(&self) -> bool {
-            self.remote
-        }
-    }
-
     /// `m` with each output's version set as a remote store records it at upload (see `Interleaved`).
     fn uploaded(mut m: Manifest) -> Manifest {
         for output in &mut m.outputs {
@@ -591,11 +510,11 @@ mod tests {
     fn a_remote_object_with_the_recorded_version_is_not_downloaded_to_be_checked() {
         let theirs = uploaded(manifest(&[("a", b"AAAA"), ("b", b"BBBB")]));
         let (root, inner, at) = store_with(&[("a", b"AAAA"), ("b", b"BBBB")], &theirs);
-        let store = Interleaved::new(&inner, None, true);
+        let store = Interleaved::new(&inner, true);
         let ours = uploaded(manifest(&[("a", b"aaaa"), ("b", b"bbbb")]));
         let outcome = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, theirs.outputs, "their manifest is adopted");
-        assert_eq!(store.fetched.load(std::sync::atomic::Ordering::Relaxed), 0, "versions vouched for both");
+        assert_eq!(store.fetched(), 0, "versions vouched for both");
 
         // A version the manifest does not record (the same bytes uploaded again): downloaded and hashed.
         let mut other = theirs.clone();
@@ -604,7 +523,7 @@ mod tests {
         let ours = uploaded(manifest(&[("a", b"aaaa"), ("b", b"bbbb")]));
         let outcome = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, other.outputs);
-        assert_eq!(store.fetched.load(std::sync::atomic::Ordering::Relaxed), 1, "only step/b was downloaded");
+        assert_eq!(store.fetched(), 1, "only step/b was downloaded");
 
         // Bytes that differ are found either way, by size from the HEAD, by blake3 after a download.
         inner.write("step/b", b"XXXX").unwrap();
@@ -622,17 +541,13 @@ mod tests {
         let ours = manifest(&[("a", b"BBBB"), ("b", b"BBBB")]);
         let c = manifest(&[("a", b"CCCC"), ("b", b"CCCC")]);
         let (root, inner, at) = store_with(&[("a", b"BBBB"), ("b", b"BBBB")], &a);
-        let store = Interleaved::new(
-            &inner,
-            Some(Box::new(|store: &LocalStore| {
-                store.write("step/a", b"CCCC").unwrap();
-                store.write("step/b", b"CCCC").unwrap();
-                let (_, tag) = store.read_tagged(&manifest_path("step", "s0")).unwrap().unwrap();
-                let written = store.write_if_tag(&manifest_path("step", "s0"), &serde_json::to_vec(&c).unwrap(), &tag);
-                assert!(written.unwrap().is_some(), "C replaces A's manifest");
-            })),
-            false,
-        );
+        let store = Interleaved::new(&inner, false).before_swap(Box::new(|store: &LocalStore| {
+            store.write("step/a", b"CCCC").unwrap();
+            store.write("step/b", b"CCCC").unwrap();
+            let (_, tag) = store.read_tagged(&manifest_path("step", "s0")).unwrap().unwrap();
+            let written = store.write_if_tag(&manifest_path("step", "s0"), &serde_json::to_vec(&c).unwrap(), &tag);
+            assert!(written.unwrap().is_some(), "C replaces A's manifest");
+        }));
         let outcome = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap();
         assert_eq!(outcome.manifest.outputs, c.outputs, "the objects are C's: C's manifest is adopted");
         assert_eq!(stored_manifest(&inner, &at).unwrap().outputs, c.outputs);

@@ -55,6 +55,36 @@ pub struct OutputFile {
 }
 
 impl Manifest {
+    /// The manifest of `target` (of `shard`) with the one output `output` of `size` bytes, as a `command` step
+    /// with no settings or inputs leaves it (key all zeros): what tests and benchmarks put in a store without
+    /// building.
+    pub fn of_one_output(target: &str, shard: &str, output: &str, size: u64) -> Manifest {
+        Manifest {
+            manifest_format: FORMAT,
+            target: target.to_string(),
+            key: "0".repeat(64),
+            key_parts: KeyParts {
+                kind: "command".into(),
+                kind_version: 1,
+                settings: serde_json::json!({}),
+                shard: shard.to_string(),
+                coords: serde_json::json!({}),
+                inputs: Vec::new(),
+                source: None,
+            },
+            outputs: vec![OutputFile { name: output.to_string(), size, blake3: String::new(), version: String::new() }],
+            rows: None,
+            failures: None,
+            retryable: None,
+            retry: None,
+            stats: Value::Null,
+            started_at: "2026-11-30T00:00:00Z".into(),
+            duration_s: 0.0,
+            dsmake_version: env!("CARGO_PKG_VERSION").into(),
+            host: "test".into(),
+        }
+    }
+
     pub fn parse(bytes: &[u8], path: &str) -> anyhow::Result<Manifest> {
         serde_json::from_slice(bytes).map_err(|e| anyhow::anyhow!("corrupt manifest {path}: {e}"))
     }

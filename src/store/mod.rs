@@ -3,6 +3,8 @@
 #[cfg(test)]
 mod fuzz;
 mod index_codec;
+#[cfg(test)]
+pub(crate) mod interleaved;
 pub mod local;
 pub mod manifest;
 mod record;

@@ -293,7 +293,8 @@ fn split_points(dir: &str, records: &Records, page: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::manifest::OutputFile;
+    use crate::store::interleaved::Interleaved;
+    use crate::store::manifest::{Manifest, OutputFile};
     use std::io::Write;
 
     fn record(output: &str) -> Record {
@@ -317,14 +318,8 @@ mod tests {
     fn publish(store: &dyn Store, shard: &str) {
         let output = format!("{shard}.txt");
         store.write(&format!("p/s/{output}"), shard.as_bytes()).unwrap();
-        let manifest = serde_json::json!({
-            "manifest_format": 1, "target": format!("s/{shard}"), "key": "0".repeat(64),
-            "key_parts": {"kind": "command", "kind_version": 1, "settings": {}, "shard": shard, "coords": {},
-                          "inputs": []},
-            "outputs": [{"name": output, "size": shard.len()}],
-            "started_at": "2026-11-30T00:00:00Z", "duration_s": 0.0, "dsmake_version": "test", "host": "test",
-        });
-        store.write(&crate::store::manifest_path("p/s", shard), manifest.to_string().as_bytes()).unwrap();
+        let manifest = Manifest::of_one_output(&format!("s/{shard}"), shard, &output, shard.len() as u64);
+        store.write(&crate::store::manifest_path("p/s", shard), &serde_json::to_vec(&manifest).unwrap()).unwrap();
     }
 
     /// Loads at a time far enough after every change for the manifests' folder to count as settled.
@@ -401,76 +396,15 @@ mod tests {
         assert!(state.index_stale);
     }
 
-    /// A local store where another build publishes a manifest while this one lists the outputs.
-    struct PublishingMeanwhile<'a>(&'a crate::store::local::LocalStore);
-
-    impl Store for PublishingMeanwhile<'_> {
-        fn url(&self) -> String {
-            self.0.url()
-        }
-        fn list(&self, prefix: &str) -> anyhow::Result<Vec<super::super::ObjectMeta>> {
-            self.0.list(prefix)
-        }
-        fn list_except(&self, prefix: &str, skip: &str) -> anyhow::Result<Vec<super::super::ObjectMeta>> {
-            publish(self.0, "new");
-            self.0.list_except(prefix, skip)
-        }
-        fn folder_stamp(&self, dir: &str) -> Option<(String, SystemTime)> {
-            self.0.folder_stamp(dir)
-        }
-        fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-            self.0.read(path)
-        }
-        fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<super::super::ObjectMeta> {
-            self.0.write(path, bytes)
-        }
-        fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<super::super::ObjectMeta>> {
-            self.0.write_if_absent(path, bytes)
-        }
-        fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
-            self.0.read_tagged(path)
-        }
-        fn write_if_tag(
-            &self,
-            path: &str,
-            bytes: &[u8],
-            tag: &str,
-        ) -> anyhow::Result<Option<super::super::ObjectMeta>> {
-            self.0.write_if_tag(path, bytes, tag)
-        }
-        fn delete_if_tag(&self, path: &str, tag: &str) -> anyhow::Result<bool> {
-            self.0.delete_if_tag(path, tag)
-        }
-        fn publish(&self, local: &std::path::Path, path: &str) -> anyhow::Result<super::super::ObjectMeta> {
-            self.0.publish(local, path)
-        }
-        fn delete(&self, path: &str) -> anyhow::Result<()> {
-            self.0.delete(path)
-        }
-        fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
-            self.0.local_path(path)
-        }
-        fn fetch(&self, path: &str, dest: &std::path::Path) -> anyhow::Result<()> {
-            self.0.fetch(path, dest)
-        }
-        fn head(&self, path: &str) -> anyhow::Result<Option<super::super::ObjectMeta>> {
-            self.0.head(path)
-        }
-        fn scratch_root(&self) -> std::path::PathBuf {
-            self.0.scratch_root()
-        }
-        fn lock(&self, pipeline: &str) -> anyhow::Result<Box<dyn std::any::Any + Send>> {
-            self.0.lock(pipeline)
-        }
-    }
-
     #[test]
     fn a_manifest_published_while_the_outputs_are_listed_under_a_note_is_seen() {
         let (_dir, store) = built_store(2);
         load_later(&store);
         // The note held when the plan began; the folder's stamp, checked again after the listing, no longer
         // does: the plan lists the folder whole and reads the new manifest.
-        let state = load_later(&PublishingMeanwhile(&store));
+        // Another build publishes a manifest while this one lists the outputs.
+        let meanwhile = Interleaved::new(&store, false).before_listing(Box::new(|store| publish(store, "new")));
+        let state = load_later(&meanwhile);
         assert_eq!((state.manifests_read, shards(&state)), (1, vec!["000".into(), "001".into(), "new".into()]));
     }
 

@@ -13,9 +13,8 @@
 # page costs O(objects) there (~1 s of its CPU at N=20000, minutes at 10⁵): its figures measure s3s-fs.
 # SERVER=garage: Garage (LMDB metadata, one node, no fsync, in a temporary folder removed afterwards), filled
 # with real PUTs. Its listing is a range scan of the ordered object table, so a page costs the same at any N,
-# as on S3. A bench-only tool, never needed by the test suite or CI; install it with
-#   cargo install garage --version 2.5.0 --no-default-features --features bundled-libs,lmdb --root ~/.cache/garage-bin
-# (the script then finds it in ~/.cache/garage-bin/bin).
+# as on S3. A bench-only tool, never needed by the test suite or CI; install it with the command in INSTALL
+# below (the script then finds it in ~/.cache/garage-bin/bin).
 #
 # Figures, 2026-11-30, on the 2-core dev machine shared with other work (load: 1-min load average over the
 # run), LATENCY_MS=30, Garage 2.5.0 (lmdb), s3s-fs 0.14.1. Seconds and requests of one StepState::load; CPU:
@@ -46,11 +45,12 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export N=${N:-20000} LATENCY_MS=${LATENCY_MS:-30} SERVER=${SERVER:-s3s-fs}
+INSTALL="cargo install garage --version 2.5.0 --no-default-features --features bundled-libs,lmdb --root ~/.cache/garage-bin"
 if [[ $SERVER = garage ]]; then
   GARAGE=${GARAGE:-$(command -v garage || echo "$HOME/.cache/garage-bin/bin/garage")}
   if ! "$GARAGE" --version >/dev/null 2>&1; then
     echo "no garage at $GARAGE (GARAGE, else \`garage\` on PATH, else ~/.cache/garage-bin/bin/garage); install it with" >&2
-    echo "  cargo install garage --version 2.5.0 --no-default-features --features bundled-libs,lmdb --root ~/.cache/garage-bin" >&2
+    echo "  $INSTALL" >&2
     echo "or point GARAGE at a garage binary." >&2
     exit 1
   fi

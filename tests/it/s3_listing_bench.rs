@@ -10,6 +10,7 @@
 use crate::common::garage::Garage;
 use crate::common::proxy::Proxy;
 use crate::common::s3;
+use dsmake::store::manifest::Manifest;
 use dsmake::store::s3::{S3Options, S3Store};
 use dsmake::store::step_state::StepState;
 use dsmake::store::{Store, manifest_path};
@@ -28,14 +29,11 @@ fn env_number(name: &str, default: u64) -> u64 {
 fn target(i: usize) -> [(String, Vec<u8>); 2] {
     let shard = format!("{i:06}.txt");
     let output = format!("row {i}\n");
-    let manifest = serde_json::json!({
-        "manifest_format": 1, "target": format!("copy/{shard}"), "key": "0".repeat(64),
-        "key_parts": {"kind": "command", "kind_version": 1, "settings": {}, "shard": shard, "coords": {},
-                      "inputs": []},
-        "outputs": [{"name": shard, "size": output.len()}],
-        "started_at": "2026-11-30T00:00:00Z", "duration_s": 0.0, "dsmake_version": "bench", "host": "bench",
-    });
-    [(format!("{STEP}/{shard}"), output.into_bytes()), (manifest_path(STEP, &shard), manifest.to_string().into_bytes())]
+    let manifest = Manifest::of_one_output(&format!("copy/{shard}"), &shard, &shard, output.len() as u64);
+    [
+        (format!("{STEP}/{shard}"), output.into_bytes()),
+        (manifest_path(STEP, &shard), serde_json::to_vec(&manifest).unwrap()),
+    ]
 }
 
 /// CPU seconds this process (client and proxy) has used so far.
