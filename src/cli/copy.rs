@@ -6,7 +6,7 @@ use super::workspace::Workspace;
 use super::{Output, PipelineArgs};
 use crate::plan::{self, Action};
 use crate::store::manifest::Manifest;
-use crate::store::{self, Store, join, manifest_path};
+use crate::store::{self, ReadLimit, Store, join, manifest_path};
 use anyhow::Context;
 use clap::Args;
 use indicatif::HumanBytes;
@@ -43,7 +43,8 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
         let dir = &workspace.pipeline.steps[target.step].dir;
         let record = source.record(t).context("a fresh target has a manifest")?;
         let manifest_at = manifest_path(dir, target.shard());
-        let bytes_of = from.read(&manifest_at)?.with_context(|| format!("{manifest_at} vanished"))?;
+        let bytes_of =
+            from.read(&manifest_at, ReadLimit::MANIFEST)?.with_context(|| format!("{manifest_at} vanished"))?;
         let mut manifest = Manifest::parse(&bytes_of, &manifest_at)?;
         if manifest.key != record.key().to_string() {
             anyhow::bail!("{manifest_at} was rebuilt while copying: copy again");

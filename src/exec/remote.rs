@@ -11,7 +11,7 @@ use crate::kind::{Cancel, Resource};
 use crate::pipeline::Pipeline;
 use crate::plan::{Plan, PlanOptions};
 use crate::store::manifest::Manifest;
-use crate::store::{Store, join, manifest_path};
+use crate::store::{ReadLimit, Store, join, manifest_path};
 use crate::util::stat_cache::StatCache;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -137,8 +137,9 @@ pub fn resolve_pending(job: &mut Job, store: &dyn Store) -> anyhow::Result<()> {
     for input in &mut job.inputs {
         let Some(pending) = input.pending.take() else { continue };
         let at = manifest_path(&pending.dir, &input.shard);
-        let bytes =
-            store.read(&at)?.with_context(|| format!("input {} was not built: no manifest at {at}", input.target))?;
+        let bytes = store
+            .read(&at, ReadLimit::MANIFEST)?
+            .with_context(|| format!("input {} was not built: no manifest at {at}", input.target))?;
         let manifest = Manifest::parse(&bytes, &at)?;
         if manifest.key != pending.key {
             bail!(

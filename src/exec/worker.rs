@@ -6,7 +6,7 @@ use crate::kind::{BuildCx, Cancel, LocalInput, MemoryBudget};
 use crate::kinds;
 use crate::retry::Transient;
 use crate::store::manifest::{self, Manifest, OutputFile};
-use crate::store::{ObjectMeta, Store, join, manifest_path, version_tag};
+use crate::store::{ObjectMeta, ReadLimit, Store, join, manifest_path, version_tag};
 use crate::util::hash_file;
 use anyhow::{Context, anyhow, bail};
 use rayon::prelude::*;
@@ -181,7 +181,7 @@ fn commit(
         return Ok(Outcome { manifest: ours, manifest_meta });
     }
     for _ in 0..COMMIT_ATTEMPTS {
-        let Some((current, tag)) = store.read_tagged(manifest_at)? else {
+        let Some((current, tag)) = store.read_tagged(manifest_at, ReadLimit::MANIFEST)? else {
             // Removed meanwhile (a build that found the objects mixed, or one about to publish over them):
             // ours goes in only over objects that are still ours.
             if let Some(differs) = differing_output(store, dir, &ours.outputs, check_dir)? {
@@ -332,8 +332,9 @@ fn verify_input(
         let rebuilt = |what: String| -> anyhow::Error {
             Transient(format!("input {target} {what} while this build ran: its files may have changed")).into()
         };
-        let bytes =
-            store.read(&expect.manifest)?.ok_or_else(|| rebuilt(format!("lost its manifest {}", expect.manifest)))?;
+        let bytes = store
+            .read(&expect.manifest, ReadLimit::MANIFEST)?
+            .ok_or_else(|| rebuilt(format!("lost its manifest {}", expect.manifest)))?;
         let manifest = Manifest::parse(&bytes, &expect.manifest)?;
         if manifest.key != expect.key {
             return Err(rebuilt(format!("was rebuilt with key {}, not {}", manifest.key, expect.key)));
@@ -454,7 +455,7 @@ mod tests {
     }
 
     fn stored_manifest(store: &LocalStore, at: &str) -> Option<Manifest> {
-        store.read(at).unwrap().map(|b| Manifest::parse(&b, at).unwrap())
+        store.read(at, ReadLimit::MANIFEST).unwrap().map(|b| Manifest::parse(&b, at).unwrap())
     }
 
     #[test]
@@ -544,7 +545,7 @@ mod tests {
         let store = Interleaved::new(&inner, false).before_swap(Box::new(|store: &LocalStore| {
             store.write("step/a", b"CCCC").unwrap();
             store.write("step/b", b"CCCC").unwrap();
-            let (_, tag) = store.read_tagged(&manifest_path("step", "s0")).unwrap().unwrap();
+            let (_, tag) = store.read_tagged(&manifest_path("step", "s0"), ReadLimit::MANIFEST).unwrap().unwrap();
             let written = store.write_if_tag(&manifest_path("step", "s0"), &serde_json::to_vec(&c).unwrap(), &tag);
             assert!(written.unwrap().is_some(), "C replaces A's manifest");
         }));
@@ -587,19 +588,19 @@ mod tests {
     fn conditional_writes_and_deletes_of_the_local_store_compare_the_content() {
         let root = tempfile::tempdir().unwrap();
         let store = LocalStore::new(root.path().to_path_buf());
-        assert!(store.read_tagged("x/m.json").unwrap().is_none());
+        assert!(store.read_tagged("x/m.json", ReadLimit::MANIFEST).unwrap().is_none());
         store.write("x/m.json", b"one").unwrap();
-        let (bytes, tag) = store.read_tagged("x/m.json").unwrap().unwrap();
+        let (bytes, tag) = store.read_tagged("x/m.json", ReadLimit::MANIFEST).unwrap().unwrap();
         assert_eq!(bytes, b"one");
         store.write("x/m.json", b"two").unwrap();
         assert!(store.write_if_tag("x/m.json", b"three", &tag).unwrap().is_none(), "changed since it was read");
         assert!(!store.delete_if_tag("x/m.json", &tag).unwrap());
-        let (_, tag) = store.read_tagged("x/m.json").unwrap().unwrap();
+        let (_, tag) = store.read_tagged("x/m.json", ReadLimit::MANIFEST).unwrap().unwrap();
         assert!(store.write_if_tag("x/m.json", b"three", &tag).unwrap().is_some());
-        assert_eq!(store.read("x/m.json").unwrap().unwrap(), b"three");
-        let (_, tag) = store.read_tagged("x/m.json").unwrap().unwrap();
+        assert_eq!(store.read("x/m.json", ReadLimit::MANIFEST).unwrap().unwrap(), b"three");
+        let (_, tag) = store.read_tagged("x/m.json", ReadLimit::MANIFEST).unwrap().unwrap();
         assert!(store.delete_if_tag("x/m.json", &tag).unwrap());
-        assert!(store.read("x/m.json").unwrap().is_none());
+        assert!(store.read("x/m.json", ReadLimit::MANIFEST).unwrap().is_none());
         assert!(store.write_if_tag("x/m.json", b"four", &tag).unwrap().is_none(), "gone: nothing to swap");
     }
 

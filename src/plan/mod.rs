@@ -9,7 +9,7 @@ use crate::kind::{InputShard, InputShards, ShardCx, ShardSpec, Shards, SourceFil
 use crate::pipeline::Pipeline;
 use crate::store::manifest::{Manifest, RetryOf};
 use crate::store::step_state::{RecordRef, StepState};
-use crate::store::{Store, manifest_path};
+use crate::store::{ReadLimit, Store, manifest_path};
 use crate::util::digest::Digest;
 use crate::util::stat_cache::StatCache;
 use crate::util::suggest::help_for;
@@ -572,7 +572,11 @@ fn explain_stale(plan: &mut Plan, pipeline: &Pipeline, store: &dyn Store, stale:
         .map(|&t| {
             let target = &plan.targets[t];
             let path = manifest_path(&pipeline.steps[target.step].dir, target.shard());
-            let old = store.read(&path).ok().flatten().and_then(|bytes| Manifest::parse(&bytes, &path).ok());
+            let old = store
+                .read(&path, ReadLimit::MANIFEST)
+                .ok()
+                .flatten()
+                .and_then(|bytes| Manifest::parse(&bytes, &path).ok());
             match old {
                 Some(old) => reason::explain(&old.key_parts, &plan.key_parts(pipeline, t), &describe_input),
                 None => "manifest changed while planning".to_string(),

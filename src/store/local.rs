@@ -1,6 +1,7 @@
 //! The local-folder store: temp file, fsync, rename — a reader never sees half an object.
 
-use super::{ObjectMeta, Store};
+use super::read_limit::read_at_most;
+use super::{ObjectMeta, ReadLimit, Store, TooLarge};
 use anyhow::{Context, bail};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
@@ -86,9 +87,23 @@ impl LocalStore {
             .with_context(|| format!("cannot list {}", dir.display()))
     }
 
-    /// The content tag of the object at `path` (its blake3), `None` when there is none.
+    /// The content tag of the object at `path` (its blake3, as `read_tagged` gives it, hashed as it is read),
+    /// `None` when there is none.
     fn tag_of(&self, path: &str) -> anyhow::Result<Option<String>> {
-        Ok(self.read_tagged(path)?.map(|(_, tag)| tag))
+        let file = self.path(path);
+        let Some(opened) = open_existing(&file)? else { return Ok(None) };
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(opened).with_context(|| format!("cannot read {}", file.display()))?;
+        Ok(Some(hasher.finalize().to_hex().to_string()))
+    }
+}
+
+/// The file at `path` opened for reading, `None` when there is none.
+fn open_existing(path: &Path) -> anyhow::Result<Option<File>> {
+    match File::open(path) {
+        Ok(opened) => Ok(Some(opened)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
@@ -163,11 +178,18 @@ impl Store for LocalStore {
         Some((stamp, at(meta.mtime(), meta.mtime_nsec()).max(at(meta.ctime(), meta.ctime_nsec()))))
     }
 
-    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        match fs::read(self.path(path)) {
+    fn read(&self, path: &str, limit: ReadLimit) -> anyhow::Result<Option<Vec<u8>>> {
+        let file = self.path(path);
+        let Some(opened) = open_existing(&file)? else { return Ok(None) };
+        let too_large = |size| TooLarge { at: file.display().to_string(), size, limit };
+        let size = opened.metadata().with_context(|| format!("cannot stat {}", file.display()))?.len();
+        if size > limit.bytes {
+            return Err(too_large(Some(size)).into());
+        }
+        match read_at_most(opened, limit, size) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path(path).display())),
+            Err(None) => Err(too_large(None).into()),
+            Err(Some(e)) => Err(e).with_context(|| format!("cannot read {}", file.display())),
         }
     }
 
@@ -210,15 +232,11 @@ impl Store for LocalStore {
         Ok(meta.map(|m| meta_of(path.to_string(), &m)))
     }
 
-    fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
-        match fs::read(self.path(path)) {
-            Ok(bytes) => {
-                let tag = blake3::hash(&bytes).to_hex().to_string();
-                Ok(Some((bytes, tag)))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path(path).display())),
-        }
+    fn read_tagged(&self, path: &str, limit: ReadLimit) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+        Ok(self.read(path, limit)?.map(|bytes| {
+            let tag = blake3::hash(&bytes).to_hex().to_string();
+            (bytes, tag)
+        }))
     }
 
     fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>> {

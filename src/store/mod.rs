@@ -7,11 +7,13 @@ mod index_codec;
 pub(crate) mod interleaved;
 pub mod local;
 pub mod manifest;
+mod read_limit;
 mod record;
 pub mod s3;
 pub mod step_state;
 
 use anyhow::bail;
+pub use read_limit::{ReadLimit, TooLarge};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,8 +58,9 @@ pub trait Store: Send + Sync {
     fn folder_stamp(&self, _dir: &str) -> Option<(String, std::time::SystemTime)> {
         None
     }
-    /// An object's bytes, or `None` when there is no such object.
-    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    /// An object's bytes, or `None` when there is no such object; an object larger than `limit` is a
+    /// [`TooLarge`] error, and no more of it than the limit is read.
+    fn read(&self, path: &str, limit: ReadLimit) -> anyhow::Result<Option<Vec<u8>>>;
     /// Writes an object atomically: readers see the old object or the whole new one.
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta>;
     /// Writes an object only if there is none at `path` (local: a hard link; S3: `If-None-Match: *`).
@@ -65,7 +68,8 @@ pub trait Store: Send + Sync {
     fn write_if_absent(&self, path: &str, bytes: &[u8]) -> anyhow::Result<Option<ObjectMeta>>;
     /// An object's bytes and a tag of that content (S3: its ETag; local: its blake3), or `None` when there is
     /// no such object: what [`Store::write_if_tag`] and [`Store::delete_if_tag`] are made conditional on.
-    fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>>;
+    /// Bounded by `limit` as [`Store::read`] is.
+    fn read_tagged(&self, path: &str, limit: ReadLimit) -> anyhow::Result<Option<(Vec<u8>, String)>>;
     /// Replaces an object only if it still holds the content `tag` names (S3: `If-Match`): compare and swap,
     /// as git updates a ref. `None`, writing nothing, when another writer changed or removed it since.
     fn write_if_tag(&self, path: &str, bytes: &[u8], tag: &str) -> anyhow::Result<Option<ObjectMeta>>;

@@ -5,7 +5,7 @@
 
 use super::manifest::Manifest;
 pub use super::record::{OutputRef, Record, RecordRef, Records};
-use super::{META_DIR, Store, is_temporary};
+use super::{META_DIR, ReadLimit, Store, is_temporary};
 use crate::util::sized_names::SizedNames;
 use crate::util::text_order;
 use anyhow::Context;
@@ -51,7 +51,7 @@ impl StepState {
         // The index first: what it lists is where the folder's objects are expected, so it tells where to cut
         // a listing into ranges of about a page each.
         let index_path = format!("{meta_dir}/{INDEX_NAME}");
-        let index = || match store.read(&index_path) {
+        let index = || match store.read(&index_path, ReadLimit::INDEX) {
             Ok(Some(bytes)) => super::index_codec::decode(&bytes),
             _ => None,
         };
@@ -160,7 +160,7 @@ impl StepState {
             .par_iter()
             .map(|(shard, meta)| {
                 let parsed = store
-                    .read(&meta.path)
+                    .read(&meta.path, ReadLimit::MANIFEST)
                     .and_then(|b| b.with_context(|| format!("{} vanished", meta.path)))
                     .and_then(|bytes| Manifest::parse(&bytes, &meta.path));
                 (shard.clone(), parsed.map(|m| Record::new(&m, meta)))
@@ -231,7 +231,7 @@ fn note_path(meta_dir: &str) -> String {
 
 /// The stamp noted for `meta_dir`, if any (a note for another folder, or unreadable, is none).
 fn read_note(store: &dyn Store, meta_dir: &str) -> Option<String> {
-    let bytes = store.read(&note_path(meta_dir)).ok()??;
+    let bytes = store.read(&note_path(meta_dir), ReadLimit::NOTE).ok()??;
     let note: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     (note["folder"] == meta_dir).then(|| note["stamp"].as_str().map(str::to_string))?
 }
@@ -331,6 +331,20 @@ mod tests {
         let mut shards: Vec<String> = state.records.iter().map(|(shard, _)| shard.to_string()).collect();
         shards.sort();
         shards
+    }
+
+    #[test]
+    fn an_index_over_its_bound_is_left_unread_and_the_manifests_decide() {
+        let (dir, store) = built_store(3);
+        // A sparse gibibyte and a byte: a read of it would allocate it.
+        let index = dir.path().join(format!("p/s/{META_DIR}/{INDEX_NAME}"));
+        std::fs::File::options().write(true).open(&index).unwrap().set_len((1 << 30) + 1).unwrap();
+        let error = store.read(&format!("p/s/{META_DIR}/{INDEX_NAME}"), ReadLimit::INDEX).unwrap_err();
+        let too_large = error.downcast_ref::<crate::store::TooLarge>().expect("a TooLarge error");
+        assert_eq!(too_large.size, Some((1 << 30) + 1));
+        let state = load_later(&store);
+        assert_eq!((state.manifests_read, shards(&state)), (3, vec!["000".into(), "001".into(), "002".into()]));
+        assert!(state.unreadable.is_empty());
     }
 
     #[test]

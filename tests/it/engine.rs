@@ -12,7 +12,8 @@ on_every_store!(
     gc_lists_files_no_target_owns_and_deletes_only_with_yes,
     status_reports_counts_and_sizes_from_the_store,
     plan_check_exits_4_while_there_is_work_and_0_after,
-    a_secret_passed_by_pass_env_never_reaches_the_store_plans_or_logs
+    a_secret_passed_by_pass_env_never_reaches_the_store_plans_or_logs,
+    an_oversized_manifest_is_refused_unread_and_its_target_built_again,
 );
 
 use crate::common::{self, Backend, CANARY, Sandbox, built, files_holding, strings, work};
@@ -177,6 +178,27 @@ fn a_truncated_output_is_stale_with_its_sizes(backend: Backend) {
             .map(|(_, a, r)| ("lengths/a.txt".to_string(), a, r))
             .collect::<Vec<_>>()
     );
+}
+
+/// A manifest one byte over the bound, as anyone who can write to a shared store could put there: refused
+/// by its size, never read whole, named in the plan, and replaced by the rebuild.
+fn an_oversized_manifest_is_refused_unread_and_its_target_built_again(backend: Backend) {
+    let s = sandbox(backend);
+    s.build(&[]);
+    let manifest = "pipeline/lengths/_dsmake/a.txt.json";
+    s.overwrite_in_store(manifest, &vec![b' '; (16 << 20) + 1]);
+    let at = match backend {
+        Backend::Local => s.store().join(manifest).display().to_string(),
+        _ => format!("{}/{manifest}", s.store_url()),
+    };
+    let why = format!(
+        "manifest unreadable ({at} is 16777217 bytes, more than a manifest may be (16777216 bytes at most): dsmake \
+         did not write it as it is now; its target counts as missing, and a build replaces it)"
+    );
+    assert_eq!(work(&s.plan(&[])), [triple("lengths/a.txt", "missing", &why)]);
+    assert_eq!(built(&s.build(&[])), ["lengths/a.txt"]);
+    assert!(s.read_store("pipeline/lengths/_dsmake/a.txt.json").starts_with('{'));
+    assert_eq!(work(&s.plan(&[])), Vec::<(String, String, String)>::new());
 }
 
 fn an_edited_source_is_named_in_the_reasons(backend: Backend) {

@@ -9,7 +9,7 @@ pub mod auth;
 use super::{DatabricksSection, Remote};
 use crate::exec::remote::{Executor, RemotePlan, Reporter, TargetResult};
 use crate::kind::{Cancel, Resource};
-use crate::store::{META_DIR, Store, manifest_path};
+use crate::store::{META_DIR, ReadLimit, Store, manifest_path};
 use anyhow::{Context, anyhow, bail};
 use auth::Auth;
 use serde_json::{Value, json};
@@ -392,7 +392,7 @@ impl Executor for DatabricksExecutor {
         // What the driver says about each target (errors, bytes), where it got to write it.
         let mut results: BTreeMap<String, TargetResult> = BTreeMap::new();
         for (key, _) in &tasks {
-            if let Ok(Some(bytes)) = store.read(&format!("{run_dir}/results-{key}.jsonl")) {
+            if let Ok(Some(bytes)) = store.read(&format!("{run_dir}/results-{key}.jsonl"), ReadLimit::RESULTS) {
                 for line in String::from_utf8_lossy(&bytes).lines() {
                     if let Ok(r) = serde_json::from_str::<TargetResult>(line) {
                         results.insert(r.target.clone(), r);

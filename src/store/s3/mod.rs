@@ -7,7 +7,7 @@ mod lease;
 mod listing;
 mod multipart;
 
-use super::{ObjectMeta, Store};
+use super::{ObjectMeta, ReadLimit, Store, TooLarge};
 use crate::retry::{Budget, Transient};
 use anyhow::{Context, bail};
 use aws_sdk_s3::Client;
@@ -200,8 +200,8 @@ impl Store for S3Store {
         self.list_ranges(&key_prefix, &splits)
     }
 
-    fn read(&self, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.read_tagged(path)?.map(|(bytes, _)| bytes))
+    fn read(&self, path: &str, limit: ReadLimit) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.read_tagged(path, limit)?.map(|(bytes, _)| bytes))
     }
 
     fn write(&self, path: &str, bytes: &[u8]) -> anyhow::Result<ObjectMeta> {
@@ -215,17 +215,27 @@ impl Store for S3Store {
         self.retrying(|| self.put(path, bytes.to_vec(), Condition::Absent))
     }
 
-    fn read_tagged(&self, path: &str) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+    fn read_tagged(&self, path: &str, limit: ReadLimit) -> anyhow::Result<Option<(Vec<u8>, String)>> {
+        let too_large = |size| TooLarge { at: self.where_(path), size, limit };
         self.retrying(|| async {
             match self.client.get_object().bucket(&self.bucket).key(self.key(path)).send().await {
                 Ok(out) => {
                     let etag = out.e_tag().unwrap_or_default().to_string();
-                    let bytes = out
-                        .body
-                        .collect()
-                        .await
-                        .map_err(|e| Transient(format!("reading {}: {e}", self.where_(path))))?;
-                    Ok(Some((bytes.into_bytes().to_vec(), etag)))
+                    // Refused by its announced size, or as its bytes pass the bound (a body without a length).
+                    let size = out.content_length().unwrap_or(0).max(0) as u64;
+                    if size > limit.bytes {
+                        return Err(too_large(Some(size)).into());
+                    }
+                    let mut bytes = Vec::with_capacity(size as usize);
+                    let mut body = out.body;
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk.map_err(|e| Transient(format!("reading {}: {e}", self.where_(path))))?;
+                        if (bytes.len() + chunk.len()) as u64 > limit.bytes {
+                            return Err(too_large(None).into());
+                        }
+                        bytes.extend_from_slice(&chunk);
+                    }
+                    Ok(Some((bytes, etag)))
                 }
                 Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(describe(e, &format!("reading {}", self.where_(path)))),
@@ -355,7 +365,7 @@ impl Store for S3Store {
         let mut found: Vec<(String, String)> = Vec::new();
         // The notes that our own uploads leave while they run (any S3-compatible server)…
         for note in self.list(UPLOAD_NOTES)? {
-            let Some(bytes) = self.read(&note.path)? else { continue };
+            let Some(bytes) = self.read(&note.path, ReadLimit::NOTE)? else { continue };
             let Ok(upload) = serde_json::from_slice::<multipart::UploadNote>(&bytes) else { continue };
             let started = SystemTime::UNIX_EPOCH + Duration::from_secs(upload.started_unix);
             if upload.key.starts_with(&key_prefix) && started <= cutoff {
