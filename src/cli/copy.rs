@@ -53,7 +53,7 @@ pub fn copy(args: CopyArgs, out: Output) -> anyhow::Result<()> {
         let record_versions = to.versions_identify_content();
         for output in &mut manifest.outputs {
             let path = join(dir, &output.name);
-            let copied = copy_object(from, &*to, &path, scratch.path())
+            let copied = copy_object(from, &*to, &path, output.size, scratch.path())
                 .with_context(|| format!("copying {path} of {}", target.name))?;
             // The versions this store lists, not the source's (a multipart upload's ETag depends on its parts).
             output.version = if record_versions { copied.version } else { String::new() };
@@ -83,6 +83,7 @@ fn copy_object(
     from: &dyn Store,
     to: &dyn Store,
     path: &str,
+    size: u64,
     scratch: &std::path::Path,
 ) -> anyhow::Result<store::ObjectMeta> {
     let temp = scratch.join(format!("{}-{}", fastrand::u64(..), path.rsplit('/').next().unwrap_or("object")));
@@ -91,7 +92,7 @@ fn copy_object(
         Some(local) => {
             std::fs::copy(&local, &temp).with_context(|| format!("cannot read {}", local.display()))?;
         }
-        None => from.fetch(path, &temp)?,
+        None => from.fetch(path, &temp, size)?,
     }
     let published = to.publish(&temp, path);
     let _ = std::fs::remove_file(&temp);

@@ -102,7 +102,8 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     let plan = workspace.plan()?;
     let built = fresh_index(&plan, &workspace.pipeline, step, &args.pipeline.pipeline)?;
     let settings = knn_index::settings(&workspace.pipeline.steps[step].settings)?;
-    let has = |name: &str| built.outputs.iter().any(|o| o == name);
+    let size_of = |name: &str| built.outputs.iter().find(|(o, _)| o == name).map(|(_, size)| *size);
+    let has = |name: &str| size_of(name).is_some();
     let modality = match args.modality {
         Some(m) => m,
         None if has("image.index") => Modality::Image,
@@ -121,7 +122,10 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
         );
     }
     let dir = &workspace.pipeline.steps[step].dir;
-    let local = |name: &str| local_output(&*workspace.store, dir, name, &built.key);
+    let local = |name: &str| {
+        let size = size_of(name).with_context(|| format!("{name} is not an output of {step_name}"))?;
+        local_output(&*workspace.store, dir, name, size, &built.key)
+    };
 
     let query = match (&args.query, &args.image, clip_step) {
         (_, _, None) => read_embedding(args.embedding.as_deref().context("no --embedding")?)?,
@@ -149,7 +153,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<()> {
     };
     let ids: Vec<u64> = found.iter().map(|(id, _)| *id).collect();
     let prefix = format!("{METADATA_DIR}/");
-    let mut parts: Vec<&String> = built.outputs.iter().filter(|o| o.starts_with(&prefix)).collect();
+    let mut parts: Vec<&String> = built.outputs.iter().map(|(o, _)| o).filter(|o| o.starts_with(&prefix)).collect();
     parts.sort();
     let parts = parts.into_iter().map(|p| local(p)).collect::<anyhow::Result<Vec<PathBuf>>>()?;
     let rows = meta::lookup_parts(&parts, &ids)?;
@@ -272,7 +276,8 @@ fn clip_step(pipeline: &Pipeline, index: usize) -> anyhow::Result<usize> {
 
 struct BuiltIndex {
     key: String,
-    outputs: Vec<String>,
+    /// Names and sizes.
+    outputs: Vec<(String, u64)>,
     rows: Option<u64>,
 }
 
@@ -304,14 +309,14 @@ fn fresh_index(plan: &Plan, pipeline: &Pipeline, step: usize, pipeline_arg: &str
     let record = plan.record(t).context("a fresh target without a record")?;
     Ok(BuiltIndex {
         key: target.key.to_string(),
-        outputs: record.outputs().map(|o| o.name.to_string()).collect(),
+        outputs: record.outputs().map(|o| (o.name.to_string(), o.size)).collect(),
         rows: record.rows(),
     })
 }
 
 /// An output of the index step as a local file: in place for a local store, else downloaded once into the
 /// dsmake cache under the target's key.
-fn local_output(store: &dyn Store, dir: &str, name: &str, key: &str) -> anyhow::Result<PathBuf> {
+fn local_output(store: &dyn Store, dir: &str, name: &str, size: u64, key: &str) -> anyhow::Result<PathBuf> {
     let path = join(dir, name);
     if let Some(local) = store.local_path(&path) {
         return Ok(local);
@@ -321,7 +326,7 @@ fn local_output(store: &dyn Store, dir: &str, name: &str, key: &str) -> anyhow::
         let parent = cached.parent().context("cache path has no folder")?;
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let partial = cached.with_extension("partial");
-        store.fetch(&path, &partial).with_context(|| format!("cannot download {path}"))?;
+        store.fetch(&path, &partial, size).with_context(|| format!("cannot download {path}"))?;
         std::fs::rename(&partial, &cached).with_context(|| format!("cannot write {}", cached.display()))?;
     }
     Ok(cached)

@@ -6,7 +6,7 @@ use crate::kind::{BuildCx, Cancel, LocalInput, MemoryBudget};
 use crate::kinds;
 use crate::retry::Transient;
 use crate::store::manifest::{self, Manifest, OutputFile};
-use crate::store::{ObjectMeta, ReadLimit, Store, join, manifest_path, version_tag};
+use crate::store::{ObjectMeta, ReadLimit, Store, TooLarge, join, manifest_path, version_tag};
 use crate::util::hash_file;
 use anyhow::{Context, anyhow, bail};
 use rayon::prelude::*;
@@ -266,8 +266,13 @@ fn differing_output(
                 }
                 std::fs::create_dir_all(check_dir).with_context(|| format!("cannot create {}", check_dir.display()))?;
                 let dest = check_dir.join(format!("{n}"));
-                store.fetch(&at, &dest).with_context(|| format!("reading {at} back to check it"))?;
-                (dest, true)
+                match store.fetch(&at, &dest, output.size) {
+                    Ok(()) => (dest, true),
+                    Err(e) => match e.downcast_ref::<TooLarge>() {
+                        Some(large) => return Ok(Some(format!("{at} is over {} bytes", large.limit.bytes))),
+                        None => return Err(e.context(format!("reading {at} back to check it"))),
+                    },
+                }
             }
         };
         let found = match std::fs::metadata(&path) {
@@ -308,13 +313,7 @@ fn verify_input(
     files: &[JobFile],
     local: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
-    let changed = |at: &str, mismatch: String| -> anyhow::Error {
-        Transient(format!(
-            "input file {at} of {target} {mismatch}: it changed after its manifest was written (a concurrent \
-             rebuild, or damage to the store); build again, and rebuild {target} if this recurs"
-        ))
-        .into()
-    };
+    let changed = |at: &str, mismatch: String| input_changed(target, at, &mismatch);
     // Sizes first, for every file (a stat); then digests, only where they are worth computing.
     let mut to_hash = Vec::new();
     for ((file, path), output) in files.iter().zip(local).zip(&expect.outputs) {
@@ -357,6 +356,15 @@ fn verify_input(
     })
 }
 
+/// An input file of `target` at `at` that is not what its manifest records (`mismatch` says how).
+fn input_changed(target: &str, at: &str, mismatch: &str) -> anyhow::Error {
+    Transient(format!(
+        "input file {at} of {target} {mismatch}: it changed after its manifest was written (a concurrent rebuild, \
+         or damage to the store); build again, and rebuild {target} if this recurs"
+    ))
+    .into()
+}
+
 /// The local paths of `files` (fetched into `dir` where the store is remote; `what` they are, for errors),
 /// checked against what their manifest says where `expect` is given.
 fn local_files(
@@ -370,7 +378,17 @@ fn local_files(
     let local = files
         .iter()
         .enumerate()
-        .map(|(n, file)| local_file(store, file, dir, n))
+        .map(|(n, file)| {
+            let size = expect.and_then(|e| e.outputs.get(n)).map(|o| o.size);
+            local_file(store, file, dir, n, size).map_err(|e| match (e.downcast_ref::<TooLarge>(), file) {
+                (Some(large), JobFile::Store(at)) => input_changed(
+                    target,
+                    at,
+                    &format!("is larger than the {} bytes its manifest records", large.limit.bytes),
+                ),
+                _ => e,
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .with_context(what)?;
     if let Some(expect) = expect {
@@ -379,7 +397,14 @@ fn local_files(
     Ok(local)
 }
 
-fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> anyhow::Result<std::path::PathBuf> {
+/// `size`: what its manifest records, which bounds a download (a store file comes with its manifest's record).
+fn local_file(
+    store: &dyn Store,
+    file: &JobFile,
+    in_dir: &Path,
+    n: usize,
+    size: Option<u64>,
+) -> anyhow::Result<std::path::PathBuf> {
     match file {
         JobFile::Local(path) => Ok(path.clone()),
         JobFile::Store(path) => match store.local_path(path) {
@@ -388,7 +413,8 @@ fn local_file(store: &dyn Store, file: &JobFile, in_dir: &Path, n: usize) -> any
                 std::fs::create_dir_all(in_dir)?;
                 let name = path.rsplit('/').next().unwrap_or("input");
                 let dest = in_dir.join(format!("{n}-{name}"));
-                store.fetch(path, &dest)?;
+                let size = size.with_context(|| format!("{path}: no manifest records its size"))?;
+                store.fetch(path, &dest, size)?;
                 Ok(dest)
             }
         },

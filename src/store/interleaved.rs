@@ -93,9 +93,9 @@ impl Store for Interleaved<'_> {
     fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
         if self.remote { None } else { self.inner.local_path(path) }
     }
-    fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
+    fn fetch(&self, path: &str, dest: &Path, size: u64) -> anyhow::Result<()> {
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        self.inner.fetch(path, dest)
+        self.inner.fetch(path, dest, size)
     }
     fn head(&self, path: &str) -> anyhow::Result<Option<ObjectMeta>> {
         if !self.remote {

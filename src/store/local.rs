@@ -4,7 +4,7 @@ use super::read_limit::read_at_most;
 use super::{ObjectMeta, ReadLimit, Store, TooLarge};
 use anyhow::{Context, bail};
 use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -288,9 +288,22 @@ impl Store for LocalStore {
         Some(self.path(path))
     }
 
-    fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
-        fs::copy(self.path(path), dest).with_context(|| format!("cannot copy {path} from the store"))?;
-        Ok(())
+    fn fetch(&self, path: &str, dest: &Path, size: u64) -> anyhow::Result<()> {
+        let file = self.path(path);
+        let limit = ReadLimit::recorded(size);
+        let opened = open_existing(&file)?.with_context(|| format!("{} is missing", file.display()))?;
+        let found = opened.metadata().with_context(|| format!("cannot stat {}", file.display()))?.len();
+        if found > size {
+            return Err(TooLarge { at: file.display().to_string(), size: Some(found), limit }.into());
+        }
+        let copied = File::create(dest).and_then(|mut out| std::io::copy(&mut opened.take(size + 1), &mut out));
+        match copied.with_context(|| format!("cannot copy {} to {}", file.display(), dest.display()))? {
+            n if n > size => {
+                let _ = fs::remove_file(dest);
+                Err(TooLarge { at: file.display().to_string(), size: None, limit }.into())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn head(&self, path: &str) -> anyhow::Result<Option<ObjectMeta>> {
@@ -333,6 +346,26 @@ impl Store for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_and_fetches_are_bounded_by_what_the_object_should_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        store.write("s/o.bin", b"12345").unwrap();
+        let dest = dir.path().join("fetched");
+        store.fetch("s/o.bin", &dest, 5).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"12345");
+        fs::remove_file(&dest).unwrap();
+        let error = store.fetch("s/o.bin", &dest, 4).unwrap_err();
+        assert_eq!(error.downcast_ref::<TooLarge>().map(|e| (e.size, e.limit.bytes)), Some((Some(5), 4)));
+        assert!(!dest.exists(), "nothing written");
+
+        let limit = ReadLimit { bytes: 4, what: "a test object", then: "" };
+        let error = store.read("s/o.bin", limit).unwrap_err();
+        assert_eq!(error.downcast_ref::<TooLarge>().map(|e| e.size), Some(Some(5)));
+        assert_eq!(store.read("s/o.bin", ReadLimit { bytes: 5, ..limit }).unwrap().unwrap(), b"12345");
+        assert!(store.read("s/none", limit).unwrap().is_none());
+    }
 
     #[test]
     fn mtime_versions_read_as_the_format_they_replace() {

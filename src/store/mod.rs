@@ -90,8 +90,11 @@ pub trait Store: Send + Sync {
     fn delete(&self, path: &str) -> anyhow::Result<()>;
     /// A path a reader can open directly, where the store is a local folder.
     fn local_path(&self, path: &str) -> Option<PathBuf>;
-    /// Copies an object to a local file (for stores without `local_path`).
-    fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()>;
+    /// Copies an object to a local file (for stores without `local_path`). `size` is what it should be (what
+    /// its manifest records): a larger object is a [`TooLarge`] error, refused by its announced size before a
+    /// byte is written, or once more than `size` bytes came (so a replaced object cannot fill the disk), and
+    /// `dest` is then not written; a smaller one is copied, for the caller's checks to name.
+    fn fetch(&self, path: &str, dest: &Path, size: u64) -> anyhow::Result<()>;
     /// An object's size and version as the store reports it now, without its bytes (S3: a HEAD), or `None`
     /// when there is no such object. Where versions identify content, a version equal to the one a build
     /// recorded vouches for the bytes without downloading them.

@@ -17,6 +17,7 @@ use errors::{describe, is_not_found, is_precondition_failed};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::AsyncReadExt;
 
 use std::time::{Duration, SystemTime};
 
@@ -307,8 +308,9 @@ impl Store for S3Store {
         None
     }
 
-    fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<()> {
+    fn fetch(&self, path: &str, dest: &Path, size: u64) -> anyhow::Result<()> {
         let partial = dest.with_extension("partial");
+        let too_large = |found| TooLarge { at: self.where_(path), size: found, limit: ReadLimit::recorded(size) };
         self.retrying(|| async {
             let out = self
                 .client
@@ -318,11 +320,20 @@ impl Store for S3Store {
                 .send()
                 .await
                 .map_err(|e| describe(e, &format!("downloading {}", self.where_(path))))?;
-            let mut reader = out.body.into_async_read();
+            let announced = out.content_length().unwrap_or(0).max(0) as u64;
+            if announced > size {
+                return Err(too_large(Some(announced)).into());
+            }
+            let mut reader = out.body.into_async_read().take(size + 1);
             let mut file = tokio::fs::File::create(&partial).await?;
-            tokio::io::copy(&mut reader, &mut file)
+            let copied = tokio::io::copy(&mut reader, &mut file)
                 .await
                 .map_err(|e| Transient(format!("downloading {}: {e}", self.where_(path))))?;
+            if copied > size {
+                drop(file);
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(too_large(None).into());
+            }
             anyhow::Ok(())
         })?;
         std::fs::rename(&partial, dest)?;
