@@ -269,7 +269,12 @@ fn differing_output(
                 match store.fetch(&at, &dest, output.size) {
                     Ok(()) => (dest, true),
                     Err(e) => match e.downcast_ref::<TooLarge>() {
-                        Some(large) => return Ok(Some(format!("{at} is over {} bytes", large.limit.bytes))),
+                        Some(large) => {
+                            return Ok(Some(match large.size {
+                                Some(found) => wrong_size(&at, found, output.size),
+                                None => format!("{at} is larger than {} bytes", output.size),
+                            }));
+                        }
                         None => return Err(e.context(format!("reading {at} back to check it"))),
                     },
                 }
