@@ -522,6 +522,18 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_object_larger_than_its_manifest_records_differs_by_its_size_and_is_not_downloaded() {
+        let theirs = manifest(&[("a", b"AAAA"), ("b", b"BBBB")]);
+        let (root, inner, at) = store_with(&[("a", b"AAAA"), ("b", b"a larger b")], &theirs);
+        let store = Interleaved::new(&inner, true);
+        let ours = manifest(&[("a", b"aaaa"), ("b", b"bbbb")]);
+        let err = commit(&store, "step", &at, ours, &[], &root.path().join("check")).unwrap_err();
+        assert!(crate::retry::is_transient(&err), "{err:#}");
+        assert!(format!("{err:#}").contains("(step/b is 10 bytes, not 4 for the other build's manifest"), "{err:#}");
+        assert!(!root.path().join("check/1").exists(), "not downloaded");
+    }
+
+    #[test]
     fn a_concurrent_manifest_with_another_key_is_refused() {
         let mut theirs = manifest(&[("a", b"AAAA")]);
         theirs.key = "k2".into();
