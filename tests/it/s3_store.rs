@@ -59,6 +59,29 @@ fn builds_through_slowdowns_and_cut_connections() {
     assert!(proxy.faults.injected.load(Ordering::SeqCst) >= 10);
 }
 
+/// A manifest over its bound from a server that does not say how large it is (no `Content-Length`): refused
+/// as its bytes pass the bound, named in the plan, and replaced by the next build.
+#[test]
+fn an_oversized_manifest_of_unannounced_size_is_refused_as_it_is_read() {
+    let mut s = sandbox();
+    s.build(&[]);
+    let manifest = "pipeline/big/_dsmake/0.txt.json";
+    s.overwrite_in_store(manifest, &vec![b' '; (16 << 20) + 1]);
+    let proxy = Proxy::start(&s3::server().endpoint);
+    s.endpoint = Some(proxy.endpoint.clone());
+    proxy.faults.unsized_reads.store(1000, Ordering::SeqCst);
+    let why = format!(
+        "manifest unreadable ({}/{manifest} is over 16777216 bytes, more than a manifest may be (16777216 bytes at \
+         most): dsmake did not write it as it is now; its target counts as missing, and a build replaces it)",
+        s.store_url()
+    );
+    assert_eq!(work(&s.plan(&[])), [("big/0.txt".to_string(), "missing".to_string(), why)]);
+    assert!(proxy.faults.injected.load(Ordering::SeqCst) >= 1, "a read without a Content-Length was made");
+    assert_eq!(built(&s.build(&[])), ["big/0.txt"]);
+    assert!(work(&s.plan(&[])).is_empty());
+    assert_outputs_complete(&s);
+}
+
 #[test]
 fn plans_with_listings_not_a_request_per_target() {
     let s = sandbox();

@@ -20,6 +20,9 @@ pub struct Faults {
     pub bytes_per_second: AtomicU64,
     /// Every request waits this long before it is sent upstream: a far-away server's round trip.
     pub latency_ms: AtomicU64,
+    /// The next N object reads (GETs other than listings) are answered without their `Content-Length`, the
+    /// body delimited by the connection's close, as HTTP/1.1 allows: a client learns its size only by reading it.
+    pub unsized_reads: AtomicUsize,
     /// Faults actually injected, so that a test can show it was not vacuous.
     pub injected: AtomicUsize,
     /// Requests reach the server one at a time, each answered whole before the next starts. s3s-fs checks a
@@ -170,6 +173,17 @@ fn serve(mut client: TcpStream, upstream: &str, faults: &Faults, log: &Mutex<Vec
             }
         }
     });
+    if line.starts_with("GET ") && !is_listing && take(&faults.unsized_reads) {
+        faults.injected.fetch_add(1, Ordering::SeqCst);
+        let (head, rest) = read_head(&mut server)?;
+        let head = String::from_utf8_lossy(&head)
+            .split("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("content-length:"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        client.write_all(head.as_bytes())?;
+        client.write_all(&rest)?;
+    }
     let cut_at = (is_listing && take(&faults.cut_listings)).then(|| {
         faults.injected.fetch_add(1, Ordering::SeqCst);
         300usize
