@@ -180,26 +180,36 @@ fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) 
 }
 
 /// An input replaced by a larger object (as anyone who can write to a shared bucket could): the worker that
-/// fetches it refuses it by the size the server announces, and names it.
+/// fetches it refuses it by the size the server announces, or, where the server announces none, once more
+/// bytes than its manifest records came; and names it.
 #[test]
-fn a_larger_input_is_refused_before_it_is_downloaded() {
+fn a_larger_input_is_refused_without_being_downloaded_whole() {
     let pipeline = format!(
         "{NOISE}\n[steps.copy]\nkind = \"command\"\nfrom = \"noise\"\nrun = \"cat {{inputs}} > {{output}}\"\n\
          outputs = \"{{shard}}.copy\"\n"
     );
-    let s = Sandbox::on(Backend::S3, &pipeline);
+    let mut s = Sandbox::on(Backend::S3, &pipeline);
     s.build(&[]);
     let job = job_reading_noise(&s);
     let recorded = std::fs::metadata(s.store().join("pipeline/noise/all.a")).unwrap().len();
     s.overwrite_in_store("pipeline/noise/all.a", &vec![b'x'; 1 << 20]);
     s.write("job.json", &job.to_string());
-    let worker: crate::common::Run = s.command(&["worker", "job.json"]).output().unwrap().into();
     let expected = format!(
         "input file pipeline/noise/all.a of noise/all is larger than the {recorded} bytes its manifest records: it \
          changed after its manifest was written"
     );
-    assert!(worker.stderr.contains(&expected), "{}", worker.stderr);
-    assert_eq!(worker.code, 75, "a transient failure, as for other bytes of the same size: {}", worker.stderr);
+    let worker = |s: &Sandbox| -> crate::common::Run { s.command(&["worker", "job.json"]).output().unwrap().into() };
+    let refused = worker(&s);
+    assert!(refused.stderr.contains(&expected), "{}", refused.stderr);
+    assert_eq!(refused.code, 75, "a transient failure, as for other bytes of the same size: {}", refused.stderr);
+
+    let proxy = Proxy::start(&crate::common::s3::server().endpoint);
+    s.endpoint = Some(proxy.endpoint.clone());
+    proxy.faults.unsized_reads.store(1000, Ordering::SeqCst);
+    let refused = worker(&s);
+    assert!(refused.stderr.contains(&expected), "{}", refused.stderr);
+    assert_eq!(refused.code, 75, "{}", refused.stderr);
+    assert!(proxy.faults.injected.load(Ordering::SeqCst) >= 1, "the input was read without a Content-Length");
 }
 
 /// The job a build would hand its worker for `copy/all`, from the manifests of a first build.
