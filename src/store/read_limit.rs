@@ -33,6 +33,10 @@ impl ReadLimit {
     };
     /// Small JSON notes: a manifests' folder's listing note, a multipart upload's note.
     pub const NOTE: ReadLimit = ReadLimit { bytes: 64 << 10, what: "a note", then: "it is left unread" };
+    /// A remote run's per-task results (a line per target).
+    pub const RESULTS: ReadLimit =
+        ReadLimit { bytes: 256 << 20, what: "a run's results", then: "the run's own errors are not shown" };
+
     /// An object a manifest records as `bytes` long, fetched to a local file.
     pub fn recorded(bytes: u64) -> ReadLimit {
         ReadLimit {
@@ -41,9 +45,6 @@ impl ReadLimit {
             then: "it was replaced after its manifest was written",
         }
     }
-    /// A remote run's per-task results (a line per target).
-    pub const RESULTS: ReadLimit =
-        ReadLimit { bytes: 256 << 20, what: "a run's results", then: "the run's own errors are not shown" };
 }
 
 /// An object larger than the [`ReadLimit`] of what it should be; no more of it was read than the bound.

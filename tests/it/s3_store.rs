@@ -179,7 +179,9 @@ fn a_build_killed_during_a_multipart_upload_leaves_no_visible_object() {
     let plan = s.plan(&[]);
     assert_eq!(plan["targets"][0]["action"], "missing");
 
-    // gc works under the builds' lease: the killed build's lease is taken over once it expires.
+    // gc works under the builds' lease: the killed build's lease is taken over once it expires. A note no
+    // upload of ours wrote (over the 64 KiB a note may be) is passed over.
+    s.overwrite_in_store(".dsmake/uploads/stranger.json", &vec![b' '; (64 << 10) + 1]);
     let gc = s.run(&["gc", "--uploads", "--older-than", "0"]);
     assert_eq!(gc.code, 0, "{}", gc.stderr);
     assert!(gc.stdout.contains("aborted upload pipeline/big/big.bin"), "{}\n{}", gc.stdout, gc.stderr);

@@ -376,7 +376,12 @@ impl Store for S3Store {
         let mut found: Vec<(String, String)> = Vec::new();
         // The notes that our own uploads leave while they run (any S3-compatible server)…
         for note in self.list(UPLOAD_NOTES)? {
-            let Some(bytes) = self.read(&note.path, ReadLimit::NOTE)? else { continue };
+            // A note no upload of ours wrote (too large, or not one) is not ours to act on.
+            let bytes = match self.read(&note.path, ReadLimit::NOTE) {
+                Ok(Some(bytes)) => bytes,
+                Err(e) if e.downcast_ref::<TooLarge>().is_none() => return Err(e),
+                _ => continue,
+            };
             let Ok(upload) = serde_json::from_slice::<multipart::UploadNote>(&bytes) else { continue };
             let started = SystemTime::UNIX_EPOCH + Duration::from_secs(upload.started_unix);
             if upload.key.starts_with(&key_prefix) && started <= cutoff {
