@@ -28,6 +28,9 @@
 # 15.5 s (27.6 s CPU, 295 MB): 2.52×; PROGRESSIVE=0.5, 42.5 s against 16.8 s (30.0 s CPU, 334 MB): 2.53×. Before
 # dsmake decoded them from their DC scans and kept glibc's malloc to one arena: 17.9 s and 666–717 MB at 0.25,
 # 21.7 s and 805 MB at 0.5.
+# 2026-12-01, load 0: the default corpus 36.5 s (65.7 s CPU, 562 MB) against 14.1 s (25.0 s CPU, 274 MB): 2.58×;
+# WALLPAPERS=0, 21.9 s against 6.0 s (10.3 s CPU, 286 MB): 3.63×; N=600 WALLPAPERS=1 PER_SHARD=60 (wallpapers
+# only), 19.5 s (35.2 s CPU) against 7.7 s (13.9 s CPU, 200 MB): 2.53×.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
