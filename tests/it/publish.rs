@@ -135,13 +135,7 @@ fn racing_workers_never_leave_a_manifest_over_other_bytes(backend: Backend) {
 /// A deterministic step reading the noise: an input whose bytes change under its manifest (same size) is caught
 /// by the worker that fetches it, by blake3, and the error names the file.
 fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) {
-    let pipeline = |suffix: &str| {
-        format!(
-            "{NOISE}\n[steps.copy]\nkind = \"command\"\nfrom = \"noise\"\nrun = \"cat {{inputs}} > {{output}}{suffix}\"\n\
-             outputs = \"{{shard}}.copy\"\n"
-        )
-    };
-    let s = Sandbox::on(backend, &pipeline(""));
+    let s = Sandbox::on(backend, &copying_noise(""));
     s.build(&[]);
     let built_before = s.read_store("pipeline/copy/_dsmake/all.json");
     let job = job_reading_noise(&s);
@@ -165,7 +159,7 @@ fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) 
     // fresh: a local folder lists sizes (and times, which copies of a folder do not keep), and s3s-fs lists no
     // ETags (S3 and moto do, and their plans call `noise` stale: `s3_store::a_listing_with_another_etag_…`);
     // the worker that reads it refuses it.
-    s.write("pipeline.toml", &pipeline("; true"));
+    s.write("pipeline.toml", &copying_noise("; true"));
     let run = s.run(&["build", "--retries", "0"]);
     assert_ne!(run.code, 0, "{}", run.stderr);
     assert!(changed(&run.stderr), "{}", run.stderr);
@@ -184,11 +178,7 @@ fn an_input_with_other_bytes_of_the_same_size_fails_naming_it(backend: Backend) 
 /// bytes than its manifest records came; and names it.
 #[test]
 fn a_larger_input_is_refused_without_being_downloaded_whole() {
-    let pipeline = format!(
-        "{NOISE}\n[steps.copy]\nkind = \"command\"\nfrom = \"noise\"\nrun = \"cat {{inputs}} > {{output}}\"\n\
-         outputs = \"{{shard}}.copy\"\n"
-    );
-    let mut s = Sandbox::on(Backend::S3, &pipeline);
+    let mut s = Sandbox::on(Backend::S3, &copying_noise(""));
     s.build(&[]);
     let job = job_reading_noise(&s);
     let recorded = std::fs::metadata(s.store().join("pipeline/noise/all.a")).unwrap().len();
@@ -210,6 +200,14 @@ fn a_larger_input_is_refused_without_being_downloaded_whole() {
     assert!(refused.stderr.contains(&expected), "{}", refused.stderr);
     assert_eq!(refused.code, 75, "{}", refused.stderr);
     assert!(proxy.faults.injected.load(Ordering::SeqCst) >= 1, "the input was read without a Content-Length");
+}
+
+/// [`NOISE`] and a deterministic step `copy` that reads it, its command ending in `suffix`.
+fn copying_noise(suffix: &str) -> String {
+    format!(
+        "{NOISE}\n[steps.copy]\nkind = \"command\"\nfrom = \"noise\"\nrun = \"cat {{inputs}} > {{output}}{suffix}\"\n\
+         outputs = \"{{shard}}.copy\"\n"
+    )
 }
 
 /// The job a build would hand its worker for `copy/all`, from the manifests of a first build.
