@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Files being written start with this; listings of outputs skip them and `gc` removes them.
 pub use crate::util::files::TEMP_PREFIX;
-use crate::util::files::{sync_dir, temp_beside, write_atomically};
+use crate::util::files::{stamp_and_sync, sync_dir, temp_beside, write_atomically};
 use crate::util::walk::FileMeta;
 
 thread_local! {
@@ -89,7 +89,7 @@ impl LocalStore {
 
     /// The content tag of the object at `path` (its blake3, as `read_tagged` gives it, hashed as it is read),
     /// `None` when there is none.
-    fn tag_of(&self, path: &str) -> anyhow::Result<Option<String>> {
+    pub(crate) fn tag_of(&self, path: &str) -> anyhow::Result<Option<String>> {
         let file = self.path(path);
         let Some(opened) = open_existing(&file)? else { return Ok(None) };
         let mut hasher = blake3::Hasher::new();
@@ -105,6 +105,16 @@ fn open_existing(path: &Path) -> anyhow::Result<Option<File>> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// [`open_existing`] with the file's size; a file larger than `limit` is refused before a byte of it is read.
+fn open_within(path: &Path, limit: ReadLimit) -> anyhow::Result<Option<(File, u64)>> {
+    let Some(opened) = open_existing(path)? else { return Ok(None) };
+    let size = opened.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
+    if size > limit.bytes {
+        return Err(TooLarge { at: path.display().to_string(), size: Some(size), limit }.into());
+    }
+    Ok(Some((opened, size)))
 }
 
 fn meta_of(path: String, meta: &fs::Metadata) -> ObjectMeta {
@@ -180,15 +190,10 @@ impl Store for LocalStore {
 
     fn read(&self, path: &str, limit: ReadLimit) -> anyhow::Result<Option<Vec<u8>>> {
         let file = self.path(path);
-        let Some(opened) = open_existing(&file)? else { return Ok(None) };
-        let too_large = |size| TooLarge { at: file.display().to_string(), size, limit };
-        let size = opened.metadata().with_context(|| format!("cannot stat {}", file.display()))?.len();
-        if size > limit.bytes {
-            return Err(too_large(Some(size)).into());
-        }
+        let Some((opened, size)) = open_within(&file, limit)? else { return Ok(None) };
         match read_at_most(opened, limit, size) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(None) => Err(too_large(None).into()),
+            Err(None) => Err(TooLarge { at: file.display().to_string(), size: None, limit }.into()),
             Err(Some(e)) => Err(e).with_context(|| format!("cannot read {}", file.display())),
         }
     }
@@ -207,7 +212,7 @@ impl Store for LocalStore {
         let temp = temp_beside(&dest);
         let written = File::create(&temp).and_then(|mut f| {
             f.write_all(bytes)?;
-            f.sync_all()
+            stamp_and_sync(&f)
         });
         // link(2) fails when the destination exists: an atomic create-if-absent with the whole content. Under the
         // object's lock, so that a conditional write never lands between another's check and its rename.
@@ -260,11 +265,15 @@ impl Store for LocalStore {
         let dest = self.path(path);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        File::open(local).and_then(|f| f.sync_all()).with_context(|| format!("cannot flush {}", local.display()))?;
+        // An object's version is its modification time, stamped at publication (`stamp_and_sync`): a worker's
+        // commit tells its own outputs from another build's by version and size.
+        File::open(local)
+            .and_then(|f| stamp_and_sync(&f))
+            .with_context(|| format!("cannot flush {}", local.display()))?;
         if fs::rename(local, &dest).is_err() {
             // Another file system: copy beside the destination, then rename.
             let temp = temp_beside(&dest);
-            let copied = fs::copy(local, &temp).and_then(|_| File::open(&temp)?.sync_all());
+            let copied = fs::copy(local, &temp).and_then(|_| stamp_and_sync(&File::open(&temp)?));
             if let Err(e) = copied.and_then(|_| fs::rename(&temp, &dest)) {
                 let _ = fs::remove_file(&temp);
                 return Err(e).with_context(|| format!("cannot publish {}", dest.display()));
@@ -291,11 +300,7 @@ impl Store for LocalStore {
     fn fetch(&self, path: &str, dest: &Path, size: u64) -> anyhow::Result<()> {
         let file = self.path(path);
         let limit = ReadLimit::recorded(size);
-        let opened = open_existing(&file)?.with_context(|| format!("{} is missing", file.display()))?;
-        let found = opened.metadata().with_context(|| format!("cannot stat {}", file.display()))?.len();
-        if found > size {
-            return Err(TooLarge { at: file.display().to_string(), size: Some(found), limit }.into());
-        }
+        let (opened, _) = open_within(&file, limit)?.with_context(|| format!("{} is missing", file.display()))?;
         let copied = File::create(dest).and_then(|mut out| std::io::copy(&mut opened.take(size + 1), &mut out));
         match copied.with_context(|| format!("cannot copy {} to {}", file.display(), dest.display()))? {
             n if n > size => {

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One object in a listing. `version` changes whenever the object is rewritten (local: mtime in
-/// nanoseconds; S3: the ETag), so a cached reading of it can be trusted while it matches.
+/// nanoseconds, stamped by the system clock as it is written, `util::files::stamp_and_sync`; S3: the ETag), so a
+/// cached reading of it can be trusted while it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     /// Store-relative, `/`-separated.

@@ -22,6 +22,15 @@ pub fn sync_dir(dir: &Path) {
 }
 
 /// Writes `bytes` to `dest` so that a crash leaves the old file or the new one, never a mix.
+/// Sets `file`'s modification time to now by the system clock, then flushes it. The time a file system stamps
+/// on a write comes from the kernel's coarse clock (a tick of 1–4 ms), in which two writers can each leave a
+/// file of the same size; a store object's version is its modification time, and a worker's commit tells its
+/// own outputs from another build's by version and size: the system clock's nanoseconds tell them apart.
+pub fn stamp_and_sync(file: &File) -> std::io::Result<()> {
+    file.set_modified(std::time::SystemTime::now())?;
+    file.sync_all()
+}
+
 pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
@@ -29,7 +38,7 @@ pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut file = File::create(&temp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        stamp_and_sync(&file)?;
         fs::rename(&temp, dest)
     })();
     if result.is_err() {
